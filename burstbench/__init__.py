@@ -1,0 +1,3 @@
+"""burstbench: workload trace analytics, load generation and a reference engine for LLM serving."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""Analysis over the results store: metrics, SLO attainment, goodput, comparison, importers."""

@@ -1,0 +1,1 @@
+"""Backends: what turns one request into timed events (live HTTP endpoints, the reference engine)."""

@@ -1,0 +1,107 @@
+"""The Backend protocol: one request in, one timed ``Outcome`` out.
+
+The load generator owns scheduling and recording; a backend owns the wire. It
+timestamps every token-carrying chunk with the clock it is given (seconds from
+the run's start, monotonic), so the clock can be injected in tests and the same
+backend serves live runs and replays. Third-party backends register under the
+``burstbench.backends`` entry point and are found by ``get_backend``.
+"""
+
+from __future__ import annotations
+
+from array import array
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Any, Protocol, runtime_checkable
+
+from burstbench.errors import UsageError
+
+Clock = Callable[[], float]
+"""Seconds since the run's start on a monotonic clock."""
+
+STATUSES = ("ok", "error", "timeout", "cancelled")
+
+
+@dataclass(slots=True)
+class Request:
+    """One request of a schedule, as a backend needs it."""
+
+    request_id: int
+    input_tokens: int
+    output_tokens: int | None = None  # target (max_tokens); None lets the server decide
+    scheduled_s: float = 0.0
+    prompt: str | None = None  # real prompt text when the trace has it
+    messages: list[dict[str, Any]] | None = None  # chat history for multi-turn sessions
+    prefix_hashes: tuple[int, ...] | None = None
+    model: str | None = None
+    session_id: str | None = None
+    turn: int | None = None
+    tenant: str | None = None
+    ignore_eos: bool = True  # ask the server to produce exactly output_tokens
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What a backend measured for one request; times are on the injected clock.
+
+    ``chunk_t`` holds the arrival time of each token-carrying chunk, ``chunk_tokens``
+    the tokens it carried when known (-1 when not), ``chunk_reasoning`` 1 when the
+    chunk carried reasoning content only. Arrays keep the hot path cheap.
+    """
+
+    request_id: int
+    sent_s: float
+    status: str = "ok"
+    first_token_s: float | None = None
+    first_visible_s: float | None = None
+    last_token_s: float | None = None
+    end_s: float | None = None
+    chunk_t: array = field(default_factory=lambda: array("d"))
+    chunk_tokens: array = field(default_factory=lambda: array("i"))
+    chunk_reasoning: array = field(default_factory=lambda: array("b"))
+    input_tokens_server: int | None = None
+    output_tokens_server: int | None = None
+    output_tokens_counted: int | None = None
+    reasoning_tokens: int | None = None
+    cached_tokens: int | None = None
+    http_status: int | None = None
+    error_class: str | None = None
+    error_message: str | None = None
+    text: str | None = None  # the visible answer, kept only when a session needs it
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """A pluggable way to send requests. Implementations must be safe to share in one loop."""
+
+    name: str
+
+    async def start(self) -> None:
+        """Open connections or pools; called once before the first ``send``."""
+
+    async def send(self, request: Request, clock: Clock) -> Outcome:
+        """Send one request and return its outcome. Never raises for a failed request:
+        failures are outcomes with ``status`` and ``error_class`` set."""
+
+    async def close(self) -> None:
+        """Release what ``start`` opened."""
+
+
+def available_backends() -> dict[str, str]:
+    """Backend name -> 'module:attribute', from the ``burstbench.backends`` entry point."""
+    found = {"openai": "burstbench.backends.openai:OpenAIBackend"}
+    for ep in entry_points(group="burstbench.backends"):
+        found[ep.name] = ep.value
+    return found
+
+
+def get_backend(name: str) -> type:
+    """The backend class registered under ``name``."""
+    import importlib
+
+    targets = available_backends()
+    if name not in targets:
+        raise UsageError(f"unknown backend '{name}'; available: {', '.join(sorted(targets))}")
+    module, attr = targets[name].split(":")
+    return getattr(importlib.import_module(module), attr)

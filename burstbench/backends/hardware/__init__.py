@@ -1,0 +1,1 @@
+"""Hardware profiles: the local profiler, datasheet presets and telemetry sampling."""

@@ -1,0 +1,1 @@
+"""Load generation: schedules, the async runner, workers and the results recorder."""

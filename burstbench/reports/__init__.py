@@ -1,0 +1,1 @@
+"""Reports: plotly figures assembled into one self-contained HTML file."""

@@ -1,0 +1,128 @@
+"""The Trace contract (DESIGN section 3): one row per request, sorted by ``arrival_s``.
+
+A Trace is a Polars DataFrame with the columns below plus a metadata dict that
+travels in the Parquet file's key-value metadata under ``burstbench``. Readers
+never guess silently: what they detected (unit, resolution) and what they
+cleaned (rows dropped and why) goes into that dict, and ``write_trace`` writes
+it atomically (temporary name, then rename) so a failed write leaves nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from burstbench.errors import InputError
+
+TRACE_SCHEMA: dict[str, pl.DataType] = {
+    "arrival_s": pl.Float64(),
+    "input_tokens": pl.Int64(),
+    "output_tokens": pl.Int64(),
+    "model": pl.String(),
+    "session_id": pl.String(),
+    "turn": pl.Int32(),
+    "tenant": pl.String(),
+    "failed": pl.Boolean(),
+    "prefix_hashes": pl.List(pl.UInt64()),
+    "prompt": pl.String(),
+}
+REQUIRED_COLUMNS = ("arrival_s", "input_tokens", "output_tokens")
+METADATA_KEY = "burstbench"
+
+
+@dataclass
+class Trace:
+    """A trace frame and what is known about where it came from."""
+
+    df: pl.DataFrame
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return self.df.height
+
+    @property
+    def duration_s(self) -> float:
+        return float(self.df["arrival_s"].max() or 0.0) if self.df.height else 0.0
+
+
+def conform(df: pl.DataFrame, *, keep_extra: bool = True) -> pl.DataFrame:
+    """Cast to the Trace schema, add missing optional columns as nulls, sort by arrival.
+
+    Columns outside the schema (e.g. Azure 2025's ``NumImages``) are kept after the
+    standard ones when ``keep_extra`` is set, so no information is lost.
+    """
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    if missing:
+        raise InputError(f"trace lacks required column(s) {', '.join(missing)}")
+    exprs = []
+    for name, dtype in TRACE_SCHEMA.items():
+        if name in df.columns:
+            exprs.append(pl.col(name).cast(dtype))
+        elif name == "failed":
+            exprs.append(pl.lit(False).alias(name))
+        else:
+            exprs.append(pl.lit(None, dtype=dtype).alias(name))
+    extra = [pl.col(c) for c in df.columns if c not in TRACE_SCHEMA] if keep_extra else []
+    return df.select(exprs + extra).sort("arrival_s", maintain_order=True)
+
+
+def write_trace(trace: Trace, path: str | Path) -> Path:
+    """Write a Trace to Parquet with its metadata, atomically."""
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table = trace.df.to_arrow()
+    meta = dict(table.schema.metadata or {})
+    meta[METADATA_KEY.encode()] = json.dumps(trace.meta, default=str).encode()
+    table = table.replace_schema_metadata(meta)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp, compression="zstd")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_trace(path: str | Path) -> Trace:
+    """Read a Trace written by ``write_trace`` (or any Parquet with the required columns)."""
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    if not path.exists():
+        raise InputError("no such file", path=path)
+    try:
+        pf = pq.ParquetFile(path)
+        raw = (pf.schema_arrow.metadata or {}).get(METADATA_KEY.encode())
+        df = pl.read_parquet(path)
+    except Exception as exc:  # pyarrow raises several unrelated types for a bad file
+        raise InputError(f"not a readable Parquet file ({exc})", path=path) from exc
+    meta: dict[str, Any] = json.loads(raw) if raw else {}
+    try:
+        return Trace(conform(df), meta)
+    except InputError as exc:
+        raise InputError(str(exc), path=path) from exc
+
+
+def load_trace(path: str | Path, *, fmt: str | None = None, options: Mapping[str, Any] | None = None) -> Trace:
+    """A Trace from a Parquet trace or, through the readers, any supported raw log.
+
+    Commands that take a trace (``stats``, ``fit``, ``run``, ``simulate``) accept
+    both, so a user can point them straight at a BurstGPT CSV.
+    """
+    path = Path(path)
+    if path.suffix == ".parquet":
+        return read_trace(path)
+    from burstbench.traces.ingest import ingest
+
+    return ingest(path, fmt=fmt, **dict(options or {}))
