@@ -1,0 +1,478 @@
+"""The ``openai`` backend: any OpenAI-compatible HTTP endpoint (vLLM, SGLang, TGI,
+llama.cpp, hosted APIs), ``/v1/completions`` or ``/v1/chat/completions``,
+streamed (SSE) or not.
+
+Timing definitions (DESIGN section 4), all on the injected clock:
+
+* ``sent_s``: just before the request is handed to aiohttp (connection set-up
+  included, as in vLLM's benchmark client).
+* A *token-carrying chunk* is an SSE event whose ``choices[0]`` has non-empty
+  ``text`` (completions) or ``delta.content`` / ``delta.reasoning_content`` /
+  ``delta.reasoning`` / ``delta.tool_calls`` (chat). vLLM's client counts any event
+  with a non-empty ``choices`` list, so it also counts the role-only opening delta
+  of chat streams; that delta carries no token, and on vLLM it arrives with the
+  first token anyway, so TTFT agrees while our chunk ITLs do not get a spurious
+  near-zero gap.
+* Its time is taken once per socket read, right when the bytes arrive (events that
+  arrived in one read did arrive together); appended to ``Outcome.chunk_t``.
+* ``first_token_s``: first token-carrying chunk, reasoning included (vLLM's TTFT);
+  ``first_visible_s``: first chunk with non-reasoning content (TTFVT);
+  ``last_token_s``: last token-carrying chunk (E2EL); ``end_s``: response closed.
+* ``chunk_tokens``: tokens in the chunk from per-chunk usage deltas when the server
+  sends them (vLLM ``continuous_usage_stats``), else -1 (unknown);
+  ``output_tokens_counted`` is their sum, or one per chunk when unknown.
+* Non-streaming: the whole body is one chunk at the time it was read.
+
+Failures are outcomes, never exceptions (``status``/``error_class``):
+``http_<code>`` (non-200), ``connect`` (refused/DNS), ``connect_timeout``,
+``disconnect`` (reset or cut mid-stream), ``stall`` (status ``timeout``: no byte
+for ``stall_timeout_s``), ``timeout`` (status ``timeout``: ``timeout_s`` total),
+``sse_malformed`` (bad SSE/JSON), ``stream_error`` (an error object inside a 200
+stream), ``truncated`` (the stream ended without ``[DONE]`` and without both content
+and a ``finish_reason``; with both it is tolerated as ok), ``client_error`` (any
+other aiohttp error).
+
+Cancellation contract: cancel the task running ``send`` once and the task
+*finishes normally* with ``Outcome(status='cancelled')`` holding the times measured
+so far (``send`` calls ``Task.uncancel()`` so structured-concurrency helpers in
+the caller keep working). If the task is cancelled again before ``send`` returns,
+the ``CancelledError`` propagates and no outcome is returned.
+
+The API key is read from the environment variable named by ``api_key_env`` in
+``start()`` and sent as ``Authorization: Bearer``; it is never stored on an
+outcome, and any server message that echoes it is redacted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from typing import Any
+
+import aiohttp
+
+from burstbench.backends.base import Clock, Outcome, Request
+from burstbench.backends.prompts import PromptBuilder
+from burstbench.backends.sse import DONE, SSEError, SSEParser
+from burstbench.errors import UsageError
+
+__all__ = ["OpenAIBackend"]
+
+_ERROR_BODY_MAX = 64 * 1024
+_MESSAGE_MAX = 500
+_loads = json.loads
+# aiohttp >= 3.10 tells a connect timeout apart from a read timeout
+_CONNECT_TIMEOUT: Any = getattr(aiohttp, "ConnectionTimeoutError", ())
+
+
+class OpenAIBackend:
+    """One pooled aiohttp session against an OpenAI-compatible endpoint.
+
+    ``base_url`` is the server root (``http://host:8000``) or its ``/v1``; the path
+    is added from ``api``. Safe to share between many concurrent ``send`` calls in
+    one event loop.
+    """
+
+    name = "openai"
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        api: str = "completions",
+        model: str | None = None,
+        stream: bool = True,
+        api_key_env: str | None = "OPENAI_API_KEY",
+        timeout_s: float | None = 600.0,
+        connect_timeout_s: float | None = 10.0,
+        stall_timeout_s: float | None = 300.0,
+        ignore_eos: bool = True,
+        use_min_tokens: bool = False,
+        extra_body: dict[str, Any] | None = None,
+        tokenizer_json: str | None = None,
+        keep_text: bool = False,
+        block_size: int = 512,
+        prompt_seed: int = 0,
+        max_tokens_field: str = "max_tokens",
+        read_bufsize: int = 4 * 1024 * 1024,
+    ) -> None:
+        if api not in ("completions", "chat"):
+            raise UsageError(f"--api must be 'completions' or 'chat', got '{api}'")
+        if not base_url.startswith(("http://", "https://")):
+            raise UsageError(f"--url must start with http:// or https://, got '{base_url}'")
+        for label, v in (
+            ("timeout_s", timeout_s),
+            ("connect_timeout_s", connect_timeout_s),
+            ("stall_timeout_s", stall_timeout_s),
+        ):
+            if v is not None and v <= 0:
+                raise UsageError(f"{label} must be positive (or None for no limit), got {v}")
+        root = base_url.rstrip("/")
+        if root.endswith("/v1"):
+            root = root[:-3]
+        self.base_url = root
+        self.api = api
+        self.url = root + ("/v1/chat/completions" if api == "chat" else "/v1/completions")
+        self.model = model
+        self.stream = stream
+        self.api_key_env = api_key_env
+        self.ignore_eos = ignore_eos
+        self.use_min_tokens = use_min_tokens
+        self.extra_body = dict(extra_body or {})
+        self.keep_text = keep_text
+        self.max_tokens_field = max_tokens_field
+        self.read_bufsize = read_bufsize
+        self._timeout = aiohttp.ClientTimeout(
+            total=timeout_s, sock_connect=connect_timeout_s, sock_read=stall_timeout_s
+        )
+        self.prompts = PromptBuilder(
+            block_size=block_size, seed=prompt_seed, tokenizer_json=tokenizer_json
+        )
+        self._session: aiohttp.ClientSession | None = None
+        self._headers: dict[str, str] = {}
+        self._secret: str | None = None
+
+    # -- lifecycle ------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open the pooled session (no connection cap) and read the API key."""
+        if self._session is not None:
+            return
+        headers = {"Content-Type": "application/json"}
+        key = os.environ.get(self.api_key_env) if self.api_key_env else None
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+            self._secret = key
+        self._headers = headers
+        connector = aiohttp.TCPConnector(
+            limit=0, limit_per_host=0, ttl_dns_cache=300, keepalive_timeout=60
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=self._timeout,
+            read_bufsize=self.read_bufsize,
+            max_line_size=1024 * 1024,
+            max_field_size=1024 * 1024,
+            auto_decompress=True,
+        )
+
+    async def close(self) -> None:
+        """Close the session and every pooled connection."""
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+    async def __aenter__(self) -> OpenAIBackend:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- request body ---------------------------------------------------------
+
+    def payload(self, request: Request) -> dict[str, Any]:
+        """The JSON body for one request (exposed for tests and dry runs)."""
+        body: dict[str, Any] = {}
+        model = self.model or request.model
+        if model:
+            body["model"] = model
+        if self.api == "chat":
+            body["messages"] = self.prompts.messages_for_request(request)
+        else:
+            body["prompt"] = self.prompts.for_request(request)
+        out = request.output_tokens
+        if out is not None and out > 0:
+            body[self.max_tokens_field] = int(out)
+            if self.use_min_tokens:
+                body["min_tokens"] = int(out)
+        if self.ignore_eos and request.ignore_eos and out is not None:
+            body["ignore_eos"] = True
+        if self.stream:
+            body["stream"] = True
+            body["stream_options"] = {"include_usage": True}
+        if self.extra_body:
+            body.update(self.extra_body)
+        return body
+
+    # -- the hot path ---------------------------------------------------------
+
+    async def send(self, request: Request, clock: Clock) -> Outcome:
+        """Send one request; every failure comes back as an ``Outcome`` (see module doc)."""
+        session = self._session
+        if session is None:
+            raise RuntimeError("OpenAIBackend.send called before start()")
+        try:
+            data = json.dumps(self.payload(request)).encode()
+        except (TypeError, ValueError) as e:
+            out = Outcome(request.request_id, sent_s=clock(), status="error")
+            out.error_class = "bad_request_body"
+            out.error_message = str(e)[:_MESSAGE_MAX]
+            out.end_s = out.sent_s
+            return out
+        out = Outcome(request.request_id, sent_s=clock())
+        try:
+            async with session.post(self.url, data=data, headers=self._headers) as resp:
+                out.http_status = resp.status
+                if resp.status != 200:
+                    await self._http_error(resp, out)
+                elif self.stream and resp.content_type != "application/json":
+                    await self._read_stream(resp, out, clock)
+                else:
+                    await self._read_body(resp, out, clock)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.uncancel() > 0:
+                raise  # cancelled more than once: stop at once
+            out.status = "cancelled"
+            out.error_class = "cancelled"
+        except _CONNECT_TIMEOUT as e:
+            self._fail(out, "timeout", "connect_timeout", e)
+        except aiohttp.ServerTimeoutError as e:  # sock_read: no byte for stall_timeout_s
+            self._fail(out, "timeout", "stall", e)
+        except TimeoutError as e:  # the total per-request timeout
+            self._fail(out, "timeout", "timeout", e)
+        except aiohttp.ClientConnectorError as e:
+            self._fail(out, "error", "connect", e)
+        except (
+            aiohttp.ServerDisconnectedError,
+            aiohttp.ClientPayloadError,
+            aiohttp.ClientOSError,
+            ConnectionError,
+        ) as e:
+            self._fail(out, "error", "disconnect", e)
+        except aiohttp.ClientError as e:
+            self._fail(out, "error", "client_error", e)
+        out.end_s = clock()
+        return out
+
+    async def _read_stream(self, resp: aiohttp.ClientResponse, out: Outcome, clock: Clock) -> None:
+        parser = SSEParser()
+        feed = parser.feed
+        read = resp.content.readany
+        loads = _loads
+        chat = self.api == "chat"
+        keep = self.keep_text
+        texts: list[str] = []
+        ct_append = out.chunk_t.append
+        tok_append = out.chunk_tokens.append
+        rsn_append = out.chunk_reasoning.append
+        first = visible = last = None
+        usage: dict | None = None
+        prev_ct = 0
+        known = 0  # tokens from usage deltas
+        n_chunks = 0
+        finish = None
+        done = False
+        eof = False
+        while True:
+            raw = await read()
+            t = clock()
+            if raw:
+                try:
+                    events = feed(raw)
+                except SSEError as e:
+                    self._fail(out, "error", "sse_malformed", e)
+                    break
+            else:
+                eof = True
+                events = parser.finish()
+            for ev in events:
+                if ev == DONE:
+                    done = True
+                    break
+                try:
+                    obj = loads(ev)
+                except ValueError:
+                    self._fail(
+                        out, "error", "sse_malformed", f"invalid JSON in SSE data: {ev[:200]!r}"
+                    )
+                    break
+                if type(obj) is not dict:
+                    self._fail(
+                        out, "error", "sse_malformed", f"SSE data is not an object: {ev[:200]!r}"
+                    )
+                    break
+                choices = obj.get("choices")
+                if choices:
+                    c = choices[0]
+                    if chat:
+                        d = c.get("delta") or c.get("message") or {}
+                        content = d.get("content") or d.get("tool_calls")
+                        reasoning = d.get("reasoning_content") or d.get("reasoning")
+                    else:
+                        content = c.get("text")
+                        reasoning = None
+                    fr = c.get("finish_reason")
+                    if fr:
+                        finish = fr
+                    if content or reasoning:
+                        n_chunks += 1
+                        ct_append(t)
+                        if first is None:
+                            first = t
+                        if content:
+                            rsn_append(0)
+                            if visible is None:
+                                visible = t
+                            if keep and type(content) is str:
+                                texts.append(content)
+                        else:
+                            rsn_append(1)
+                        last = t
+                        u = obj.get("usage")
+                        if u and (ctok := u.get("completion_tokens")) is not None:
+                            tok_append(ctok - prev_ct)
+                            known += ctok - prev_ct
+                            prev_ct = ctok
+                            usage = u
+                        else:
+                            tok_append(-1)
+                        continue
+                u = obj.get("usage")
+                if u:
+                    usage = u
+                    if (ctok := u.get("completion_tokens")) is not None:
+                        prev_ct = ctok
+                elif "error" in obj or obj.get("object") == "error":
+                    self._fail(out, "error", "stream_error", _message_of(obj))
+                    break
+            if done or eof or out.status != "ok":
+                break
+        if out.status != "ok":
+            resp.close()  # drop the connection: the rest of this stream is unusable
+        elif done and not resp.content.is_eof():
+            await _drain(resp)
+        out.first_token_s = first
+        out.first_visible_s = visible
+        out.last_token_s = last
+        if known and all(x >= 0 for x in out.chunk_tokens):
+            out.output_tokens_counted = known
+        else:
+            out.output_tokens_counted = n_chunks
+        if usage is not None:
+            _apply_usage(out, usage)
+        if keep:
+            out.text = "".join(texts)
+        if out.status == "ok" and not done and not (n_chunks and finish):
+            out.status = "error"
+            out.error_class = "truncated"
+            out.error_message = f"stream ended without [DONE] after {n_chunks} token chunks" + (
+                "" if finish else " and without a finish_reason"
+            )
+
+    async def _read_body(self, resp: aiohttp.ClientResponse, out: Outcome, clock: Clock) -> None:
+        body = await resp.read()
+        t = clock()
+        try:
+            obj = _loads(body)
+        except ValueError:
+            self._fail(out, "error", "malformed", f"response is not JSON: {body[:200]!r}")
+            return
+        if type(obj) is not dict:
+            self._fail(out, "error", "malformed", f"response is not a JSON object: {body[:200]!r}")
+            return
+        if "error" in obj or obj.get("object") == "error":
+            self._fail(out, "error", "stream_error", _message_of(obj))
+            return
+        choices = obj.get("choices") or []
+        content = reasoning = None
+        if choices:
+            c = choices[0]
+            if self.api == "chat":
+                m = c.get("message") or c.get("delta") or {}
+                content = m.get("content") or m.get("tool_calls")
+                reasoning = m.get("reasoning_content") or m.get("reasoning")
+            else:
+                content = c.get("text")
+        usage = obj.get("usage")
+        if content or reasoning:
+            out.chunk_t.append(t)
+            out.chunk_reasoning.append(0 if content else 1)
+            ctok = usage.get("completion_tokens") if usage else None
+            out.chunk_tokens.append(ctok if ctok is not None else -1)
+            out.first_token_s = out.last_token_s = t
+            if content:
+                out.first_visible_s = t
+            if self.keep_text and isinstance(content, str):
+                out.text = content
+        out.output_tokens_counted = None  # one body: nothing to count without a tokenizer
+        if usage:
+            _apply_usage(out, usage)
+
+    async def _http_error(self, resp: aiohttp.ClientResponse, out: Outcome) -> None:
+        out.status = "error"
+        out.error_class = f"http_{resp.status}"
+        try:
+            body = await resp.content.read(_ERROR_BODY_MAX)
+        except (aiohttp.ClientError, TimeoutError):
+            body = b""
+        msg = _message_of_body(body) or (resp.reason or "")
+        retry = resp.headers.get("Retry-After")
+        if retry:
+            msg = f"{msg} (Retry-After: {retry})"
+        out.error_message = self._redact(msg)[:_MESSAGE_MAX]
+
+    def _fail(self, out: Outcome, status: str, error_class: str, err: object) -> None:
+        out.status = status
+        out.error_class = error_class
+        if isinstance(err, BaseException):
+            text = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
+        else:
+            text = str(err)
+        out.error_message = self._redact(text)[:_MESSAGE_MAX]
+
+    def _redact(self, text: str) -> str:
+        if self._secret and self._secret in text:
+            text = text.replace(self._secret, "***")
+        return text
+
+
+async def _drain(resp: aiohttp.ClientResponse) -> None:
+    """Read what follows [DONE] (the chunked terminator) so the connection is reused;
+    a server that keeps the stream open after [DONE] just loses the connection."""
+    try:
+        async with asyncio.timeout(1.0):
+            await resp.content.read()
+    except (TimeoutError, aiohttp.ClientError, ConnectionError):
+        resp.close()
+
+
+def _apply_usage(out: Outcome, usage: dict) -> None:
+    ct = usage.get("completion_tokens")
+    if ct is not None:
+        out.output_tokens_server = int(ct)
+    pt = usage.get("prompt_tokens")
+    if pt is not None:
+        out.input_tokens_server = int(pt)
+    pd = usage.get("prompt_tokens_details")
+    if isinstance(pd, dict) and pd.get("cached_tokens") is not None:
+        out.cached_tokens = int(pd["cached_tokens"])
+    cd = usage.get("completion_tokens_details")
+    if isinstance(cd, dict) and cd.get("reasoning_tokens") is not None:
+        out.reasoning_tokens = int(cd["reasoning_tokens"])
+
+
+def _message_of(obj: dict) -> str:
+    err = obj.get("error", obj)
+    if isinstance(err, dict):
+        msg = err.get("message") or err.get("detail") or json.dumps(err)[:_MESSAGE_MAX]
+        kind = err.get("type") or err.get("code")
+        return f"{kind}: {msg}" if kind else str(msg)
+    return str(err)
+
+
+def _message_of_body(body: bytes) -> str:
+    if not body:
+        return ""
+    try:
+        obj = json.loads(body)
+    except ValueError:
+        return body[:_MESSAGE_MAX].decode("utf-8", "replace").strip()
+    if isinstance(obj, dict):
+        if "error" in obj or "message" in obj:
+            return _message_of(obj)
+        if "detail" in obj:
+            return str(obj["detail"])
+    return body[:_MESSAGE_MAX].decode("utf-8", "replace").strip()

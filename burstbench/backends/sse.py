@@ -1,0 +1,127 @@
+"""Incremental Server-Sent Events parser for streamed LLM responses.
+
+Why our own: the load generator's per-chunk cost is the client's ceiling, and
+line-at-a-time readers (``async for line in resp.content``) pay one await per
+line. This parser takes whatever bytes one socket read returned and hands back
+every complete event's ``data`` payload at once, as ``bytes`` (``json.loads``
+accepts bytes, so nothing is decoded twice).
+
+It follows the WHATWG event-stream rules that OpenAI-compatible servers rely
+on: lines end in CRLF, LF or CR (a CRLF may be split across two reads);
+``:`` lines are comments (keep-alives); several ``data:`` lines in one event
+are joined with ``\\n``; one space after the colon is dropped; a blank line
+ends the event; fields other than ``data`` (``event``, ``id``, ``retry``) are
+ignored. Being lenient where servers are sloppy, ``finish()`` also returns an
+event whose final blank line (or final newline) never came.
+
+The only error it raises is ``SSEError``: a line longer than ``max_line_bytes``
+(a runaway or non-SSE body), so a broken server cannot grow memory unbounded.
+Payload bytes are not validated here; invalid UTF-8 or JSON surfaces where the
+payload is decoded.
+"""
+
+from __future__ import annotations
+
+__all__ = ["DONE", "SSEError", "SSEParser", "parse_all"]
+
+DONE = b"[DONE]"
+_BOM = b"\xef\xbb\xbf"
+
+
+class SSEError(ValueError):
+    """The byte stream cannot be an event stream (e.g. an unbounded line)."""
+
+
+class SSEParser:
+    """Feed raw bytes with ``feed``; get complete ``data`` payloads back.
+
+    Not thread-safe; one parser per response. ``max_line_bytes`` bounds the
+    buffered partial line (default 64 MiB: a long-context event still fits).
+    """
+
+    __slots__ = ("_buf", "_data", "_skip_lf", "_started", "max_line_bytes")
+
+    def __init__(self, max_line_bytes: int = 64 * 1024 * 1024) -> None:
+        self._buf = b""
+        self._data: list[bytes] = []
+        self._skip_lf = False
+        self._started = False
+        self.max_line_bytes = max_line_bytes
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        """Parse one read's bytes; return the data payloads of events it completed."""
+        if not chunk:
+            return []
+        if not self._started:
+            chunk = self._strip_bom(chunk)
+            if not chunk:
+                return []
+        if self._skip_lf:
+            self._skip_lf = False
+            if chunk[:1] == b"\n":
+                chunk = chunk[1:]
+                if not chunk:
+                    return []
+        if b"\r" in chunk:
+            # A CR at the very end may be the first half of a CRLF split across reads:
+            # end the line now and swallow a leading LF next time.
+            if chunk[-1:] == b"\r":
+                self._skip_lf = True
+            chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        buf = self._buf + chunk if self._buf else chunk
+        end = buf.rfind(b"\n")
+        if end < 0:
+            if len(buf) > self.max_line_bytes:
+                raise SSEError(
+                    f"SSE line longer than {self.max_line_bytes} bytes without a line end"
+                )
+            self._buf = buf
+            return []
+        self._buf = buf[end + 1 :]
+        if len(self._buf) > self.max_line_bytes:
+            raise SSEError(f"SSE line longer than {self.max_line_bytes} bytes without a line end")
+        return self._lines(buf[:end].split(b"\n"))
+
+    def finish(self) -> list[bytes]:
+        """End of stream: return the event left open by a missing final newline/blank line."""
+        lines = [self._buf] if self._buf else []
+        self._buf = b""
+        lines.append(b"")
+        return self._lines(lines)
+
+    def _strip_bom(self, chunk: bytes) -> bytes:
+        # A UTF-8 BOM may open the stream, possibly split across the first reads:
+        # hold up to 2 bytes that could still be one.
+        probe = self._buf + chunk
+        if len(probe) < 3 and _BOM.startswith(probe):
+            self._buf = probe
+            return b""
+        self._started = True
+        self._buf = b""
+        return probe[3:] if probe.startswith(_BOM) else probe
+
+    def _lines(self, lines: list[bytes]) -> list[bytes]:
+        events: list[bytes] = []
+        data = self._data
+        for line in lines:
+            if not line:
+                if data:
+                    events.append(data[0] if len(data) == 1 else b"\n".join(data))
+                    data = []
+                continue
+            if line[:5] == b"data:":
+                value = line[5:]
+                data.append(value[1:] if value[:1] == b" " else value)
+            elif line[:1] == b":":
+                continue  # comment / keep-alive
+            elif line == b"data":
+                data.append(b"")
+            # other fields (event, id, retry, unknown) are ignored
+        self._data = data
+        return events
+
+
+def parse_all(body: bytes) -> list[bytes]:
+    """All data payloads of a complete event stream (tests, non-incremental callers)."""
+    parser = SSEParser()
+    return parser.feed(body) + parser.finish()
