@@ -1,0 +1,427 @@
+"""DESIGN section 4 as DuckDB SQL over the results store, and the ``analyze`` summary.
+
+Why SQL views rather than Python loops: a store can hold a million requests and a
+hundred million chunks, and DuckDB aggregates those in seconds without loading them
+into Python. The views are TEMP views created on the connection (``install_views``),
+so they work on a read-only file and a user can query them too
+(``burstbench analyze results.duckdb --sql "SELECT * FROM request_metrics"``):
+
+- ``request_metrics``: one row per request with ``ttft_s``, ``ttfvt_s``, ``tpot_s``,
+  ``itl_s`` (the request's mean chunk gap), ``e2el_s``, ``schedule_lag_s``,
+  ``e2el_from_schedule_s``, ``output_tokens`` (server count, else counted),
+  ``input_tokens`` (server count, else the trace's) and ``ok``;
+- ``chunk_gaps``: one row per token-carrying chunk after the first, with ``gap_s``
+  (chunk ITL, ``lag`` over ``seq``) and ``tokens``;
+- ``token_itl``: the chunk gap split evenly over the tokens the chunk carried, one row
+  per token.
+
+The formulas equal vLLM's ``bench serve`` (``calculate_metrics``): TPOT only for
+outputs of more than one token, ITL pooled over every chunk gap of the successful
+requests, percentiles by linear interpolation (``quantile_cont`` = ``np.percentile``)
+over successful requests, population standard deviation (``np.std``), and
+throughputs over the run's wall duration counting successful requests' tokens.
+An empty sample gives ``None`` (vLLM prints 0), so "no data" is never read as "fast".
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from burstbench.errors import StoreError, UsageError
+
+PERCENTILES: tuple[float, ...] = (0.5, 0.9, 0.95, 0.99)
+
+# Per-request latency metrics (column in request_metrics) in the order analyze prints them.
+REQUEST_METRICS: tuple[str, ...] = (
+    "ttft",
+    "ttfvt",
+    "tpot",
+    "e2el",
+    "schedule_lag",
+    "e2el_from_schedule",
+)
+# Every metric name of DESIGN section 4 a user may put in --slo or --compare.
+METRIC_NAMES: tuple[str, ...] = (*REQUEST_METRICS, "itl")
+
+VIEWS_SQL = """
+CREATE OR REPLACE TEMP VIEW request_metrics AS
+SELECT
+    r.run_id, r.request_id, r.session_id, r.turn, r.tenant,
+    COALESCE(r.model, u.model) AS model, r.phase, r.status, r.http_status, r.error_class,
+    r.worker_id, r.scheduled_s, r.sent_s, r.first_token_s, r.first_visible_s,
+    r.last_token_s, r.end_s, r.chunk_count,
+    r.status = 'ok' AS ok,
+    COALESCE(r.input_tokens_server, r.input_tokens) AS input_tokens,
+    COALESCE(r.output_tokens_server, r.output_tokens_counted) AS output_tokens,
+    r.first_token_s - r.sent_s AS ttft_s,
+    r.first_visible_s - r.sent_s AS ttfvt_s,
+    COALESCE(r.last_token_s, r.end_s) - r.sent_s AS e2el_s,
+    CASE WHEN COALESCE(r.output_tokens_server, r.output_tokens_counted) > 1
+         THEN (COALESCE(r.last_token_s, r.end_s) - r.first_token_s)
+              / (COALESCE(r.output_tokens_server, r.output_tokens_counted) - 1) END AS tpot_s,
+    CASE WHEN r.chunk_count > 1
+         THEN (r.last_token_s - r.first_token_s) / (r.chunk_count - 1) END AS itl_s,
+    r.sent_s - r.scheduled_s AS schedule_lag_s,
+    COALESCE(r.last_token_s, r.end_s) - r.scheduled_s AS e2el_from_schedule_s
+FROM requests r LEFT JOIN runs u USING (run_id);
+
+CREATE OR REPLACE TEMP VIEW chunk_gaps AS
+SELECT run_id, request_id, seq, t_s, tokens, reasoning, gap_s FROM (
+    SELECT c.*, c.t_s - lag(c.t_s) OVER (PARTITION BY c.run_id, c.request_id ORDER BY c.seq) AS gap_s
+    FROM chunks c
+) WHERE gap_s IS NOT NULL;
+
+CREATE OR REPLACE TEMP VIEW token_itl AS
+SELECT g.run_id, g.request_id, g.seq, g.gap_s / g.k AS itl_s
+FROM (SELECT *, GREATEST(COALESCE(tokens, 1), 1) AS k FROM chunk_gaps) g, range(g.k);
+"""
+
+
+def install_views(con: duckdb.DuckDBPyConnection) -> None:
+    """Create (or refresh) the TEMP views of this module on ``con``; idempotent."""
+    con.execute(VIEWS_SQL)
+
+
+def open_store(path: str | Path, *, lock: bool = False) -> duckdb.DuckDBPyConnection:
+    """Open a results file read-only with the metric views installed.
+
+    With ``lock`` the connection can read nothing outside the file and its
+    configuration cannot be changed any more (what ``--sql`` uses).
+    """
+    p = Path(path)
+    if not p.exists():
+        raise StoreError(f"{p}: no such results file; create it with 'burstbench run' or 'burstbench simulate'")
+    try:
+        con = duckdb.connect(str(p), read_only=True)
+    except duckdb.Error as exc:
+        raise StoreError(f"{p}: cannot open as a results store ({exc})") from exc
+    tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+    if not {"runs", "requests", "chunks"} <= tables:
+        con.close()
+        raise StoreError(f"{p}: not a burstbench results store (no runs/requests/chunks tables)")
+    install_views(con)
+    if lock:
+        con.execute("SET enable_external_access = false")
+        con.execute("SET lock_configuration = true")
+    return con
+
+
+# -- selection -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which requests of a run a summary covers: a time window, a tenant, a model, a session.
+
+    ``time_range`` is on ``sent_s`` (seconds from run start), half-open ``[t0, t1)``.
+    """
+
+    time_range: tuple[float, float] | None = None
+    tenant: str | None = None
+    model: str | None = None
+    session: str | None = None
+
+    @classmethod
+    def of(cls, where: Selection | Mapping[str, Any] | None) -> Selection:
+        if where is None:
+            return cls()
+        if isinstance(where, Selection):
+            return where
+        unknown = set(where) - {"time_range", "tenant", "model", "session"}
+        if unknown:
+            raise UsageError(
+                f"unknown selection key(s) {sorted(unknown)}; use time_range, tenant, model, session"
+            )
+        tr = where.get("time_range")
+        if tr is not None:
+            t0, t1 = float(tr[0]), float(tr[1])
+            if not t1 > t0:
+                raise UsageError(f"time range {t0}:{t1} is empty; give start:end with end > start")
+            tr = (t0, t1)
+        return cls(time_range=tr, tenant=where.get("tenant"), model=where.get("model"), session=where.get("session"))
+
+    def sql(self, alias: str = "r") -> tuple[str, list[Any]]:
+        """``AND ...`` conditions and their bound parameters (never formatted into SQL)."""
+        conds: list[str] = []
+        params: list[Any] = []
+        if self.time_range is not None:
+            conds.append(f"{alias}.sent_s >= ? AND {alias}.sent_s < ?")
+            params += [self.time_range[0], self.time_range[1]]
+        for col, val in (("tenant", self.tenant), ("model", self.model), ("session_id", self.session)):
+            if val is not None:
+                conds.append(f"{alias}.{col} = ?")
+                params.append(val)
+        return "".join(f" AND {c}" for c in conds), params
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "time_range": list(self.time_range) if self.time_range else None,
+            "tenant": self.tenant,
+            "model": self.model,
+            "session": self.session,
+        }
+
+
+def resolve_run(con: duckdb.DuckDBPyConnection, run_id: str | None) -> str:
+    """The asked run (a unique prefix works), or the latest one."""
+    ids = [r[0] for r in con.execute("SELECT run_id FROM runs ORDER BY started_at, run_id").fetchall()]
+    if not ids:
+        raise StoreError("the results store holds no runs; record one with 'burstbench run' or 'burstbench simulate'")
+    if run_id is None:
+        return ids[-1]
+    matches = [r for r in ids if r == run_id or r.startswith(run_id)]
+    if len(matches) != 1:
+        what = "is ambiguous" if matches else "not found"
+        raise StoreError(f"run '{run_id}' {what}; runs in the store: {', '.join(ids[-5:])}")
+    return matches[0]
+
+
+def run_info(con: duckdb.DuckDBPyConnection, run_id: str) -> dict[str, Any]:
+    row = con.execute(
+        "SELECT run_id, label, backend, model, clock, target_rate, duration_s, measure_start_s,"
+        " measure_end_s, status FROM runs WHERE run_id = ?",
+        [run_id],
+    ).fetchone()
+    if row is None:
+        raise StoreError(f"run '{run_id}' not found")
+    keys = ("run_id", "label", "backend", "model", "clock", "target_rate", "duration_s",
+            "measure_start_s", "measure_end_s", "status")
+    return dict(zip(keys, row, strict=True))
+
+
+def measured_window(con: duckdb.DuckDBPyConnection, run_id: str, sel: Selection | None = None) -> tuple[float, float]:
+    """The wall interval throughputs divide by.
+
+    The run's measured window (``measure_start_s``..``measure_end_s``, or 0..``duration_s``)
+    when the writer recorded it; for a run that never finished, first send to last
+    response of its measured requests. A time-range selection clips it.
+    """
+    info = run_info(con, run_id)
+    t0 = info["measure_start_s"]
+    t1 = info["measure_end_s"] if info["measure_end_s"] is not None else info["duration_s"]
+    if t0 is None and t1 is not None:
+        t0 = 0.0
+    if t0 is None or t1 is None:
+        row = con.execute(
+            "SELECT min(sent_s), max(COALESCE(end_s, last_token_s, sent_s)) FROM requests"
+            " WHERE run_id = ? AND phase = 'measure'",
+            [run_id],
+        ).fetchone()
+        t0, t1 = (row[0] or 0.0), (row[1] or 0.0)
+    if sel is not None and sel.time_range is not None:
+        t0, t1 = max(t0, sel.time_range[0]), min(t1, sel.time_range[1])
+    return float(t0), float(t1)
+
+
+# -- summaries -------------------------------------------------------------------------
+
+
+def _stats_sql(expr: str, name: str, cond: str = "ok") -> str:
+    qs = ", ".join(str(q) for q in PERCENTILES)
+    f = f"FILTER (WHERE {cond} AND {expr} IS NOT NULL)"
+    return (
+        f"avg({expr}) {f} AS {name}_mean, stddev_pop({expr}) {f} AS {name}_std,"
+        f" quantile_cont({expr}, [{qs}]) {f} AS {name}_q, max({expr}) {f} AS {name}_max,"
+        f" count({expr}) {f} AS {name}_n"
+    )
+
+
+def _stats_obj(row: Mapping[str, Any], name: str) -> dict[str, float | None]:
+    """The DESIGN section 7 object for one metric, in milliseconds."""
+    n = row.get(f"{name}_n") or 0
+    if not n:
+        return {k: None for k in ("mean", "median", "std", "p50", "p90", "p95", "p99", "max")}
+    q = row[f"{name}_q"]
+    ms = [v * 1000.0 for v in q]
+    return {
+        "mean": row[f"{name}_mean"] * 1000.0,
+        "median": ms[0],
+        "std": (row[f"{name}_std"] or 0.0) * 1000.0,
+        "p50": ms[0],
+        "p90": ms[1],
+        "p95": ms[2],
+        "p99": ms[3],
+        "max": row[f"{name}_max"] * 1000.0,
+        "n": int(n),
+    }
+
+
+def _fetch_dict(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any]) -> dict[str, Any]:
+    cur = con.execute(sql, list(params))
+    cols = [d[0] for d in cur.description]
+    row = cur.fetchone()
+    return dict(zip(cols, row, strict=True)) if row else {}
+
+
+def _finite_ms(v: float | None) -> float | None:
+    if v is None or math.isinf(v):
+        return None
+    return v * 1000.0
+
+
+def request_stats(con: duckdb.DuckDBPyConnection, run_id: str, sel: Selection) -> dict[str, Any]:
+    """Counts, token totals, per-request latency statistics and error-adjusted percentiles."""
+    cond, params = sel.sql()
+    qs = ", ".join(str(q) for q in PERCENTILES)
+    parts = [_stats_sql(f"{m}_s", m) for m in (*REQUEST_METRICS, "itl")]
+    # Error-adjusted: every failed request counts as +inf, so a tail made of failures shows.
+    ea = [
+        f"quantile_cont(CASE WHEN ok THEN {m}_s ELSE 'inf'::DOUBLE END, [{qs}])"
+        f" FILTER (WHERE NOT ok OR {m}_s IS NOT NULL) AS {m}_ea"
+        for m in ("ttft", "tpot", "e2el", "ttfvt")
+    ]
+    sql = (
+        "SELECT count(*) AS requests, count(*) FILTER (WHERE ok) AS completed,"
+        " count(*) FILTER (WHERE NOT ok) AS failed,"
+        " count(*) FILTER (WHERE status = 'error') AS n_error,"
+        " count(*) FILTER (WHERE status = 'timeout') AS n_timeout,"
+        " count(*) FILTER (WHERE status = 'cancelled') AS n_cancelled,"
+        " COALESCE(sum(input_tokens) FILTER (WHERE ok), 0) AS total_input,"
+        " COALESCE(sum(output_tokens) FILTER (WHERE ok), 0) AS total_output,"
+        + ", ".join(parts + ea)
+        + " FROM request_metrics r WHERE r.run_id = ? AND r.phase = 'measure'"
+        + cond
+    )
+    return _fetch_dict(con, sql, [run_id, *params])
+
+
+def chunk_stats(con: duckdb.DuckDBPyConnection, run_id: str, sel: Selection) -> dict[str, Any]:
+    """Chunk ITL pooled over every gap of the selected successful requests, and token ITL.
+
+    One pass over the run's chunks: the window ``lag`` gives each gap; token ITL
+    repeats ``gap / tokens`` once per token the chunk carried.
+    """
+    cond, params = sel.sql()
+    sql = f"""
+    WITH sel AS (
+        SELECT r.request_id FROM request_metrics r
+        WHERE r.run_id = ? AND r.phase = 'measure' AND r.ok{cond}
+    ), g AS (
+        SELECT c.t_s - lag(c.t_s) OVER (PARTITION BY c.request_id ORDER BY c.seq) AS gap_s,
+               GREATEST(COALESCE(c.tokens, 1), 1) AS k
+        FROM chunks c SEMI JOIN sel ON c.request_id = sel.request_id
+        WHERE c.run_id = ?
+    ), gaps AS (SELECT * FROM g WHERE gap_s IS NOT NULL),
+    chunk AS (SELECT {_stats_sql("gap_s", "itl", "true")} FROM gaps),
+    tok AS (
+        SELECT {_stats_sql("tv", "itl_token", "true")}
+        FROM (SELECT gap_s / k AS tv FROM gaps WHERE k = 1
+              UNION ALL
+              SELECT gap_s / k AS tv FROM gaps, range(k) WHERE k > 1)
+    )
+    SELECT * FROM chunk, tok
+    """
+    return _fetch_dict(con, sql, [run_id, *params, run_id])
+
+
+def peak_concurrency(con: duckdb.DuckDBPyConnection, run_id: str, sel: Selection, *, ok_only: bool = True) -> int:
+    """Exact peak of simultaneous requests: a sweep line over sends (+1) and ends (−1).
+
+    Intervals are half-open, so at equal times ends come first (vLLM's
+    ``max_concurrent_requests``: successful requests, end = send + E2EL). With
+    ``ok_only=False`` every measured request counts until its ``end_s`` (what the
+    client really held open).
+    """
+    cond, params = sel.sql()
+    okc = " AND r.ok" if ok_only else ""
+    end = "COALESCE(r.last_token_s, r.end_s)" if ok_only else "COALESCE(r.end_s, r.last_token_s)"
+    sql = f"""
+    WITH rq AS (
+        SELECT r.sent_s AS s, {end} AS e FROM request_metrics r
+        WHERE r.run_id = ? AND r.phase = 'measure'{okc}{cond} AND r.sent_s IS NOT NULL
+    ), ev AS (
+        SELECT s AS t, 1 AS d FROM rq UNION ALL SELECT e AS t, -1 AS d FROM rq WHERE e IS NOT NULL
+    )
+    SELECT COALESCE(max(c), 0) FROM (
+        SELECT sum(d) OVER (ORDER BY t, d ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS c FROM ev
+    )
+    """
+    return int(con.execute(sql, [run_id, *params]).fetchone()[0])
+
+
+def _as_con(store: str | Path | duckdb.DuckDBPyConnection) -> tuple[duckdb.DuckDBPyConnection, bool]:
+    if isinstance(store, duckdb.DuckDBPyConnection):
+        install_views(store)
+        return store, False
+    return open_store(store), True
+
+
+def summarize(
+    store: str | Path | duckdb.DuckDBPyConnection,
+    run_id: str | None = None,
+    *,
+    slo: Mapping[str, float] | str | None = None,
+    where: Selection | Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Every metric of one run (or a selection of it) in the ``analyze --json`` shape.
+
+    ``slo`` is a ``parse_slo`` result (metric -> seconds) or the ``--slo`` string.
+    Latency objects are in milliseconds; counts cover the measured phase only.
+    """
+    from burstbench.analysis import slo as slo_mod
+
+    con, owned = _as_con(store)
+    try:
+        rid = resolve_run(con, run_id)
+        sel = Selection.of(where)
+        slo_s = slo_mod.parse_slo(slo) if isinstance(slo, str) else (dict(slo) if slo else None)
+        info = run_info(con, rid)
+        t0, t1 = measured_window(con, rid, sel)
+        dur = t1 - t0
+        rs = request_stats(con, rid, sel)
+        cs = chunk_stats(con, rid, sel)
+        per_s = (lambda x: x / dur) if dur > 0 else (lambda x: None)
+        completed = int(rs["completed"])
+        out: dict[str, Any] = {
+            "run_id": rid,
+            "label": info["label"],
+            "backend": info["backend"],
+            "model": info["model"],
+            "clock": info["clock"],
+            "status": info["status"],
+            "selection": sel.as_dict(),
+            "requests": int(rs["requests"]),
+            "completed": completed,
+            "failed": int(rs["failed"]),
+            "failed_by_status": {
+                "error": int(rs["n_error"]),
+                "timeout": int(rs["n_timeout"]),
+                "cancelled": int(rs["n_cancelled"]),
+            },
+            "duration_s": dur,
+            "total_input_tokens": int(rs["total_input"]),
+            "total_output_tokens": int(rs["total_output"]),
+            "request_throughput": per_s(completed),
+            "output_throughput": per_s(int(rs["total_output"])),
+            "total_token_throughput": per_s(int(rs["total_input"]) + int(rs["total_output"])),
+            "target_rate": info["target_rate"],
+            "achieved_rate": per_s(int(rs["requests"])),
+            "peak_concurrency": peak_concurrency(con, rid, sel, ok_only=True),
+            "peak_in_flight": peak_concurrency(con, rid, sel, ok_only=False),
+        }
+        for m in ("ttft", "tpot"):
+            out[f"{m}_ms"] = _stats_obj(rs, m)
+        out["itl_ms"] = _stats_obj(cs, "itl")
+        for m in ("e2el", "ttfvt", "schedule_lag", "e2el_from_schedule"):
+            out[f"{m}_ms"] = _stats_obj(rs, m)
+        out["itl_token_ms"] = _stats_obj(cs, "itl_token")
+        out["itl_request_mean_ms"] = _stats_obj(rs, "itl")
+        out["error_adjusted_ms"] = {
+            m: (
+                dict(zip(("p50", "p90", "p95", "p99"), (_finite_ms(v) for v in rs[f"{m}_ea"]), strict=True))
+                if rs[f"{m}_ea"] is not None
+                else None
+            )
+            for m in ("ttft", "tpot", "e2el", "ttfvt")
+        }
+        out["goodput"] = slo_mod.goodput(con, rid, slo_s, sel=sel, duration_s=dur) if slo_s else None
+        return out
+    finally:
+        if owned:
+            con.close()
