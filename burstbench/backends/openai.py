@@ -160,6 +160,8 @@ class OpenAIBackend:
     async def close(self) -> None:
         """Close the session and every pooled connection."""
         session, self._session = self._session, None
+        self._headers = {}  # forget the key with the session
+        self._secret = None
         if session is not None:
             await session.close()
 
@@ -266,95 +268,101 @@ class OpenAIBackend:
         finish = None
         done = False
         eof = False
-        while True:
-            raw = await read()
-            t = clock()
-            if raw:
-                try:
-                    events = feed(raw)
-                except SSEError as e:
-                    self._fail(out, "error", "sse_malformed", e)
-                    break
-            else:
-                eof = True
-                events = parser.finish()
-            for ev in events:
-                if ev == DONE:
-                    done = True
-                    break
-                try:
-                    obj = loads(ev)
-                except ValueError:
-                    self._fail(
-                        out, "error", "sse_malformed", f"invalid JSON in SSE data: {ev[:200]!r}"
-                    )
-                    break
-                if type(obj) is not dict:
-                    self._fail(
-                        out, "error", "sse_malformed", f"SSE data is not an object: {ev[:200]!r}"
-                    )
-                    break
-                choices = obj.get("choices")
-                if choices:
-                    c = choices[0]
-                    if chat:
-                        d = c.get("delta") or c.get("message") or {}
-                        content = d.get("content") or d.get("tool_calls")
-                        reasoning = d.get("reasoning_content") or d.get("reasoning")
-                    else:
-                        content = c.get("text")
-                        reasoning = None
-                    fr = c.get("finish_reason")
-                    if fr:
-                        finish = fr
-                    if content or reasoning:
-                        n_chunks += 1
-                        ct_append(t)
-                        if first is None:
-                            first = t
-                        if content:
-                            rsn_append(0)
-                            if visible is None:
-                                visible = t
-                            if keep and type(content) is str:
-                                texts.append(content)
+        try:
+            while True:
+                raw = await read()
+                t = clock()
+                if raw:
+                    try:
+                        events = feed(raw)
+                    except SSEError as e:
+                        self._fail(out, "error", "sse_malformed", e)
+                        break
+                else:
+                    eof = True
+                    events = parser.finish()
+                for ev in events:
+                    if ev == DONE:
+                        done = True
+                        break
+                    try:
+                        obj = loads(ev)
+                    except ValueError:
+                        self._fail(
+                            out, "error", "sse_malformed", f"invalid JSON in SSE data: {ev[:200]!r}"
+                        )
+                        break
+                    if type(obj) is not dict:
+                        self._fail(
+                            out,
+                            "error",
+                            "sse_malformed",
+                            f"SSE data is not an object: {ev[:200]!r}",
+                        )
+                        break
+                    choices = obj.get("choices")
+                    if choices:
+                        c = choices[0]
+                        if chat:
+                            d = c.get("delta") or c.get("message") or {}
+                            content = d.get("content") or d.get("tool_calls")
+                            reasoning = d.get("reasoning_content") or d.get("reasoning")
                         else:
-                            rsn_append(1)
-                        last = t
-                        u = obj.get("usage")
-                        if u and (ctok := u.get("completion_tokens")) is not None:
-                            tok_append(ctok - prev_ct)
-                            known += ctok - prev_ct
+                            content = c.get("text")
+                            reasoning = None
+                        fr = c.get("finish_reason")
+                        if fr:
+                            finish = fr
+                        if content or reasoning:
+                            n_chunks += 1
+                            ct_append(t)
+                            if first is None:
+                                first = t
+                            if content:
+                                rsn_append(0)
+                                if visible is None:
+                                    visible = t
+                                if keep and type(content) is str:
+                                    texts.append(content)
+                            else:
+                                rsn_append(1)
+                            last = t
+                            u = obj.get("usage")
+                            if u and (ctok := u.get("completion_tokens")) is not None:
+                                tok_append(ctok - prev_ct)
+                                known += ctok - prev_ct
+                                prev_ct = ctok
+                                usage = u
+                            else:
+                                tok_append(-1)
+                            continue
+                    u = obj.get("usage")
+                    if u:
+                        usage = u
+                        if (ctok := u.get("completion_tokens")) is not None:
                             prev_ct = ctok
-                            usage = u
-                        else:
-                            tok_append(-1)
-                        continue
-                u = obj.get("usage")
-                if u:
-                    usage = u
-                    if (ctok := u.get("completion_tokens")) is not None:
-                        prev_ct = ctok
-                elif "error" in obj or obj.get("object") == "error":
-                    self._fail(out, "error", "stream_error", _message_of(obj))
+                    elif "error" in obj or obj.get("object") == "error":
+                        self._fail(out, "error", "stream_error", _message_of(obj))
+                        break
+                if done or eof or out.status != "ok":
                     break
-            if done or eof or out.status != "ok":
-                break
-        if out.status != "ok":
-            resp.close()  # drop the connection: the rest of this stream is unusable
-        elif done and not resp.content.is_eof():
-            await _drain(resp)
-        out.first_token_s = first
-        out.first_visible_s = visible
-        out.last_token_s = last
-        if known and all(x >= 0 for x in out.chunk_tokens):
-            out.output_tokens_counted = known
-        else:
-            out.output_tokens_counted = n_chunks
-        if usage is not None:
-            _apply_usage(out, usage)
-        if keep:
-            out.text = "".join(texts)
+            if out.status != "ok":
+                resp.close()  # drop the connection: the rest of this stream is unusable
+            elif done and not resp.content.is_eof():
+                await _drain(resp)
+        finally:
+            # also on an exception (stall, drop, cancel): keep what was measured
+            out.first_token_s = first
+            out.first_visible_s = visible
+            out.last_token_s = last
+            if known and all(x >= 0 for x in out.chunk_tokens):
+                out.output_tokens_counted = known
+            else:
+                out.output_tokens_counted = n_chunks
+            if usage is not None:
+                _apply_usage(out, usage)
+            if keep:
+                out.text = "".join(texts)
         if out.status == "ok" and not done and not (n_chunks and finish):
             out.status = "error"
             out.error_class = "truncated"

@@ -37,6 +37,7 @@ import json
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
@@ -138,12 +139,14 @@ class StreamServer:
         self.max_records = max_records
         self.records: list[ServerRecord] = []
         self.active = 0
+        self.peak_active = 0
         self.seq = 0
         self.prompt_tokens_total = 0
         self.generation_tokens_total = 0
         self._runner: web.AppRunner | None = None
         self._stop = asyncio.Event()
         self._changed = asyncio.Condition()
+        self._watchers = 0
 
     @property
     def url(self) -> str:
@@ -164,10 +167,14 @@ class StreamServer:
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/stats", self._stats)
         self._runner = web.AppRunner(
-            app, handle_signals=False, access_log=None, handler_cancellation=True
+            app,
+            handle_signals=False,
+            access_log=None,
+            handler_cancellation=True,
+            shutdown_timeout=1.0,
         )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port, backlog=4096, shutdown_timeout=1.0)
+        site = web.TCPSite(self._runner, self.host, self.port, backlog=4096)
         await site.start()
         sockets = site._server.sockets if site._server else []  # type: ignore[union-attr]
         self.port = sockets[0].getsockname()[1]
@@ -185,12 +192,22 @@ class StreamServer:
             rs = self.records
             return len(rs) >= n and (not finished or all(r.finished or r.disconnected for r in rs))
 
-        async with asyncio.timeout(timeout), self._changed:
-            await self._changed.wait_for(ready)
+        await self.wait_until(ready, timeout=timeout)
+
+    async def wait_until(self, predicate: Callable[[], bool], *, timeout: float = 10.0) -> None:
+        """Wait until ``predicate()`` holds; re-checked at every request start, chunk
+        write and request end. Raises TimeoutError after ``timeout`` seconds."""
+        self._watchers += 1
+        try:
+            async with asyncio.timeout(timeout), self._changed:
+                await self._changed.wait_for(predicate)
+        finally:
+            self._watchers -= 1
 
     async def _notify(self) -> None:
-        async with self._changed:
-            self._changed.notify_all()
+        if self._watchers:
+            async with self._changed:
+                self._changed.notify_all()
 
     # -- handlers ---------------------------------------------------------------
 
@@ -250,6 +267,8 @@ class StreamServer:
         if self.record and len(self.records) < self.max_records:
             self.records.append(rec)
         self.active += 1
+        self.peak_active = max(self.peak_active, self.active)
+        await self._notify()
         try:
             return await self._answer(request, rec, s, chat, received)
         except (ConnectionError, asyncio.CancelledError):
@@ -389,6 +408,8 @@ class StreamServer:
                 await write(ev)
             rec.completion_tokens = done_tokens
             self.generation_tokens_total += size
+            if self._watchers:
+                await self._notify()
         await self._flush(write, pending)
         tail = b""
         if usage_mode in ("always", "continuous"):

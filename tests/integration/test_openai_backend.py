@@ -1,0 +1,382 @@
+"""OpenAIBackend against real aiohttp servers on 127.0.0.1 (StreamServer and small ad-hoc apps).
+
+Client times use ``time.perf_counter`` directly as the clock, so they are on the same
+clock as the server's recorded write times and can be compared one to one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import subprocess
+import sys
+import time
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from burstbench.backends.base import Backend, Outcome, Request, get_backend
+from burstbench.backends.openai import OpenAIBackend
+from burstbench.errors import UsageError
+from burstbench.testing import StreamServer, StreamSettings
+
+clock = time.perf_counter
+
+
+def req(i: int = 1, n_in: int = 12, n_out: int = 8, **kw) -> Request:
+    return Request(request_id=i, input_tokens=n_in, output_tokens=n_out, **kw)
+
+
+async def one(url: str, request: Request | None = None, **kw) -> Outcome:
+    async with OpenAIBackend(url, **kw) as b:
+        return await b.send(request or req(), clock)
+
+
+# -- timing definitions -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("api", ["completions", "chat"])
+async def test_chunk_times_follow_server_writes(api: str) -> None:
+    async with StreamServer(ttft_s=0.06, itl_s=0.015, tokens_per_chunk=2) as srv:
+        o = await one(srv.url, req(n_out=9), api=api)
+        (rec,) = srv.records
+    assert o.status == "ok", o.error_message
+    # 9 tokens at 2 per chunk -> 5 token chunks; the chat role-only delta is not one
+    assert len(rec.write_t) == 5
+    assert len(o.chunk_t) == len(rec.write_t)
+    assert list(o.chunk_tokens) == [-1] * 5  # no per-chunk usage from this server
+    # every chunk is seen after the server wrote it, in order
+    for client_t, server_t in zip(o.chunk_t, rec.write_t, strict=True):
+        assert client_t >= server_t
+    assert list(o.chunk_t) == sorted(o.chunk_t)
+    assert o.first_token_s == o.chunk_t[0] and o.last_token_s == o.chunk_t[-1]
+    assert o.first_visible_s == o.first_token_s
+    assert o.first_token_s - o.sent_s >= 0.06  # TTFT can't beat the server's delay
+    assert o.sent_s <= rec.received_s
+    assert o.end_s is not None and o.end_s >= o.last_token_s
+    assert o.output_tokens_server == 9  # usage preferred over counting
+    assert o.output_tokens_counted == 5  # one per chunk when the server does not say
+    assert o.input_tokens_server == 12
+    assert o.http_status == 200
+
+
+async def test_continuous_usage_gives_tokens_per_chunk() -> None:
+    async with StreamServer(tokens_per_chunk=3) as srv:
+        extra = {"stream_options": {"include_usage": True, "continuous_usage_stats": True}}
+        o = await one(srv.url, req(n_out=10), extra_body=extra)
+        (rec,) = srv.records
+    assert o.status == "ok"
+    assert list(o.chunk_tokens) == rec.chunk_tokens == [3, 3, 3, 1]
+    assert o.output_tokens_counted == 10 == o.output_tokens_server
+
+
+async def test_without_usage_counts_chunks() -> None:
+    async with StreamServer(tokens_per_chunk=4, usage="never") as srv:
+        o = await one(srv.url, req(n_out=8))
+    assert o.status == "ok"
+    assert o.output_tokens_server is None and o.input_tokens_server is None
+    assert o.output_tokens_counted == 2
+
+
+async def test_reasoning_then_visible_content() -> None:
+    async with StreamServer(reasoning_tokens=3, itl_s=0.005) as srv:
+        o = await one(srv.url, req(n_out=6), api="chat", keep_text=True)
+    assert o.status == "ok"
+    assert list(o.chunk_reasoning) == [1, 1, 1, 0, 0, 0]
+    assert o.first_token_s == o.chunk_t[0]
+    assert o.first_visible_s == o.chunk_t[3] > o.first_token_s
+    assert o.reasoning_tokens == 3
+    assert o.text == " tok" * 3  # visible text only
+
+
+async def test_usage_details_are_read() -> None:
+    async with StreamServer(cached_tokens=7, prompt_token_bias=1) as srv:
+        o = await one(srv.url, req(n_in=30))
+    assert o.cached_tokens == 7
+    assert o.input_tokens_server == 31  # the drift the loadgen reports (here a BOS token)
+
+
+@pytest.mark.parametrize("api", ["completions", "chat"])
+async def test_non_streaming(api: str) -> None:
+    async with StreamServer(ttft_s=0.02, itl_s=0.002, reasoning_tokens=2) as srv:
+        o = await one(srv.url, req(n_out=5), api=api, stream=False, keep_text=True)
+        (rec,) = srv.records
+    assert o.status == "ok", o.error_message
+    assert "stream" not in rec.body
+    assert len(o.chunk_t) == 1 and o.chunk_t[0] >= rec.write_t[0]
+    assert o.output_tokens_server == 5
+    assert o.first_token_s == o.last_token_s == o.chunk_t[0]
+    assert o.text == (" tok" * 3 if api == "chat" else " tok" * 5)
+
+
+@pytest.mark.parametrize("api", ["completions", "chat"])
+async def test_request_body(api: str) -> None:
+    async with StreamServer() as srv:
+        o = await one(
+            srv.url,
+            req(n_in=20, n_out=4),
+            api=api,
+            model="m1",
+            use_min_tokens=True,
+            extra_body={"temperature": 0},
+        )
+        (rec,) = srv.records
+    assert o.status == "ok"
+    body = rec.body
+    assert rec.path == ("/v1/chat/completions" if api == "chat" else "/v1/completions")
+    assert body["model"] == "m1" and body["max_tokens"] == 4 and body["min_tokens"] == 4
+    assert body["ignore_eos"] is True and body["temperature"] == 0
+    assert body["stream"] is True and body["stream_options"] == {"include_usage": True}
+    if api == "chat":
+        assert [m["role"] for m in body["messages"]] == ["user"]
+        assert len(body["messages"][0]["content"].split()) == 20
+    else:
+        assert len(body["prompt"].split()) == 20
+
+
+async def test_real_prompt_and_messages_are_sent_verbatim() -> None:
+    history = [
+        {"role": "user", "content": "hi there"},
+        {"role": "assistant", "content": "hello"},
+        {"role": "user", "content": "and now?"},
+    ]
+    async with StreamServer() as srv:
+        async with OpenAIBackend(srv.url, api="chat") as b:
+            await b.send(req(messages=history), clock)
+        async with OpenAIBackend(srv.url + "/v1/") as b:
+            await b.send(req(prompt="Why is the sky blue?", ignore_eos=False), clock)
+        chat, comp = srv.records
+    assert chat.body["messages"] == history
+    assert comp.body["prompt"] == "Why is the sky blue?"
+    assert "ignore_eos" not in comp.body
+
+
+# -- failures are outcomes ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "retry_after"), [(429, "2"), (429, None), (500, None), (503, "1")]
+)
+async def test_http_errors(status: int, retry_after: str | None) -> None:
+    async with StreamServer(status=status, retry_after=retry_after) as srv:
+        o = await one(srv.url)
+    assert (o.status, o.error_class, o.http_status) == ("error", f"http_{status}", status)
+    assert f"simulated HTTP {status}" in (o.error_message or "")
+    assert ("Retry-After: 2" in o.error_message) == (retry_after == "2")
+    assert not o.chunk_t and o.first_token_s is None and o.end_s is not None
+
+
+async def test_connection_refused() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    o = await one(f"http://127.0.0.1:{port}")
+    assert (o.status, o.error_class) == ("error", "connect")
+    assert o.http_status is None
+
+
+async def test_stall_is_cut_by_the_stall_timeout() -> None:
+    async with StreamServer(stall_after=2, itl_s=0.005) as srv:
+        o = await one(srv.url, stall_timeout_s=0.3, timeout_s=20)
+    assert (o.status, o.error_class) == ("timeout", "stall")
+    assert len(o.chunk_t) == 2  # what came before the stall is kept
+    assert o.end_s - o.last_token_s >= 0.3
+
+
+async def test_total_timeout() -> None:
+    # bytes keep coming (keep-alive comments), so only the total timeout can end it
+    async with StreamServer(ttft_s=0.0, itl_s=0.1, keepalive=True) as srv:
+        o = await one(srv.url, req(n_out=100), timeout_s=0.35, stall_timeout_s=5)
+    assert (o.status, o.error_class) == ("timeout", "timeout")
+    assert 1 <= len(o.chunk_t) < 100
+
+
+async def test_slow_first_byte() -> None:
+    async with StreamServer(first_byte_delay_s=0.4) as srv:
+        cut = await one(srv.url, stall_timeout_s=0.15)
+        ok = await one(srv.url, stall_timeout_s=2)
+    assert (cut.status, cut.error_class) == ("timeout", "stall")
+    assert ok.status == "ok" and ok.first_token_s - ok.sent_s >= 0.4
+
+
+async def test_drop_mid_stream() -> None:
+    async with StreamServer(drop_after=3, itl_s=0.005) as srv:
+        o = await one(srv.url)
+    assert (o.status, o.error_class) == ("error", "disconnect")
+    assert len(o.chunk_t) == 3
+
+
+async def test_malformed_sse() -> None:
+    async with StreamServer(malformed_after=2) as srv:
+        o = await one(srv.url)
+    assert (o.status, o.error_class) == ("error", "sse_malformed")
+    assert len(o.chunk_t) == 2
+    assert "unterminated" in (o.error_message or "")
+
+
+async def test_error_object_inside_200_stream() -> None:
+    async with StreamServer(error_after=1) as srv:
+        o = await one(srv.url)
+    assert (o.status, o.error_class, o.http_status) == ("error", "stream_error", 200)
+    assert "simulated engine failure" in (o.error_message or "")
+    assert len(o.chunk_t) == 1
+
+
+async def test_missing_done_is_tolerated_when_finished() -> None:
+    async with StreamServer(omit_done=True) as srv:
+        o = await one(srv.url, req(n_out=4))
+    assert o.status == "ok" and len(o.chunk_t) == 4 and o.output_tokens_server == 4
+
+
+async def test_stream_ending_early_is_truncated() -> None:
+    async with StreamServer(end_after=2) as srv:
+        o = await one(srv.url, req(n_out=6))
+    assert (o.status, o.error_class) == ("error", "truncated")
+    assert len(o.chunk_t) == 2
+
+
+async def test_fault_every_second_request() -> None:
+    async with StreamServer(status=500, fault_every=2) as srv, OpenAIBackend(srv.url) as b:
+        outs = [await b.send(req(i), clock) for i in range(4)]
+    assert [o.status for o in outs] == ["ok", "error", "ok", "error"]
+
+
+async def test_cancel_returns_partial_outcome() -> None:
+    async with (
+        StreamServer(stall_after=2, itl_s=0.002) as srv,
+        OpenAIBackend(srv.url, stall_timeout_s=10) as b,
+    ):
+        task = asyncio.create_task(b.send(req(), clock))
+        await srv.wait_until(lambda: bool(srv.records) and len(srv.records[0].write_t) == 2)
+        task.cancel()
+        o = await asyncio.wait_for(task, 5)
+        assert not task.cancelled()
+        assert o.status == "cancelled" and o.end_s is not None
+        assert len(o.chunk_t) <= 2
+        # a second cancel while cancelled is pending propagates
+        task2 = asyncio.create_task(b.send(req(2), clock))
+        await srv.wait_records(2, finished=False)
+        task2.cancel()
+        task2.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task2
+
+
+# -- the key, the pool, the registry ------------------------------------------------
+
+
+async def test_api_key_sent_as_bearer_and_never_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    secret = "sk-test-very-secret-0042"
+    monkeypatch.setenv("BB_TEST_KEY", secret)
+    seen: list[str | None] = []
+
+    async def echo_401(request: web.Request) -> web.Response:
+        auth = request.headers.get("Authorization")
+        seen.append(auth)
+        return web.json_response({"error": {"message": f"bad key {auth}"}}, status=401)
+
+    app = web.Application()
+    app.router.add_post("/v1/completions", echo_401)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    try:
+        o = await one(f"http://127.0.0.1:{port}", api_key_env="BB_TEST_KEY")
+    finally:
+        await runner.cleanup()
+    assert seen == [f"Bearer {secret}"]
+    assert o.error_class == "http_401"
+    assert "***" in o.error_message
+    assert secret not in repr(o)
+    async with StreamServer() as srv:
+        b = OpenAIBackend(srv.url, api_key_env="BB_TEST_KEY")
+        await b.start()
+        ok = await b.send(req(), clock)
+        await b.close()
+        assert srv.records[0].authorization == f"Bearer {secret}"
+    assert secret not in repr(ok) and secret not in repr(vars(b))  # forgotten at close
+
+
+async def test_no_key_no_header(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    async with StreamServer() as srv:
+        await one(srv.url)
+        assert srv.records[0].authorization is None
+
+
+async def test_no_connection_cap_300_concurrent_streams() -> None:
+    async with StreamServer(ttft_s=0.3, itl_s=0.01) as srv:
+        async with OpenAIBackend(srv.url) as b:
+            outs = await asyncio.gather(*(b.send(req(i, n_out=4), clock) for i in range(300)))
+        assert srv.peak_active >= 300  # aiohttp's default connector would cap this at 100
+    assert [o.status for o in outs].count("ok") == 300
+    assert len({o.request_id for o in outs}) == 300
+
+
+async def test_metrics_endpoint_has_vllm_names() -> None:
+    async with (
+        StreamServer(stall_after=1, stall_max_s=5) as srv,
+        OpenAIBackend(srv.url, stall_timeout_s=10) as b,
+    ):
+        tasks = [asyncio.create_task(b.send(req(i), clock)) for i in range(3)]
+        await srv.wait_records(3, finished=False)
+        async with aiohttp.ClientSession() as s, s.get(srv.url + "/metrics") as r:
+            text = await r.text()
+        for t in tasks:
+            t.cancel()
+        outs = await asyncio.gather(*tasks)
+    assert 'vllm:num_requests_running{model_name="burstbench-test"} 3.0' in text
+    assert "vllm:num_requests_waiting" in text and "vllm:generation_tokens_total" in text
+    assert {o.status for o in outs} == {"cancelled"}
+
+
+def test_registry_and_protocol() -> None:
+    cls = get_backend("openai")
+    assert cls is OpenAIBackend
+    assert isinstance(OpenAIBackend("http://127.0.0.1:1"), Backend)
+    with pytest.raises(UsageError, match="--api"):
+        OpenAIBackend("http://127.0.0.1:1", api="embeddings")
+    with pytest.raises(UsageError, match="http"):
+        OpenAIBackend("127.0.0.1:8000")
+    with pytest.raises(UsageError, match="stall_timeout_s"):
+        OpenAIBackend("http://127.0.0.1:1", stall_timeout_s=0)
+
+
+async def test_server_in_a_separate_process() -> None:
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "burstbench.testing.stream_server",
+            "--ttft",
+            "0.01",
+            "--itl",
+            "0.001",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 20)
+        url = json.loads(line)["url"]
+        o = await one(url, req(n_out=5))
+        async with aiohttp.ClientSession() as s, s.get(url + "/stats") as r:
+            stats = await r.json()
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    assert o.status == "ok" and len(o.chunk_t) == 5
+    (rec,) = stats["records"]
+    # same host clock: the client saw each chunk after the other process wrote it
+    assert all(c >= w for c, w in zip(o.chunk_t, rec["write_t"], strict=True))
+    assert proc.returncode == 0
+
+
+def test_settings_copy_is_independent() -> None:
+    s = StreamSettings(status=500, stall_after=1)
+    off = s.faults_off()
+    assert off.status is None and off.stall_after is None and s.status == 500
