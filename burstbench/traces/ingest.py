@@ -1,0 +1,186 @@
+"""Turn a raw trace file (BurstGPT, Azure, Mooncake, Bailian, OpenAI logs, any CSV/JSONL)
+into a Trace: detect the format, read it streaming, rebase and sort the arrivals, and
+record in the metadata everything that was detected or cleaned.
+
+``ingest`` returns the Trace; ``ingest_file`` also writes it to Parquet atomically.
+``load_trace`` in ``schema.py`` calls ``ingest(path, fmt=fmt, **options)`` so every
+command that takes a trace accepts raw files too.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from burstbench import __version__
+from burstbench.errors import BurstbenchError, TraceFormatError, UsageError
+from burstbench.traces.readers import FORMATS, azure, bailian, burstgpt, generic, mooncake
+from burstbench.traces.readers.csvread import read_csv
+from burstbench.traces.readers.jsonread import read_jsonl
+from burstbench.traces.readers.plan import Plan
+from burstbench.traces.readers.source import Source, open_source
+from burstbench.traces.readers.timecols import human_seconds, rebase, tied_share, unit_warnings
+from burstbench.traces.schema import Trace, conform, write_trace
+
+Finish = Callable[[pl.DataFrame, Plan], pl.DataFrame]
+_NAMED = {m.NAME: m for m in (burstgpt, azure, mooncake, bailian)}
+
+
+def detect_format(src: Source) -> str:
+    """The format name whose signature the file's header (or first record) carries."""
+    for mod in (burstgpt, azure, bailian, mooncake):
+        if mod.matches(src):
+            return mod.NAME
+    if generic.openai_prefix(src) is not None:
+        return "openai"
+    if src.kind == "csv":
+        raise src.error(
+            f"no known trace format has the columns {', '.join(src.header)}; name them with "
+            "--map arrival=COL[:unit],input=COL,output=COL (see `trace ingest --help`)",
+            line=1,
+        )
+    keys = ", ".join(sorted(src.first_record or {}))
+    raise src.error(
+        f"no known trace format has the keys {keys}; name them with "
+        "--map arrival=KEY[:unit],input=KEY,output=KEY (dotted paths reach nested keys)",
+        line=src.first_record_line,
+    )
+
+
+def _plan_for(src: Source, fmt: str | None, mapping: Any) -> tuple[Plan, Finish]:
+    pairs = generic.parse_map(mapping)
+    if fmt is not None and fmt not in FORMATS:
+        raise UsageError(f"--format '{fmt}' is not one of {', '.join(FORMATS)}")
+    if pairs:
+        if fmt not in (None, "csv", "jsonl"):
+            raise UsageError(f"--map works with --format csv or jsonl, not {fmt}; drop one of them")
+        if fmt is not None and fmt != src.kind:
+            raise src.error(f"--format {fmt} given, but the file is {src.kind.upper()}", line=1)
+        return generic.mapped_plan(src, pairs), generic.mapped_finish
+    if fmt in ("csv", "jsonl"):
+        raise UsageError(f"--format {fmt} needs --map arrival=COL[:unit],input=COL,output=COL")
+    name = fmt or detect_format(src)
+    if name == "openai":
+        return generic.openai_plan(src), generic.openai_finish
+    mod = _NAMED[name]
+    if src.kind != mod.KIND:
+        raise src.error(f"--format {name} expects {mod.KIND.upper()}, but the file is {src.kind.upper()}", line=1)
+    return mod.plan(src), mod.finish
+
+
+def ingest(
+    path: str | Path,
+    fmt: str | None = None,
+    *,
+    mapping: str | Mapping[str, str] | None = None,
+    skip_bad: bool = False,
+    **unknown: Any,
+) -> Trace:
+    """Read a raw trace file into a Trace (arrivals from 0 s, sorted, metadata filled in).
+
+    ``fmt`` forces a format (see ``FORMATS``), ``mapping`` names columns for generic
+    CSV/JSONL (``"arrival=ts:ms,input=n_in,output=n_out"`` or a dict), and ``skip_bad``
+    drops malformed rows (counted per reason in the metadata) instead of raising.
+    """
+    if unknown:
+        raise UsageError(f"unknown ingest option(s): {', '.join(sorted(unknown))}")
+    started = time.perf_counter()
+    src = open_source(path)
+    plan, finish = _plan_for(src, fmt, mapping)
+    reader = read_csv if src.kind == "csv" else read_jsonl
+    result = reader(src, plan, skip_bad=skip_bad)
+    df = result.df
+    unit = plan.time.unit or "s"
+    if unit == "epoch":
+        unit = generic.resolve_epoch(df, plan)
+    unit_for_rebase = "s" if unit == "iso8601" else unit
+    df, tinfo = rebase(df, "_t", unit_for_rebase)
+    try:
+        df = finish(df, plan)
+        if "failed" in df.columns:
+            df = df.with_columns(pl.col("failed").fill_null(False))
+        df = conform(df)
+    except BurstbenchError:
+        raise
+    except pl.exceptions.PolarsError as exc:  # a value that parsed but does not fit the schema
+        raise TraceFormatError(f"cannot build the trace ({exc})", path=src.path) from exc
+    span = float(df["arrival_s"].max() or 0.0)
+    tinfo.warnings += unit_warnings(span, df.height, tinfo.unit, plan.unit_source)
+    meta = {
+        "source_format": plan.fmt,
+        "source_variant": plan.variant,
+        "source_file": str(src.path.resolve()),
+        "source_bytes": src.size,
+        "columns": {
+            ("arrival_s" if f.target == "_t" else f.target): f.source
+            for f in result.fields
+            if f.target == "_t" or not f.target.startswith("_")
+        },
+        "timestamp_unit": tinfo.unit,
+        "timestamp_unit_source": plan.unit_source,
+        "timestamp_resolution_s": tinfo.resolution_s,
+        "timestamp_resolution": human_seconds(tinfo.resolution_s),
+        "timestamp_written_precision": plan.written_precision,
+        "time_origin": tinfo.origin,
+        "tied_share": tied_share(df["arrival_s"]),
+        "block_size": plan.block_size,
+        "rows_read": result.rows_read,
+        "rows_kept": df.height,
+        "rows_dropped": dict(sorted(result.dropped.items())),
+        "skip_bad": skip_bad,
+        "span_s": span,
+        "notes": plan.notes,
+        "warnings": tinfo.warnings,
+        "ingested_by": f"burstbench {__version__}",
+        "ingest_seconds": round(time.perf_counter() - started, 3),
+    }
+    return Trace(df, meta)
+
+
+def ingest_file(
+    path: str | Path,
+    output: str | Path,
+    fmt: str | None = None,
+    *,
+    mapping: str | Mapping[str, str] | None = None,
+    skip_bad: bool = False,
+) -> Trace:
+    """``ingest`` then ``write_trace`` (atomic: a failure leaves no partial output)."""
+    trace = ingest(path, fmt, mapping=mapping, skip_bad=skip_bad)
+    out = Path(output)
+    if out.resolve() == Path(path).resolve():
+        raise UsageError("output path equals the source; choose another -o")
+    try:
+        write_trace(trace, out)
+    except OSError as exc:
+        raise BurstbenchError(f"{out}: cannot write the trace ({exc.strerror or exc})") from exc
+    return trace
+
+
+def summary(trace: Trace) -> dict[str, Any]:
+    """The printed/--json summary: counts, span, clock facts and what was dropped."""
+    m = trace.meta
+    return {
+        "rows": len(trace),
+        "rows_read": m.get("rows_read"),
+        "rows_dropped": m.get("rows_dropped", {}),
+        "span_s": m.get("span_s"),
+        "source_format": m.get("source_format"),
+        "source_variant": m.get("source_variant"),
+        "source_file": m.get("source_file"),
+        "timestamp_unit": m.get("timestamp_unit"),
+        "timestamp_unit_source": m.get("timestamp_unit_source"),
+        "timestamp_resolution": m.get("timestamp_resolution"),
+        "timestamp_resolution_s": m.get("timestamp_resolution_s"),
+        "timestamp_written_precision": m.get("timestamp_written_precision"),
+        "tied_share": m.get("tied_share"),
+        "block_size": m.get("block_size"),
+        "failed": int(trace.df["failed"].sum()),
+        "sessions": int(trace.df["session_id"].n_unique() - (1 if trace.df["session_id"].null_count() else 0)),
+        "notes": m.get("notes", []),
+        "warnings": m.get("warnings", []),
+    }
