@@ -18,8 +18,9 @@ measures through ``usage.prompt_tokens`` (``Outcome.input_tokens_server``):
 * a few merges across word boundaries in some vocabularies (well under 1%).
 
 For exact counts give a local ``tokenizer.json`` (needs the optional
-``tokenizers`` package): the word count is then corrected until the
-tokenizer's count equals the target.
+``tokenizers`` package): the word text is then cut at the token boundary where
+the tokenizer's count equals the target (special tokens such as BOS, which the
+server adds, are not counted).
 
 Determinism: the same (seed, request id, hashes, length) gives the same text in
 every process, so multi-worker runs and reruns send identical prompts.
@@ -171,16 +172,32 @@ class PromptBuilder:
         return out
 
     def _fit_exact(self, request_id: int, n: int, prefix_hashes, text: str) -> str:
-        """Adjust the word count until the local tokenizer counts exactly ``n`` tokens."""
+        """Cut the word text at a token boundary so the local tokenizer counts exactly ``n``.
+
+        The cut keeps the text a prefix of the full word sequence, so requests that
+        share prefix hashes still share their leading text.
+        """
+        tok = self._tokenizer
         words_n = n
-        best = text
-        for _ in range(8):
-            got = self.count_tokens(best) or 0
-            if got == n:
-                return best
-            words_n = max(1, words_n + (n - got))
-            best = " ".join(self._words(request_id, words_n, prefix_hashes))
-        return best  # closest found; the backend still reports server-side drift
+        enc = tok.encode(text, add_special_tokens=False)
+        for _ in range(6):  # grow until the words give at least n tokens
+            if len(enc.ids) >= n:
+                break
+            words_n *= 2
+            text = " ".join(self._words(request_id, words_n, prefix_hashes))
+            enc = tok.encode(text, add_special_tokens=False)
+        if len(enc.ids) == n:
+            return text
+        if len(enc.ids) < n:
+            return text  # cannot reach n; the server-side drift is still reported
+        offsets = enc.offsets
+        first_cut = text[: offsets[n - 1][1]]
+        for k in (n, n - 1, n + 1, n - 2, n + 2):
+            if 0 < k <= len(offsets):
+                cut = text[: offsets[k - 1][1]]
+                if self.count_tokens(cut) == n:
+                    return cut
+        return first_cut  # closest found; the backend still reports server-side drift
 
 
 def _content_text(content: Any) -> str:
