@@ -1,0 +1,546 @@
+"""The reference engine's core: a vLLM V1 scheduler over a paged KV cache, clock-free.
+
+One ``EngineCore.step()`` is one engine iteration, as vLLM V1's
+``Scheduler.schedule()`` + ``update_from_output()`` run it:
+
+1. running requests first, in running order: every decode gets one token;
+   a request whose next token crosses a block boundary takes a new block, and
+   when none is free the newest running request is preempted (FCFS: the tail
+   of the running list; priority: the largest ``(priority, arrival)``), its
+   blocks freed and the request put back at the front of the waiting queue to
+   be recomputed; partially prefilled requests get ``min(remaining, budget)``
+   tokens (chunked prefill);
+2. if nothing was preempted in this step, waiting requests are admitted in
+   queue order while the token budget, ``max_num_seqs`` and the KV cache allow;
+   a prefix-cache lookup (chained block hashes) skips the cached part of the
+   prompt (always recomputing at least the last token, as vLLM does);
+3. the step's time comes from the cost model; every request whose prefill
+   completed, and every decode, emits one token; requests that reached their
+   output length finish and free their blocks.
+
+The engine never sleeps and never reads a clock: callers advance time by the
+returned step time. The simulator runs it in virtual time; the HTTP server runs
+it against wall-clock deadlines. Both see the same behaviour.
+
+Why decodes are "lazy": a busy hour of trace is ~10^5–10^6 iterations, so the
+per-iteration work must not touch every running request. A decoding request is
+stored as an anchor (context and output count at iteration ``sync``); its state
+at any later iteration follows arithmetically. Only events touch it: needing a
+new KV block (every ``block_size`` tokens), finishing, being preempted. The
+step time comes from running sums (decode count, context sum) through the cost
+model's ``step_time_sums`` when it has one. Output token times are recorded as
+iteration-index segments per request and turned into times in bulk by the caller.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from burstbench.backends.reference.kvcache import BlockPool
+from burstbench.errors import UsageError
+
+WAITING, RUNNING, DONE, REJECTED, ABORTED = 0, 1, 2, 3, 4
+_BLOCK, _FINISH = 0, 1
+
+
+@dataclass(slots=True, eq=False)
+class Seq:
+    """One request inside the engine. ``eq=False``: identity is the object (dict/set keys)."""
+
+    rid: int
+    prompt_len: int
+    max_out: int
+    arrival: float = 0.0
+    priority: int = 0
+    hashes: list[int] | None = None  # chained hashes of the prompt's full blocks
+    tag: Any = None  # the caller's payload (server: the stream state)
+    # progress (materialised fields; for a decoding request see c0/o0/sync)
+    computed: int = 0
+    out: int = 0
+    state: int = WAITING
+    decoding: bool = False
+    c0: int = 0
+    o0: int = 0
+    sync: int = 0
+    seg_start: int = -1
+    rorder: int = 0  # position key in the running order
+    qorder: int = 0  # arrival order (tie-break in the waiting queue)
+    ver: int = 0  # bumps invalidate queued events
+    blocks: list[int] = field(default_factory=list)
+    n_cached: int = 0
+    segs: list[int] = field(default_factory=list)  # flat [start_it, count, ...] of emitted tokens
+    first_it: int = -1
+    last_it: int = -1
+    cached_tokens: int = -1
+    preemptions: int = 0
+
+    def context_at(self, it: int) -> int:
+        """Tokens in the KV cache before iteration ``it``."""
+        return self.c0 + (it - self.sync) if self.decoding else self.computed
+
+    def out_at(self, it: int) -> int:
+        """Output tokens produced before iteration ``it``."""
+        return self.o0 + (it - self.sync) if self.decoding else self.out
+
+
+@dataclass(slots=True)
+class StepOutput:
+    """What one iteration did, for callers that stream (the server)."""
+
+    dt: float
+    emitted: list[Seq]  # each produced exactly one token in this step
+    finished: list[Seq]
+    preempted: list[Seq]
+
+
+class EngineCore:
+    """vLLM V1 scheduling over a ``BlockPool``; the cost object gives each step's time.
+
+    ``cost`` needs ``step_time(prefill, decode)``; if it also has
+    ``step_time_sums(...)`` (the reference ``CostModel`` does) decode-heavy steps
+    cost O(1) instead of O(batch).
+    """
+
+    def __init__(
+        self,
+        cost: Any,
+        num_blocks: int,
+        *,
+        block_size: int = 16,
+        max_num_seqs: int = 256,
+        max_num_batched_tokens: int = 8192,
+        enable_prefix_caching: bool = True,
+        max_waiting: int | None = None,
+        policy: str = "fcfs",
+        max_context: int | None = None,
+    ) -> None:
+        if max_num_seqs < 1 or max_num_batched_tokens < 1 or block_size < 1:
+            raise UsageError("max_num_seqs, max_num_batched_tokens and block_size must be positive")
+        if max_num_batched_tokens < max_num_seqs:
+            raise UsageError(
+                f"max_num_batched_tokens ({max_num_batched_tokens}) must be >= max_num_seqs "
+                f"({max_num_seqs}), as vLLM requires; raise --max-num-batched-tokens"
+            )
+        if policy not in ("fcfs", "priority"):
+            raise UsageError(f"policy must be 'fcfs' or 'priority', got '{policy}'")
+        if max_waiting is not None and max_waiting < 0:
+            raise UsageError("max_waiting must be >= 0")
+        self.cost = cost
+        self._sums = getattr(cost, "step_time_sums", None)
+        self.pool = BlockPool(num_blocks, enable_caching=enable_prefix_caching)
+        self.block_size = block_size
+        self.max_num_seqs = max_num_seqs
+        self.max_tokens = max_num_batched_tokens
+        self.max_waiting = max_waiting
+        self.policy = policy
+        capacity = self.pool.num_usable * block_size
+        self.max_context = min(max_context or capacity, capacity)
+        self.waiting: deque[Seq] = deque()
+        self._wheap: list[tuple[int, float, int, Seq]] = []
+        self.running: dict[Seq, None] = {}
+        self.prefilling: dict[Seq, None] = {}
+        self.B = 0  # decoding requests
+        self.S = 0  # sum of their contexts at the current iteration
+        self.it = 0
+        self._events: list[tuple[int, int, int, int, Seq]] = []
+        self._rorder = 0
+        self._qorder = 0
+        self._budget = 0
+        self._chunks: dict[Seq, int] = {}
+        # statistics (vLLM counter names in comments)
+        self.num_preemptions = 0  # vllm:num_preemptions_total
+        self.prompt_tokens = 0  # vllm:prompt_tokens_total (computed prompt tokens, incl. recompute)
+        self.generation_tokens = 0  # vllm:generation_tokens_total
+        self.prefix_queries = 0  # vllm:prefix_cache_queries_total (tokens)
+        self.prefix_hits = 0  # vllm:prefix_cache_hits_total (tokens)
+        self.num_finished = 0
+        self.max_batch_tokens_seen = 0
+        self.last_batch_tokens = 0  # tokens scheduled in the last step (tests, metrics)
+        self.last_decodes = 0
+        self.last_chunks: dict[Seq, int] = {}
+        self.max_running_seen = 0
+
+    # -- queue ---------------------------------------------------------------------
+    @property
+    def num_waiting(self) -> int:
+        return len(self.waiting) if self.policy == "fcfs" else len(self._wheap)
+
+    @property
+    def num_running(self) -> int:
+        return len(self.running)
+
+    def has_work(self) -> bool:
+        return bool(self.running) or self.num_waiting > 0
+
+    def check(self, prompt_len: int, max_out: int) -> str | None:
+        """Why a request can never run here (None when it can): vLLM's 400 cases."""
+        if prompt_len < 1:
+            return "the prompt must contain at least one token"
+        if max_out < 1:
+            return "max_tokens must be at least 1"
+        if prompt_len + max_out > self.max_context:
+            return (
+                f"this engine's maximum context length is {self.max_context} tokens; the request "
+                f"asks for {prompt_len} prompt + {max_out} output tokens"
+            )
+        return None
+
+    def add(self, s: Seq) -> bool:
+        """Queue a request; False (and ``state = REJECTED``) when the waiting queue is full."""
+        if self.max_waiting is not None and self.num_waiting >= self.max_waiting:
+            s.state = REJECTED
+            return False
+        s.state = WAITING
+        s.qorder = self._qorder
+        self._qorder += 1
+        if self.policy == "fcfs":
+            self.waiting.append(s)
+        else:
+            heapq.heappush(self._wheap, (s.priority, s.arrival, s.qorder, s))
+        return True
+
+    def _requeue(self, s: Seq) -> None:
+        s.state = WAITING
+        if self.policy == "fcfs":
+            self.waiting.appendleft(s)
+        else:
+            heapq.heappush(self._wheap, (s.priority, s.arrival, s.qorder, s))
+
+    def _head(self) -> Seq | None:
+        if self.policy == "fcfs":
+            return self.waiting[0] if self.waiting else None
+        return self._wheap[0][3] if self._wheap else None
+
+    def _pop_head(self) -> None:
+        if self.policy == "fcfs":
+            self.waiting.popleft()
+        else:
+            heapq.heappop(self._wheap)
+
+    # -- events ----------------------------------------------------------------------
+    def _push_events(self, s: Seq) -> None:
+        """Block-need and finish events of a decoding request from its anchor."""
+        bs = self.block_size
+        it_fin = s.sync + (s.max_out - s.o0) - 1
+        it_need = s.sync + len(s.blocks) * bs - s.c0
+        ev = self._events
+        if it_need <= it_fin:
+            heapq.heappush(ev, (it_need, _BLOCK, s.rorder, s.ver, s))
+        heapq.heappush(ev, (it_fin, _FINISH, s.rorder, s.ver, s))
+
+    # -- preemption --------------------------------------------------------------------
+    def _victim(self) -> Seq:
+        if self.policy == "fcfs":
+            return next(reversed(self.running))
+        return max(self.running, key=lambda r: (r.priority, r.arrival))
+
+    def _close_segment(self, s: Seq, end_it: int) -> None:
+        """Record tokens emitted at iterations [seg_start, end_it)."""
+        n = end_it - s.seg_start
+        if n > 0:
+            s.segs.append(s.seg_start)
+            s.segs.append(n)
+            s.last_it = end_it - 1
+        s.seg_start = -1
+
+    def _preempt(self, s: Seq, preempted: list[Seq] | None) -> None:
+        """Preempt by recompute: free every block, keep outputs, back to the queue front."""
+        it = self.it
+        if s.decoding:
+            ctx = s.context_at(it)
+            s.out = s.out_at(it)
+            s.computed = ctx
+            self._close_segment(s, it)
+            self.B -= 1
+            self.S -= ctx
+            self._budget += 1
+            s.decoding = False
+        else:
+            del self.prefilling[s]
+            n = self._chunks.pop(s, None)
+            if n is not None:
+                self._budget += n
+        del self.running[s]
+        self.pool.release(s.blocks)
+        s.blocks = []
+        s.n_cached = 0
+        s.computed = 0
+        s.ver += 1
+        s.preemptions += 1
+        self.num_preemptions += 1
+        self._requeue(s)
+        if preempted is not None:
+            preempted.append(s)
+
+    def _make_room(self, s: Seq, need: int, preempted: list[Seq]) -> bool:
+        """Free blocks until ``need`` are free, preempting; False if ``s`` itself was preempted."""
+        pool = self.pool
+        while pool.num_free() < need:
+            victim = self._victim()
+            self._preempt(victim, preempted)
+            if victim is s:
+                return False
+        return True
+
+    def _cache_full_blocks(self, s: Seq, tokens: int) -> None:
+        """Register the prompt blocks that are full once ``tokens`` are computed (vLLM caches at allocation)."""
+        h = s.hashes
+        if not h:
+            return
+        upto = min(tokens // self.block_size, len(h))
+        if upto > s.n_cached:
+            pool = self.pool
+            blocks = s.blocks
+            for i in range(s.n_cached, upto):
+                pool.cache_block(blocks[i], h[i])
+            s.n_cached = upto
+
+    # -- one iteration ---------------------------------------------------------------------
+    def step(self, *, collect: bool = False) -> StepOutput | float | None:
+        """Schedule and run one iteration; its time in seconds, or None when idle.
+
+        With ``collect`` it returns a ``StepOutput`` listing the requests that emitted
+        a token (O(batch); the server needs it, the simulator does not).
+        """
+        if not self.running and not self.num_waiting:
+            return None
+        it = self.it
+        pool = self.pool
+        bs = self.block_size
+        preempted: list[Seq] = []
+        self._budget = self.max_tokens - self.B
+        self._chunks = chunks = {}
+        ev = self._events
+
+        # 1a. decodes: only those crossing a block boundary need work.
+        while ev and ev[0][0] <= it and ev[0][1] == _BLOCK:
+            _, _, _, ver, s = heapq.heappop(ev)
+            if ver != s.ver or s.state != RUNNING:
+                continue
+            if not self._make_room(s, 1, preempted):
+                continue
+            s.blocks.extend(pool.allocate(1))
+            nxt = s.sync + len(s.blocks) * bs - s.c0
+            if nxt <= s.sync + (s.max_out - s.o0) - 1:
+                heapq.heappush(ev, (nxt, _BLOCK, s.rorder, s.ver, s))
+
+        # 1b. partially prefilled running requests (they sit at the running tail).
+        if self.prefilling:
+            for s in list(self.prefilling):
+                if self._budget <= 0:
+                    break
+                if s.state != RUNNING:
+                    continue
+                n = min(s.prompt_len + s.out - s.computed, self._budget)
+                need = -(-(s.computed + n) // bs) - len(s.blocks)
+                if need > 0:
+                    if not self._make_room(s, need, preempted):
+                        break
+                    s.blocks.extend(pool.allocate(need))
+                self._cache_full_blocks(s, s.computed + n)
+                chunks[s] = n
+                self._budget -= n
+
+        # 2. waiting requests, only when nothing was preempted in this step.
+        if not preempted:
+            running = self.running
+            while self._budget > 0 and len(running) < self.max_num_seqs:
+                s = self._head()
+                if s is None:
+                    break
+                num_tokens = s.prompt_len + s.out
+                hit: list[int] = []
+                if s.hashes and pool.enable_caching:
+                    limit = (num_tokens - 1) // bs
+                    hit = pool.lookup(s.hashes[:limit] if limit < len(s.hashes) else s.hashes)
+                hit_tokens = len(hit) * bs
+                n = min(num_tokens - hit_tokens, self._budget)
+                need = -(-(hit_tokens + n) // bs) - len(hit)
+                if need + (pool.evictable_among(hit) if hit else 0) > pool.num_free():
+                    break
+                self._pop_head()
+                if pool.enable_caching:
+                    self.prefix_queries += num_tokens
+                    self.prefix_hits += hit_tokens
+                if hit:
+                    pool.touch(hit)
+                s.blocks = hit + pool.allocate(need)
+                s.n_cached = len(hit)
+                s.computed = hit_tokens
+                if s.cached_tokens < 0:
+                    s.cached_tokens = hit_tokens
+                self._cache_full_blocks(s, hit_tokens + n)
+                s.state = RUNNING
+                s.rorder = self._rorder
+                self._rorder += 1
+                running[s] = None
+                self.prefilling[s] = None
+                chunks[s] = n
+                self._budget -= n
+
+        # 3. the step's time.
+        B, S = self.B, self.S
+        if chunks:
+            if self._sums is not None:
+                p_tok = 0
+                p_pairs = 0.0
+                p_kv = 0
+                for s, n in chunks.items():
+                    c = s.computed
+                    p_tok += n
+                    p_pairs += n * c + n * (n + 1) / 2
+                    p_kv += c + n
+                dt = self._sums(
+                    prefill_tokens=p_tok,
+                    prefill_seqs=len(chunks),
+                    prefill_pairs=p_pairs,
+                    prefill_kv_tokens=p_kv,
+                    decode_seqs=B,
+                    decode_context_sum=S,
+                )
+            else:
+                dt = self.cost.step_time(
+                    [(n, s.computed) for s, n in chunks.items()], self._decode_contexts()
+                )
+        elif B:
+            if self._sums is not None:
+                dt = self._sums(decode_seqs=B, decode_context_sum=S)
+            else:
+                dt = self.cost.step_time((), self._decode_contexts())
+        else:
+            # Nothing could be scheduled (only possible when every request was preempted
+            # away in this step); the next step retries with the freed blocks.
+            dt = 0.0
+        batch_tokens = B + sum(chunks.values())
+        self.last_batch_tokens = batch_tokens
+        self.last_decodes = B
+        self.last_chunks = chunks
+        if batch_tokens > self.max_batch_tokens_seen:
+            self.max_batch_tokens_seen = batch_tokens
+        if len(self.running) > self.max_running_seen:
+            self.max_running_seen = len(self.running)
+
+        emitted: list[Seq] = []
+        if collect:
+            emitted = [s for s in self.running if s.decoding]
+        finished: list[Seq] = []
+
+        # 4. outputs: prefills that completed emit their first (or next) token.
+        new_dec: list[Seq] = []
+        for s, n in chunks.items():
+            s.computed += n
+            self.prompt_tokens += n
+            if s.computed >= s.prompt_len + s.out:
+                s.out += 1
+                self.generation_tokens += 1
+                if s.first_it < 0:
+                    s.first_it = it
+                s.seg_start = it
+                del self.prefilling[s]
+                if collect:
+                    emitted.append(s)
+                if s.out >= s.max_out:
+                    self._close_segment(s, it + 1)
+                    self._finish(s)
+                    finished.append(s)
+                else:
+                    new_dec.append(s)
+        self.generation_tokens += B
+        # decodes that produced their last token in this step
+        while ev and ev[0][0] <= it:
+            _, kind, _, ver, s = heapq.heappop(ev)
+            if ver != s.ver or s.state != RUNNING or kind != _FINISH:
+                continue
+            self._close_segment(s, it + 1)
+            self.B -= 1
+            self.S -= s.context_at(it)
+            s.out = s.max_out
+            s.computed = s.context_at(it) + 1
+            s.decoding = False
+            self._finish(s)
+            finished.append(s)
+        self.S += self.B
+        nxt_it = it + 1
+        for s in new_dec:
+            s.decoding = True
+            s.c0 = s.computed
+            s.o0 = s.out
+            s.sync = nxt_it
+            s.ver += 1
+            self.B += 1
+            self.S += s.c0
+            self._push_events(s)
+        self.it = nxt_it
+        if collect:
+            return StepOutput(dt, emitted, finished, preempted)
+        return dt
+
+    def _decode_contexts(self) -> list[int]:
+        it = self.it
+        return [s.context_at(it) for s in self.running if s.decoding]
+
+    def _finish(self, s: Seq) -> None:
+        del self.running[s]
+        self.pool.release(s.blocks)
+        s.blocks = []
+        s.state = DONE
+        s.ver += 1
+        self.num_finished += 1
+
+    def abort(self, s: Seq) -> None:
+        """Drop a request wherever it is (client went away); its blocks are freed."""
+        if s.state == WAITING:
+            if self.policy == "fcfs":
+                with contextlib.suppress(ValueError):
+                    self.waiting.remove(s)
+            else:
+                self._wheap = [e for e in self._wheap if e[3] is not s]
+                heapq.heapify(self._wheap)
+        elif s.state == RUNNING:
+            if s.decoding:
+                ctx = s.context_at(self.it)
+                s.out = s.out_at(self.it)
+                self._close_segment(s, self.it)
+                self.B -= 1
+                self.S -= ctx
+                s.decoding = False
+            else:
+                self.prefilling.pop(s, None)
+            del self.running[s]
+            self.pool.release(s.blocks)
+            s.blocks = []
+        else:
+            return
+        s.ver += 1
+        s.state = ABORTED
+
+    # -- introspection (tests, metrics) ------------------------------------------------------
+    def kv_usage(self) -> float:
+        return self.pool.usage()
+
+    def blocks_in_use(self) -> int:
+        return sum(len(s.blocks) for s in self.running)
+
+    def check_invariants(self) -> None:
+        """Assert the engine's bookkeeping is consistent (tests call this every step)."""
+        it = self.it
+        dec = [s for s in self.running if s.decoding]
+        assert len(dec) == self.B, (len(dec), self.B)
+        assert sum(s.context_at(it) for s in dec) == self.S
+        assert len(self.running) <= self.max_num_seqs
+        held = {b for s in self.running for b in s.blocks}
+        assert 0 not in held
+        assert len(held) + self.pool.num_free() == self.pool.num_usable, (len(held), self.pool.num_free())
+        for s in self.running:
+            need = -(-s.context_at(it) // self.block_size)
+            assert len(s.blocks) >= need, (s.rid, len(s.blocks), need)
+            assert s.out_at(it) < s.max_out
+
+
+StepTime = Callable[[Sequence[tuple[int, int]], Sequence[int]], float]
+"""The cost interface the engine needs (``CostModel.step_time``)."""
