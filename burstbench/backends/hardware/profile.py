@@ -23,6 +23,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from burstbench.errors import InputError, UsageError
 
 FORMAT = "burstbench.hardware/1"
@@ -55,9 +57,9 @@ class EfficiencyCurve:
                 raise ValueError(f"efficiency must be in (0, 1], got {y}")
         object.__setattr__(self, "points", pts)
         object.__setattr__(self, "_xs", tuple(math.log(x) for x, _ in pts))
-        object.__setattr__(self, "_table", ())
-        table = tuple(self._interp(float(max(n, 1))) for n in range(self._TABLE + 1))
-        object.__setattr__(self, "_table", table)
+        sizes = np.log(np.maximum(np.arange(self._TABLE + 1, dtype=np.float64), 1.0))
+        table = np.interp(sizes, self._xs, [y for _, y in pts])  # clamps like _interp
+        object.__setattr__(self, "_table", tuple(table.tolist()))
 
     @classmethod
     def constant(cls, value: float) -> EfficiencyCurve:
