@@ -119,3 +119,15 @@ def test_exact_lengths_with_a_local_tokenizer(tmp_path) -> None:
     for n in (10, 50, 200):
         text = b.prompt(1, n)
         assert len(tok.encode(text, add_special_tokens=False).ids) == n
+
+
+def test_one_token_per_word_in_packaged_vocabularies() -> None:
+    """How the word list was checked (runs where `bpe-openai` is installed; it packages
+    the cl100k/o200k vocabularies, so nothing is downloaded)."""
+    bpe_openai = pytest.importorskip("bpe_openai")
+    b = PromptBuilder(block_size=16)
+    for name in ("cl100k_base", "o200k_base"):
+        enc = bpe_openai.get_encoding(name)
+        assert all(len(enc.encode(w)) == 1 == len(enc.encode(" " + w)) for w in WORDS), name
+        for i, n in enumerate((1, 33, 700)):
+            assert len(enc.encode(b.prompt(i, n, [1, 2]))) == n
