@@ -37,6 +37,7 @@ def detect_format(src: Source) -> str:
             return mod.NAME
     if generic.openai_prefix(src) is not None:
         return "openai"
+    _near_miss(src)
     if src.kind == "csv":
         raise src.error(
             f"no known trace format has the columns {', '.join(src.header)}; name them with "
@@ -49,6 +50,24 @@ def detect_format(src: Source) -> str:
         "--map arrival=KEY[:unit],input=KEY,output=KEY (dotted paths reach nested keys)",
         line=src.first_record_line,
     )
+
+
+def _near_miss(src: Source) -> None:
+    """A file that carries most of a format's signature lacks the rest: say which column."""
+    have = set(src.header) if src.kind == "csv" else set(src.first_record or {})
+    for mod in (burstgpt, azure, bailian, mooncake):
+        if src.kind != mod.KIND:
+            continue
+        missing = [c for c in mod.SIGNATURE if c not in have]
+        if 0 < len(missing) <= len(mod.SIGNATURE) // 2:
+            line = 1 if src.kind == "csv" else src.first_record_line
+            raise src.error(
+                f"looks like a {mod.NAME} file but lacks {', '.join(repr(c) for c in missing)}; "
+                "the file may be cut or re-exported with other names: restore the column, or "
+                "name the columns with --map",
+                line=line,
+                field=missing[0],
+            )
 
 
 def _plan_for(src: Source, fmt: str | None, mapping: Any) -> tuple[Plan, Finish]:

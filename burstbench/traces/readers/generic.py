@@ -62,11 +62,12 @@ def parse_map(spec: str | Mapping[str, str] | None) -> dict[str, str]:
     return pairs
 
 
-def _split_unit(value: str) -> tuple[str, str | None]:
+def _split_unit(src: Source, value: str) -> tuple[str, str | None]:
     col, colon, unit = value.rpartition(":")
     if colon and unit in TIME_UNITS:
         return col, unit
-    if colon and col and unit.isalpha() and len(unit) <= 8:
+    exists = value in src.header if src.kind == "csv" else has_path(src.first_record, value)
+    if colon and col and not exists:
         raise UsageError(f"--map: unit '{unit}' in '{value}' is not one of {', '.join(TIME_UNITS)}")
     return value, None
 
@@ -81,7 +82,7 @@ def mapped_plan(src: Source, mapping: dict[str, str]) -> Plan:
         if key != "arrival":
             fields.append(Field(target, value, kind, required=required))
             continue
-        col, unit = _split_unit(value)
+        col, unit = _split_unit(src, value)
         unit, unit_source, fmt, tz = _time_unit(src, col, unit)
         precision = written_precision(_first_value(src, col)) if unit == "iso8601" else None
         fields.append(Field("_t", col, "time", unit=unit, time_format=fmt, time_zone=tz))

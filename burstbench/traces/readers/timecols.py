@@ -29,11 +29,10 @@ def iso_format(sample: str) -> tuple[str, str | None] | None:
     m = _ISO.match(sample.strip())
     if not m:
         return None
-    fmt = "%Y-%m-%d" + m["sep"] + "%H:%M" + (":%S" if m["sec"] else "")
-    if m["frac"]:
-        if m["frac"][0] == ",":
-            return None
-        fmt += "%.f"
+    if m["frac"] and m["frac"][0] == ",":
+        return None
+    # %.f also accepts a value without a fraction, so rows may differ in digits.
+    fmt = "%Y-%m-%d" + m["sep"] + "%H:%M" + (":%S%.f" if m["sec"] else "")
     if m["tz"]:
         return fmt + "%#z", "UTC"
     return fmt, None
