@@ -1,0 +1,167 @@
+"""``build_report``: a results store (and optionally a trace) to one HTML file.
+
+Why the steps are ordered this way: the summary (verdicts) comes first because
+that is what a reader wants at a glance; each later section adds depth. Sweep
+steps (runs labelled ``sweep:<rate>``) get their own section instead of being
+overlaid with the other runs, where dozens of near-identical curves would hide
+everything. Writes are atomic (temporary file, then rename).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from burstbench.errors import StoreError, UsageError
+from burstbench.reports import plotdata as pd
+from burstbench.reports import runs as rs
+from burstbench.reports import summary as sm
+from burstbench.reports.html import Section, count_figures, default_meta, note, render
+
+MAX_OVERLAY = 8
+DEFAULT_TARGET = 0.9
+
+
+@dataclass
+class ReportResult:
+    """What was written, for the CLI's JSON and the benchmark."""
+
+    path: Path
+    bytes: int
+    figures: int
+    sections: list[str]
+    runs: list[str]
+    sweep_steps: int
+    seconds: float
+
+    def to_json(self) -> dict:
+        return {
+            "path": str(self.path), "bytes": self.bytes, "figures": self.figures,
+            "sections": self.sections, "runs": self.runs, "sweep_steps": self.sweep_steps,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def _select_runs(con, run_ids: Sequence[str] | None) -> tuple[list[str], list[str], list[str]]:
+    """(runs to overlay, sweep steps, notes)."""
+    from burstbench.analysis.metrics import resolve_run
+
+    all_ids = [r[0] for r in con.execute("SELECT run_id FROM runs ORDER BY started_at, run_id").fetchall()]
+    if not all_ids:
+        raise StoreError("the results store holds no runs; record one with 'burstbench run' or 'burstbench demo'")
+    notes: list[str] = []
+    if run_ids:
+        chosen = []
+        for rid in run_ids:
+            r = resolve_run(con, rid)
+            if r not in chosen:
+                chosen.append(r)
+        return chosen, [], notes
+    labels = dict(con.execute("SELECT run_id, label FROM runs").fetchall())
+    sweep = [r for r in all_ids if sm.SWEEP_LABEL.match(labels.get(r) or "")]
+    main = [r for r in all_ids if r not in sweep]
+    if len(main) > MAX_OVERLAY:
+        notes.append(f"{len(main)} runs in the store; the latest {MAX_OVERLAY} are shown (pick others with --run).")
+        main = main[-MAX_OVERLAY:]
+    return main, sweep, notes
+
+
+def build_report(
+    store: str | Path,
+    out: str | Path,
+    *,
+    trace: str | Path | None = None,
+    run_ids: Sequence[str] | None = None,
+    slo: Mapping[str, float] | str | None = None,
+    target: float = DEFAULT_TARGET,
+    title: str = "burstbench report",
+    progress: Callable[[str], None] | None = None,
+) -> ReportResult:
+    """Write the report for ``store`` (and ``trace``) to ``out``; see the module doc."""
+    from burstbench.analysis.metrics import open_store
+    from burstbench.analysis.slo import parse_slo
+
+    t_start = time.perf_counter()
+    say = progress or (lambda _s: None)
+    if not 0 < target <= 1:
+        raise UsageError(f"--target {target}: give the attainment target as a fraction in (0, 1], e.g. 0.9")
+    slo_s = parse_slo(slo) if isinstance(slo, str) else (dict(slo) if slo else None)
+    out = Path(out)
+    if out.suffix.lower() not in (".html", ".htm"):
+        raise UsageError(f"-o {out}: the report is HTML; name it e.g. report.html")
+    trace_obj = None
+    if trace is not None:
+        from burstbench.traces.schema import load_trace
+
+        say(f"reading trace {Path(trace).name}")
+        trace_obj = load_trace(trace)
+
+    say(f"opening {Path(store).name}")
+    con = open_store(store)
+    try:
+        view = pd.install_views(con)
+        main_ids, sweep_ids, sel_notes = _select_runs(con, run_ids)
+        runs = pd.runs(con, main_ids)
+        steps = pd.runs(con, sweep_ids)
+        sections: list[Section] = []
+        if runs:
+            say("summarising runs")
+            sums = sm.summaries(con, runs, slo_s)
+            summary = sm.summary_section(runs, sums, slo_s, target)
+            summary.blocks[:0] = [note(n, "warn") for n in sel_notes]
+            summary.blocks.append("<h3>Runs</h3>" + rs.runs_table(runs))
+            summary.blocks.append(sm.latency_table(runs, sums))
+            for block in (sm.tenant_block(con, runs, slo_s), rs.errors_block(con, runs)):
+                if block:
+                    summary.blocks.append(block)
+            sections.append(summary)
+            say("latency distributions")
+            sections.append(rs.latency_section(con, runs, view, {k: v * 1000.0 for k, v in (slo_s or {}).items()}))
+            say("time series")
+            w = pd.nice_window(max(pd.run_span(con, r.run_id) for r in runs), rs.WINDOWS)
+            att = sm.attainment_series(con, runs, slo_s, w)
+            load, w = rs.load_section(con, runs, view, att)
+            sections.append(load)
+            say("client and server health")
+            sections.append(rs.health_section(con, runs, view, w))
+            server = rs.server_section(con, runs)
+            if server:
+                sections.append(server)
+            if len(runs) > 1:
+                say("comparing runs (bootstrap)")
+                cmp_ = sm.compare_section(con, runs, slo_s)
+                if cmp_:
+                    sections.append(cmp_)
+        if steps:
+            say(f"sweep ({len(steps)} steps)")
+            sweep = sm.sweep_section(con, steps, slo_s, target)
+            if sweep:
+                sections.append(sweep)
+    finally:
+        con.close()
+
+    if trace_obj is not None:
+        from burstbench.reports.tracesec import trace_section
+
+        sections.append(trace_section(trace_obj, Path(trace).name, progress=say))  # type: ignore[arg-type]
+
+    say("writing HTML")
+    doc = render(title, sections, meta=default_meta(store, trace))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(doc)
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return ReportResult(
+        path=out, bytes=out.stat().st_size, figures=count_figures(sections),
+        sections=[s.key for s in sections], runs=[r.run_id for r in runs],
+        sweep_steps=len(steps), seconds=time.perf_counter() - t_start,
+    )

@@ -1,0 +1,48 @@
+"""``burstbench report``: parse flags, call ``build_report``, print where the file is."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+
+@click.command("report")
+@click.argument("store", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("trace", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("report.html"),
+              show_default=True, help="HTML file to write.")
+@click.option("--run", "run_ids", multiple=True, metavar="ID",
+              help="Run id (or unique prefix) to include; repeat for several. Default: every run.")
+@click.option("--slo", default=None, metavar="SPEC", help="SLOs, e.g. ttft=500ms,tpot=50ms,e2el=10s.")
+@click.option("--target", type=float, default=0.9, show_default=True,
+              help="Attainment a run needs to pass its SLO (fraction).")
+@click.option("--title", default="burstbench report", show_default=True, help="Report title.")
+@click.option("--json", "as_json", is_flag=True, help="Print what was written as one JSON object.")
+def report(store: Path, trace: Path | None, out: Path, run_ids: tuple[str, ...], slo: str | None,
+           target: float, title: str, as_json: bool) -> None:
+    """Write a self-contained HTML report (works offline) for a results store and a trace.
+
+    \b
+    Examples:
+      burstbench report results.duckdb -o report.html --slo ttft=500ms,tpot=50ms
+      burstbench report results.duckdb trace.parquet --run 20260101T1200 --run 20260101T1300
+      burstbench report results.duckdb burstbench/data/traces/burstgpt_v1_head400.csv
+    """
+    from rich.console import Console
+
+    from burstbench.reports.build import build_report
+
+    console = Console(stderr=True)
+    with console.status("building report") as status:
+        res = build_report(
+            store, out, trace=trace, run_ids=run_ids or None, slo=slo, target=target, title=title,
+            progress=lambda msg: status.update(f"report: {msg}"),
+        )
+    mb = res.bytes / 1e6
+    console.print(f"wrote {res.path} ({mb:.1f} MB, {res.figures} figures, {len(res.runs)} runs"
+                  f"{f', {res.sweep_steps} sweep steps' if res.sweep_steps else ''}) in {res.seconds:.1f} s")
+    if as_json:
+        sys.stdout.write(json.dumps(res.to_json()) + "\n")

@@ -1,0 +1,241 @@
+"""Plotly figures as plain JSON-ready dicts.
+
+Why dicts and not ``plotly.graph_objects``: a report holds dozens of figures and the
+graph-object validation (plus the default template copied into every figure)
+costs seconds and ~10 kB per figure for nothing; the HTML page applies one shared
+style instead. Every string that reaches a figure and may come from a trace, a
+server or a user (run labels, model, tenant and metric names) goes through
+``label`` here, which HTML-escapes it: plotly renders a subset of HTML in text
+(``<b>``, ``<a href>``), so an unescaped name would be markup, not text.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+PALETTE = (
+    "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd",
+    "#8c564b", "#e377c2", "#17becf", "#7f7f7f", "#bcbd22",
+)
+
+
+def label(text: object) -> str:
+    """A user-supplied string made safe to show as plotly text."""
+    return html.escape(str(text), quote=True)
+
+
+def color(i: int) -> str:
+    return PALETTE[i % len(PALETTE)]
+
+
+@dataclass
+class Figure:
+    """One plotly figure: ``data`` and ``layout`` as JSON-ready dicts, plus a caption."""
+
+    title: str
+    data: list[dict[str, Any]]
+    layout: dict[str, Any] = field(default_factory=dict)
+    caption: str = ""  # plain text; escaped by the HTML assembly
+
+    def to_json(self) -> dict[str, Any]:
+        # The title is rendered by the page (an escaped <h3>), not by plotly, so the
+        # legend can sit on top of the plot without colliding with it.
+        return {"data": self.data, "layout": self.layout}
+
+
+def _axis(title: str, **extra: Any) -> dict[str, Any]:
+    return {"title": {"text": label(title)}, "automargin": True, **extra}
+
+
+def _log_ok(values: Sequence[float | None]) -> bool:
+    """Log axis when all values are positive and span more than two decades."""
+    pos = [v for v in values if v is not None]
+    if not pos or min(pos) <= 0:
+        return False
+    return max(pos) / min(pos) > 100
+
+
+def cdf(
+    title: str,
+    unit_label: str,
+    series: Sequence[tuple[str, Sequence[float | None], Sequence[float]]],
+    *,
+    threshold: float | None = None,
+    threshold_label: str = "SLO",
+    caption: str = "",
+) -> Figure:
+    """Empirical CDFs overlaid (one line per run), with an optional SLO threshold line."""
+    data = []
+    allx: list[float | None] = []
+    for i, (name, xs, ps) in enumerate(series):
+        allx.extend(xs)
+        data.append({
+            "type": "scatter", "mode": "lines", "name": label(name),
+            "x": list(xs), "y": list(ps), "line": {"color": color(i), "width": 2},
+            "hovertemplate": "%{x:.4g} " + label(unit_label) + "<br>P=%{y:.4f}<extra>" + label(name) + "</extra>",
+        })
+    layout: dict[str, Any] = {
+        "xaxis": _axis(unit_label, type="log" if _log_ok(allx) else "linear"),
+        "yaxis": _axis("fraction of requests ≤ x", range=[0, 1.02]),
+    }
+    if threshold is not None:
+        layout["shapes"] = [{
+            "type": "line", "xref": "x", "yref": "paper", "x0": threshold, "x1": threshold,
+            "y0": 0, "y1": 1, "line": {"color": "#444", "dash": "dash", "width": 1},
+        }]
+        layout["annotations"] = [{
+            "x": threshold, "y": 1, "xref": "x", "yref": "paper", "showarrow": False,
+            "text": label(threshold_label), "xanchor": "left", "yanchor": "bottom",
+            "font": {"size": 11},
+        }]
+    return Figure(title, data, layout, caption)
+
+
+def lines(
+    title: str,
+    x_title: str,
+    y_title: str,
+    series: Sequence[dict[str, Any]],
+    *,
+    y_log: bool = False,
+    caption: str = "",
+    step: bool = False,
+) -> Figure:
+    """Time series (or any x/y lines). Each series: ``name, x, y`` and optional ``dash``,
+    ``color``, ``axis`` ('y2' for a right axis) and ``y2_title``."""
+    data = []
+    layout: dict[str, Any] = {
+        "xaxis": _axis(x_title),
+        "yaxis": _axis(y_title, type="log" if y_log else "linear", rangemode="tozero"),
+        "hovermode": "x unified",
+    }
+    for i, s in enumerate(series):
+        trace: dict[str, Any] = {
+            "type": "scatter", "mode": s.get("mode", "lines"), "name": label(s["name"]),
+            "x": list(s["x"]), "y": list(s["y"]),
+            "line": {"color": s.get("color", color(i)), "width": 1.6,
+                     "dash": s.get("dash", "solid"), **({"shape": "hv"} if step else {})},
+        }
+        if s.get("axis") == "y2":
+            trace["yaxis"] = "y2"
+            layout["yaxis2"] = _axis(s.get("y2_title", ""), overlaying="y", side="right",
+                                     rangemode="tozero", showgrid=False)
+        data.append(trace)
+    return Figure(title, data, layout, caption)
+
+
+def bars(
+    title: str,
+    x_title: str,
+    y_title: str,
+    series: Sequence[tuple[str, Sequence[float], Sequence[float]]],
+    *,
+    x_log: bool = False,
+    caption: str = "",
+) -> Figure:
+    """Pre-binned histograms, overlaid.
+
+    With ``x_log`` each series gives all bin edges (counts + 1 values) and is drawn as
+    a filled step outline, which stays exact on a log axis where bar widths do not;
+    otherwise ``x`` are categories or bin positions drawn as bars.
+    """
+    if x_log:
+        data = [
+            {"type": "scatter", "mode": "lines", "name": label(name), "x": list(x),
+             "y": [*y, y[-1]] if len(y) else [], "line": {"shape": "hv", "color": color(i), "width": 1.5},
+             "fill": "tozeroy", "opacity": 0.6}
+            for i, (name, x, y) in enumerate(series)
+        ]
+    else:
+        data = [
+            {"type": "bar", "name": label(name), "x": [label(v) if isinstance(v, str) else v for v in x],
+             "y": list(y), "marker": {"color": color(i)}, "opacity": 0.75 if len(series) > 1 else 1.0}
+            for i, (name, x, y) in enumerate(series)
+        ]
+    layout = {
+        "xaxis": _axis(x_title, type="log" if x_log else "linear"),
+        "yaxis": _axis(y_title),
+        "barmode": "overlay",
+        "bargap": 0.02,
+    }
+    return Figure(title, data, layout, caption)
+
+
+def heatmap(
+    title: str,
+    x_title: str,
+    y_title: str,
+    x: Sequence[float],
+    y: Sequence[float],
+    z: Sequence[Sequence[float | None]],
+    *,
+    log_axes: bool = False,
+    caption: str = "",
+) -> Figure:
+    """A 2D density from pre-binned counts (``z[y][x]``)."""
+    data = [{
+        "type": "heatmap", "x": list(x), "y": list(y), "z": [list(r) for r in z],
+        "colorscale": "Viridis", "colorbar": {"title": {"text": "requests"}},
+        "hovertemplate": label(x_title) + " %{x:.4g}<br>" + label(y_title)
+        + " %{y:.4g}<br>%{z} requests<extra></extra>",
+    }]
+    layout = {
+        "xaxis": _axis(x_title, type="log" if log_axes else "linear"),
+        "yaxis": _axis(y_title, type="log" if log_axes else "linear"),
+    }
+    return Figure(title, data, layout, caption)
+
+
+def scatter_xy(
+    title: str,
+    x_title: str,
+    y_title: str,
+    series: Sequence[dict[str, Any]],
+    *,
+    x_log: bool = False,
+    y_log: bool = False,
+    caption: str = "",
+    marks: Sequence[dict[str, Any]] = (),
+    y_range: Sequence[float] | None = None,
+) -> Figure:
+    """Lines with markers (sweep curves, QQ plots); ``marks`` are annotated points."""
+    data = []
+    for i, s in enumerate(series):
+        data.append({
+            "type": "scatter", "mode": s.get("mode", "lines+markers"), "name": label(s["name"]),
+            "x": list(s["x"]), "y": list(s["y"]),
+            "line": {"color": s.get("color", color(i)), "dash": s.get("dash", "solid"), "width": 1.6},
+            "marker": {"size": s.get("size", 6), "color": s.get("color", color(i))},
+            **({"text": [label(t) for t in s["text"]]} if "text" in s else {}),
+        })
+    annotations = []
+    for m in marks:
+        data.append({
+            "type": "scatter", "mode": "markers", "name": label(m["name"]),
+            "x": [m["x"]], "y": [m["y"]],
+            "marker": {"size": 16, "symbol": "star", "color": "#f5b700",
+                       "line": {"color": "#333", "width": 1}},
+        })
+        annotations.append({"x": m["x"], "y": m["y"], "text": label(m["text"]), "showarrow": True,
+                            "arrowhead": 2, "ax": 30, "ay": -30,
+                            **({"xref": "x", "yref": "y"})})
+        if x_log or y_log:
+            # plotly places annotations on log axes in log10 units
+            import math
+
+            if x_log and m["x"] and m["x"] > 0:
+                annotations[-1]["x"] = math.log10(m["x"])
+            if y_log and m["y"] and m["y"] > 0:
+                annotations[-1]["y"] = math.log10(m["y"])
+    yaxis = _axis(y_title, type="log" if y_log else "linear")
+    if y_range is not None:
+        yaxis["range"] = list(y_range)
+    layout: dict[str, Any] = {
+        "xaxis": _axis(x_title, type="log" if x_log else "linear"),
+        "yaxis": yaxis,
+        "annotations": annotations,
+    }
+    return Figure(title, data, layout, caption)

@@ -1,0 +1,338 @@
+"""Aggregations that turn a results store into a few thousand numbers to plot.
+
+Why this exists: a run of a million requests (and a hundred million chunks) cannot
+go into an HTML file point by point; a figure needs ~1-2k quantile points per CDF
+and a few hundred windows per time series. Every aggregation here runs inside
+DuckDB (quantiles, window buckets, sweep-line counts), so only the aggregates cross
+into Python. The latency *definitions* (what TTFT or TPOT is) come from the
+analysis package's per-request view; this module only decides how to summarise
+them for a picture. All user values (run ids, names) are bound as parameters.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import duckdb
+import numpy as np
+
+# Probability grid for CDFs: dense in the body, denser still in the upper tail,
+# where SLOs live (p99, p99.9). ~1.1k points in all.
+_BODY = np.linspace(0.0, 1.0, 1001)
+_TAIL = 1.0 - np.logspace(-2, -5, 120)
+CDF_PROBS: list[float] = sorted({round(float(p), 9) for p in np.concatenate([_BODY, _TAIL])})
+
+# Nice window widths for time series (seconds).
+_NICE_WINDOWS = (0.1, 0.2, 0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 21600, 86400)
+
+LATENCY_METRICS: dict[str, str] = {
+    "ttft": "TTFT",
+    "tpot": "TPOT",
+    "itl": "ITL (chunk)",
+    "e2el": "E2EL",
+}
+
+
+def nice_window(duration_s: float, max_windows: int = 400) -> float:
+    """The smallest round window width giving at most ``max_windows`` windows."""
+    target = max(duration_s, 1e-9) / max_windows
+    for w in _NICE_WINDOWS:
+        if w >= target:
+            return float(w)
+    return float(math.ceil(target / 86400) * 86400)
+
+
+def _finite(values: Sequence[Any]) -> list[float | None]:
+    """Floats with NaN/inf as None (JSON null), rounded to 6 significant digits for size."""
+    out: list[float | None] = []
+    for v in values:
+        if v is None:
+            out.append(None)
+            continue
+        f = float(v)
+        out.append(float(f"{f:.6g}") if math.isfinite(f) else None)
+    return out
+
+
+@dataclass
+class RunRow:
+    """One run as the report shows it."""
+
+    run_id: str
+    label: str | None
+    model: str | None
+    backend: str | None
+    endpoint: str | None
+    clock: str | None
+    target_rate: float | None
+    duration_s: float | None
+    status: str | None
+    end_reason: str | None
+    started_at: str | None
+    requests: int
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        """Short display name: the label when given, else the run id."""
+        return self.label or self.run_id
+
+
+def runs(con: duckdb.DuckDBPyConnection, run_ids: Sequence[str]) -> list[RunRow]:
+    """The asked runs (in the given order) with their request counts."""
+    import json
+
+    out: list[RunRow] = []
+    for rid in run_ids:
+        row = con.execute(
+            "SELECT run_id, label, model, backend, endpoint, clock, target_rate, duration_s, status,"
+            " end_reason, CAST(started_at AS VARCHAR), notes,"
+            " (SELECT count(*) FROM requests q WHERE q.run_id = r.run_id)"
+            " FROM runs r WHERE run_id = ?",
+            [rid],
+        ).fetchone()
+        if row is None:
+            continue
+        try:
+            notes = [str(n) for n in json.loads(row[11])] if row[11] else []
+        except (ValueError, TypeError):
+            notes = [str(row[11])]
+        out.append(RunRow(*row[:11], requests=int(row[12]), notes=notes))  # type: ignore[arg-type]
+    return out
+
+
+def run_span(con: duckdb.DuckDBPyConnection, run_id: str) -> float:
+    """The run's length in seconds: its recorded duration, else its last event."""
+    dur, last = con.execute(
+        "SELECT (SELECT duration_s FROM runs WHERE run_id = $r),"
+        " (SELECT max(greatest(coalesce(end_s, 0), coalesce(sent_s, 0), coalesce(scheduled_s, 0)))"
+        "  FROM requests WHERE run_id = $r)",
+        {"r": run_id},
+    ).fetchone()  # type: ignore[misc]
+    return float(dur or last or 0.0)
+
+
+# -- latency distributions ------------------------------------------------------------
+
+VIEW = "request_metrics"  # per-request latencies, defined by burstbench.analysis.metrics
+
+
+def install_views(con: duckdb.DuckDBPyConnection) -> str:
+    """Install analysis's metric views (TEMP, so read-only files work); returns the view name."""
+    from burstbench.analysis.metrics import install_views as _install
+
+    _install(con)
+    return VIEW
+
+
+def _metric_sql(metric: str, view: str) -> tuple[str, str]:
+    """(FROM clause, value expression in seconds) for one latency metric of one run.
+
+    ITL pools every chunk gap (analysis's ``chunk_gaps`` view) of the run's
+    successful measured requests, as the summary's ``itl_ms`` does.
+    """
+    if metric == "itl":
+        return (
+            "(SELECT g.gap_s AS v FROM chunk_gaps g SEMI JOIN (SELECT request_id FROM " + view
+            + " WHERE run_id = $r AND ok AND phase = 'measure') q ON g.request_id = q.request_id"
+            " WHERE g.run_id = $r)",
+            "v",
+        )
+    col = {"ttft": "ttft_s", "tpot": "tpot_s", "e2el": "e2el_s", "ttfvt": "ttfvt_s",
+           "schedule_lag": "schedule_lag_s"}[metric]
+    return (f"(SELECT {col} AS v FROM {view} WHERE run_id = $r AND ok AND phase = 'measure')", "v")
+
+
+def latency_cdf(
+    con: duckdb.DuckDBPyConnection, run_id: str, metric: str, *, view: str = VIEW
+) -> tuple[list[float | None], list[float], int]:
+    """CDF of one latency metric (milliseconds) as ~1.1k quantile points, and the sample size.
+
+    Quantiles are computed by DuckDB's ``quantile_cont`` (linear interpolation, the
+    same convention as the percentiles in the summary), so the curve passes exactly
+    through the reported p50/p90/p99.
+    """
+    src, expr = _metric_sql(metric, view)
+    row = con.execute(
+        f"SELECT quantile_cont({expr}, $p::DOUBLE[]), count({expr}) FROM {src} WHERE {expr} IS NOT NULL",
+        {"r": run_id, "p": CDF_PROBS},
+    ).fetchone()
+    if row is None or not row[1]:
+        return [], [], 0
+    xs = [None if v is None else v * 1000.0 for v in row[0]]
+    return _finite(xs), CDF_PROBS, int(row[1])
+
+
+# -- time series ----------------------------------------------------------------------
+
+
+@dataclass
+class WindowSeries:
+    """Per-window aggregates of one run; ``t`` is each window's start (s)."""
+
+    window_s: float
+    t: list[float]
+    sent_rate: list[float | None]
+    completed_rate: list[float | None]
+    failed_rate: list[float | None]
+    in_flight: list[float | None]
+    output_tok_rate: list[float | None]
+    ttft_p50_ms: list[float | None]
+    ttft_p90_ms: list[float | None]
+    lag_p50_ms: list[float | None]
+    lag_p99_ms: list[float | None]
+    lag_max_ms: list[float | None]
+
+
+def window_series(
+    con: duckdb.DuckDBPyConnection, run_id: str, window_s: float, *, view: str = VIEW
+) -> WindowSeries:
+    """Sent vs completed rate, in-flight count, token throughput, TTFT and lag per window.
+
+    In-flight is exact at each window's end by a sweep line: requests sent up to t
+    minus requests ended up to t (a request with no end is still in flight).
+    Throughput counts a request's output tokens in the window where it ended.
+    """
+    rows = con.execute(
+        f"""
+        WITH q AS (SELECT * FROM {view} WHERE run_id = $r),
+        sent AS (
+            SELECT floor(sent_s / $w)::BIGINT AS k, count(*) AS n,
+                   quantile_cont(ttft_s, 0.5) FILTER (WHERE ok) AS ttft50,
+                   quantile_cont(ttft_s, 0.9) FILTER (WHERE ok) AS ttft90,
+                   quantile_cont(schedule_lag_s, 0.5) AS lag50,
+                   quantile_cont(schedule_lag_s, 0.99) AS lag99,
+                   max(schedule_lag_s) AS lagmax
+            FROM q WHERE sent_s IS NOT NULL GROUP BY k),
+        done AS (
+            SELECT floor(end_s / $w)::BIGINT AS k,
+                   count(*) FILTER (WHERE ok) AS ok_n,
+                   count(*) FILTER (WHERE NOT ok) AS bad_n,
+                   count(*) AS ended,
+                   sum(output_tokens) FILTER (WHERE ok) AS tok
+            FROM q WHERE end_s IS NOT NULL GROUP BY k),
+        ks AS (SELECT range AS k FROM range(0, (SELECT greatest(coalesce(max(k), 0) + 1, 1)
+                   FROM (SELECT k FROM sent UNION ALL SELECT k FROM done))))
+        SELECT ks.k, coalesce(sent.n, 0), coalesce(done.ok_n, 0), coalesce(done.bad_n, 0),
+               sum(coalesce(sent.n, 0) - coalesce(done.ended, 0)) OVER (ORDER BY ks.k),
+               coalesce(done.tok, 0), ttft50, ttft90, lag50, lag99, lagmax
+        FROM ks LEFT JOIN sent USING (k) LEFT JOIN done USING (k)
+        ORDER BY ks.k
+        """,
+        {"r": run_id, "w": window_s},
+    ).fetchall()
+    cols = list(zip(*rows, strict=True)) if rows else [[] for _ in range(11)]
+    w = window_s
+
+    def per_s(col: Sequence[Any]) -> list[float | None]:
+        return _finite([(v or 0) / w for v in col])
+
+    def ms(col: Sequence[Any]) -> list[float | None]:
+        return _finite([None if v is None else v * 1000.0 for v in col])
+
+    return WindowSeries(
+        window_s=w,
+        t=[float(k) * w for k in cols[0]],
+        sent_rate=per_s(cols[1]),
+        completed_rate=per_s(cols[2]),
+        failed_rate=per_s(cols[3]),
+        in_flight=_finite(cols[4]),
+        output_tok_rate=per_s(cols[5]),
+        ttft_p50_ms=ms(cols[6]),
+        ttft_p90_ms=ms(cols[7]),
+        lag_p50_ms=ms(cols[8]),
+        lag_p99_ms=ms(cols[9]),
+        lag_max_ms=ms(cols[10]),
+    )
+
+
+@dataclass
+class Series:
+    """One telemetry metric's averaged time series."""
+
+    source: str
+    name: str
+    t: list[float]
+    value: list[float | None]
+
+
+def telemetry_series(
+    con: duckdb.DuckDBPyConnection,
+    run_id: str,
+    sources: Sequence[str],
+    *,
+    max_names: int = 12,
+    max_points: int = 400,
+) -> tuple[list[Series], int]:
+    """Telemetry of the given sources, bucketed to at most ``max_points`` per metric.
+
+    Values with several label sets (per-worker client CPU, labelled server gauges)
+    are summed across label sets within a sample time, then averaged per bucket, so
+    a gauge like ``num_requests_running`` reads as the total. Returns the series of
+    the ``max_names`` metrics with most samples, and how many metrics there were.
+    """
+    names = con.execute(
+        "SELECT source, name, count(*) AS n FROM telemetry WHERE run_id = $r AND source IN"
+        " (SELECT unnest($s::VARCHAR[])) GROUP BY source, name ORDER BY n DESC, source, name",
+        {"r": run_id, "s": list(sources)},
+    ).fetchall()
+    if not names:
+        return [], 0
+    span = con.execute(
+        "SELECT min(t_s), max(t_s) FROM telemetry WHERE run_id = $r", {"r": run_id}
+    ).fetchone()
+    t0, t1 = float(span[0] or 0.0), float(span[1] or 0.0)  # type: ignore[index]
+    w = max((t1 - t0) / max_points, 1e-9)
+    chosen = names[:max_names]
+    rows = con.execute(
+        """
+        WITH pick AS (SELECT unnest($src::VARCHAR[]) AS source, unnest($nm::VARCHAR[]) AS name),
+        s AS (SELECT t.source, t.name, t.t_s, sum(t.value) AS v FROM telemetry t
+              JOIN pick USING (source, name) WHERE t.run_id = $r AND t.value IS NOT NULL
+              GROUP BY ALL)
+        SELECT source, name, floor((t_s - $t0) / $w)::BIGINT AS k, avg(v)
+        FROM s GROUP BY ALL ORDER BY source, name, k
+        """,
+        {"r": run_id, "src": [c[0] for c in chosen], "nm": [c[1] for c in chosen], "t0": t0, "w": w},
+    ).fetchall()
+    grouped: dict[tuple[str, str], Series] = {}
+    for source, name, k, v in rows:
+        s = grouped.setdefault((source, name), Series(source, name, [], []))
+        s.t.append(float(f"{t0 + (k + 0.5) * w:.6g}"))
+        s.value.append(_finite([v])[0])
+    order = {(c[0], c[1]): i for i, c in enumerate(chosen)}
+    return sorted(grouped.values(), key=lambda s: order[(s.source, s.name)]), len(names)
+
+
+def histogram(
+    con: duckdb.DuckDBPyConnection, sql_values: str, params: dict[str, Any], *, bins: int = 60, log: bool = False
+) -> tuple[list[float], list[int]]:
+    """Bin edges' left sides and counts of a value column, computed in DuckDB.
+
+    ``sql_values`` is a query yielding one column ``v``; ``log`` bins on log10 of
+    positive values, which suits token lengths spanning 1 to 100k.
+    """
+    expr = "log10(v)" if log else "v"
+    where = "v > 0" if log else "v IS NOT NULL"
+    row = con.execute(
+        f"SELECT min({expr}), max({expr}) FROM ({sql_values}) WHERE {where}", params
+    ).fetchone()
+    if row is None or row[0] is None:
+        return [], []
+    lo, hi = float(row[0]), float(row[1])
+    width = (hi - lo) / bins if hi > lo else 1.0
+    counts = con.execute(
+        f"SELECT least(floor(({expr} - $lo) / $bw)::BIGINT, $nb - 1) AS b, count(*) FROM ({sql_values})"
+        f" WHERE {where} GROUP BY b ORDER BY b",
+        {**params, "lo": lo, "bw": width, "nb": bins},
+    ).fetchall()
+    edges = [lo + i * width for i in range(bins)]
+    full = [0] * bins
+    for b, n in counts:
+        full[int(b)] = int(n)
+    if log:
+        edges = [10**e for e in edges]
+    return _finite(edges), full  # type: ignore[return-value]

@@ -1,0 +1,208 @@
+"""Report sections about runs: latency CDFs, load over time, client and server health.
+
+Why separate from the numbers: the metric values and SLO verdicts come from
+``burstbench.analysis`` (see ``summary.py``); this module only aggregates the
+results store into pictures (``plotdata``) and lays them out. Runs are overlaid
+in one figure per quantity, so a reader compares them at a glance.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import duckdb
+
+from burstbench.reports import figures as fg
+from burstbench.reports import plotdata as pd
+from burstbench.reports.html import Section, note, table
+
+CLIENT_SOURCES = ("client",)
+SERVER_SOURCES = ("server", "engine", "gpu")
+WINDOWS = 120  # at most this many windows per time series: readable, and small files
+
+
+def latency_section(
+    con: duckdb.DuckDBPyConnection,
+    runs: Sequence[pd.RunRow],
+    view: str,
+    slo_ms: Mapping[str, float],
+) -> Section:
+    """CDFs of TTFT, TPOT, ITL and E2EL, one line per run, SLO thresholds marked."""
+    sec = Section(
+        "latency",
+        "Latency distributions",
+        intro="Empirical CDFs over successful measured requests (ITL: every gap between "
+        "consecutive token-carrying chunks). Dashed line: the SLO threshold.",
+    )
+    for metric, name in pd.LATENCY_METRICS.items():
+        series = []
+        sizes = []
+        for r in runs:
+            xs, ps, n = pd.latency_cdf(con, r.run_id, metric, view=view)
+            if n:
+                series.append((r.name, xs, ps))
+                sizes.append(f"{r.name}: n={n:,}")
+        if not series:
+            sec.blocks.append(note(f"{name}: no samples in the selected runs."))
+            continue
+        thr = slo_ms.get(metric)
+        sec.blocks.append(
+            fg.cdf(
+                f"{name} CDF",
+                f"{name} (ms)",
+                series,
+                threshold=thr,
+                threshold_label=f"SLO {thr:g} ms" if thr is not None else "SLO",
+                caption="; ".join(sizes),
+            )
+        )
+    return sec
+
+
+def _window(con: duckdb.DuckDBPyConnection, runs: Sequence[pd.RunRow]) -> float:
+    span = max((pd.run_span(con, r.run_id) for r in runs), default=0.0)
+    return pd.nice_window(span, WINDOWS)
+
+
+def load_section(
+    con: duckdb.DuckDBPyConnection,
+    runs: Sequence[pd.RunRow],
+    view: str,
+    attainment: Mapping[str, tuple[list[float], list[float | None]]],
+) -> tuple[Section, float]:
+    """Sent vs completed rate, in-flight, throughput, TTFT and attainment per window."""
+    w = _window(con, runs)
+    sec = Section(
+        "load",
+        "Load over time",
+        intro=f"Per {w:g} s window from each run's start. Sent counts every request written; "
+        "completed counts successful ones by the window they ended in; in-flight is exact "
+        "at each window's end.",
+    )
+    ws = {r.run_id: pd.window_series(con, r.run_id, w, view=view) for r in runs}
+    rate, infl, tput, ttft = [], [], [], []
+    for i, r in enumerate(runs):
+        s = ws[r.run_id]
+        c = fg.color(i)
+        rate.append({"name": f"{r.name} sent", "x": s.t, "y": s.sent_rate, "color": c, "dash": "dot"})
+        rate.append({"name": f"{r.name} completed", "x": s.t, "y": s.completed_rate, "color": c})
+        if any(v for v in s.failed_rate):
+            rate.append({"name": f"{r.name} failed", "x": s.t, "y": s.failed_rate, "color": c,
+                         "dash": "dashdot"})
+        infl.append({"name": r.name, "x": [t + w for t in s.t], "y": s.in_flight, "color": c})
+        tput.append({"name": r.name, "x": s.t, "y": s.output_tok_rate, "color": c})
+        ttft.append({"name": f"{r.name} p50", "x": s.t, "y": s.ttft_p50_ms, "color": c})
+        ttft.append({"name": f"{r.name} p90", "x": s.t, "y": s.ttft_p90_ms, "color": c, "dash": "dot"})
+    sec.blocks.append(fg.lines("Request rate: sent vs completed", "time (s)", "requests/s", rate))
+    sec.blocks.append(fg.lines("Requests in flight", "time (s)", "requests", infl, step=True))
+    sec.blocks.append(fg.lines("Output token throughput", "time (s)", "tokens/s", tput,
+                               caption="Output tokens of successful requests, by completion window."))
+    sec.blocks.append(fg.lines("TTFT per window", "time (s)", "TTFT (ms)", ttft,
+                               caption="By the window each request was sent in."))
+    att = []
+    for i, r in enumerate(runs):
+        if r.run_id in attainment:
+            t, y = attainment[r.run_id]
+            att.append({"name": r.name, "x": t, "y": y, "color": fg.color(i)})
+    if att:
+        fig = fg.lines("SLO attainment per window", "time (s)", "attainment (%)", att,
+                       caption="Good requests / requests sent in the window (failures count as misses).")
+        fig.layout["yaxis"]["range"] = [0, 102]
+        sec.blocks.append(fig)
+    return sec, w
+
+
+def health_section(
+    con: duckdb.DuckDBPyConnection, runs: Sequence[pd.RunRow], view: str, window_s: float
+) -> Section:
+    """Schedule lag (is the client keeping up?) and the client's own CPU and memory."""
+    sec = Section(
+        "client",
+        "Schedule lag and client health",
+        intro="Schedule lag is sent − scheduled; a growing lag means the load generator, not "
+        "the server, limited the offered load.",
+    )
+    lag = []
+    for i, r in enumerate(runs):
+        s = pd.window_series(con, r.run_id, window_s, view=view)
+        c = fg.color(i)
+        lag.append({"name": f"{r.name} p50", "x": s.t, "y": s.lag_p50_ms, "color": c})
+        lag.append({"name": f"{r.name} p99", "x": s.t, "y": s.lag_p99_ms, "color": c, "dash": "dot"})
+        lag.append({"name": f"{r.name} max", "x": s.t, "y": s.lag_max_ms, "color": c, "dash": "dash"})
+    sec.blocks.append(fg.lines("Schedule lag per window", "time (s)", "lag (ms)", lag))
+    sec.blocks.extend(_telemetry_figures(con, runs, CLIENT_SOURCES, max_names=6, what="client"))
+    return sec
+
+
+def server_section(con: duckdb.DuckDBPyConnection, runs: Sequence[pd.RunRow]) -> Section | None:
+    """Server metrics scraped during the runs (``/metrics``, engine and GPU telemetry)."""
+    blocks = _telemetry_figures(con, runs, SERVER_SOURCES, max_names=12, what="server")
+    if not blocks:
+        return None
+    return Section(
+        "server",
+        "Server metrics",
+        blocks,
+        intro="Telemetry scraped from the server while the run went (summed over label sets, "
+        "averaged per time bucket).",
+    )
+
+
+def _telemetry_figures(
+    con: duckdb.DuckDBPyConnection,
+    runs: Sequence[pd.RunRow],
+    sources: Sequence[str],
+    *,
+    max_names: int,
+    what: str,
+) -> list[fg.Figure | str]:
+    by_name: dict[tuple[str, str], list[dict]] = {}
+    hidden = 0
+    for i, r in enumerate(runs):
+        series, total = pd.telemetry_series(con, r.run_id, sources, max_names=max_names)
+        hidden = max(hidden, total - len(series))
+        for s in series:
+            by_name.setdefault((s.source, s.name), []).append(
+                {"name": r.name, "x": s.t, "y": s.value, "color": fg.color(i)}
+            )
+    out: list[fg.Figure | str] = [
+        fg.lines(f"{name} ({source})", "time (s)", name, lines_)
+        for (source, name), lines_ in list(by_name.items())[:max_names]
+    ]
+    if not out:
+        out.append(note(f"No {what} telemetry recorded in the selected runs."))
+    elif hidden > 0:
+        out.append(note(f"{hidden} further {what} metrics not plotted (the {max_names} with most samples are)."))
+    return out
+
+
+def errors_block(con: duckdb.DuckDBPyConnection, runs: Sequence[pd.RunRow]) -> str | None:
+    """A table of failure classes with an example message each (escaped)."""
+    rows = []
+    for r in runs:
+        for cls, status, n, msg in con.execute(
+            "SELECT coalesce(error_class, status), status, count(*), any_value(error_message)"
+            " FROM requests WHERE run_id = ? AND status <> 'ok' GROUP BY ALL ORDER BY 3 DESC LIMIT 20",
+            [r.run_id],
+        ).fetchall():
+            rows.append((r.name, cls, status, f"{n:,}", (msg or "")[:300]))
+    if not rows:
+        return None
+    return "<h3>Failures</h3>" + table(
+        ["run", "error class", "status", "requests", "example message"], rows, cls="text"
+    )
+
+
+def runs_table(runs: Sequence[pd.RunRow]) -> str:
+    rows = [
+        (r.name, r.run_id, r.model or "", r.backend or "", r.endpoint or "", r.clock or "",
+         "" if r.target_rate is None else f"{r.target_rate:g}",
+         "" if r.duration_s is None else f"{r.duration_s:.1f}", f"{r.requests:,}",
+         r.status or "", r.end_reason or "")
+        for r in runs
+    ]
+    html_ = table(["run", "id", "model", "backend", "endpoint", "clock", "target rate (req/s)",
+                   "duration (s)", "requests", "status", "ended by"], rows)
+    warn = [note(f"{r.name}: {n}", "warn") for r in runs for n in r.notes]
+    return html_ + "".join(warn)
+

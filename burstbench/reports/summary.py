@@ -1,0 +1,260 @@
+"""Report sections whose numbers come from ``burstbench.analysis``: the summary with SLO
+verdicts, per-tenant attainment, run comparison with confidence intervals, and sweeps.
+
+Why a separate module: these sections never compute a metric themselves; they call
+``summarize``, ``per_tenant``, ``compare_runs`` and ``attainment_over_time`` and
+format the results, so the report always agrees with ``burstbench analyze``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import duckdb
+
+from burstbench.analysis.compare import compare_runs
+from burstbench.analysis.metrics import summarize
+from burstbench.analysis.slo import attainment_over_time, format_slo, per_tenant
+from burstbench.reports import figures as fg
+from burstbench.reports import plotdata as pd
+from burstbench.reports.html import Raw, Section, badge, esc, note, table
+
+SWEEP_LABEL = re.compile(r"^sweep:\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*$", re.I)
+SUMMARY_METRICS = (("ttft_ms", "TTFT"), ("tpot_ms", "TPOT"), ("itl_ms", "ITL"), ("e2el_ms", "E2EL"))
+
+
+def fmt(v: float | None, digits: int = 3) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "–"
+    if abs(v) >= 1000:
+        return f"{v:,.0f}"
+    return f"{v:.{digits}g}"
+
+
+def pct(v: float | None) -> str:
+    return "–" if v is None else f"{v * 100:.1f}%"
+
+
+def summaries(
+    con: duckdb.DuckDBPyConnection, runs: Sequence[pd.RunRow], slo: Mapping[str, float] | None
+) -> dict[str, dict[str, Any]]:
+    return {r.run_id: summarize(con, r.run_id, slo=slo) for r in runs}
+
+
+def summary_section(
+    runs: Sequence[pd.RunRow],
+    sums: Mapping[str, Mapping[str, Any]],
+    slo: Mapping[str, float] | None,
+    target: float,
+) -> Section:
+    """One card per run: the verdict first, then the headline numbers."""
+    cards = []
+    for r in runs:
+        s = sums[r.run_id]
+        gp = s.get("goodput")
+        if gp and gp.get("slo_attainment") is not None:
+            att = gp["slo_attainment"]
+            ok = att >= target
+            ci = gp.get("slo_attainment_ci95") or [None, None]
+            verdict = (
+                f'<div class="verdict">{badge(ok).html} SLO attainment <b>{esc(pct(att))}</b>'
+                f" (95% CI {esc(pct(ci[0]))}–{esc(pct(ci[1]))}; target {esc(pct(target))})</div>"
+            )
+            per = gp.get("per_metric_attainment") or {}
+            verdict += "".join(
+                f"{badge(v is not None and v >= target, f'{m} ≤ {slo[m] * 1000:g} ms: {pct(v)}').html} "
+                for m, v in per.items()
+                if slo and m in slo
+            )
+        elif slo:
+            verdict = f'<div class="verdict">{badge(None, "no requests").html}</div>'
+        else:
+            verdict = f'<div class="verdict">{badge(None, "no SLO given").html}</div>'
+        kv = [
+            ("requests", f"{s['requests']:,} ({s['completed']:,} ok, {s['failed']:,} failed)"),
+            ("duration", f"{fmt(s['duration_s'])} s"),
+            ("request throughput", f"{fmt(s['request_throughput'])} req/s"),
+            ("output throughput", f"{fmt(s['output_throughput'])} tok/s"),
+            ("peak concurrency", str(s.get("peak_concurrency", "–"))),
+        ]
+        if s.get("target_rate") is not None:
+            kv.insert(2, ("offered / achieved", f"{fmt(s['target_rate'])} / {fmt(s.get('achieved_rate'))} req/s"))
+        for key, name in SUMMARY_METRICS:
+            m = s.get(key) or {}
+            kv.append((f"{name} p50 / p99", f"{fmt(m.get('p50'))} / {fmt(m.get('p99'))} ms"))
+        if gp:
+            kv.append(("request goodput", f"{fmt(gp.get('request_goodput'))} req/s"))
+            kv.append(("token goodput", f"{fmt(gp.get('token_goodput'))} tok/s"))
+        kv_html = "".join(f"<span>{esc(k)}</span><span>{esc(v)}</span>" for k, v in kv)
+        sub = " · ".join(x for x in (r.model or "", r.backend or "", r.run_id) if x)
+        cards.append(
+            f'<div class="card"><h3>{esc(r.name)}</h3><div class="sub">{esc(sub)}</div>'
+            f'{verdict}<div class="kv">{kv_html}</div></div>'
+        )
+    intro = (
+        f"SLO: {format_slo(slo)}; a run passes when its attainment (good requests / all sent, "
+        f"failures count as misses) is at least {pct(target)}."
+        if slo
+        else "No SLO given: pass --slo ttft=500ms,tpot=50ms to get verdicts."
+    )
+    sec = Section("summary", "Summary", intro=intro)
+    sec.blocks.append(f'<div class="cards">{"".join(cards)}</div>')
+    return sec
+
+
+def latency_table(runs: Sequence[pd.RunRow], sums: Mapping[str, Mapping[str, Any]]) -> str:
+    """Every latency statistic of every run, in ms (what ``analyze`` prints)."""
+    rows = []
+    for key, name in (*SUMMARY_METRICS, ("ttfvt_ms", "TTFVT"), ("schedule_lag_ms", "schedule lag"),
+                      ("e2el_from_schedule_ms", "E2EL from schedule")):
+        for r in runs:
+            m = sums[r.run_id].get(key) or {}
+            rows.append((name, r.name, *(fmt(m.get(k)) for k in ("mean", "std", "p50", "p90", "p95", "p99", "max"))))
+    return "<h3>Latency statistics (ms)</h3>" + table(
+        ["metric", "run", "mean", "std", "p50", "p90", "p95", "p99", "max"], rows
+    )
+
+
+def attainment_series(
+    con: duckdb.DuckDBPyConnection, runs: Sequence[pd.RunRow], slo: Mapping[str, float] | None, window_s: float
+) -> dict[str, tuple[list[float], list[float | None]]]:
+    if not slo:
+        return {}
+    out = {}
+    for r in runs:
+        rows = attainment_over_time(con, r.run_id, slo, window_s)
+        out[r.run_id] = (
+            [row["t_start_s"] for row in rows],
+            [None if row["attainment"] is None else row["attainment"] * 100.0 for row in rows],
+        )
+    return out
+
+
+def tenant_block(con: duckdb.DuckDBPyConnection, runs: Sequence[pd.RunRow], slo: Mapping[str, float] | None) -> str | None:
+    """Per-tenant attainment and Jain's fairness index, when requests carry tenants."""
+    if not slo:
+        return None
+    rows = []
+    for r in runs:
+        pt = per_tenant(con, r.run_id, slo)
+        tenants = pt["tenants"]
+        if len(tenants) < 2 and (not tenants or tenants[0]["tenant"] is None):
+            continue
+        for t in tenants[:50]:
+            ci = t.get("slo_attainment_ci95") or [None, None]
+            rows.append((r.name, t["tenant"] if t["tenant"] is not None else "(none)", f"{t['requests']:,}",
+                         f"{t['failed']:,}", pct(t["slo_attainment"]), f"{pct(ci[0])}–{pct(ci[1])}",
+                         fmt(t["request_goodput"]), fmt(pt["jain_index"])))
+    if not rows:
+        return None
+    return "<h3>Per tenant</h3>" + table(
+        ["run", "tenant", "requests", "failed", "attainment", "95% CI", "goodput (req/s)", "Jain index (run)"], rows
+    )
+
+
+def compare_section(
+    con: duckdb.DuckDBPyConnection, runs: Sequence[pd.RunRow], slo: Mapping[str, float] | None
+) -> Section | None:
+    """Each run against the first: deltas with bootstrap 95% CIs; real differences in bold."""
+    if len(runs) < 2:
+        return None
+    base = runs[0]
+    sec = Section(
+        "compare",
+        "Run comparison",
+        intro=f"Each run against {base.name}: delta = run − baseline with a bootstrap 95% "
+        "confidence interval (requests resampled); 'real' when the interval excludes 0.",
+    )
+    for other in runs[1:]:
+        res = compare_runs(con, base.run_id, other.run_id, slo=slo)
+        rows = []
+        for m in res["metrics"]:
+            unit = m.get("unit", "ms")
+            conv = (lambda v: pct(v)) if unit == "fraction" else (lambda v: fmt(v))
+            ci = m.get("ci") or [None, None]
+            sig = m.get("significant")
+            rows.append((
+                f"{m['metric']}.{m['stat']}", conv(m["a"]), conv(m["b"]), conv(m["delta"]),
+                "–" if m.get("delta_pct") is None else f"{m['delta_pct']:+.1f}%",
+                f"[{conv(ci[0])}, {conv(ci[1])}]",
+                badge(None, "n/a") if sig is None else Raw(
+                    f'<span class="sig">{"real" if sig else "noise"}</span>'),
+            ))
+        sec.blocks.append(f"<h3>{esc(other.name)} vs {esc(base.name)}</h3>")
+        sec.blocks.append(table(["metric", base.name, other.name, "delta", "delta %",
+                                 "95% CI of delta", "difference"], rows))
+    return sec
+
+
+def sweep_rate(r: pd.RunRow) -> float | None:
+    m = SWEEP_LABEL.match(r.label or "")
+    if m:
+        return float(m.group(1))
+    return None
+
+
+def sweep_section(
+    con: duckdb.DuckDBPyConnection,
+    steps: Sequence[pd.RunRow],
+    slo: Mapping[str, float] | None,
+    target: float,
+) -> Section | None:
+    """Latency and attainment against offered rate; the max goodput point starred."""
+    if not steps:
+        return None
+    pts = sorted(((sweep_rate(r) or r.target_rate or 0.0, r) for r in steps), key=lambda p: p[0])
+    sums = {r.run_id: summarize(con, r.run_id, slo=slo) for _, r in pts}
+    rates = [p[0] for p in pts]
+    sec = Section(
+        "sweep",
+        "Sweep",
+        intro=f"{len(pts)} sweep steps (runs labelled sweep:<rate>). The star marks the max "
+        f"goodput rate: the highest swept rate whose SLO attainment is ≥ {pct(target)}.",
+    )
+    lat = []
+    for i, (key, name) in enumerate((("ttft_ms", "TTFT"), ("tpot_ms", "TPOT"), ("e2el_ms", "E2EL"))):
+        for stat, dash in (("p50", "solid"), ("p99", "dot")):
+            lat.append({"name": f"{name} {stat}", "x": rates, "color": fg.color(i), "dash": dash,
+                        "y": [(sums[r.run_id].get(key) or {}).get(stat) for _, r in pts]})
+    sec.blocks.append(fg.scatter_xy("Latency against offered rate", "offered rate (req/s)", "latency (ms)",
+                                    lat, y_log=True))
+    tput = [
+        {"name": "request throughput", "x": rates, "y": [sums[r.run_id]["request_throughput"] for _, r in pts]},
+    ]
+    if slo:
+        tput.append({"name": "request goodput", "x": rates,
+                     "y": [(sums[r.run_id].get("goodput") or {}).get("request_goodput") for _, r in pts]})
+    sec.blocks.append(fg.scatter_xy("Throughput against offered rate", "offered rate (req/s)", "requests/s", tput))
+    rows = []
+    if slo:
+        att = [(sums[r.run_id].get("goodput") or {}).get("slo_attainment") for _, r in pts]
+        cis = [(sums[r.run_id].get("goodput") or {}).get("slo_attainment_ci95") or [None, None] for _, r in pts]
+        passing = [(rate, a) for rate, a in zip(rates, att, strict=True) if a is not None and a >= target]
+        marks = []
+        if passing:
+            best = max(passing)
+            marks.append({"name": "max goodput rate", "x": best[0], "y": best[1] * 100,
+                          "text": f"max goodput rate {best[0]:g} req/s"})
+        series = [
+            {"name": "attainment", "x": rates, "y": [None if a is None else a * 100 for a in att]},
+            {"name": "95% CI low", "x": rates, "y": [None if c[0] is None else c[0] * 100 for c in cis],
+             "dash": "dot", "mode": "lines", "color": "#9aa5b8"},
+            {"name": "95% CI high", "x": rates, "y": [None if c[1] is None else c[1] * 100 for c in cis],
+             "dash": "dot", "mode": "lines", "color": "#9aa5b8"},
+            {"name": f"target {pct(target)}", "x": [rates[0], rates[-1]], "y": [target * 100] * 2,
+             "dash": "dash", "mode": "lines", "color": "#444"},
+        ]
+        sec.blocks.append(fg.scatter_xy("SLO attainment against offered rate", "offered rate (req/s)",
+                                        "attainment (%)", series, marks=marks, y_range=[0, 102]))
+        if not passing:
+            sec.blocks.append(note(f"No swept rate reaches {pct(target)} attainment.", "warn"))
+        for (rate, r), a, c in zip(pts, att, cis, strict=True):
+            rows.append((f"{rate:g}", r.name, fmt(sums[r.run_id]["request_throughput"]), pct(a),
+                         f"{pct(c[0])}–{pct(c[1])}", badge(a is not None and a >= target)))
+        sec.blocks.append(table(["rate (req/s)", "run", "throughput (req/s)", "attainment", "95% CI", "verdict"], rows))
+    else:
+        sec.blocks.append(note("No SLO given: pass --slo to see attainment and the max goodput rate."))
+    return sec
