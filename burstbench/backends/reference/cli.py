@@ -1,0 +1,186 @@
+"""``burstbench serve`` and ``burstbench simulate``: thin wrappers over ``server`` and ``simulator``."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import click
+
+from burstbench.errors import UsageError
+
+_ENGINE_OPTIONS = [
+    click.option("--model", "model", default="llama-3.1-8b", show_default=True, help="Model preset name or a Hugging Face config.json path."),
+    click.option("--hardware", "hardware", default="h100-sxm", show_default=True, help="Hardware preset name or a profile JSON from 'burstbench profile'."),
+    click.option("--tp", type=int, default=1, show_default=True, help="Tensor-parallel degree (through the cost model)."),
+    click.option("--replicas", type=int, default=1, show_default=True, help="Data-parallel replicas behind a router."),
+    click.option("--router", type=click.Choice(["round_robin", "least_outstanding"]), default="round_robin", show_default=True),
+    click.option("--max-num-seqs", type=int, default=256, show_default=True),
+    click.option("--max-num-batched-tokens", type=int, default=8192, show_default=True),
+    click.option("--block-size", type=int, default=16, show_default=True),
+    click.option("--gpu-memory-utilization", type=float, default=0.9, show_default=True),
+    click.option("--no-prefix-caching", is_flag=True, help="Disable prefix caching."),
+    click.option("--max-waiting", type=int, default=None, help="Bound the waiting queue; beyond it requests get 503 + Retry-After."),
+    click.option("--policy", type=click.Choice(["fcfs", "priority"]), default="fcfs", show_default=True),
+]
+
+
+def _engine_options(f):  # type: ignore[no-untyped-def]
+    for opt in reversed(_ENGINE_OPTIONS):
+        f = opt(f)
+    return f
+
+
+@click.command("simulate")
+@click.argument("trace", type=click.Path(dir_okay=False))
+@_engine_options
+@click.option("-o", "--out", "out", required=True, type=click.Path(dir_okay=False), help="Results DuckDB file (created or appended to).")
+@click.option("--label", default=None, help="A name for this run in the results file.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--reasoning-share", type=float, default=None, help="Share of output tokens that are reasoning (reasoning models; default 0.74).")
+@click.option("--no-chunks", is_flag=True, help="Do not record per-token chunk rows (very large runs).")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object on stdout.")
+def simulate(trace, model, hardware, tp, replicas, router, max_num_seqs, max_num_batched_tokens, block_size, gpu_memory_utilization, no_prefix_caching, max_waiting, policy, out, label, seed, reasoning_share, no_chunks, as_json):  # type: ignore[no-untyped-def]
+    """Run TRACE through the reference engine in virtual time and write results.
+
+    \b
+    Example:
+      burstbench simulate burstbench/data/traces/azure_llm_2023_conv.csv \\
+          --model llama-3.1-8b --hardware h100-sxm -o sim.duckdb --json
+    """
+    from burstbench.backends.reference.simulator import simulate as run
+
+    res = run(
+        trace,
+        model=model,
+        hardware=hardware,
+        tp=tp,
+        replicas=replicas,
+        router=router,
+        max_num_seqs=max_num_seqs,
+        max_num_batched_tokens=max_num_batched_tokens,
+        block_size=block_size,
+        gpu_memory_utilization=gpu_memory_utilization,
+        enable_prefix_caching=not no_prefix_caching,
+        max_waiting=max_waiting,
+        policy=policy,
+        seed=seed,
+        out=out,
+        label=label,
+        record_chunks=not no_chunks,
+        progress=not as_json and sys.stderr.isatty(),
+        reasoning_share=reasoning_share,
+    )
+    d = res.to_dict()
+    if as_json:
+        click.echo(json.dumps(d))
+    click.echo(
+        f"simulated {res.requests} requests ({res.completed} ok, {res.rejected} rejected, {res.invalid} invalid) "
+        f"over {res.duration_s:.1f} virtual s in {res.wall_s:.2f} s wall: {res.iterations} iterations, "
+        f"{res.preemptions} preemptions, prefix hit rate {res.prefix_hit_rate:.3f}; run {res.run_id} in {res.store}",
+        err=True,
+    )
+    for note in res.notes:
+        click.echo(f"note: {note}", err=True)
+
+
+@click.command("serve")
+@_engine_options
+@click.option("--host", default="127.0.0.1", show_default=True, help="Bind address (loopback by default).")
+@click.option("--port", type=int, default=8000, show_default=True, help="Port (0: any free port).")
+@click.option("--time-scale", type=float, default=1.0, show_default=True, help="Run the model's clock K times faster.")
+@click.option("--api-key", default=None, help="Require 'Authorization: Bearer KEY' (or set BURSTBENCH_API_KEY).")
+@click.option("--served-model-name", default=None, help="Model id clients must send (default: the model's name).")
+@click.option("--max-concurrent", type=int, default=4096, show_default=True, help="Concurrent requests before 429.")
+@click.option("--max-request-bytes", type=int, default=4 * 2**20, show_default=True)
+@click.option("--output-len", default="lognormal:256:0.8", show_default=True, help="Output length when the client does not set ignore_eos: KIND[:MEAN[:SIGMA]].")
+@click.option("--reasoning-share", type=float, default=0.74, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--fault-error-rate", type=float, default=0.0, help="Share of requests answered with an HTTP error.")
+@click.option("--fault-error-codes", default="429,500,503", show_default=True)
+@click.option("--fault-retry-after", type=float, default=1.0, show_default=True)
+@click.option("--fault-slow-first-byte-rate", type=float, default=0.0)
+@click.option("--fault-slow-first-byte-s", type=float, default=2.0, show_default=True)
+@click.option("--fault-stall-rate", type=float, default=0.0)
+@click.option("--fault-stall-s", type=float, default=5.0, show_default=True)
+@click.option("--fault-disconnect-rate", type=float, default=0.0)
+@click.option("--fault-malformed-rate", type=float, default=0.0)
+@click.option("--fault-stream-error-rate", type=float, default=0.0)
+@click.option("--fault-seed", type=int, default=0, show_default=True)
+def serve(model, hardware, tp, replicas, router, max_num_seqs, max_num_batched_tokens, block_size, gpu_memory_utilization, no_prefix_caching, max_waiting, policy, host, port, time_scale, api_key, served_model_name, max_concurrent, max_request_bytes, output_len, reasoning_share, seed, fault_error_rate, fault_error_codes, fault_retry_after, fault_slow_first_byte_rate, fault_slow_first_byte_s, fault_stall_rate, fault_stall_s, fault_disconnect_rate, fault_malformed_rate, fault_stream_error_rate, fault_seed):  # type: ignore[no-untyped-def]
+    """Serve the reference engine over an OpenAI-compatible HTTP API.
+
+    \b
+    Example:
+      burstbench serve --model llama-3.1-8b --hardware h100-sxm --port 8000
+      curl -s localhost:8000/v1/completions -d '{"prompt": "hello there", "max_tokens": 5}'
+    """
+    import asyncio
+
+    from burstbench.backends.reference.faults import FaultConfig, parse_codes
+    from burstbench.backends.reference.server import ServeConfig, serve_forever
+    from burstbench.backends.reference.tokens import OutputLengths
+
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        click.echo(f"warning: binding {host}: the server is reachable from other machines", err=True)
+    key = api_key or os.environ.get("BURSTBENCH_API_KEY") or None
+    faults = FaultConfig(
+        error_rate=fault_error_rate,
+        error_codes=parse_codes(fault_error_codes),
+        retry_after_s=fault_retry_after,
+        slow_first_byte_rate=fault_slow_first_byte_rate,
+        slow_first_byte_s=fault_slow_first_byte_s,
+        stall_rate=fault_stall_rate,
+        stall_s=fault_stall_s,
+        disconnect_rate=fault_disconnect_rate,
+        malformed_rate=fault_malformed_rate,
+        stream_error_rate=fault_stream_error_rate,
+        seed=fault_seed,
+    )
+    if port < 0 or port > 65535:
+        raise UsageError(f"--port must be in 0..65535, got {port}")
+    cfg = ServeConfig(
+        model=model,
+        hardware=hardware,
+        tp=tp,
+        replicas=replicas,
+        router=router,
+        host=host,
+        port=port,
+        time_scale=time_scale,
+        api_key=key,
+        served_model_name=served_model_name,
+        max_num_seqs=max_num_seqs,
+        max_num_batched_tokens=max_num_batched_tokens,
+        block_size=block_size,
+        gpu_memory_utilization=gpu_memory_utilization,
+        enable_prefix_caching=not no_prefix_caching,
+        max_waiting=max_waiting,
+        policy=policy,
+        max_request_bytes=max_request_bytes,
+        max_concurrent=max_concurrent,
+        output_lengths=OutputLengths.parse(output_len),
+        reasoning_share=reasoning_share,
+        seed=seed,
+        faults=faults,
+    )
+
+    def ready(srv):  # type: ignore[no-untyped-def]
+        app = srv.app
+        click.echo(
+            f"serving {app.name} on {app.hardware.name} (tp={tp}, replicas={replicas}, "
+            f"{app.num_blocks - 1} KV blocks each, time scale {time_scale}) at {srv.url}"
+            + (" (API key required)" if key else ""),
+            err=True,
+        )
+        # one line on stdout a wrapper script can wait for
+        click.echo(json.dumps({"url": srv.url}))
+        sys.stdout.flush()
+
+    try:
+        asyncio.run(serve_forever(cfg, on_ready=ready))
+    except KeyboardInterrupt:
+        click.echo("stopped", err=True)
+    except OSError as exc:
+        raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
