@@ -132,3 +132,36 @@ def test_estimate_batch_latency_is_prefill_plus_decodes() -> None:
     assert total == pytest.approx(by_hand)
     with pytest.raises(UsageError):
         estimate_batch_latency(cost, 0, 16, 3)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    model=st.sampled_from(["llama-3.1-8b", "mixtral-8x7b", "deepseek-v3", "qwen2.5-32b"]),
+    tp=st.sampled_from([1, 2, 8]),
+    prefill=st.lists(st.tuples(st.integers(1, 4096), st.integers(0, 30000)), max_size=4),
+    decode=st.lists(st.integers(0, 60000), max_size=300),
+)
+def test_cached_sums_equal_the_sequence_by_sequence_formula(
+    model: str, tp: int, prefill: list[tuple[int, int]], decode: list[int]
+) -> None:
+    cost = CostModel(load_model(model), H100, tp=tp)
+    for _ in range(2):  # second round hits the caches
+        assert cost.step_time(prefill, decode) == pytest.approx(
+            cost.step_time_reference(prefill, decode), rel=1e-9
+        )
+
+
+def test_bandwidth_efficiency_curve_is_used_per_step(tmp_path) -> None:
+    import dataclasses
+
+    from burstbench.backends.hardware.profile import EfficiencyCurve
+
+    curved = dataclasses.replace(
+        H100, bandwidth_efficiency=EfficiencyCurve(((1, 0.5), (1024, 0.9)))
+    )
+    cost = CostModel(L8, curved)
+    flat = CostModel(L8, H100)
+    # batch 1 at 50 % is slower than the flat 75 %; batch 1024 at 90 % streams faster
+    assert cost.step_time([], [100]) > flat.step_time([], [100])
+    mixed = ([(64, 0)], [100] * 960)
+    assert cost.step_time(*mixed) == pytest.approx(cost.step_time_reference(*mixed), rel=1e-9)

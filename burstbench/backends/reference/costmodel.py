@@ -67,8 +67,11 @@ class CostModel:
         self._peak = peak
         self._attn_peak = hw.peak_flops  # attention runs in bf16 whatever the weights
         self._eta_f = hw.flops_efficiency
-        self._bw = hw.mem_bandwidth * hw.bandwidth_efficiency(1)
+        self._mem_bw = hw.mem_bandwidth
         self._eta_b = hw.bandwidth_efficiency
+        self._const_bw = len(hw.bandwidth_efficiency.points) == 1
+        self._decode_cache: dict[int, tuple[float, float]] = {}
+        self._base_cache: dict[tuple[int, int], float] = {}
 
         bpp = m.weight_bytes_per_param
         h = m.hidden_size
@@ -164,12 +167,36 @@ class CostModel:
         ``prefill_kv_tokens`` = Σ (c + n) (KV read and written), ``decode_context_sum`` =
         Σ context over decoding sequences (each decode also attends to its new token).
         """
+        if not prefill_tokens:
+            if decode_seqs <= 0:
+                return 0.0
+            entry = self._decode_cache.get(decode_seqs)
+            if entry is None:
+                entry = self._decode_entry(decode_seqs)
+            return entry[0] + (decode_context_sum + decode_seqs) * entry[1]
         tokens = prefill_tokens + decode_seqs
-        if tokens <= 0:
-            return 0.0
         seqs = prefill_seqs + decode_seqs
-        bw = self._bw
+        key = (tokens, seqs)
+        base = self._base_cache.get(key)
+        if base is None:
+            base = self._base(tokens, seqs)
+            if len(self._base_cache) > 200_000:
+                self._base_cache.clear()
+            self._base_cache[key] = base
+        t = base
+        if decode_seqs:
+            if self._const_bw:
+                entry = self._decode_cache.get(decode_seqs) or self._decode_entry(decode_seqs)
+                coef = entry[1]
+            else:
+                coef = self._decode_attention_coef(decode_seqs, tokens)
+            t += (decode_context_sum + decode_seqs) * coef
+        return t + self._prefill_attention(prefill_tokens, prefill_pairs, prefill_kv_tokens, tokens)
 
+    # --- the formula, piece by piece (cached above by the batch shape) -------------------
+    def _base(self, tokens: int, seqs: int) -> float:
+        """Everything but attention: overheads, linear layers, elementwise, all-reduce."""
+        bw = self._bw_at(tokens)
         # Linear layers: dense part + LM head for every sequence that samples.
         flops = self._dense_flops_per_token * tokens + self._head_flops_per_seq * seqs
         wbytes = self._dense_bytes + self._head_bytes
@@ -177,34 +204,61 @@ class CostModel:
         if self._moe:
             touched = self._experts * -math.expm1(tokens * self._log_miss)
             touched = max(touched, min(self._experts, self._k))
-            per_expert_tokens = tokens * self._k / touched
+            per_expert_tokens = max(1, round(tokens * self._k / touched))
             t_lin += max(
-                self._expert_flops_per_token * tokens / (self._peak * self._eta_f(max(1, round(per_expert_tokens)))),
+                self._expert_flops_per_token * tokens / (self._peak * self._eta_f(per_expert_tokens)),
                 self._expert_bytes * touched / bw,
             )
-
-        # Attention: decodes (bandwidth-bound) and prefills (compute-bound) as two rooflines.
-        t_attn = 0.0
-        if decode_seqs:
-            ctx = decode_context_sum + decode_seqs
-            t_attn += max(
-                self._attn_flops_per_pair * ctx / (self._attn_peak * self._eta_f(decode_seqs)),
-                self.kv_bytes_per_token * ctx / bw,
-            )
-        if prefill_tokens:
-            t_attn += max(
-                self._attn_flops_per_pair * prefill_pairs / (self._attn_peak * self._eta_f(prefill_tokens)),
-                self.kv_bytes_per_token * prefill_kv_tokens / bw,
-            )
-
         t_elem = (self._elem_bytes_per_token * tokens + self._sampler_bytes_per_seq * seqs) / bw
-
         t_comm = 0.0
         if self._allreduces:
             t_comm = self._allreduces * (
                 self._ar_bytes_per_token * tokens / self._link_bw + self._link_latency
             )
-        return self._fixed + t_lin + t_attn + t_elem + t_comm
+        return self._fixed + t_lin + t_elem + t_comm
+
+    def _bw_at(self, tokens: int) -> float:
+        return self._mem_bw * self._eta_b(tokens)
+
+    def _decode_attention_coef(self, decode_seqs: int, tokens: int) -> float:
+        """Seconds per attended (context + 1) token of the decodes: always bandwidth-bound
+        in practice, but kept a roofline so an exotic config is still costed right."""
+        return max(
+            self._attn_flops_per_pair / (self._attn_peak * self._eta_f(decode_seqs)),
+            self.kv_bytes_per_token / self._bw_at(tokens),
+        )
+
+    def _decode_entry(self, b: int) -> tuple[float, float]:
+        entry = (self._base(b, b), self._decode_attention_coef(b, b))
+        self._decode_cache[b] = entry
+        return entry
+
+    def _prefill_attention(self, prefill_tokens: int, pairs: float, kv_tokens: int, tokens: int) -> float:
+        return max(
+            self._attn_flops_per_pair * pairs / (self._attn_peak * self._eta_f(prefill_tokens)),
+            self.kv_bytes_per_token * kv_tokens / self._bw_at(tokens),
+        )
+
+    def step_time_reference(
+        self, prefill: Sequence[tuple[int, int]], decode: Sequence[int]
+    ) -> float:
+        """The same cost without sums or caches, sequence by sequence (for tests)."""
+        p_tok = sum(n for n, _ in prefill)
+        tokens = p_tok + len(decode)
+        if tokens == 0:
+            return 0.0
+        t = self._base(tokens, len(prefill) + len(decode))
+        if decode:
+            coef = self._decode_attention_coef(len(decode), tokens)
+            t += sum((c + 1) * coef for c in decode)
+        if prefill:
+            t += self._prefill_attention(
+                p_tok,
+                sum(n * c + n * (n + 1) / 2 for n, c in prefill),
+                sum(n + c for n, c in prefill),
+                tokens,
+            )
+        return t
 
     # ------------------------------------------------------------------------------------
     def weight_bytes_per_rank(self) -> float:
