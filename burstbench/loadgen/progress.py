@@ -1,0 +1,124 @@
+"""Live progress on stderr and the client-bottleneck watch.
+
+A load generator that cannot keep up reports the server as slow; the only honest
+thing is to notice and say so. ``BottleneckWatch`` looks at each second's
+schedule lag p99 and the client processes' CPU: lag above 10 ms that keeps
+growing for three seconds, or a client process above 90 % of a core for three
+seconds, raises a warning that is printed at once (red, on stderr) and stored in
+``runs.notes``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+
+@dataclass
+class Totals:
+    """Counters summed over workers (each worker reports its own running totals)."""
+
+    per_worker: dict[int, dict[str, float]] = field(default_factory=dict)
+
+    def update(self, worker: int, stats: dict[str, float]) -> None:
+        self.per_worker[worker] = stats
+
+    def get(self, key: str) -> float:
+        return sum(s.get(key, 0) for s in self.per_worker.values())
+
+
+class BottleneckWatch:
+    """Per-second lag p99 and client CPU; warnings when the client is what limits the run."""
+
+    def __init__(self, *, lag_ms: float = 10.0, cpu_percent: float = 90.0, seconds: int = 3) -> None:
+        self.lag_ms = lag_ms
+        self.cpu_percent = cpu_percent
+        self.seconds = seconds
+        self._lags: list[np.ndarray] = []
+        self.window_p99_ms: list[float] = []
+        self._cpu_high = 0
+        self.warnings: list[str] = []
+        self._raised: set[str] = set()
+        self.lag_p99_ms = float("nan")
+
+    def add_lags(self, lags: np.ndarray) -> None:
+        if lags.size:
+            self._lags.append(lags)
+
+    def tick(self, t: float, cpu_max: float) -> list[str]:
+        """Close one second's window; return new warnings."""
+        new: list[str] = []
+        if self._lags:
+            lags = np.concatenate(self._lags)
+            self._lags = []
+            self.lag_p99_ms = float(np.percentile(lags, 99) * 1e3)
+            self.window_p99_ms.append(self.lag_p99_ms)
+        recent = self.window_p99_ms[-self.seconds:]
+        if (len(recent) == self.seconds and all(v > self.lag_ms for v in recent)
+                and all(b >= a for a, b in itertools.pairwise(recent)) and "lag" not in self._raised):
+            self._raised.add("lag")
+            new.append(f"client bottleneck at t={t:.0f}s: schedule lag p99 {recent[-1]:.1f} ms and growing "
+                       f"for {self.seconds}s; the client, not the server, limits this run (add --workers)")
+        self._cpu_high = self._cpu_high + 1 if cpu_max >= self.cpu_percent else 0
+        if self._cpu_high >= self.seconds and "cpu" not in self._raised:
+            self._raised.add("cpu")
+            new.append(f"client bottleneck at t={t:.0f}s: a client process used {cpu_max:.0f}% of a core "
+                       f"for {self.seconds}s; latencies include client delay (add --workers)")
+        self.warnings += new
+        return new
+
+
+class ProgressView:
+    """A rich Live table on stderr, redrawn a few times a second by the supervisor."""
+
+    def __init__(self, *, target_rate: float | None, total: int | None, enabled: bool = True) -> None:
+        self.target_rate = target_rate
+        self.total = total
+        self.console = Console(stderr=True)
+        self.enabled = enabled and self.console.is_terminal
+        self.plain = enabled and not self.console.is_terminal
+        self._live: Live | None = None
+        self._last_plain = 0.0
+
+    def __enter__(self) -> ProgressView:
+        if self.enabled:
+            self._live = Live(console=self.console, auto_refresh=False, transient=False)
+            self._live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._live is not None:
+            self._live.__exit__(None, None, None)
+
+    def warn(self, message: str) -> None:
+        if self.enabled or self.plain:
+            self.console.print(Text(f"WARNING: {message}", style="bold red"))
+
+    def render(self, t: float, totals: Totals, lag_p99_ms: float, cpu: float) -> Table:
+        sent = totals.get("sent")
+        rate = sent / t if t > 0 else 0.0
+        table = Table(show_header=True, header_style="bold", box=None)
+        for col in ("elapsed", "sent", "completed", "failed", "in flight", "rate (achieved/target)",
+                    "lag p99", "client CPU"):
+            table.add_column(col, justify="right")
+        target = f"{self.target_rate:.1f}" if self.target_rate else "-"
+        total = f"/{self.total}" if self.total else ""
+        table.add_row(f"{t:.1f}s", f"{sent:.0f}{total}", f"{totals.get('completed'):.0f}",
+                      f"{totals.get('failed'):.0f}", f"{totals.get('in_flight'):.0f}",
+                      f"{rate:.1f}/{target}", f"{lag_p99_ms:.2f} ms" if lag_p99_ms == lag_p99_ms else "-",
+                      f"{cpu:.0f}%")
+        return table
+
+    def update(self, t: float, totals: Totals, lag_p99_ms: float, cpu: float) -> None:
+        if self._live is not None:
+            self._live.update(self.render(t, totals, lag_p99_ms, cpu), refresh=True)
+        elif self.plain and time.monotonic() - self._last_plain >= 5.0:
+            self._last_plain = time.monotonic()
+            self.console.print(self.render(t, totals, lag_p99_ms, cpu))

@@ -1,0 +1,141 @@
+"""Where worker loops run: one thread in this process, or ``--workers N`` processes.
+
+Both transports run the same ``worker_main``: build the backend, report ready,
+wait for the shared start instant (a wall-clock time the supervisor picks after
+every worker is ready, converted by each worker to its own monotonic clock),
+dispatch, and send batches back through a queue. Only the supervisor writes the
+results file, so N processes never contend for DuckDB's single writer.
+
+Commands go the other way on a per-worker control queue: ``("start", wall)``,
+``("stop", reason)`` (stop sending, finish in-flight within the grace period),
+``("now", reason)`` (cancel in-flight). Worker processes ignore SIGINT (the
+supervisor owns Ctrl-C) and stop at once if the supervisor dies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing as mp
+import os
+import queue
+import signal
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from burstbench.loadgen.dispatch import WorkerCore
+from burstbench.loadgen.schedule import Plan
+
+BackendFactory = Callable[[], Any]
+
+
+def worker_main(plan: Plan, factory: BackendFactory, out_q: Any, ctl_q: Any, opts: dict[str, Any]) -> None:
+    """Body of a worker thread or process."""
+    if opts.get("process"):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        asyncio.run(_worker_async(plan, factory, out_q, ctl_q, opts))
+    except BaseException as exc:  # report, never die silently
+        out_q.put({"kind": "error", "worker": plan.worker_id,
+                   "message": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc()})
+        out_q.put({"kind": "done", "worker": plan.worker_id, "stopped": True,
+                   "stop_reason": f"worker {plan.worker_id} failed", "end_t": None})
+
+
+async def _worker_async(plan: Plan, factory: BackendFactory, out_q: Any, ctl_q: Any, opts: dict[str, Any]) -> None:
+    loop = asyncio.get_running_loop()
+    backend = factory()
+    await backend.start()
+    try:
+        out_q.put({"kind": "ready", "worker": plan.worker_id, "pid": os.getpid()})
+        cmd = await loop.run_in_executor(None, ctl_q.get)
+        if cmd[0] != "start":
+            out_q.put({"kind": "done", "worker": plan.worker_id, "stopped": True,
+                       "stop_reason": cmd[1] if len(cmd) > 1 else "stopped", "end_t": 0.0})
+            return
+        t0 = time.monotonic() + (cmd[1] - time.time())
+        core = WorkerCore(plan, backend, out_q.put, t0=t0, flush_interval_s=opts.get("flush_interval_s", 0.25),
+                          drain_timeout_s=opts.get("grace_s", 10.0), ignore_eos=opts.get("ignore_eos", True))
+        finished = threading.Event()
+        parent = os.getppid() if opts.get("process") else None
+
+        def watch() -> None:
+            while not finished.is_set():
+                try:
+                    cmd = ctl_q.get(timeout=0.1)
+                except queue.Empty:
+                    if parent is not None and os.getppid() != parent:
+                        cmd = ("now", "supervisor died")
+                    else:
+                        continue
+                if cmd[0] in ("stop", "now"):
+                    loop.call_soon_threadsafe(lambda c=cmd: core.request_stop(c[1], now=c[0] == "now"))
+
+        watcher = threading.Thread(target=watch, name=f"burstbench-ctl-{plan.worker_id}", daemon=True)
+        watcher.start()
+        info = await core.run()
+        finished.set()
+    finally:
+        await backend.close()
+    out_q.put(info)
+
+
+class ThreadWorkers:
+    """One worker loop in a thread of this process (``--workers 1``)."""
+
+    process = False
+
+    def __init__(self, parts: list[Plan], factory: BackendFactory, opts: dict[str, Any]) -> None:
+        assert len(parts) == 1
+        self.out: queue.Queue = queue.Queue()
+        self.ctl: queue.Queue = queue.Queue()
+        self.thread = threading.Thread(target=worker_main, args=(parts[0], factory, self.out, self.ctl, opts),
+                                       name="burstbench-worker-0", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def send(self, cmd: tuple) -> None:
+        self.ctl.put(cmd)
+
+    def alive(self) -> list[bool]:
+        return [self.thread.is_alive()]
+
+    def join(self, timeout: float) -> None:
+        self.thread.join(timeout)
+
+
+class ProcessWorkers:
+    """N worker processes (spawned: no inherited DuckDB handles or threads)."""
+
+    process = True
+
+    def __init__(self, parts: list[Plan], factory: BackendFactory, opts: dict[str, Any]) -> None:
+        ctx = mp.get_context("spawn")
+        self.out = ctx.Queue()
+        self.ctls = [ctx.Queue() for _ in parts]
+        popts = dict(opts, process=True)
+        self.procs = [ctx.Process(target=worker_main, args=(part, factory, self.out, ctl, popts),
+                                  name=f"burstbench-worker-{part.worker_id}", daemon=True)
+                      for part, ctl in zip(parts, self.ctls, strict=True)]
+
+    def start(self) -> None:
+        for p in self.procs:
+            p.start()
+
+    def send(self, cmd: tuple) -> None:
+        for c in self.ctls:
+            c.put(cmd)
+
+    def alive(self) -> list[bool]:
+        return [p.is_alive() for p in self.procs]
+
+    def join(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        for p in self.procs:
+            p.join(max(0.0, deadline - time.monotonic()))
+            if p.is_alive():
+                p.terminate()
+                p.join(1.0)
