@@ -25,9 +25,10 @@
 * ``mooncake-prefix``: shared-prefix traffic shaped like the Mooncake FAST'25 synthetic
   trace shipped here (``mooncake_synthetic.jsonl``: 3.9 req/s, gap CV 1.01, median input
   11.6k and output 69 tokens, 45 % of requests reuse a cached prefix of median 34
-  512-token blocks): Poisson arrivals at 3.9 req/s; 45 % of requests start with one of
-  200 shared prefixes (lognormal, median 17,408 tokens); new input lognormal median 6,000;
-  output lognormal median 69, s 1.8; 131,072-token context.
+  512-token blocks): Poisson arrivals at 3.9 req/s; 47 % of requests start with one of
+  50 shared prefixes (lognormal, median 17,408 tokens), so over the source's 1,000 s about
+  45 % reuse a prefix seen before; new input lognormal median 6,000; output lognormal
+  median 69, s 1.8; 131,072-token context.
 """
 
 from __future__ import annotations
@@ -120,7 +121,7 @@ def _mooncake_prefix() -> WorkloadSpec:
             Dist("lognormal", {"s": 1.8, "scale": 69.0}),
         ),
         context_limit=131072,
-        prefix=PrefixSpec(groups=200, tokens=Dist("lognormal", {"s": 1.0, "scale": 17408.0}), share=0.45),
+        prefix=PrefixSpec(groups=50, tokens=Dist("lognormal", {"s": 1.0, "scale": 17408.0}), share=0.47),
         duration_s=600.0,
         provenance={
             "preset": "mooncake-prefix",

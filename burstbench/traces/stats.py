@@ -30,7 +30,7 @@ def detect_resolution(t: np.ndarray, *, max_check: int = 200_000) -> float | Non
     """The coarsest grid all timestamps lie on (3600 s ... 1 us), or None if finer/continuous.
 
     Checked on up to ``max_check`` evenly spaced timestamps; a value is on the grid if it
-    is within 1e-3 ticks of a multiple (float rounding of large second counts).
+    is within float rounding of a multiple.
     """
     t = np.asarray(t, dtype=np.float64)
     if t.size == 0:
@@ -40,9 +40,10 @@ def detect_resolution(t: np.ndarray, *, max_check: int = 200_000) -> float | Non
     t = t - t.min()
     if not np.any(t > 0):
         return None
+    # Off-grid by more than float rounding of the largest value (or 0.1 % of a tick) = not on it.
+    slack = max(4e-16 * float(t.max()), 1e-12)
     for r in RESOLUTION_CANDIDATES:
-        q = t / r
-        if np.max(np.abs(q - np.round(q))) <= 1e-3:
+        if np.max(np.abs(t - r * np.round(t / r))) <= min(1e-3 * r, slack + 1e-9 * r):
             return r
     return None
 
