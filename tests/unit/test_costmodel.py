@@ -111,6 +111,17 @@ def test_kv_cache_blocks_follow_memory() -> None:
     assert CostModel(load_model("llama-3.1-70b"), A100, tp=2).kv_cache_blocks() > 0
 
 
+@pytest.mark.parametrize("hw", ["a100-80g", "h100-sxm"])
+def test_kv_cache_matches_vllm_startup_logs(hw: str) -> None:
+    """vLLM's memory-profiling lines for Llama-3.1-8B on 80 GB cards (gpu_memory_utilization
+    0.9, 8192 batched tokens) report total 79.1-79.3 GiB, weights 14.99 GiB, activation peak
+    1.19-1.24 GiB, non-torch 0.1-0.65 GiB and a KV cache of 445,648-447,776 tokens."""
+    cost = CostModel(L8, load_hardware(hw))
+    assert cost.weight_bytes_per_rank() / 2**30 == pytest.approx(14.99, abs=0.05)
+    assert cost.activation_peak_bytes(8192, 256) / 2**30 == pytest.approx(1.22, abs=0.1)
+    assert cost.kv_cache_blocks() * 16 == pytest.approx(447_000, rel=0.02)
+
+
 def test_model_that_does_not_fit_raises_engine_error() -> None:
     with pytest.raises(EngineError, match="does not fit"):
         CostModel(load_model("llama-3.1-70b"), A100).kv_cache_blocks()

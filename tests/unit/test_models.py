@@ -153,3 +153,31 @@ def test_missing_file_and_unknown_preset() -> None:
         load_model("/nonexistent/config.json")
     with pytest.raises(UsageError, match=r"llama-3\.1-8b"):
         load_model("gpt-17")
+
+
+def test_qwen_moe_shared_expert_and_published_counts(tmp_path: Path) -> None:
+    # Qwen1.5-MoE-A2.7B's config.json: published as 14.3B total, 2.7B activated.
+    cfg = {
+        "model_type": "qwen2_moe", "hidden_size": 2048, "num_hidden_layers": 24,
+        "num_attention_heads": 16, "num_key_value_heads": 16, "intermediate_size": 5632,
+        "moe_intermediate_size": 1408, "shared_expert_intermediate_size": 5632,
+        "num_experts": 60, "num_experts_per_tok": 4, "vocab_size": 151936,
+        "max_position_embeddings": 8192, "torch_dtype": "bfloat16",
+    }
+    m = load_model(str(_write(tmp_path, cfg)))
+    assert m.shared_experts == 4 and m.attention_bias
+    assert m.total_params / 1e9 == pytest.approx(14.3, rel=0.02)
+    assert m.active_params / 1e9 == pytest.approx(2.7, rel=0.03)
+
+
+def test_multimodal_config_uses_its_text_model(tmp_path: Path) -> None:
+    cfg = {"architectures": ["SomeVLM"], "torch_dtype": "bfloat16", "text_config": dict(TINY),
+           "vision_config": {"hidden_size": 1024}}
+    m = load_model(str(_write(tmp_path, cfg)))
+    assert m.hidden_size == 512 and m.weight_dtype == "bf16"
+
+
+def test_llama_3_8b_matches_3_1_shapes_with_8k_context() -> None:
+    a, b = load_model("llama-3-8b"), load_model("llama-3.1-8b")
+    assert a.total_params == b.total_params and a.kv_bytes_per_token == b.kv_bytes_per_token
+    assert (a.max_context, b.max_context) == (8192, 131072)

@@ -76,15 +76,16 @@ def test_batch1_decode_against_the_bandwidth_bound(hw: str) -> None:
     of the datasheet, plus per-layer kernel floors and the fixed CPU step overhead.
     """
     prof = load_hardware(hw)
-    cost = CostModel(L8, prof)
+    l3 = load_model("llama-3-8b")
+    cost = CostModel(l3, prof)
     step_ms = cost.step_time([], [512]) * 1e3
-    bound_ms = L8.weight_bytes / prof.mem_bandwidth * 1e3
+    bound_ms = l3.weight_bytes / prof.mem_bandwidth * 1e3
     assert bound_ms == pytest.approx(BOUND_MS[hw], abs=0.06)
     assert step_ms > bound_ms
     # Gap decomposition (each part computed from the profile, independently of step_time):
-    streamed = (L8.total_params - L8.vocab_size * L8.hidden_size) * 2
+    streamed = (l3.total_params - l3.vocab_size * l3.hidden_size) * 2
     weights_ms = streamed / (prof.mem_bandwidth * prof.bandwidth_efficiency(1)) * 1e3
-    overhead_ms = (prof.step_overhead_s + L8.num_layers * prof.layer_overhead_s) * 1e3
+    overhead_ms = (prof.step_overhead_s + l3.num_layers * prof.layer_overhead_s) * 1e3
     rest_ms = step_ms - weights_ms - overhead_ms  # KV reads, elementwise, sampler
     assert 0 < rest_ms < 0.05 * step_ms
     # The bound is 55-80 % of the step: the one public batch-1 figure found (a vLLM 0.23

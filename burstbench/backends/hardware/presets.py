@@ -29,6 +29,9 @@ GPU, taken from published measurements, not tuned per GPU to match any benchmark
   ``benchmark_latency`` results together (A100, H100, H200; see
   ``tests/unit/test_validation.py``), so the validation checks the *shape* across GPUs,
   not three tuned numbers.
+- ``memory_bytes`` is device memory as CUDA reports it, which is what vLLM sizes the KV
+  cache from (its ``total_gpu_memory`` log line: 79.1–79.3 GiB on 80 GB A100/H100 cards,
+  139.8 GiB on H200, 44.4 GiB on L40S), not the marketing figure.
 - ``LINK_EFFICIENCY`` (0.8): NCCL ring all-reduce bus bandwidth reaches about 80 % of the
   per-direction NVLink rate (nccl-tests on DGX A100/H100).
 
@@ -58,7 +61,7 @@ BANDWIDTH_EFFICIENCY = 0.75
 LAYER_OVERHEAD_S = 25e-6
 STEP_OVERHEAD_S = 1.3e-3
 LINK_EFFICIENCY = 0.8
-MIB = 2**20
+GIB = 2**30
 
 _FAMILY_SOURCE = (
     "efficiencies: one family for all GPUs (burstbench.backends.hardware.presets): "
@@ -73,28 +76,28 @@ _FAMILY_SOURCE = (
 #          link latency s, fp8 multiplier, int8 multiplier, datasheet note)
 DATASHEETS: dict[str, tuple[float, float, float, float, float, float, float, str]] = {
     "a100-80g": (
-        312e12, 2.039e12, 81920 * MIB, 300e9, 8e-6, 1.0, 2.0,
+        312e12, 2.039e12, 79.15 * GIB, 300e9, 8e-6, 1.0, 2.0,
         "NVIDIA A100 80GB SXM datasheet: 312 TFLOP/s bf16 dense, 2039 GB/s HBM2e, 80 GB "
-        "(nvidia-smi 81920 MiB), NVLink3 600 GB/s bidirectional; no fp8 tensor cores "
+        "(79.15 GiB as CUDA reports it: vLLM total_gpu_memory on 80 GB cards), NVLink3 600 GB/s bidirectional; no fp8 tensor cores "
         "(fp8 runs weight-only), int8 624 TOPS",
     ),
     "h100-sxm": (
-        989e12, 3.35e12, 81559 * MIB, 450e9, 8e-6, 2.0, 2.0,
+        989e12, 3.35e12, 79.15 * GIB, 450e9, 8e-6, 2.0, 2.0,
         "NVIDIA H100 SXM5 datasheet: 989 TFLOP/s bf16 dense, 3.35 TB/s HBM3, 80 GB "
-        "(nvidia-smi 81559 MiB), NVLink4 900 GB/s bidirectional, fp8 1979 TFLOP/s",
+        "(79.15 GiB as CUDA reports it: vLLM total_gpu_memory on 80 GB cards), NVLink4 900 GB/s bidirectional, fp8 1979 TFLOP/s",
     ),
     "h200": (
-        989e12, 4.8e12, 143771 * MIB, 450e9, 8e-6, 2.0, 2.0,
+        989e12, 4.8e12, 139.81 * GIB, 450e9, 8e-6, 2.0, 2.0,
         "NVIDIA H200 SXM datasheet: 989 TFLOP/s bf16 dense, 4.8 TB/s HBM3e, 141 GB "
-        "(nvidia-smi 143771 MiB), NVLink4 900 GB/s bidirectional, fp8 1979 TFLOP/s",
+        "(139.81 GiB: vLLM total_gpu_memory on H200), NVLink4 900 GB/s bidirectional, fp8 1979 TFLOP/s",
     ),
     "l40s": (
-        362e12, 0.864e12, 46068 * MIB, 32e9, 20e-6, 2.0, 2.0,
+        362e12, 0.864e12, 44.39 * GIB, 32e9, 20e-6, 2.0, 2.0,
         "NVIDIA L40S datasheet: 362 TFLOP/s bf16 dense (733 fp8), 864 GB/s GDDR6, 48 GB "
-        "(nvidia-smi 46068 MiB), no NVLink: PCIe Gen4 x16 (32 GB/s per direction)",
+        "(44.39 GiB: vLLM total_gpu_memory on L40S), no NVLink: PCIe Gen4 x16 (32 GB/s per direction)",
     ),
     "ascend-910c": (
-        780e12, 3.2e12, 128 * 2**30, 196e9, 15e-6, 1.0, 2.0,
+        780e12, 3.2e12, 128 * GIB, 196e9, 15e-6, 1.0, 2.0,
         "Huawei Ascend 910C (public reports, no official datasheet): about 780 TFLOP/s "
         "bf16, 3.2 TB/s HBM, 128 GB; HCCS interconnect about 392 GB/s bidirectional; "
         "efficiencies assumed equal to the NVIDIA family (no published kernel profiles)",

@@ -38,9 +38,10 @@ from burstbench.errors import EngineError, UsageError
 ACT_BYTES = 2.0
 """Activations are bf16/fp16 whatever the weight dtype (vLLM's fp8/int8 GEMMs quantise on the fly)."""
 
-NON_TORCH_BYTES = 0.75 * 2**30
-"""Device memory outside PyTorch's allocator that vLLM's profiling run sees: CUDA context,
-cuBLAS/NCCL workspaces, CUDA-graph pools (vLLM logs report roughly 0.3–1.5 GiB)."""
+NON_TORCH_BYTES = 0.3 * 2**30
+"""Device memory outside PyTorch's allocator that vLLM's profiling run sees (CUDA context,
+cuBLAS/NCCL workspaces): vLLM's ``non_torch_memory`` log line reports 0.1–0.65 GiB for
+single-GPU 7–8B models."""
 
 
 class CostModel:

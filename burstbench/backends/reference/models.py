@@ -82,6 +82,7 @@ class ModelConfig:
     qk_rope_head_dim: int = 0
     weight_dtype: str = "bf16"
     kv_dtype: str = "bf16"
+    attention_bias: bool = False
 
     # --- structure -------------------------------------------------------------------
     @property
@@ -123,7 +124,8 @@ class ModelConfig:
         q = h * nh * self.head_dim
         kv = 2 * h * self.num_kv_heads * self.head_dim
         o = nh * self.value_head_dim * h
-        return q + kv + o + h
+        bias = (nh + 2 * self.num_kv_heads) * self.head_dim if self.attention_bias else 0
+        return q + kv + o + h + bias
 
     @property
     def dense_mlp_params(self) -> int:
@@ -317,6 +319,10 @@ def parse_hf_config(
     kv_dtype: str | None = None,
 ) -> ModelConfig:
     """Build a ``ModelConfig`` from a parsed Hugging Face ``config.json``."""
+    text_config = raw.get("text_config")
+    if "hidden_size" not in raw and isinstance(text_config, dict):
+        # multimodal configs (Llama 4, Qwen2-VL, ...): the language model is what is served
+        raw = {**text_config, "burstbench": raw.get("burstbench"), "torch_dtype": raw.get("torch_dtype")}
     meta = raw.get("burstbench") or {}
     if not isinstance(meta, dict):
         raise InputError("must be an object", path=source, field="burstbench")
@@ -355,6 +361,10 @@ def parse_hf_config(
     per_tok = _int(raw, "num_experts_per_tok", source, 0) if experts else 0
     moe_inter = _int(raw, "moe_intermediate_size", source, inter) if experts else 0
     shared = _int(raw, "n_shared_experts", source, 0) if experts else 0
+    shared_inter = _int(raw, "shared_expert_intermediate_size", source, 0) if experts else 0
+    if shared_inter and not shared and moe_inter:
+        # Qwen-MoE: one shared expert of its own width, counted in routed-expert units
+        shared = max(1, round(shared_inter / moe_inter))
     first_dense = _int(raw, "first_k_dense_replace", source, 0) if experts else 0
     if experts:
         if per_tok <= 0 or per_tok > experts:
@@ -416,4 +426,13 @@ def parse_hf_config(
         qk_rope_head_dim=rope if kv_lora else 0,
         weight_dtype=w,
         kv_dtype=k,
+        attention_bias=_attention_bias(raw, source),
     )
+
+
+def _attention_bias(raw: dict[str, Any], source: Path | str) -> bool:
+    """Q/K/V projection biases: Qwen2 always has them; others say ``attention_bias``."""
+    value = raw.get("attention_bias", raw.get("model_type") in ("qwen2", "qwen2_moe"))
+    if not isinstance(value, bool):
+        raise InputError(f"must be true or false, got {value!r}", path=source, field="attention_bias")
+    return value
