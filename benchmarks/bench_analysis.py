@@ -1,0 +1,172 @@
+"""Analysis at scale: every metric and the SLO table over a large results store.
+
+Generates a store (default 1 million requests, 100 chunks each = 100 million chunks)
+with DuckDB ``range()`` straight into the file, then times ``summarize`` (every
+DESIGN section 4 metric plus goodput for an SLO) against a baseline that loads the
+same columns into pandas/numpy and computes the same numbers there, and checks that
+both agree. Prints sizes (rows, bytes on disk), times, the ratio and peak memory.
+
+    python benchmarks/bench_analysis.py                       # 1M requests, 100M chunks
+    python benchmarks/bench_analysis.py --requests 100000 --chunks-per-request 20
+    python benchmarks/bench_analysis.py --reuse /tmp/big.duckdb   # skip generation
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+import duckdb
+import numpy as np
+
+from burstbench.analysis.metrics import summarize
+from burstbench.store import ResultsStore, RunInfo
+
+SLO = {"ttft": 0.25, "tpot": 0.03, "e2el": 5.0}
+
+
+def generate(path: Path, n_requests: int, chunks_per_request: int) -> str:
+    """Fill ``path`` with one run: Poisson-ish sends, ~2% failures, k chunks per success."""
+    with ResultsStore(path) as st:
+        rid = st.create_run(RunInfo(backend="bench", model="synthetic", label="bench", target_rate=1000.0))
+        dur = n_requests / 1000.0 + 10.0
+        st.con.execute(
+            """
+            INSERT INTO requests
+            SELECT ?, i, 's' || (i % 5000), CAST(i % 7 AS INTEGER), 'tenant' || (i % 4), NULL, 'measure',
+                   sched, sched + lag, ft, ft + 0.001, ft + (? - 1) * g, ft + (? - 1) * g + 0.0005,
+                   100 + (i % 900), NULL, 256, CASE WHEN ok THEN ? * 2 END, NULL, NULL, NULL,
+                   CASE WHEN ok THEN ? ELSE 0 END, CASE WHEN ok THEN 'ok' ELSE 'error' END,
+                   CASE WHEN ok THEN 200 ELSE 500 END, CASE WHEN ok THEN NULL ELSE 'http_500' END,
+                   NULL, CAST(i % 8 AS INTEGER)
+            FROM (
+                SELECT i, i / 1000.0 AS sched, random() * 0.002 AS lag,
+                       i / 1000.0 + 0.05 + random() * 0.3 AS ft, 0.01 + random() * 0.02 AS g,
+                       random() > 0.02 AS ok
+                FROM range(?) t(i)
+            )
+            """,
+            [rid, chunks_per_request, chunks_per_request, chunks_per_request, chunks_per_request, n_requests],
+        )
+        st.con.execute(
+            """
+            INSERT INTO chunks
+            SELECT r.run_id, r.request_id, CAST(s.seq AS INTEGER),
+                   r.first_token_s + s.seq * ((r.last_token_s - r.first_token_s) / GREATEST(? - 1, 1))
+                     + CASE WHEN s.seq > 0 THEN (hash(r.request_id, s.seq) % 1000) / 1e7 ELSE 0 END,
+                   CAST(2 AS INTEGER), false
+            FROM requests r, range(?) s(seq)
+            WHERE r.run_id = ? AND r.status = 'ok'
+            """,
+            [chunks_per_request, chunks_per_request, rid],
+        )
+        st.finish_run(rid, status="done", end_reason="completed", duration_s=dur)
+        st.checkpoint()
+    return rid
+
+
+def baseline(path: Path, rid: str) -> dict[str, float]:
+    """The same numbers with pandas/numpy after loading the columns (what a notebook does)."""
+    con = duckdb.connect(str(path), read_only=True)
+    req = con.execute(
+        "SELECT request_id, status, sent_s, first_token_s, last_token_s, input_tokens, output_tokens_server"
+        " FROM requests WHERE run_id = ? AND phase = 'measure'",
+        [rid],
+    ).df()
+    ch = con.execute("SELECT request_id, seq, t_s FROM chunks WHERE run_id = ?", [rid]).fetchnumpy()
+    dur = con.execute("SELECT measure_end_s - measure_start_s FROM runs WHERE run_id = ?", [rid]).fetchone()[0]
+    con.close()
+    ok = req[req.status == "ok"]
+    ttft = (ok.first_token_s - ok.sent_s).to_numpy()
+    e2el = (ok.last_token_s - ok.sent_s).to_numpy()
+    out = ok.output_tokens_server.to_numpy()
+    multi = out > 1
+    tpot = (e2el[multi] - ttft[multi]) / (out[multi] - 1)
+    order = np.lexsort((ch["seq"], ch["request_id"]))
+    rq, ts = ch["request_id"][order], ch["t_s"][order]
+    gaps = np.diff(ts)[rq[1:] == rq[:-1]]
+    res: dict[str, float] = {}
+    for name, xs in (("ttft", ttft), ("tpot", tpot), ("itl", gaps), ("e2el", e2el)):
+        res[f"{name}_mean"] = float(np.mean(xs)) * 1000
+        for p in (50, 90, 95, 99):
+            res[f"{name}_p{p}"] = float(np.percentile(xs, p)) * 1000
+    all_tpot = np.where(multi, (e2el - ttft) / np.maximum(out - 1, 1), 0.0)
+    good = (ttft <= SLO["ttft"]) & (all_tpot <= SLO["tpot"]) & (e2el <= SLO["e2el"])
+    res["request_goodput"] = float(good.sum()) / dur
+    res["output_throughput"] = float(out.sum()) / dur
+    return res
+
+
+def rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--requests", type=int, default=1_000_000)
+    ap.add_argument("--chunks-per-request", type=int, default=100)
+    ap.add_argument("--reuse", type=Path, help="an existing store made by this script (skips generation)")
+    ap.add_argument("--keep", action="store_true", help="keep the generated store")
+    ap.add_argument("--no-baseline", action="store_true")
+    args = ap.parse_args()
+
+    tmpdir = None
+    if args.reuse and args.reuse.exists():
+        path = args.reuse
+        rid = duckdb.connect(str(path), read_only=True).execute("SELECT max(run_id) FROM runs").fetchone()[0]
+        print(f"reusing {path}")
+    else:
+        if args.reuse:
+            path = args.reuse
+        else:
+            tmpdir = tempfile.mkdtemp(prefix="bb-bench-")
+            path = Path(tmpdir) / "big.duckdb"
+        t = time.perf_counter()
+        rid = generate(path, args.requests, args.chunks_per_request)
+        print(f"generated in {time.perf_counter() - t:.1f} s")
+    con = duckdb.connect(str(path), read_only=True)
+    n_req = con.execute("SELECT count(*) FROM requests").fetchone()[0]
+    n_chunks = con.execute("SELECT count(*) FROM chunks").fetchone()[0]
+    con.close()
+    size = os.path.getsize(path)
+    print(f"store: {n_req:,} requests, {n_chunks:,} chunks, {size / 1e6:,.0f} MB on disk ({path})")
+    print(f"load: {os.getloadavg()[0]:.2f} (1-min load average, {os.cpu_count()} CPUs)")
+
+    gc.collect()
+    rss0 = rss_mb()
+    t = time.perf_counter()
+    s = summarize(path, rid, slo=SLO)
+    t_ours = time.perf_counter() - t
+    print(f"burstbench summarize (every metric + SLO table): {t_ours:.2f} s  (peak RSS {rss_mb():,.0f} MB, was {rss0:,.0f})")
+
+    if not args.no_baseline:
+        t = time.perf_counter()
+        b = baseline(path, rid)
+        t_base = time.perf_counter() - t
+        print(f"pandas/numpy baseline (load columns + same metrics): {t_base:.2f} s  (peak RSS {rss_mb():,.0f} MB)")
+        print(f"ratio baseline / burstbench: {t_base / t_ours:.2f}x")
+        worst = 0.0
+        for k, v in b.items():
+            if k in ("request_goodput", "output_throughput"):
+                ours = s["goodput"]["request_goodput"] if k == "request_goodput" else s[k]
+            else:
+                m, stat = k.split("_")
+                ours = s[f"{m}_ms"][stat]
+            worst = max(worst, abs(ours - v) / max(abs(v), 1e-12))
+        print(f"agreement: worst relative difference {worst:.2e} over {len(b)} numbers")
+    print(
+        f"headline: ttft p99 {s['ttft_ms']['p99']:.1f} ms, itl p99 {s['itl_ms']['p99']:.2f} ms, "
+        f"attainment {s['goodput']['slo_attainment']:.3f}, peak concurrency {s['peak_concurrency']}"
+    )
+    if tmpdir and not args.keep:
+        path.unlink()
+        os.rmdir(tmpdir)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,145 @@
+"""Compare two runs: the delta of every metric with a bootstrap confidence interval.
+
+A p99 that moved 4% between two configurations may be noise; a user needs to see
+which differences are real. Each run's requests are resampled independently
+(Poisson bootstrap: every request gets a Poisson(1) weight, which equals
+resampling with replacement in the limit and is O(n) per replicate, so a million
+requests stay tractable); the statistic of B minus that of A over the replicates
+gives a percentile interval. A delta is ``significant`` when its interval excludes 0.
+
+Metrics are per-request quantities (TTFT, TTFVT, TPOT, E2EL, schedule lag, E2EL
+from schedule, and ITL as each request's mean chunk gap, so requests remain the
+resampled unit) plus SLO attainment when an SLO is given (failures count as misses).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import duckdb
+import numpy as np
+
+from burstbench.analysis.metrics import REQUEST_METRICS, install_views, resolve_run
+from burstbench.analysis.slo import good_sql
+from burstbench.errors import UsageError
+
+_COLUMNS = {**{m: f"{m}_s" for m in REQUEST_METRICS}, "itl": "itl_s"}
+STATS = ("mean", "p50", "p90", "p95", "p99")
+DEFAULT_METRICS: tuple[str, ...] = tuple(
+    f"{m}.{s}" for m in ("ttft", "tpot", "itl", "e2el") for s in ("mean", "p50", "p90", "p99")
+)
+
+
+def parse_metric(spec: str) -> tuple[str, str]:
+    """``"ttft.p99"`` -> ``("ttft", "p99")``; ``"ttft"`` means its mean."""
+    name, _, stat = spec.strip().partition(".")
+    stat = stat or "mean"
+    if name == "slo_attainment":
+        return name, "mean"
+    if name not in _COLUMNS:
+        raise UsageError(f"compare metric '{spec}': unknown metric '{name}'; use {', '.join(_COLUMNS)} or slo_attainment")
+    if stat == "median":
+        stat = "p50"
+    if stat not in STATS:
+        raise UsageError(f"compare metric '{spec}': unknown statistic '{stat}'; use {', '.join(STATS)}")
+    return name, stat
+
+
+def _values(con: duckdb.DuckDBPyConnection, run_id: str, name: str, slo: Mapping[str, float] | None) -> np.ndarray:
+    if name == "slo_attainment":
+        if not slo:
+            raise UsageError("comparing slo_attainment needs an SLO (--slo ttft=500ms,...)")
+        good, params = good_sql(slo)
+        sql = f"SELECT CAST({good} AS DOUBLE) AS v FROM request_metrics WHERE run_id = ? AND phase = 'measure'"
+        return np.sort(np.asarray(con.execute(sql, [*params, run_id]).fetchnumpy()["v"], dtype=float))
+    col = _COLUMNS[name]
+    cur = con.execute(
+        f"SELECT {col} AS v FROM request_metrics WHERE run_id = ? AND phase = 'measure' AND ok AND {col} IS NOT NULL",
+        [run_id],
+    )
+    return np.sort(np.asarray(cur.fetchnumpy()["v"], dtype=float))
+
+
+def _point(x: np.ndarray, stat: str) -> float:
+    if stat == "mean":
+        return float(np.mean(x))
+    return float(np.percentile(x, float(stat[1:])))
+
+
+def _replicates(x: np.ndarray, stats: Sequence[str], n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """``n_boot`` x ``len(stats)`` bootstrap replicates of each statistic of sorted ``x``."""
+    n = len(x)
+    out = np.empty((n_boot, len(stats)))
+    qs = [float(s[1:]) / 100.0 for s in stats if s != "mean"]
+    for b in range(n_boot):
+        w = rng.poisson(1.0, n)
+        tot = w.sum()
+        if tot == 0:
+            w[rng.integers(n)] = 1
+            tot = 1
+        cw = np.cumsum(w)
+        j = 0
+        for i, s in enumerate(stats):
+            if s == "mean":
+                out[b, i] = float(w @ x) / tot
+            else:
+                k = int(np.searchsorted(cw, qs[j] * tot, side="left"))
+                out[b, i] = x[min(k, n - 1)]
+                j += 1
+    return out
+
+
+def compare_runs(
+    con: duckdb.DuckDBPyConnection,
+    run_a: str,
+    run_b: str,
+    *,
+    metrics: Sequence[str] | None = None,
+    slo: Mapping[str, float] | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> dict[str, Any]:
+    """Deltas (B − A) of ``metrics`` (``"ttft.p99"``, ``"e2el.mean"``, ``"slo_attainment"``...)."""
+    if n_boot < 100:
+        raise UsageError(f"n_boot={n_boot}: use at least 100 bootstrap replicates")
+    install_views(con)
+    ra, rb = resolve_run(con, run_a), resolve_run(con, run_b)
+    specs = list(metrics) if metrics else list(DEFAULT_METRICS) + (["slo_attainment"] if slo else [])
+    parsed = [parse_metric(s) for s in specs]
+    by_name: dict[str, list[str]] = {}
+    for name, stat in parsed:
+        by_name.setdefault(name, [])
+        if stat not in by_name[name]:
+            by_name[name].append(stat)
+    rng = np.random.default_rng(seed)
+    alpha = (1.0 - confidence) / 2.0
+    results: dict[tuple[str, str], dict[str, Any]] = {}
+    for name, stats in by_name.items():
+        xa, xb = _values(con, ra, name, slo), _values(con, rb, name, slo)
+        scale = 1.0 if name == "slo_attainment" else 1000.0
+        if len(xa) == 0 or len(xb) == 0:
+            for s in stats:
+                results[(name, s)] = {"a": None, "b": None, "delta": None, "delta_pct": None,
+                                      "ci": None, "significant": None, "n_a": len(xa), "n_b": len(xb)}
+            continue
+        rep = _replicates(xb, stats, n_boot, rng) - _replicates(xa, stats, n_boot, rng)
+        for i, s in enumerate(stats):
+            a, b = _point(xa, s), _point(xb, s)
+            lo, hi = np.quantile(rep[:, i], [alpha, 1.0 - alpha])
+            results[(name, s)] = {
+                "a": a * scale,
+                "b": b * scale,
+                "delta": (b - a) * scale,
+                "delta_pct": ((b - a) / a * 100.0) if a else None,
+                "ci": [float(lo) * scale, float(hi) * scale],
+                "significant": bool(lo > 0 or hi < 0),
+                "n_a": len(xa),
+                "n_b": len(xb),
+            }
+    rows = []
+    for name, stat in parsed:
+        r = results[(name, stat)]
+        rows.append({"metric": name, "stat": stat, "unit": "fraction" if name == "slo_attainment" else "ms", **r})
+    return {"run_a": ra, "run_b": rb, "n_boot": n_boot, "seed": seed, "confidence": confidence, "metrics": rows}

@@ -1,0 +1,272 @@
+"""Importers: small hand-made files in vLLM's, GuideLLM's and AIPerf's real formats."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from burstbench.analysis.importers import detect_format, import_results
+from burstbench.analysis.metrics import open_store, summarize
+from burstbench.errors import InputError
+
+# vLLM `bench serve --save-result --save-detailed`: 4 requests, one failed. The summary
+# fields are what vLLM's calculate_metrics gives for these timings, worked by hand:
+# ttfts (ok) 250, 500, 125 ms; TPOT only for outputs > 1: (500-250)/2 = 125, (750-500)/1 = 250;
+# ITL pooled 125, 125, 250; E2EL 500, 750, 125; duration 2 s.
+VLLM = {
+    "date": "20250101-120000",
+    "endpoint_type": "openai",
+    "backend": "openai",
+    "label": None,
+    "model_id": "meta-llama/Llama-3.1-8B-Instruct",
+    "tokenizer_id": "meta-llama/Llama-3.1-8B-Instruct",
+    "num_prompts": 4,
+    "request_rate": "inf",
+    "burstiness": 1.0,
+    "max_concurrency": None,
+    "duration": 2.0,
+    "completed": 3,
+    "failed": 1,
+    "total_input_tokens": 35,
+    "total_output_tokens": 6,
+    "request_throughput": 1.5,
+    "request_goodput": None,
+    "output_throughput": 3.0,
+    "total_token_throughput": 20.5,
+    "max_output_tokens_per_s": 4.0,
+    "max_concurrent_requests": 2,
+    "input_lens": [10, 20, 30, 5],
+    "output_lens": [3, 2, 0, 1],
+    "ttfts": [0.25, 0.5, 0.0, 0.125],
+    "itls": [[0.125, 0.125], [0.25], [], []],
+    "latencies": [0.5, 0.75, 0.0, 0.125],
+    "start_times": [100.0, 100.5, 100.75, 101.0],
+    "queue_times": [0.0, 0.0, 0.0, 0.0],
+    "generated_texts": ["a b c", "d e", "", "f"],
+    "errors": ["", "", "Bad Request: prompt too long", ""],
+    "mean_ttft_ms": 875 / 3,
+    "median_ttft_ms": 250.0,
+    "std_ttft_ms": 155.9023911155809,
+    "p99_ttft_ms": 495.0,
+    "mean_tpot_ms": 187.5,
+    "median_tpot_ms": 187.5,
+    "p99_tpot_ms": 248.75,
+    "mean_itl_ms": 500 / 3,
+    "median_itl_ms": 125.0,
+    "p99_itl_ms": 247.5,
+    "mean_e2el_ms": 1375 / 3,
+    "median_e2el_ms": 500.0,
+    "p99_e2el_ms": 745.0,
+}
+
+
+def write(tmp_path: Path, name: str, content: str) -> Path:
+    p = tmp_path / name
+    p.write_text(content, encoding="utf-8")
+    return p
+
+
+def test_vllm_import_reproduces_vllms_own_numbers(tmp_path: Path) -> None:
+    src = write(tmp_path, "vllm-result.json", json.dumps(VLLM))
+    assert detect_format(src) == "vllm"
+    db = tmp_path / "r.duckdb"
+    (rid,) = import_results(src, db)
+    s = summarize(db, rid)
+    assert s["backend"] == "import:vllm" and s["model"] == VLLM["model_id"]
+    assert (s["completed"], s["failed"]) == (VLLM["completed"], VLLM["failed"])
+    for key in ("request_throughput", "output_throughput", "total_token_throughput"):
+        assert s[key] == pytest.approx(VLLM[key]), key
+    for m in ("ttft", "tpot", "itl", "e2el"):
+        for stat in ("mean", "median", "p99"):
+            assert s[f"{m}_ms"][stat] == pytest.approx(VLLM[f"{stat}_{m}_ms"]), f"{m}.{stat}"
+    assert s["ttft_ms"]["std"] == pytest.approx(VLLM["std_ttft_ms"])
+    assert s["peak_concurrency"] == VLLM["max_concurrent_requests"]
+    assert s["target_rate"] is None  # "inf" is not a target rate
+    con = open_store(db)
+    try:
+        row = con.execute("SELECT status, error_message FROM requests WHERE run_id = ? AND request_id = 2", [rid]).fetchone()
+        assert row == ("error", "Bad Request: prompt too long")
+        started, scen = con.execute("SELECT CAST(started_at AS VARCHAR), scenario FROM runs WHERE run_id = ?", [rid]).fetchone()
+        assert started.startswith("2025-01-01") and json.loads(scen)["reported"]["mean_ttft_ms"] == pytest.approx(875 / 3)
+    finally:
+        con.close()
+
+
+def test_vllm_without_details_or_truncated_is_refused(tmp_path: Path) -> None:
+    summary_only = {k: v for k, v in VLLM.items() if not isinstance(v, list)}
+    src = write(tmp_path, "s.json", json.dumps(summary_only))
+    with pytest.raises(InputError, match="--save-detailed"):
+        import_results(src, tmp_path / "x.duckdb")
+    bad = dict(VLLM, itls=VLLM["itls"][:3])
+    with pytest.raises(InputError, match=r"field 'itls'.*3 entries"):
+        import_results(write(tmp_path, "b.json", json.dumps(bad)), tmp_path / "x.duckdb", fmt="vllm")
+    wrong = dict(VLLM, ttfts=[0.25, "fast", 0.0, 0.1])
+    with pytest.raises(InputError, match=r"ttfts\[1\]"):
+        import_results(write(tmp_path, "w.json", json.dumps(wrong)), tmp_path / "x.duckdb", fmt="vllm")
+    with pytest.raises(InputError, match="is empty"):
+        import_results(write(tmp_path, "e.json", ""), tmp_path / "x.duckdb")
+    with pytest.raises(InputError, match=r"t\.json:1.*not valid JSON"):
+        import_results(write(tmp_path, "t.json", "{\"ttfts\": [1,"), tmp_path / "x.duckdb", fmt="vllm")
+    with pytest.raises(InputError, match="not a recognised result file"):
+        import_results(write(tmp_path, "o.json", json.dumps({"hello": 1})), tmp_path / "x.duckdb")
+    assert not (tmp_path / "x.duckdb").exists()  # nothing half-written
+
+
+# GuideLLM 0.2/0.3 layout: times on each request, scheduler_info.targeted_start_time.
+GUIDELLM_OLD = {
+    "benchmarks": [
+        {
+            "type_": "generative_benchmark",
+            "run_id": "r1",
+            "args": {"strategy": {"type_": "constant", "rate": 2.0}},
+            "start_time": 1700000000.0,
+            "end_time": 1700000004.0,
+            "duration": 4.0,
+            "requests": {
+                "successful": [
+                    {"type_": "generative_text_response", "request_id": "a", "request_type": "text_completions",
+                     "scheduler_info": {"targeted_start_time": 1700000000.0}, "prompt": "x", "output": "y",
+                     "prompt_tokens": 100, "output_tokens": 5, "start_time": 1700000000.25,
+                     "end_time": 1700000001.25, "first_token_time": 1700000000.75, "last_token_time": 1700000001.25},
+                    {"type_": "generative_text_response", "request_id": "b", "request_type": "text_completions",
+                     "scheduler_info": {"targeted_start_time": 1700000000.5}, "prompt": "x", "output": "y",
+                     "prompt_tokens": 200, "output_tokens": 3, "start_time": 1700000000.5,
+                     "end_time": 1700000001.0, "first_token_time": 1700000000.75, "last_token_time": 1700000001.0},
+                ],
+                "errored": [
+                    {"type_": "generative_text_error", "request_id": "c", "request_type": "text_completions",
+                     "scheduler_info": {"targeted_start_time": 1700000001.0}, "prompt": "x", "output": None,
+                     "prompt_tokens": 50, "output_tokens": 0, "start_time": 1700000001.0, "end_time": 1700000001.5,
+                     "first_token_time": None, "last_token_time": None, "error": "500 Internal Server Error"},
+                ],
+                "incomplete": [],
+            },
+        }
+    ]
+}
+
+# GuideLLM 0.4+ layout: info.timings, input_metrics/output_metrics.
+GUIDELLM_NEW = {
+    "benchmarks": [
+        {
+            "config": {"strategy": {"type_": "throughput"}},
+            "start_time": 10.0,
+            "end_time": 12.0,
+            "requests": {
+                "successful": [
+                    {"type_": "generative_request_stats", "request_id": "a",
+                     "info": {"conversation_id": "conv1", "turn_index": 0,
+                              "timings": {"targeted_start": 10.0, "request_start": 10.0, "first_token_iteration": 10.5,
+                                          "first_output_token_iteration": 10.75, "last_token_iteration": 11.5,
+                                          "token_iterations": 5, "request_end": 11.5, "resolve_end": 11.5}},
+                     "input_metrics": {"text_tokens": 64, "total_tokens": 64},
+                     "output_metrics": {"text_tokens": 9, "total_tokens": 9}},
+                ],
+                "errored": [],
+                "incomplete": [
+                    {"type_": "generative_request_stats", "request_id": "b",
+                     "info": {"timings": {"request_start": 11.0, "request_end": 12.0, "resolve_end": 12.0}},
+                     "input_metrics": {"total_tokens": 32}, "output_metrics": {"total_tokens": None}},
+                ],
+            },
+        }
+    ]
+}
+
+
+def test_guidellm_both_layouts(tmp_path: Path) -> None:
+    db = tmp_path / "g.duckdb"
+    old = write(tmp_path, "benchmarks.json", json.dumps(GUIDELLM_OLD))
+    assert detect_format(old) == "guidellm"
+    (rid,) = import_results(old, db)
+    s = summarize(db, rid)
+    assert (s["completed"], s["failed"]) == (2, 1)
+    assert s["ttft_ms"]["mean"] == pytest.approx((500 + 250) / 2)
+    # TPOT = (E2EL - TTFT) / (out - 1): (1000-500)/4 = 125 and (500-250)/2 = 125
+    assert s["tpot_ms"]["mean"] == pytest.approx(125.0)
+    assert s["schedule_lag_ms"]["max"] == pytest.approx(250.0)
+    assert s["itl_ms"]["mean"] is None  # GuideLLM records no per-chunk times: not invented
+    assert s["request_throughput"] == pytest.approx(0.5) and s["target_rate"] == 2.0
+    (rid2,) = import_results(write(tmp_path, "new.json", json.dumps(GUIDELLM_NEW)), db, label="guide-new")
+    s2 = summarize(db, rid2)
+    assert s2["label"] == "guide-new" and s2["completed"] == 1 and s2["failed_by_status"]["cancelled"] == 1
+    assert s2["ttft_ms"]["p50"] == pytest.approx(500.0) and s2["ttfvt_ms"]["p50"] == pytest.approx(750.0)
+    assert s2["tpot_ms"]["p50"] == pytest.approx(1000 / 8)
+    assert s2["itl_request_mean_ms"]["p50"] == pytest.approx(1000 / 4)  # 5 iterations over 1 s
+    assert s2["duration_s"] == pytest.approx(2.0)
+    broken = {"benchmarks": [{"requests": {"successful": [{"request_id": "a", "prompt_tokens": 3}]}}]}
+    with pytest.raises(InputError, match="start time"):
+        import_results(write(tmp_path, "broken.json", json.dumps(broken)), tmp_path / "b.duckdb")
+
+
+def aiperf_line(start_ns: int, *, ttft_ms=None, icl=None, lat_ms=None, isl=100, osl=None, error=None,
+                cancelled=False, phase="profiling", unit="ms") -> str:
+    metrics = {"input_sequence_length": {"value": isl, "unit": "tokens"}}
+    if ttft_ms is not None:
+        metrics["time_to_first_token"] = {"value": ttft_ms, "unit": unit}
+        metrics["time_to_first_output_token"] = {"value": ttft_ms, "unit": unit}
+        metrics["inter_chunk_latency"] = {"value": icl or [], "unit": unit}
+        metrics["request_latency"] = {"value": lat_ms, "unit": unit}
+        metrics["output_sequence_length"] = {"value": osl, "unit": "tokens"}
+    if error:
+        metrics = {"error_isl": {"value": isl, "unit": "tokens"}}
+    end = start_ns + int((lat_ms or 10) * 1e6)
+    return json.dumps({
+        "metadata": {"session_num": 0, "x_request_id": "r", "x_correlation_id": "c", "conversation_id": "c",
+                     "turn_index": 0, "request_start_ns": start_ns, "request_ack_ns": None, "request_end_ns": end,
+                     "worker_id": "worker_1", "record_processor_id": "rp", "benchmark_phase": phase,
+                     "was_cancelled": cancelled, "cancellation_time_ns": end if cancelled else None},
+        "metrics": metrics,
+        "error": error,
+    })
+
+
+def test_aiperf_jsonl(tmp_path: Path) -> None:
+    t0 = 1759813207000000000
+    lines = [
+        aiperf_line(t0, ttft_ms=250.0, icl=[125.0, 125.0], lat_ms=500.0, osl=3),
+        aiperf_line(t0 + 500_000_000, ttft_ms=100.0, icl=[50.0], lat_ms=150.0, osl=2),
+        aiperf_line(t0 + 600_000_000, error={"code": 499, "type": "RequestCancellationError",
+                                              "message": "cancelled"}, cancelled=True),
+        aiperf_line(t0 + 700_000_000, error={"code": 500, "type": "InternalServerError", "message": "boom"}),
+        aiperf_line(t0 - 1_000_000_000, ttft_ms=5.0, icl=[], lat_ms=5.0, osl=1, phase="warmup"),
+        "",
+    ]
+    src = write(tmp_path, "profile_export.jsonl", "\n".join(lines))
+    db = tmp_path / "a.duckdb"
+    (rid,) = import_results(src, db)
+    s = summarize(db, rid)
+    assert s["backend"] == "import:aiperf"
+    assert (s["completed"], s["failed"]) == (2, 2)
+    assert s["failed_by_status"] == {"error": 1, "timeout": 0, "cancelled": 1}
+    assert s["ttft_ms"]["mean"] == pytest.approx(175.0)
+    assert s["itl_ms"]["mean"] == pytest.approx(100.0)  # pooled 125, 125, 50
+    assert s["tpot_ms"]["p50"] == pytest.approx((125 + 50) / 2)
+    assert s["ttfvt_ms"]["p50"] == pytest.approx(175.0)
+    con = open_store(db)
+    try:
+        assert con.execute("SELECT max(http_status) FROM requests WHERE run_id = ?", [rid]).fetchone()[0] == 500
+    finally:
+        con.close()
+    # Units in nanoseconds are converted, not read as milliseconds.
+    ns = write(tmp_path, "ns.jsonl", aiperf_line(t0, ttft_ms=250e6, icl=[125e6], lat_ms=375e6, osl=2, unit="ns"))
+    (rid_ns,) = import_results(ns, db)
+    assert summarize(db, rid_ns)["ttft_ms"]["p50"] == pytest.approx(250.0)
+
+
+def test_aiperf_bad_lines_name_the_line(tmp_path: Path) -> None:
+    t0 = 1759813207000000000
+    good = aiperf_line(t0, ttft_ms=1.0, icl=[], lat_ms=1.0, osl=1)
+    src = write(tmp_path, "p.jsonl", good + "\n{not json}\n")
+    with pytest.raises(InputError, match=r"p\.jsonl:2"):
+        import_results(src, tmp_path / "x.duckdb")
+    src = write(tmp_path, "u.jsonl", aiperf_line(t0, ttft_ms=1.0, icl=[], lat_ms=1.0, osl=1, unit="fortnights"))
+    with pytest.raises(InputError, match=r"u\.jsonl:1.*unit"):
+        import_results(src, tmp_path / "x.duckdb")
+    src = write(tmp_path, "m.jsonl", json.dumps({"metrics": {}}) + "\n")
+    with pytest.raises(InputError, match=r"m\.jsonl:1.*metadata"):
+        import_results(src, tmp_path / "x.duckdb")
+    with pytest.raises(InputError, match="is empty"):
+        import_results(write(tmp_path, "z.jsonl", "\n\n"), tmp_path / "x.duckdb")
