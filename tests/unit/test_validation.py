@@ -91,3 +91,25 @@ def test_batch1_decode_against_the_bandwidth_bound(hw: str) -> None:
     # The bound is 55-80 % of the step: the one public batch-1 figure found (a vLLM 0.23
     # sweep on A100-40GB) runs at 77 % of it; v0.6's larger CPU step overhead sits lower.
     assert 0.55 < bound_ms / step_ms < 0.8
+
+
+def test_simulator_runs_the_case_as_the_estimate_says(tmp_path) -> None:
+    """The scheduler in virtual time (``simulate``) runs benchmark_latency's batch as one
+    prefill step and 127 decode steps, so its end-to-end latency equals the estimate."""
+    import duckdb
+    import polars as pl
+
+    from burstbench.backends.reference.simulator import simulate
+    from burstbench.traces.schema import Trace, conform
+
+    trace = Trace(
+        conform(pl.DataFrame({"arrival_s": [0.0] * 8, "input_tokens": [32] * 8, "output_tokens": [128] * 8})),
+        {"source_format": "test"},
+    )
+    out = tmp_path / "sim.duckdb"
+    simulate(trace, model="llama-3.1-8b", hardware="h100-sxm", out=out)
+    with duckdb.connect(str(out), read_only=True) as con:
+        n, e2el = con.execute("SELECT count(*), max(last_token_s - sent_s) FROM requests").fetchone()
+    assert n == 8
+    expected = estimate_batch_latency(CostModel(L8, load_hardware("h100-sxm")), 8, 32, 128)
+    assert e2el == pytest.approx(expected, rel=1e-6)
