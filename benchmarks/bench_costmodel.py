@@ -5,6 +5,11 @@ sequence, no caches: what a straightforward implementation does). Measured side 
 the same process on the same step shapes: ``step_time`` (lists in, sums inside) and
 ``step_time_sums`` (running sums in, cached per batch shape: what the engine calls).
 
+Before the timing it prints the validation figures: vLLM v0.6 ``benchmark_latency``
+(Llama-3.1-8B, batch 8, 32 in / 128 out) against the engine on every preset, and the
+Llama-3-8B batch-1 decode step against the weights/bandwidth bound with the gap split into
+its parts.
+
 Shapes are drawn like a chunked-prefill engine under load: decode batches of 1-256 with
 contexts of a few thousand tokens, a third of the steps also carrying a prefill chunk.
 
@@ -34,12 +39,43 @@ def shapes(n: int, seed: int = 0) -> list[tuple[list[tuple[int, int]], list[int]
     return out
 
 
+PUBLISHED_MS = {"a100-80g": 1579.0, "h100-sxm": 998.0, "h200": 834.0}
+
+
+def validation_table() -> None:
+    from burstbench.backends.hardware.profile import list_hardware
+    from burstbench.backends.reference.costmodel import estimate_batch_latency
+
+    l31, l3 = load_model("llama-3.1-8b"), load_model("llama-3-8b")
+    print("benchmark_latency, Llama-3.1-8B TP1, batch 8, 32 in / 128 out (vLLM v0.6 nightly):")
+    for hw in list_hardware():
+        ms = estimate_batch_latency(CostModel(l31, load_hardware(hw)), 8, 32, 128) * 1e3
+        ref = PUBLISHED_MS.get(hw)
+        cmp = f"published {ref:6.0f} ms  {ms / ref - 1:+6.1%}" if ref else "(no published figure)"
+        print(f"  {hw:12s} engine {ms:7.1f} ms  {cmp}")
+    print("Llama-3-8B decode step at batch 1 (context 512) vs weights/bandwidth bound:")
+    for hw in list_hardware():
+        prof = load_hardware(hw)
+        cost = CostModel(l3, prof)
+        step = cost.step_time([], [512]) * 1e3
+        bound = l3.weight_bytes / prof.mem_bandwidth * 1e3
+        streamed = (l3.total_params - l3.vocab_size * l3.hidden_size) * l3.weight_bytes_per_param
+        weights = streamed / (prof.mem_bandwidth * prof.bandwidth_efficiency(1)) * 1e3
+        over = (prof.step_overhead_s + l3.num_layers * prof.layer_overhead_s) * 1e3
+        print(
+            f"  {hw:12s} step {step:6.2f} ms  bound {bound:5.2f} ms ({bound / step:4.0%} of step) = "
+            f"weights at eta_B {weights:5.2f} + overheads {over:4.2f} + KV/elementwise {step - weights - over:4.2f}"
+        )
+    print()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=20000)
     ap.add_argument("--model", default="llama-3.1-8b")
     ap.add_argument("--hardware", default="h100-sxm")
     args = ap.parse_args()
+    validation_table()
     cost = CostModel(load_model(args.model), load_hardware(args.hardware))
     steps = shapes(args.steps)
     summed = [
