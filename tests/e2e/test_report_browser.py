@@ -1,0 +1,77 @@
+"""The report in a real headless Chromium: every figure renders, the console stays clean,
+nothing is fetched, and injected markup never runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from chromium_cdp import CHROMIUM, FIGURE_COUNT_JS, RENDERED_JS, Browser
+from report_stores import make_store
+
+from burstbench.reports.build import build_report
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)"),
+]
+
+
+async def check_report(path: Path, *, screenshot: Path | None = None) -> dict:
+    """Open ``path`` in Chromium; return figure counts, console errors, URLs and __pwned."""
+    async with Browser() as b:
+        await b.open(path)
+        expected = await b.eval(FIGURE_COUNT_JS)
+        rendered = await b.wait_for(f"({RENDERED_JS}) >= {expected} ? ({RENDERED_JS}) : 0", timeout=90)
+        pwned = await b.eval("typeof window.__pwned")
+        # a resize makes plotly re-lay out every figure, so its event code runs too
+        await b.eval("window.dispatchEvent(new Event('resize')); 1")
+        if screenshot is not None:
+            await b.screenshot(screenshot)
+        return {
+            "expected": expected,
+            "rendered": rendered,
+            "errors": b.console_errors(),
+            "urls": b.requested_urls(),
+            "pwned": pwned,
+        }
+
+
+def _offline(urls: list[str], path: Path) -> list[str]:
+    return [u for u in urls if not (u.startswith("data:") or u == path.resolve().as_uri())]
+
+
+async def test_every_figure_renders_without_console_errors(tmp_path, burstgpt_v1):
+    make_store(tmp_path / "r.duckdb", n=300, sweep=True)
+    res = build_report(tmp_path / "r.duckdb", tmp_path / "report.html", trace=burstgpt_v1,
+                       slo="ttft=500ms,tpot=50ms")
+    assert res.figures >= 20
+    out = await check_report(res.path, screenshot=tmp_path / "report.png")
+    assert out["expected"] == res.figures
+    assert out["rendered"] == res.figures
+    assert out["errors"] == []
+    assert _offline(out["urls"], res.path) == []  # plotly inlined: no CDN, no fetch
+    assert (tmp_path / "report.png").stat().st_size > 10_000
+
+
+async def test_injected_markup_never_executes(tmp_path, burstgpt_v1):
+    """Payloads in run labels, model, tenant names and error messages (see report_stores)."""
+    make_store(tmp_path / "r.duckdb", n=200, xss=True)
+    res = build_report(tmp_path / "r.duckdb", tmp_path / "report.html", slo="ttft=500ms")
+    out = await check_report(res.path)
+    assert out["pwned"] == "undefined"
+    assert out["rendered"] == out["expected"] == res.figures
+    assert out["errors"] == []
+    assert _offline(out["urls"], res.path) == []  # an <img src=x> would show up here
+
+
+async def test_the_checker_sees_an_executed_payload(tmp_path):
+    """Guard for the test above: an unescaped payload in a page IS detected."""
+    page = tmp_path / "bad.html"
+    page.write_text('<html><body><img src=x onerror="window.__pwned=2"><script>window.__pwned=1'
+                    '</script><div class="fig"></div></body></html>')
+    async with Browser() as b:
+        await b.open(page)
+        assert await b.wait_for("typeof window.__pwned !== 'undefined'", timeout=10)
+        assert await b.eval(RENDERED_JS) == 0
+        assert any(u.endswith("/x") for u in b.requested_urls())
