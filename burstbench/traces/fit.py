@@ -147,6 +147,33 @@ class JointFit:
 
 
 @dataclass
+class SessionFit:
+    """Multi-turn structure: session-start arrivals, turns per session, think times, first prompts.
+
+    With sessions, ``trace synth`` treats the arrival process as session starts and grows
+    each later prompt from the earlier turns, so the spec's input model is fitted to
+    first-turn prompts only (the fresh message size) rather than to every prompt.
+    """
+
+    starts: QuantityFit
+    turns: Candidate  # empirical quantiles of turns per session
+    think_time_s: QuantityFit
+    first_input: QuantityFit
+    sessions: int
+    multi_turn_share: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "sessions": self.sessions,
+            "multi_turn_share": self.multi_turn_share,
+            "starts": self.starts.to_json(),
+            "turns": self.turns.to_json(),
+            "think_time_s": self.think_time_s.to_json(),
+            "first_input_tokens": self.first_input.to_json(),
+        }
+
+
+@dataclass
 class FitResult:
     """Everything ``trace fit`` learns from one trace; ``to_spec`` turns it into a workload."""
 
@@ -162,6 +189,7 @@ class FitResult:
     tenants: dict[str, float] | None = None
     models: dict[str, float] | None = None
     source: str | None = None
+    sessions: SessionFit | None = None
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -173,6 +201,7 @@ class FitResult:
             "output_tokens": self.output_tokens.to_json(),
             "joint": self.joint.to_json() if self.joint else None,
         }
+        out["sessions"] = self.sessions.to_json() if self.sessions else None
         if self.windows is not None:
             out["window_s"] = self.window_s
             out["windows"] = [w.to_json() for w in self.windows]
@@ -201,7 +230,7 @@ class FitResult:
                     wins.append(WindowSpec(w.start_s, w.end_s, b.family, dict(b.params)))
             arrivals = ArrivalSpec("piecewise", {}, wins)
         else:
-            b = self.arrivals.best
+            b = (self.sessions.starts if self.sessions else self.arrivals).best
             arrivals = ArrivalSpec(b.family, dict(b.params))
 
         def length_dist(q: QuantityFit) -> Dist:
@@ -238,10 +267,21 @@ class FitResult:
             provenance["joint"] = self.joint.to_json()
         if self.window_s:
             provenance["window_s"] = self.window_s
+        sessions = None
+        if self.sessions is not None:
+            from burstbench.traces.spec import SessionSpec
+
+            sf = self.sessions
+            sessions = SessionSpec(Dist("empirical", dict(sf.turns.params)), length_dist(sf.think_time_s))
+            provenance["sessions"] = (
+                "arrivals are session starts; input lengths are first-turn prompts; "
+                "turns and think times as fitted (think time includes the response time)"
+            )
         return WorkloadSpec(
             arrivals=arrivals,
+            sessions=sessions,
             lengths=LengthSpec(
-                input=length_dist(self.input_tokens),
+                input=length_dist(self.sessions.first_input if self.sessions else self.input_tokens),
                 output=length_dist(self.output_tokens),
                 joint=joint,
             ),
@@ -618,7 +658,9 @@ def fit_trace(trace: Trace, window_s: float | None = None, *, seed: int = 0) -> 
         ok = df
     inp = ok["input_tokens"].to_numpy()
     out = ok["output_tokens"].to_numpy()
-    windows = fit_windows(t, window_s, seed=seed) if window_s else None
+    sessions = fit_sessions(df, ok, seed=seed, resolution=float(res) if res else None)
+    t_proc = sessions.starts_s if sessions is not None else t  # type: ignore[attr-defined]
+    windows = fit_windows(t_proc, window_s, seed=seed) if window_s else None
     tenants = _mix(df, "tenant")
     models = _mix(df, "model")
     total = (inp + out).max() if inp.size else None
@@ -635,7 +677,49 @@ def fit_trace(trace: Trace, window_s: float | None = None, *, seed: int = 0) -> 
         tenants=tenants,
         models=models,
         source=trace.meta.get("source_file") or trace.meta.get("source") or trace.meta.get("path"),
+        sessions=sessions,
     )
+
+
+def fit_sessions(df, ok, *, seed: int = 0, resolution: float | None = None) -> SessionFit | None:
+    """Session structure, when the trace has multi-turn sessions (else None).
+
+    Requests without a session id count as single-turn sessions of their own.
+    """
+    import polars as pl
+
+    if "session_id" not in df.columns or df["session_id"].null_count() == df.height:
+        return None
+    keyed = df.with_columns(
+        pl.coalesce(pl.col("session_id"), pl.concat_str(pl.lit("\x00row"), pl.int_range(pl.len()).cast(pl.String)))
+        .alias("_sid")
+    ).sort(["_sid", "arrival_s"])
+    per = keyed.group_by("_sid").agg(pl.len().alias("turns"), pl.col("arrival_s").first().alias("start"))
+    turns = per["turns"].to_numpy()
+    if turns.max() <= 1:
+        return None
+    think = keyed.with_columns(pl.col("arrival_s").diff().over("_sid").alias("_d"))["_d"].drop_nulls().to_numpy()
+    think = think[think > 0]
+    if think.size < 3:
+        return None
+    first_rows = keyed.filter(pl.col("arrival_s") == pl.col("arrival_s").first().over("_sid")).unique("_sid")
+    first_ok = first_rows.filter(~pl.col("failed").fill_null(False))
+    if first_ok.height < 3:
+        first_ok = first_rows
+    starts = np.sort(per["start"].to_numpy())
+    starts_fit = fit_arrivals(starts, seed=seed, resolution=resolution)
+    think_fit = fit_continuous(think, "think_time_s", seed=seed)
+    think_fit.candidates.append(fit_empirical(Sample.from_values(think, discrete=False)))
+    sf = SessionFit(
+        starts=starts_fit,
+        turns=fit_empirical(Sample.from_values(turns.astype(np.float64), discrete=True)),
+        think_time_s=think_fit,
+        first_input=fit_lengths(first_ok["input_tokens"].to_numpy(), "first_input_tokens"),
+        sessions=int(turns.size),
+        multi_turn_share=float(np.mean(turns > 1)),
+    )
+    sf.starts_s = starts  # type: ignore[attr-defined]
+    return sf
 
 
 def fit_windows(t: np.ndarray, window_s: float, *, seed: int = 0) -> list[WindowFit]:

@@ -322,3 +322,36 @@ def test_cli_fit_then_synth(azure_conv: Path, tmp_path: Path, capsys) -> None:
     assert len(s) == pytest.approx(19366, rel=0.05)
     g = fit_trace(s).arrivals.get("gamma").params
     assert g["shape"] == pytest.approx(0.871, rel=0.05)
+
+
+def test_sessions_round_trip_through_fit() -> None:
+    spec = spec_of(
+        "poisson",
+        {"rate": 0.5},
+        sessions=SessionSpec(Dist("geometric", {"p": 0.4}), Dist("exponential", {"scale": 20.0})),
+    )
+    fit = fit_trace(synthesise(spec, seed=11, duration_s=20_000))
+    sf = fit.sessions
+    assert sf is not None
+    n = sf.sessions
+    assert within(sf.starts.get("exponential").params["scale"], 2.0, 2.0 / math.sqrt(n))
+    assert sf.think_time_s.best.family in ("exponential", "gamma", "weibull")
+    assert within(sf.think_time_s.get("exponential").params["scale"], 20.0, 20.0 / math.sqrt(sf.think_time_s.n))
+    # Geometric(p) turns: single-turn share p, mean 1/p.
+    assert within(1 - sf.multi_turn_share, 0.4, math.sqrt(0.24 / n))
+    # First-turn prompts are the fresh-message model, not the grown prompts.
+    li = sf.first_input.get("lognormal")
+    assert within(li.params["scale"], 300.0, 300 * 0.7 / math.sqrt(sf.first_input.n))
+    back = fit.to_spec()
+    assert back.sessions is not None and back.arrivals.process == "exponential"
+    again = synthesise(back, seed=12, duration_s=5000).df
+    assert again["turn"].max() > 3
+
+
+def test_burstgpt_sessions_file_gives_a_session_spec(burstgpt_v3: Path, tmp_path: Path) -> None:
+    spec = fit_trace(load_trace(burstgpt_v3)).to_spec()
+    assert spec.sessions is not None
+    p = spec.to_yaml(tmp_path / "s.yaml")
+    tr = synthesise(WorkloadSpec.from_yaml(p), seed=1, duration_s=20_000)
+    assert tr.df["session_id"].n_unique() < len(tr)
+    assert tr.df["prefix_hashes"].null_count() == 0
