@@ -39,6 +39,7 @@ def _replace(lines: list[str], line_no: int, text: str) -> list[str]:
         (23, "900,ChatGPT,,5,5,API log\n", "Request tokens", "is empty"),
         (30, "1000,ChatGPT,1.5,5,5,API log\n", "Request tokens", "not a whole number"),
         (36, "ten,ChatGPT,1,5,5,API log\n", "Timestamp", "not a number"),
+        (38, "nan,ChatGPT,1,5,5,API log\n", "Timestamp", "not a number"),
     ],
 )
 def test_bad_value_names_line_and_field(

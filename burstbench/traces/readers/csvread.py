@@ -108,6 +108,11 @@ def _fast(src: Source, fields: list[Field]) -> ReadResult:
     checks = [pl.col("_extra0").is_not_null().any().alias("extra")]
     checks += [pl.col(f.target).null_count().alias(f"n:{f.target}") for f in fields if f.required]
     checks += [(pl.col(f.target) < 0).any().alias(f"neg:{f.target}") for f in fields if f.kind == "count"]
+    checks += [
+        (~pl.col(f.target).is_finite()).any().alias(f"nan:{f.target}")
+        for f in fields
+        if df.schema[f.target] == pl.Float64
+    ]
     if any(df.select(checks).row(0)):
         raise _NeedsSlowPath("extra fields, empty or negative values")
     return ReadResult(df.drop("_extra0"), df.height, {}, fields)

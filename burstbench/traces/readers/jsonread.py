@@ -125,6 +125,11 @@ def _fast(src: Source, fields: list[Field]) -> ReadResult:
         raise _NeedsSlowPath(str(exc).split("\n", 1)[0]) from exc
     checks = [pl.col(f.target).null_count().alias(f"n:{f.target}") for f in fields if f.required]
     checks += [(pl.col(f.target) < 0).any().alias(f"neg:{f.target}") for f in fields if f.kind == "count"]
+    checks += [
+        (~pl.col(f.target).is_finite()).any().alias(f"nan:{f.target}")
+        for f in fields
+        if df.schema[f.target] == pl.Float64
+    ]
     if df.height == 0 or (checks and any(df.select(checks).row(0))):
         raise _NeedsSlowPath("empty or negative values")
     return ReadResult(df, df.height, {}, fields)

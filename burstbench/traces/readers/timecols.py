@@ -90,7 +90,12 @@ def rebase(df: pl.DataFrame, col: str, unit: str) -> tuple[pl.DataFrame, TimeInf
         res = _float_resolution(t)
         resolution = None if res is None else res * UNIT_SECONDS[unit]
         info_unit = unit
-    out = df.with_columns(offsets.alias("arrival_s")).drop(col).sort("arrival_s", maintain_order=True)
+    out = df.with_columns(offsets.alias("arrival_s")).drop(col)
+    if out["arrival_s"].is_sorted():
+        # Most traces come in time order; flagging it lets every later sort skip the work.
+        out = out.with_columns(pl.col("arrival_s").set_sorted())
+    else:
+        out = out.sort("arrival_s", maintain_order=True)
     return out, TimeInfo(info_unit, resolution, origin)
 
 
