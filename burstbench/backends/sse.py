@@ -80,7 +80,15 @@ class SSEParser:
         self._buf = buf[end + 1 :]
         if len(self._buf) > self.max_line_bytes:
             raise SSEError(f"SSE line longer than {self.max_line_bytes} bytes without a line end")
-        return self._lines(buf[:end].split(b"\n"))
+        block = buf[: end + 1]
+        if not self._data:
+            fast = _fast_events(block)
+            if fast is not None:
+                events, pending = fast
+                if pending is not None:
+                    self._data = [pending]
+                return events
+        return self._lines(block[:-1].split(b"\n"))
 
     def finish(self) -> list[bytes]:
         """End of stream: return the event left open by a missing final newline/blank line."""
@@ -119,6 +127,23 @@ class SSEParser:
             # other fields (event, id, retry, unknown) are ignored
         self._data = data
         return events
+
+
+def _fast_events(block: bytes) -> tuple[list[bytes], bytes | None] | None:
+    """The common case in a few C-level splits: every event is one ``data: `` line
+    followed by one blank line (vLLM, SGLang, OpenAI). ``block`` ends with a line end.
+    Returns (payloads, data of an event whose blank line has not come yet), or None
+    for "use the general line parser" (comments, multi-line data, extra blank lines)."""
+    items = block.split(b"\n\n")
+    last = items.pop()[:-1]  # lines after the last blank line, without their final LF
+    for it in items:
+        if it[:6] != b"data: " or b"\n" in it:
+            return None
+    if not last:
+        return [it[6:] for it in items], None
+    if last[:6] != b"data: " or b"\n" in last:
+        return None
+    return [it[6:] for it in items], last[6:]
 
 
 def parse_all(body: bytes) -> list[bytes]:

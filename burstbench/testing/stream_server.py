@@ -333,6 +333,7 @@ class StreamServer:
             await write(b"data: " + _chunk(rid, created, self.model, chat, role, None) + sep)
 
         done_tokens = 0
+        cache: dict[tuple[bool, int, bool], bytes] = {}
         pending: list[bytes] = []
         batch = s.events_per_write if s.itl_s <= 0 else 1
         for i, size in enumerate(sizes):
@@ -379,22 +380,39 @@ class StreamServer:
                 await self._sleep_until(deadline)
             done_tokens += size
             last = i == len(sizes) - 1
-            word = " tok" * size
-            if chat:
-                if done_tokens <= n_reason:
-                    delta: dict[str, Any] = {"reasoning_content": word}
-                else:
-                    delta = {"content": word}
-            else:
-                delta = {"text": word}
-            usage = None
+            reasoning = chat and done_tokens <= n_reason
             if usage_mode == "continuous":
                 usage = _usage(rec.prompt_tokens, done_tokens, s, min(done_tokens, n_reason))
-            ev = (
-                b"data: "
-                + _chunk(rid, created, self.model, chat, delta, "length" if last else None, usage)
-                + sep
-            )
+                ev = (
+                    b"data: "
+                    + _chunk(
+                        rid,
+                        created,
+                        self.model,
+                        chat,
+                        _delta(chat, reasoning, size),
+                        "length" if last else None,
+                        usage,
+                    )
+                    + sep
+                )
+            else:  # identical chunks are serialised once per request (keeps the server fast)
+                key = (reasoning, size, last)
+                ev = cache.get(key)
+                if ev is None:
+                    ev = (
+                        b"data: "
+                        + _chunk(
+                            rid,
+                            created,
+                            self.model,
+                            chat,
+                            _delta(chat, reasoning, size),
+                            "length" if last else None,
+                        )
+                        + sep
+                    )
+                    cache[key] = ev
             if s.keepalive:
                 ev = b": ping" + sep + ev
             rec.chunk_tokens.append(size)
@@ -519,6 +537,13 @@ def _usage(prompt: int, completion: int, s: StreamSettings, reasoning: int) -> d
     if reasoning:
         u["completion_tokens_details"] = {"reasoning_tokens": reasoning}
     return u
+
+
+def _delta(chat: bool, reasoning: bool, size: int) -> dict[str, Any]:
+    word = " tok" * size
+    if not chat:
+        return {"text": word}
+    return {"reasoning_content": word} if reasoning else {"content": word}
 
 
 def _chunk(

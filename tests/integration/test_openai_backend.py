@@ -380,3 +380,91 @@ def test_settings_copy_is_independent() -> None:
     s = StreamSettings(status=500, stall_after=1)
     off = s.faults_off()
     assert off.status is None and off.stall_after is None and s.status == 500
+
+
+# -- odd but real streams, from a server that sends given bytes ------------------------
+
+
+class RawServer:
+    """A 200 text/event-stream (or given content type) answer with fixed bytes."""
+
+    def __init__(self, body: bytes, content_type: str = "text/event-stream") -> None:
+        self.body, self.content_type = body, content_type
+
+    async def __aenter__(self) -> str:
+        async def handle(request: web.Request) -> web.StreamResponse:
+            await request.read()
+            resp = web.StreamResponse(headers={"Content-Type": self.content_type})
+            await resp.prepare(request)
+            await resp.write(self.body)
+            await resp.write_eof()
+            return resp
+
+        app = web.Application()
+        app.router.add_post("/v1/completions", handle)
+        app.router.add_post("/v1/chat/completions", handle)
+        self.runner = web.AppRunner(app)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        return f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.runner.cleanup()
+
+
+def sse(*events: str, eol: str = "\n") -> bytes:
+    return "".join(f"data: {e}{eol}{eol}" for e in events).encode()
+
+
+@pytest.mark.parametrize(
+    ("body", "api", "want"),
+    [
+        (sse('{"choices": [1]}', "[DONE]"), "completions", ("error", "sse_malformed")),
+        (sse('{"choices": "x"}', "[DONE]"), "chat", ("error", "sse_malformed")),
+        (sse("[1, 2]", "[DONE]"), "completions", ("error", "sse_malformed")),
+        (sse('{"a": 1} {"b": 2}', "[DONE]"), "completions", ("error", "sse_malformed")),
+        (b"data: \xff\xfe\n\n", "completions", ("error", "sse_malformed")),
+        (
+            sse('{"object": "error", "message": "old vLLM style", "code": 400}'),
+            "completions",
+            ("error", "stream_error"),
+        ),
+        (
+            sse('  {"choices": [{"text": "a", "finish_reason": "length"}]}  ', "[DONE]"),
+            "completions",
+            ("ok", None),
+        ),
+        (
+            sse(
+                '{"choices": [{"delta": {"tool_calls": [{"index": 0}]}, "finish_reason": "tool_calls"}]}',
+                "[DONE]",
+                eol="\r\n",
+            ),
+            "chat",
+            ("ok", None),
+        ),
+        (sse('{"choices": [{"text": "a"}]}'), "completions", ("error", "truncated")),
+        (b"", "completions", ("error", "truncated")),
+    ],
+)
+async def test_odd_streams(body: bytes, api: str, want: tuple[str, str | None]) -> None:
+    async with RawServer(body) as url:
+        o = await one(url, api=api)
+    assert (o.status, o.error_class) == want, o.error_message
+    if want[0] == "ok":
+        assert len(o.chunk_t) == 1 and o.first_visible_s == o.chunk_t[0]
+
+
+async def test_json_answer_to_a_stream_request() -> None:
+    body = b'{"choices": [{"text": " a b", "finish_reason": "length"}], "usage": {"prompt_tokens": 3, "completion_tokens": 2}}'
+    async with RawServer(body, "application/json") as url:
+        o = await one(url)
+    assert o.status == "ok" and o.output_tokens_server == 2 and len(o.chunk_t) == 1
+
+
+async def test_keepalives_and_crlf_from_the_stream_server() -> None:
+    async with StreamServer(keepalive=True, crlf=True, itl_s=0.002) as srv:
+        o = await one(srv.url, req(n_out=5))
+        (rec,) = srv.records
+    assert o.status == "ok" and len(o.chunk_t) == len(rec.write_t) == 5
