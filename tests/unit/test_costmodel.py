@@ -130,6 +130,16 @@ def test_model_that_does_not_fit_raises_engine_error() -> None:
     assert CostModel(load_model("deepseek-v3"), load_hardware("h200"), tp=8).kv_cache_blocks() > 1000
     with pytest.raises(UsageError):
         CostModel(L8, A100).kv_cache_blocks(gpu_memory_utilization=1.5)
+    # like vLLM at start-up: one sequence of max_model_len must fit
+    small = CostModel(L8, load_hardware("l40s"))
+    tokens = small.kv_cache_blocks() * 16
+    assert small.kv_cache_blocks(max_model_len=tokens) == tokens // 16
+    with pytest.raises(EngineError, match="max-model-len"):
+        small.kv_cache_blocks(max_model_len=tokens + 1)
+    # Qwen2.5-7B: 28 heads (tp=7 divides them) but 4 KV heads (7 neither divides nor is a multiple)
+    with pytest.raises(EngineError, match="4 KV heads"):
+        CostModel(load_model("qwen2.5-7b"), H100, tp=7)
+    assert CostModel(load_model("qwen2.5-7b"), H100, tp=4).kv_cache_blocks() > 0
 
 
 def test_estimate_batch_latency_is_prefill_plus_decodes() -> None:

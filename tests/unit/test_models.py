@@ -181,3 +181,27 @@ def test_llama_3_8b_matches_3_1_shapes_with_8k_context() -> None:
     a, b = load_model("llama-3-8b"), load_model("llama-3.1-8b")
     assert a.total_params == b.total_params and a.kv_bytes_per_token == b.kv_bytes_per_token
     assert (a.max_context, b.max_context) == (8192, 131072)
+
+
+@pytest.mark.parametrize(
+    ("name", "preset"),
+    [
+        ("meta-llama/Meta-Llama-3.1-8B-Instruct", "llama-3.1-8b"),
+        ("mistralai/Mixtral-8x7B-Instruct-v0.1", "mixtral-8x7b"),
+        ("meta-llama/Llama-2-7b-chat-hf", "llama-2-7b"),
+        ("deepseek-ai/DeepSeek-V3", "deepseek-v3"),
+        ("Qwen/Qwen2.5-32B-Instruct", "qwen2.5-32b"),
+        ("LLAMA-3.1-70B", "llama-3.1-70b"),
+    ],
+)
+def test_hub_ids_resolve_to_presets(name: str, preset: str) -> None:
+    assert load_model(name) == load_model(preset)
+
+
+def test_unknown_hub_id_and_model_folder(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="unknown model 'openai/gpt-4'"):
+        load_model("openai/gpt-4")
+    _write(tmp_path, TINY)  # a downloaded model folder holds config.json
+    assert load_model(str(tmp_path)).hidden_size == 512
+    with pytest.raises(InputError, match="no such model config"):
+        load_model(str(tmp_path / "sub"))  # neither a file nor a preset

@@ -58,7 +58,10 @@ def profile(output: Path | None, quick: bool, name: str | None, as_json: bool) -
 
         hw = profile_machine(quick=quick, name=name, progress=progress)
     if output is not None:
-        hw.write(output)
+        try:
+            hw.write(output)
+        except OSError as exc:
+            raise UsageError(f"-o {output}: cannot write ({exc.strerror}); choose another path") from exc
     console.print(
         f"[bold]{hw.name}[/] ({hw.kind}): peak {hw.peak_flops / 1e9:.1f} GFLOP/s, "
         f"memory bandwidth {hw.mem_bandwidth / 1e9:.1f} GB/s "

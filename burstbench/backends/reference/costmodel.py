@@ -55,6 +55,11 @@ class CostModel:
                 f"{model.name} has {model.num_heads} attention heads, not divisible by tp={tp}; "
                 "choose a tp that divides it"
             )
+        if not model.is_mla and model.num_kv_heads % tp and tp % model.num_kv_heads:
+            raise EngineError(
+                f"{model.name} has {model.num_kv_heads} KV heads: tp={tp} must divide it or be "
+                "a multiple of it (vLLM shards or replicates whole KV heads)"
+            )
         self.model = model
         self.hardware = hardware
         self.tp = tp
@@ -291,12 +296,14 @@ class CostModel:
         gpu_memory_utilization: float = 0.9,
         max_num_batched_tokens: int = 8192,
         max_num_seqs: int = 256,
+        max_model_len: int | None = None,
     ) -> int:
         """KV-cache blocks per rank, the way vLLM sizes them.
 
         ``memory × utilisation − weights − activation peak − non-PyTorch memory``, over the
         bytes of one block (``block_size`` tokens on one rank). Raises ``EngineError`` when
-        nothing is left, with what to change.
+        nothing is left, or (like vLLM at start-up) when ``max_model_len`` is given and one
+        sequence of that length would not fit, with what to change.
         """
         if not 0 < gpu_memory_utilization <= 1:
             raise UsageError(f"gpu_memory_utilization must be in (0, 1], got {gpu_memory_utilization}")
@@ -314,6 +321,12 @@ class CostModel:
                 f"{self.model.name} does not fit on {self.hardware.name} with tp={self.tp}: "
                 f"{budget / gib:.1f} GiB usable per device, weights {weights / gib:.1f} GiB, "
                 f"activations {act / gib:.1f} GiB; raise --tp, use fp8 weights, or a larger device"
+            )
+        if max_model_len is not None and blocks * block_size < max_model_len:
+            raise EngineError(
+                f"max_model_len {max_model_len} is larger than the KV cache of {self.model.name} "
+                f"on {self.hardware.name} with tp={self.tp} ({blocks * block_size} tokens); "
+                "lower --max-model-len, raise --gpu-memory-utilization or --tp"
             )
         return blocks
 

@@ -16,6 +16,7 @@ reasoning flag and the provenance.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
@@ -247,6 +248,30 @@ def list_models() -> list[str]:
     return sorted(p.stem for p in _presets_dir().glob("*.json"))
 
 
+_HUB_SUFFIX = re.compile(r"-(hf|instruct|chat|it|base|v\d+(\.\d+)*)$")
+
+
+def preset_name(name: str) -> str | None:
+    """The bundled preset a model name means, or None.
+
+    Accepts preset names and Hugging Face ids as traces and OpenAI requests carry them:
+    ``meta-llama/Meta-Llama-3.1-8B-Instruct`` → ``llama-3.1-8b``,
+    ``mistralai/Mixtral-8x7B-Instruct-v0.1`` → ``mixtral-8x7b`` (organisation, ``Meta-``
+    prefix and ``-Instruct``/``-chat``/``-hf``/version suffixes dropped).
+    """
+    presets = set(list_models())
+    key = name.strip().lower()
+    if key in presets:
+        return key
+    key = key.rsplit("/", 1)[-1].removeprefix("meta-")
+    while key not in presets:  # drop one suffix at a time: DeepSeek-V3 keeps its "-v3"
+        stripped = _HUB_SUFFIX.sub("", key)
+        if stripped == key:
+            return None
+        key = stripped
+    return key
+
+
 def _dtype(name: str, field: str) -> str:
     key = str(name).strip().lower()
     key = _DTYPE_ALIASES.get(key, key)
@@ -271,17 +296,20 @@ def load_model(
     the field.
     """
     text = str(name_or_path)
-    preset = _presets_dir() / f"{text.lower()}.json"
     path = Path(text).expanduser()
-    if preset.is_file() and not path.is_file():
-        path = preset
-    elif not path.is_file():
-        if path.suffix == ".json" or "/" in text:
+    if path.is_dir() and (path / "config.json").is_file():
+        path = path / "config.json"  # a downloaded model folder
+    if not path.is_file():
+        preset = preset_name(text)
+        if preset is not None:
+            path = _presets_dir() / f"{preset}.json"
+        elif path.suffix == ".json" or path.is_dir() or text.startswith(("/", ".", "~")):
             raise InputError("no such model config file; give a config.json path", path=text)
-        raise UsageError(
-            f"unknown model '{text}'; use a local config.json path or one of: "
-            + ", ".join(list_models())
-        )
+        else:
+            raise UsageError(
+                f"unknown model '{text}'; use a local config.json (or model folder) or one of: "
+                + ", ".join(list_models())
+            )
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as exc:
