@@ -17,7 +17,7 @@ from typing import Any
 import polars as pl
 
 from burstbench import __version__
-from burstbench.errors import BurstbenchError, TraceFormatError, UsageError
+from burstbench.errors import InputError, TraceFormatError, UsageError
 from burstbench.traces.readers import FORMATS, azure, bailian, burstgpt, generic, mooncake
 from burstbench.traces.readers.csvread import read_csv
 from burstbench.traces.readers.jsonread import read_jsonl
@@ -123,12 +123,10 @@ def ingest(
         if "failed" in df.columns:
             df = df.with_columns(pl.col("failed").fill_null(False))
         df = conform(df)
-    except BurstbenchError:
-        raise
     except pl.exceptions.PolarsError as exc:  # a value that parsed but does not fit the schema
         raise TraceFormatError(f"cannot build the trace ({exc})", path=src.path) from exc
     span = float(df["arrival_s"].max() or 0.0)
-    tinfo.warnings += unit_warnings(span, df.height, tinfo.unit, plan.unit_source)
+    tinfo.warnings += unit_warnings(span, df.height, tinfo.unit, plan.unit_source, tinfo.raw_median)
     meta = {
         "source_format": plan.fmt,
         "source_variant": plan.variant,
@@ -169,14 +167,14 @@ def ingest_file(
     skip_bad: bool = False,
 ) -> Trace:
     """``ingest`` then ``write_trace`` (atomic: a failure leaves no partial output)."""
-    trace = ingest(path, fmt, mapping=mapping, skip_bad=skip_bad)
     out = Path(output)
     if out.resolve() == Path(path).resolve():
         raise UsageError("output path equals the source; choose another -o")
+    trace = ingest(path, fmt, mapping=mapping, skip_bad=skip_bad)
     try:
         write_trace(trace, out)
     except OSError as exc:
-        raise BurstbenchError(f"{out}: cannot write the trace ({exc.strerror or exc})") from exc
+        raise InputError(f"cannot write the trace ({exc.strerror or exc})", path=out) from exc
     return trace
 
 

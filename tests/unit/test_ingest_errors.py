@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from burstbench.cli import main
-from burstbench.errors import TraceFormatError, UsageError
+from burstbench.errors import InputError, TraceFormatError, UsageError
 from burstbench.traces.ingest import ingest, ingest_file
 
 
@@ -206,6 +206,19 @@ def test_wrong_unit_declared_warns(tmp_path: Path) -> None:
     assert any("implausibly fast" in w for w in trace2.meta["warnings"])
     ok = ingest(path2, mapping="arrival=ts:s,input=i,output=o")
     assert ok.meta["warnings"] == []
+    epoch_ms = _write(tmp_path, ["ts,i,o\n", "1700000000123,1,2\n", "1700000005123,1,2\n"], name="e.csv")
+    as_s = ingest(epoch_ms, mapping="arrival=ts:s,input=i,output=o")
+    assert any("look like Unix epoch ms" in w for w in as_s.meta["warnings"])
+    assert ingest(epoch_ms, mapping="arrival=ts:ms,input=i,output=o").meta["warnings"] == []
+
+
+def test_unwritable_output_leaves_nothing(tmp_path: Path, burstgpt_v1: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(InputError, match="cannot write the trace"):
+        ingest_file(burstgpt_v1, blocker / "t.parquet")
+    with pytest.raises(UsageError, match="equals the source"):
+        ingest_file(burstgpt_v1, burstgpt_v1)
 
 
 @pytest.mark.parametrize(

@@ -137,6 +137,13 @@ def _fast(src: Source, fields: list[Field]) -> ReadResult:
 
 def _check(f: Field, value: Any) -> tuple[Any, str | None]:
     """(parsed value, reason) for one field of one record."""
+    try:
+        return _check_value(f, value)
+    except (OverflowError, ValueError):  # e.g. a 400-digit integer where a float belongs
+        return None, "non_numeric"
+
+
+def _check_value(f: Field, value: Any) -> tuple[Any, str | None]:
     if value is _ABSENT or value is None:
         return None, ("missing_value" if f.required else None)
     if f.kind in ("count", "int") or (f.kind == "time" and f.unit in ("us", "ns")):

@@ -53,6 +53,7 @@ class TimeInfo:
     unit: str  # s, ms, us, ns, or "datetime" for ISO-8601 / wall-clock text
     resolution_s: float | None
     origin: str  # the first timestamp as found in the source, to undo the rebase
+    raw_median: float | None = None  # magnitude of the raw numeric values (epoch check)
     warnings: list[str] = field(default_factory=list)
 
 
@@ -96,7 +97,8 @@ def rebase(df: pl.DataFrame, col: str, unit: str) -> tuple[pl.DataFrame, TimeInf
         out = out.with_columns(pl.col("arrival_s").set_sorted())
     else:
         out = out.sort("arrival_s", maintain_order=True)
-    return out, TimeInfo(info_unit, resolution, origin)
+    raw_median = None if t.dtype == pl.Datetime else float(t.abs().median() or 0.0)
+    return out, TimeInfo(info_unit, resolution, origin, raw_median)
 
 
 def _int_resolution(x: pl.Series) -> float:
@@ -136,12 +138,20 @@ def tied_share(arrival_s: pl.Series) -> float:
     return float((gaps == 0).sum()) / gaps.len()
 
 
-def unit_warnings(span_s: float, n: int, unit: str, unit_source: str) -> list[str]:
-    """Warnings when the span or rate is implausible for the unit the time column is read in."""
+def unit_warnings(
+    span_s: float, n: int, unit: str, unit_source: str, raw_median: float | None = None
+) -> list[str]:
+    """Warnings when the values, span or rate are implausible for the time column's unit."""
     if unit == "datetime" or n < 2:
         return []
-    how = "declared" if unit_source == "declared" else "assumed"
+    how = {"declared": "declared", "format": "the format's unit"}.get(unit_source, unit_source)
     out = []
+    looks = epoch_unit(raw_median) if raw_median else None
+    if looks is not None and looks != unit:
+        out.append(
+            f"timestamps near {raw_median:.4g} look like Unix epoch {looks}, but were read as "
+            f"{unit} ({how}); if that is wrong, re-ingest with --map arrival=COL:{looks}"
+        )
     if span_s > YEAR_S:
         out.append(
             f"arrivals span {span_s / 86400:.0f} days with timestamps read as {unit} ({how}); "
