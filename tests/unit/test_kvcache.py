@@ -80,6 +80,9 @@ def test_lru_prefers_least_recently_freed():
 def test_chain_hashes_depend_on_every_previous_block():
     a = chain_hashes([1, 2, 3])
     b = chain_hashes([9, 2, 3])
+    c = chain_hashes([1, 2, 4])
+    assert a[:2] == c[:2] and a[2] != c[2]
+    assert chain_hashes([1, 2, 3], seed=1) != a
     assert len(a) == 3 and all(x != y for x, y in zip(a, b, strict=True))
     assert chain_hashes([1, 2, 3]) == a  # deterministic
 
@@ -88,9 +91,12 @@ def test_engine_block_keys_map_big_trace_blocks():
     # Mooncake: 512-token trace blocks -> 32 engine blocks of 16 each, full blocks only.
     keys = engine_block_keys([100, 200], 512, prompt_tokens=700, block_size=16)
     assert len(keys) == 700 // 16
-    assert len(set(keys)) == len(keys)
+    assert len(set(keys.tolist())) == len(keys)
     same_first = engine_block_keys([100, 300], 512, prompt_tokens=1024, block_size=16)
-    assert same_first[:32] == keys[:32] and same_first[32] != keys[32]
+    assert same_first[:32].tolist() == keys[:32].tolist() and same_first[32] != keys[32]
+    # chained: the shared first trace block gives equal engine hashes, then they diverge
+    ha, hb = chain_hashes(keys), chain_hashes(same_first[: len(keys)])
+    assert ha[:32] == hb[:32] and all(x != y for x, y in zip(ha[32:], hb[32:], strict=True))
 
 
 def test_text_block_keys_only_full_blocks():

@@ -78,6 +78,8 @@ class Seq:
     last_it: int = -1
     cached_tokens: int = -1
     preemptions: int = 0
+    lk_ver: int = -1  # prefix lookup memo: pool version and result (blocked queue heads)
+    lk_hit: list[int] = field(default_factory=list)
 
     def context_at(self, it: int) -> int:
         """Tokens in the KV cache before iteration ``it``."""
@@ -294,10 +296,7 @@ class EngineCore:
             return
         upto = min(tokens // self.block_size, len(h))
         if upto > s.n_cached:
-            pool = self.pool
-            blocks = s.blocks
-            for i in range(s.n_cached, upto):
-                pool.cache_block(blocks[i], h[i])
+            self.pool.cache_blocks(s.blocks, h, s.n_cached, upto)
             s.n_cached = upto
 
     # -- one iteration ---------------------------------------------------------------------
@@ -356,8 +355,13 @@ class EngineCore:
                 num_tokens = s.prompt_len + s.out
                 hit: list[int] = []
                 if s.hashes and pool.enable_caching:
-                    limit = (num_tokens - 1) // bs
-                    hit = pool.lookup(s.hashes[:limit] if limit < len(s.hashes) else s.hashes)
+                    if s.lk_ver == pool.version:
+                        hit = s.lk_hit
+                    else:
+                        limit = (num_tokens - 1) // bs
+                        hit = pool.lookup(s.hashes[:limit] if limit < len(s.hashes) else s.hashes)
+                        s.lk_ver = pool.version
+                        s.lk_hit = hit
                 hit_tokens = len(hit) * bs
                 n = min(num_tokens - hit_tokens, self._budget)
                 need = -(-(hit_tokens + n) // bs) - len(hit)
@@ -369,6 +373,7 @@ class EngineCore:
                     self.prefix_hits += hit_tokens
                 if hit:
                     pool.touch(hit)
+                s.lk_ver = -1
                 s.blocks = hit + pool.allocate(need)
                 s.n_cached = len(hit)
                 s.computed = hit_tokens
@@ -479,6 +484,73 @@ class EngineCore:
         if collect:
             return StepOutput(dt, emitted, finished, preempted)
         return dt
+
+    def run_decodes(self, t: float, until: float, times: Any) -> float:
+        """Run decode-only iterations from time ``t`` while nothing else needs scheduling.
+
+        Exactly what ``step()`` would do for a step with no waiting request, no
+        partial prefill and no finishing request, minus its bookkeeping: block
+        boundary allocations that fit are made inline, and the loop stops (leaving
+        the rest to ``step()``) at the first iteration that needs more: a finish,
+        a block that must preempt, an admission, or the clock reaching ``until``.
+        Appends each iteration's end time to ``times``; returns the new time.
+        Needs a cost with ``step_time_sums``.
+        """
+        sums = self._sums
+        if sums is None or self.prefilling or self.num_waiting or not self.B:
+            return t
+        ev = self._events
+        pool = self.pool
+        free = pool.free
+        bs = self.block_size
+        it = self.it
+        B, S = self.B, self.S
+        append = times.append
+        gen = 0
+        last_B = -1
+        a = b = 0.0
+        while t < until:
+            while ev and ev[0][0] <= it:
+                top = ev[0]
+                s = top[4]
+                if top[3] != s.ver or s.state != RUNNING:
+                    heapq.heappop(ev)
+                    continue
+                if top[1] != _BLOCK or not free:
+                    break
+                heapq.heappop(ev)
+                s.blocks.extend(pool.allocate(1))
+                nxt = s.sync + len(s.blocks) * bs - s.c0
+                if nxt <= s.sync + (s.max_out - s.o0) - 1:
+                    heapq.heappush(ev, (nxt, _BLOCK, s.rorder, s.ver, s))
+            else:
+                # no event due at this iteration: a plain decode step
+                if last_B != B:
+                    # step time is affine in the context sum for a fixed batch (decode
+                    # attention reads KV linearly); two evaluations give the line and a
+                    # third checks it, else fall back to exact calls.
+                    t0 = sums(decode_seqs=B, decode_context_sum=S)
+                    t1 = sums(decode_seqs=B, decode_context_sum=S + 4096 * B)
+                    b = (t1 - t0) / (4096 * B)
+                    a = t0 - b * S
+                    t2 = sums(decode_seqs=B, decode_context_sum=S + 1024 * B)
+                    if abs(a + b * (S + 1024 * B) - t2) > 1e-9 * t2:
+                        b = float("nan")
+                    last_B = B
+                dt = a + b * S if b == b else sums(decode_seqs=B, decode_context_sum=S)
+                t += dt
+                append(t)
+                gen += B
+                S += B
+                it += 1
+                continue
+            break
+        self.it = it
+        self.S = S
+        self.generation_tokens += gen
+        if gen and self.max_batch_tokens_seen < B:
+            self.max_batch_tokens_seen = B
+        return t
 
     def _decode_contexts(self) -> list[int]:
         it = self.it

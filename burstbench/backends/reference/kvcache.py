@@ -26,6 +26,8 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Sequence
 
+import numpy as np
+
 
 class BlockPool:
     """Fixed pool of KV blocks with an LRU free queue and a hash -> block map."""
@@ -42,6 +44,7 @@ class BlockPool:
         self.free: OrderedDict[int, None] = OrderedDict((b, None) for b in range(1, num_blocks))
         self.ref_cnt[0] = 1  # the null block is never free
         self.evictions = 0
+        self.version = 0  # bumps whenever the set of cached hashes changes (lookup memo)
 
     # -- queries ---------------------------------------------------------------------
     @property
@@ -71,7 +74,7 @@ class BlockPool:
     def evictable_among(self, blocks: Sequence[int]) -> int:
         """How many of ``blocks`` are free (cached but unreferenced): taking them uses free space."""
         ref = self.ref_cnt
-        return sum(1 for b in blocks if ref[b] == 0)
+        return [ref[b] for b in blocks].count(0)
 
     # -- mutations -------------------------------------------------------------------
     def touch(self, blocks: Sequence[int]) -> None:
@@ -88,32 +91,51 @@ class BlockPool:
 
         The caller checks ``num_free() >= n`` first; asking for more is a bug.
         """
-        if n > len(self.free):
-            raise RuntimeError(f"allocate({n}) with only {len(self.free)} free blocks")
-        out: list[int] = []
         free = self.free
+        if n > len(free):
+            raise RuntimeError(f"allocate({n}) with only {len(free)} free blocks")
+        pop = free.popitem
+        out = [pop(last=False)[0] for _ in range(n)]
         ref = self.ref_cnt
         bh = self.block_hash
-        for _ in range(n):
-            b, _none = free.popitem(last=False)
+        cached = self.cached
+        evicted = 0
+        for b in out:
+            ref[b] = 1
             h = bh[b]
             if h is not None:
                 bh[b] = None
-                if self.cached.get(h) == b:
-                    del self.cached[h]
-                self.evictions += 1
-            ref[b] = 1
-            out.append(b)
+                del cached[h]  # bh[b] is only set together with cached[h] = b
+                evicted += 1
+        if evicted:
+            self.evictions += evicted
+            self.version += 1
         return out
 
     def release(self, blocks: Sequence[int]) -> None:
         """Drop a request's references, tail first, so its last blocks are evicted first."""
         ref = self.ref_cnt
-        free = self.free
+        zero = []
         for b in reversed(blocks):
-            ref[b] -= 1
-            if ref[b] == 0:
-                free[b] = None
+            r = ref[b] - 1
+            ref[b] = r
+            if r == 0:
+                zero.append(b)
+        self.free.update(dict.fromkeys(zero))
+
+    def cache_blocks(self, blocks: Sequence[int], hashes: Sequence[int], start: int, end: int) -> None:
+        """``cache_block`` for ``blocks[start:end]`` with ``hashes[start:end]`` (one call, hot path)."""
+        if not self.enable_caching:
+            return
+        bh = self.block_hash
+        cached = self.cached
+        for i in range(start, end):
+            b = blocks[i]
+            h = hashes[i]
+            if bh[b] is None and h not in cached:
+                bh[b] = h
+                cached[h] = b
+        self.version += 1
 
     def cache_block(self, block: int, h: int) -> None:
         """Register a full block under its chained hash (first writer wins, as in vLLM)."""
@@ -123,40 +145,83 @@ class BlockPool:
             return
         self.block_hash[block] = h
         self.cached[h] = block
+        self.version += 1
 
 
-def chain_hashes(block_keys: Sequence[int], *, seed: int = 0x5EED) -> list[int]:
+_MASK64 = (1 << 64) - 1
+_P = 0x100000001B3  # FNV-64 prime: odd, so invertible mod 2**64
+_PINV = pow(_P, -1, 1 << 64)
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64 finaliser over uint64 (wrapping arithmetic)."""
+    x = x.astype(np.uint64, copy=True)
+    with np.errstate(over="ignore"):
+        x ^= x >> np.uint64(30)
+        x *= np.uint64(0xBF58476D1CE4E5B9)
+        x ^= x >> np.uint64(27)
+        x *= np.uint64(0x94D049BB133111EB)
+        x ^= x >> np.uint64(31)
+    return x
+
+
+def chain_hashes(block_keys: Sequence[int] | np.ndarray, *, seed: int = 0x5EED) -> list[int]:
     """Chained block hashes: block i's hash covers block i's key and every block before it.
 
-    Python's hash of an int tuple is deterministic across processes (no hash
-    randomisation for ints), which keeps simulations reproducible.
+    ``h_i = P·h_{i-1} + mix(k_i)  (mod 2^64)`` with ``h_{-1} = seed``: a polynomial chain,
+    so two prompts share hash i exactly when (up to 64-bit collisions) they share blocks
+    0..i. Computed in closed form with numpy (``h_i = P^i·(seed·P + Σ_j mix(k_j)·P^{-j})``)
+    because Mooncake-sized prompts have thousands of blocks each; deterministic across
+    processes (no use of Python's randomised ``hash``).
     """
-    out: list[int] = []
-    parent = seed
-    for k in block_keys:
-        parent = hash((parent, k))
-        out.append(parent)
-    return out
+    n = len(block_keys)
+    if n == 0:
+        return []
+    if isinstance(block_keys, np.ndarray):
+        raw = block_keys.astype(np.uint64)
+    else:
+        raw = np.array([int(x) & _MASK64 for x in block_keys], dtype=np.uint64)
+    k = _mix(raw)
+    with np.errstate(over="ignore"):
+        pinv_pow = _powers(_PINV, n)
+        p_pow = _powers(_P, n)
+        acc = np.cumsum(k * pinv_pow, dtype=np.uint64)
+        h = p_pow * (np.uint64((seed * _P) & _MASK64) + acc)
+    return [int(x) for x in h.tolist()]
+
+
+_POW_CACHE: dict[int, np.ndarray] = {}
+
+
+def _powers(base: int, n: int) -> np.ndarray:
+    """base**i mod 2**64 for i < n (cached, grown by doubling)."""
+    cur = _POW_CACHE.get(base)
+    if cur is None or len(cur) < n:
+        size = max(n, 2 * (len(cur) if cur is not None else 1024))
+        out = np.empty(size, dtype=np.uint64)
+        v = 1
+        for i in range(size):
+            out[i] = v
+            v = (v * base) & _MASK64
+        _POW_CACHE[base] = cur = out
+    return cur[:n]
 
 
 def engine_block_keys(
     trace_hashes: Sequence[int], trace_block_size: int, prompt_tokens: int, block_size: int
-) -> list[int]:
+) -> np.ndarray:
     """Engine-block keys derived from a trace's prefix hashes (e.g. Mooncake's 512-token blocks).
 
     Each trace block covers ``ceil(trace_block_size / block_size)`` engine blocks,
-    keyed ``(trace_hash, j)``; only engine blocks that are full within the prompt
+    keyed from ``(trace_hash, j)``; only engine blocks that are full within the prompt
     are returned, because only full blocks are cacheable.
     """
     per = -(-trace_block_size // block_size)
-    full = prompt_tokens // block_size
-    keys: list[int] = []
-    for th in trace_hashes:
-        for j in range(per):
-            if len(keys) >= full:
-                return keys
-            keys.append(hash((int(th), j)))
-    return keys
+    full = min(prompt_tokens // block_size, per * len(trace_hashes))
+    th = np.asarray(trace_hashes, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        keys = _mix(th)[:, None] * np.uint64(per + 1) + np.arange(per, dtype=np.uint64)[None, :]
+    return keys.reshape(-1)[:full]
 
 
 def text_block_keys(words: Sequence[str], block_size: int) -> list[int]:
