@@ -38,6 +38,10 @@ so far (``send`` calls ``Task.uncancel()`` so structured-concurrency helpers in
 the caller keep working). If the task is cancelled again before ``send`` returns,
 the ``CancelledError`` propagates and no outcome is returned.
 
+Model: ``model`` if given; else the one model the endpoint lists at ``/v1/models``
+(looked up once in ``start``; none is sent when it lists several); a trace's own model names (``Request.model``, e.g.
+BurstGPT's "ChatGPT") are sent only with ``use_request_model=True``.
+
 The API key is read from the environment variable named by ``api_key_env`` in
 ``start()`` and sent as ``Authorization: Bearer``; it is never stored on an
 outcome, and any server message that echoes it is redacted.
@@ -116,6 +120,8 @@ class OpenAIBackend:
         prompt_seed: int = 0,
         max_tokens_field: str = "max_tokens",
         read_bufsize: int = 4 * 1024 * 1024,
+        use_request_model: bool = False,
+        discover_model: bool = True,
     ) -> None:
         if api not in ("completions", "chat"):
             raise UsageError(f"--api must be 'completions' or 'chat', got '{api}'")
@@ -143,6 +149,8 @@ class OpenAIBackend:
         self.keep_text = keep_text
         self.max_tokens_field = max_tokens_field
         self.read_bufsize = read_bufsize
+        self.use_request_model = use_request_model
+        self.discover_model = discover_model
         self._timeout = aiohttp.ClientTimeout(
             total=timeout_s, sock_connect=connect_timeout_s, sock_read=stall_timeout_s
         )
@@ -176,6 +184,28 @@ class OpenAIBackend:
             max_field_size=1024 * 1024,
             auto_decompress=True,
         )
+        if self.model is None and self.discover_model:
+            self.model = await self._served_model()
+
+    async def _served_model(self) -> str | None:
+        """The model the endpoint serves, when ``/v1/models`` lists exactly one (vLLM
+        rejects requests without a model; on a multi-model API such as a hosted one,
+        guessing would measure the wrong model). Never fails: requests will."""
+        assert self._session is not None
+        try:
+            async with (
+                asyncio.timeout(5.0),
+                self._session.get(self.base_url + "/v1/models", headers=self._headers) as r,
+            ):
+                if r.status != 200:
+                    return None
+                data = (await r.json(content_type=None)).get("data") or []
+                if len(data) != 1 or not isinstance(data[0], dict):
+                    return None
+                only = data[0].get("id")
+                return str(only) if only else None
+        except (aiohttp.ClientError, TimeoutError, ValueError, AttributeError):
+            return None
 
     async def close(self) -> None:
         """Close the session and every pooled connection."""
@@ -197,7 +227,7 @@ class OpenAIBackend:
     def payload(self, request: Request) -> dict[str, Any]:
         """The JSON body for one request (exposed for tests and dry runs)."""
         body: dict[str, Any] = {}
-        model = self.model or request.model
+        model = self.model or (request.model if self.use_request_model else None)
         if model:
             body["model"] = model
         if self.api == "chat":
@@ -249,6 +279,7 @@ class OpenAIBackend:
                 raise  # cancelled more than once: stop at once
             out.status = "cancelled"
             out.error_class = "cancelled"
+            out.error_message = f"cancelled in flight after {len(out.chunk_t)} token chunks"
         except _CONNECT_TIMEOUT as e:
             self._fail(out, "timeout", "connect_timeout", e)
         except aiohttp.ServerTimeoutError as e:  # sock_read: no byte for stall_timeout_s

@@ -17,7 +17,8 @@ slow first byte (headers); a stream that ends without ``[DONE]`` or ends early.
 
 Endpoints: ``POST /v1/completions``, ``POST /v1/chat/completions``,
 ``GET /v1/models``, ``GET /metrics`` (Prometheus text with vLLM's metric names),
-``GET /stats`` (the records as JSON, for out-of-process use).
+``GET /stats`` (the records as JSON, for out-of-process use; ``?bodies=1`` adds
+the request bodies, ``?clear=1`` empties the list).
 
 In-process::
 
@@ -238,7 +239,8 @@ class StreamServer:
         return web.Response(text=text, content_type="text/plain", charset="utf-8")
 
     async def _stats(self, request: web.Request) -> web.Response:
-        data = [r.to_json() for r in self.records]
+        with_body = request.query.get("bodies") == "1"
+        data = [r.to_json(with_body) for r in self.records]
         if request.query.get("clear") == "1":
             self.records = []
         return web.json_response({"records": data, "active": self.active, "seq": self.seq})

@@ -136,6 +136,16 @@ async def test_request_body(api: str) -> None:
         assert len(body["prompt"].split()) == 20
 
 
+async def test_model_discovered_and_trace_model_not_sent() -> None:
+    async with StreamServer(model="served-model") as srv:
+        await one(srv.url, req(model="ChatGPT"))
+        await one(srv.url, req(model="ChatGPT"), discover_model=False)
+        await one(srv.url, req(model="m-b"), discover_model=False, use_request_model=True)
+        await one(srv.url, req(model="m-b"), model="m-a", use_request_model=True)
+        models = [r.body.get("model") for r in srv.records]
+    assert models == ["served-model", None, "m-b", "m-a"]
+
+
 async def test_real_prompt_and_messages_are_sent_verbatim() -> None:
     history = [
         {"role": "user", "content": "hi there"},
