@@ -6,9 +6,11 @@ GPU, taken from published measurements, not tuned per GPU to match any benchmark
 
 - ``FLOPS_EFFICIENCY`` (η_F over the tokens in a GEMM): 70–75 % of peak for large prefills
   (≥ 2048 tokens), falling for small GEMMs where tile and wave quantisation leave tensor
-  cores idle. Sources: NVIDIA, *Matrix Multiplication Background User's Guide* (tile/wave
-  quantisation); CUTLASS/cuBLAS BF16 GEMM profiles on A100 and H100 (≈58 % of peak at
-  M=N=K=1024, ≈70 % at 4096, ≈75 % at 8192); FlashAttention-2 (Dao 2023: 50–73 % of A100
+  cores idle. Sources: the best BF16 matmul measured on each GPU (S. Bekman,
+  *ml-engineering*, "Maximum Achievable Matmul FLOPS" table: A100 SXM 267.9 of 312
+  TFLOP/s = 85.9 %, H100 SXM 792.1 of 989 = 80.1 %, at hand-picked best shapes; real
+  model shapes land lower); NVIDIA, *Matrix Multiplication Background User's Guide*
+  (tile and wave quantisation at small M); FlashAttention-2 (Dao 2023: 50–73 % of A100
   peak in the forward pass); Vidur (Agrawal et al., MLSys 2024) profiles operator times
   per token count for the same reason.
 - ``BANDWIDTH_EFFICIENCY`` (η_B = 0.75): small-batch GEMMs (GEMV-like weight streaming)
@@ -66,7 +68,8 @@ GIB = 2**30
 _FAMILY_SOURCE = (
     "efficiencies: one family for all GPUs (burstbench.backends.hardware.presets): "
     "eta_F 0.30..0.75 over GEMM tokens (NVIDIA Matrix Multiplication Background guide; "
-    "CUTLASS/cuBLAS bf16 GEMM profiles on A100/H100; FlashAttention-2), eta_B 0.75 "
+    "best-shape bf16 matmul 80-86% of peak on A100/H100, Bekman ml-engineering MAMF table; "
+    "FlashAttention-2), eta_B 0.75 "
     "(LLM-Viewer, Yuan et al. 2024; public vLLM A100 batch-1 decode at ~77% of the bandwidth "
     "ceiling), layer overhead 25 us (9 kernels x ~2.8 us floor), step overhead fitted once "
     "across vLLM v0.6 benchmark_latency A100/H100/H200"
