@@ -221,6 +221,8 @@ class FitResult:
         if self.windows:
             wins = []
             for w in self.windows:
+                if w.count == 0:
+                    continue  # a silent window: the piecewise process has no window there
                 if w.fit is None:
                     wins.append(
                         WindowSpec(w.start_s, w.end_s, "poisson", {"rate": w.count / (w.end_s - w.start_s)})

@@ -228,3 +228,16 @@ def test_window_fits_give_a_piecewise_spec() -> None:
     assert spec.arrivals.process == "piecewise" and [w.start_s for w in spec.arrivals.windows] == [0, 400]
     with pytest.raises(InputError, match="window"):
         fit_trace(Trace(conform(df)), window_s=0.01)
+
+
+def test_silent_windows_leave_a_gap_in_the_piecewise_spec(tmp_path: Path) -> None:
+    from burstbench.traces.spec import WorkloadSpec
+    from burstbench.traces.synth import synthesise
+
+    t = np.concatenate([np.arange(0, 100, 1.0), np.arange(300, 400, 0.5)])  # nothing in [100, 300)
+    df = pl.DataFrame({"arrival_s": t, "input_tokens": np.full(t.size, 10), "output_tokens": np.full(t.size, 5)})
+    spec = fit_trace(Trace(conform(df)), window_s=100).to_spec()
+    assert [(w.start_s, w.end_s) for w in spec.arrivals.windows] == [(0, 100), (300, 400)]
+    back = WorkloadSpec.from_yaml(spec.to_yaml(tmp_path / "p.yaml"))
+    s = synthesise(back, seed=0).df["arrival_s"].to_numpy()
+    assert not ((s > 100.5) & (s < 299.5)).any()
