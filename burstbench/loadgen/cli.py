@@ -83,4 +83,6 @@ def run(trace_path: str, out: str, scenario_file: str | None, as_json: bool, qui
         sys.stdout.write(json.dumps(summary) + "\n")
         sys.stdout.flush()
     if result.status != "done":
-        raise click.exceptions.Exit(130 if "SIGINT" in result.end_reason else 1)
+        # sys.exit, not click's Exit: the root runs click with standalone_mode=False,
+        # which turns Exit into a return value that would be lost.
+        sys.exit(130 if "SIGINT" in result.end_reason else 1)

@@ -108,6 +108,22 @@ def _end_reason(sc: Scenario, plan: Plan, trace: Trace) -> str:
     return "schedule completed"
 
 
+def preflight(url: str, timeout_s: float = 5.0) -> None:
+    """Fail in one line, before a run row exists, when nothing listens at ``url``."""
+    import socket
+    from urllib.parse import urlsplit
+
+    from burstbench.store import redact_url
+
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname or "127.0.0.1", port), timeout=timeout_s).close()
+    except OSError as exc:
+        raise BackendError(f"{redact_url(url)}: cannot connect ({exc.strerror or exc}); "
+                           "is the server running and is --url right?") from None
+
+
 def run_scenario(trace: Trace, scenario: Scenario, out: str | Path, *, label: str | None = None,
                  progress: bool = True, backend_factory: Any = None,
                  control: RunControl | None = None) -> str:
@@ -123,6 +139,8 @@ def execute(trace: Trace, scenario: Scenario, out: str | Path, *, label: str | N
     sc = scenario.validate()
     plan = build_plan(trace, sc)
     parts = partition(plan, sc.workers)
+    if backend_factory is None:
+        preflight(sc.url)
     factory = backend_factory or BackendFactory(sc)
     control = control or RunControl()
     opts = {"grace_s": sc.grace_s, "ignore_eos": sc.ignore_eos, "flush_interval_s": 0.2}

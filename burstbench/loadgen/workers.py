@@ -67,9 +67,9 @@ async def _worker_async(plan: Plan, factory: BackendFactory, out_q: Any, ctl_q: 
                     cmd = ctl_q.get(timeout=0.1)
                 except queue.Empty:
                     if parent is not None and os.getppid() != parent:
-                        cmd = ("now", "supervisor died")
-                    else:
-                        continue
+                        # the only writer is gone: nothing this worker measures can be kept
+                        os._exit(70)
+                    continue
                 if cmd[0] in ("stop", "now"):
                     loop.call_soon_threadsafe(lambda c=cmd: core.request_stop(c[1], now=c[0] == "now"))
 

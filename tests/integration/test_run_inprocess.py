@@ -19,7 +19,7 @@ import polars as pl
 import pytest
 
 from burstbench.backends.base import Outcome
-from burstbench.loadgen.runner import RunControl, execute
+from burstbench.loadgen.runner import RunControl, execute, run_scenario
 from burstbench.loadgen.scenario import Scenario
 from burstbench.loadgen.summary import summarize
 from burstbench.store import ResultsStore
@@ -256,6 +256,27 @@ def test_failed_requests_are_rows_with_their_error(tmp_path):
     req = rows(tmp_path / "r.duckdb", res.run_id).sort("request_id")
     assert req["status"].to_list() == ["ok", "ok", "error", "ok", "ok", "error", "ok", "ok"]
     assert req.filter(pl.col("status") == "error")["http_status"].to_list() == [500, 500]
+
+
+def test_run_scenario_works_from_a_thread_and_stores_planner_notes(tmp_path):
+    data = {"arrival_s": [0.0, 0.01, 0.02], "input_tokens": [5, 0, 6], "output_tokens": [2, 2, 2]}
+    tr = Trace(conform(pl.DataFrame(data)))
+    got: dict = {}
+
+    def target() -> None:
+        got["run_id"] = run_scenario(tr, sc(), tmp_path / "r.duckdb", label="from-thread",
+                                     backend_factory=ClockedBackend, progress=True)
+
+    th = threading.Thread(target=target)
+    th.start()
+    th.join(30)
+    assert not th.is_alive() and "run_id" in got
+    con = duckdb.connect(str(tmp_path / "r.duckdb"), read_only=True)
+    label, status, notes = con.execute("SELECT label, status, notes FROM runs WHERE run_id = ?",
+                                       [got["run_id"]]).fetchall()[0]
+    assert (label, status) == ("from-thread", "done")
+    assert "skipped 1 trace request(s) with input_tokens < 1" in notes
+    assert con.execute("SELECT count(*) FROM requests").fetchall()[0][0] == 2
 
 
 @pytest.mark.slow

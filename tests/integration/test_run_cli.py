@@ -1,0 +1,232 @@
+"""``burstbench run`` as a user runs it: a real subprocess against a real streaming server.
+
+The server (``burstbench.testing.stream_server``) runs in its own process and
+reports what it received on ``/stats``, so the tests can check the results file
+against the server's side: every request the server saw is exactly one row,
+including after Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import duckdb
+import polars as pl
+import pytest
+
+from burstbench.traces.schema import Trace, conform, write_trace
+
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "120"}
+
+
+@contextmanager
+def stream_server(*args: str) -> Iterator[str]:
+    proc = subprocess.Popen([sys.executable, "-m", "burstbench.testing.stream_server", "--port", "0", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        line = proc.stdout.readline()  # blocks until the server prints its URL (or dies)
+        assert line, "stream server did not start"
+        yield json.loads(line)["url"]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def server_stats(url: str) -> list[dict]:
+    with urllib.request.urlopen(url + "/stats", timeout=5) as resp:
+        data = json.loads(resp.read())
+    return data["records"] if isinstance(data, dict) else data
+
+
+def write_parquet(path: Path, n: int, gap: float, out_tokens: int) -> Path:
+    df = pl.DataFrame({"arrival_s": [i * gap for i in range(n)], "input_tokens": [20] * n,
+                       "output_tokens": [out_tokens] * n})
+    return write_trace(Trace(conform(df), {"source": "test"}), path)
+
+
+def bb(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "burstbench", *args], capture_output=True, text=True,
+                          timeout=timeout, env=ENV)
+
+
+def db_rows(path: Path, sql: str, params=()) -> list[tuple]:
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        return con.execute(sql, list(params)).fetchall()
+    finally:
+        con.close()
+
+
+def test_run_records_every_request_and_chunk_the_server_sent(tmp_path):
+    trace = write_parquet(tmp_path / "t.parquet", 30, 0.01, 4)
+    with stream_server("--ttft", "0.01", "--itl", "0.005") as url:
+        proc = bb("run", "--url", url, "--trace", str(trace), "-o", str(tmp_path / "r.duckdb"), "--json")
+        assert proc.returncode == 0, proc.stderr
+        summary = json.loads(proc.stdout)
+        records = server_stats(url)
+    assert summary["completed"] == 30 and summary["failed"] == 0 and summary["status"] == "done"
+    assert summary["total_output_tokens"] == 120
+    assert "Serving Benchmark Result" in proc.stderr
+    for key in ("ttft_ms", "tpot_ms", "itl_ms", "e2el_ms", "schedule_lag_ms", "ttfvt_ms"):
+        assert set(summary[key]) == {"mean", "median", "std", "p50", "p90", "p95", "p99", "max"}
+    # the client can never see the first token sooner than the server wrote it
+    assert summary["ttft_ms"]["min" if "min" in summary["ttft_ms"] else "p50"] >= 10.0
+    out = tmp_path / "r.duckdb"
+    assert len(records) == 30
+    (n, ids, chunks) = db_rows(out, "SELECT count(*), count(DISTINCT request_id), sum(chunk_count) FROM requests")[0]
+    assert (n, ids) == (30, 30)
+    assert chunks == sum(len(r["write_t"]) for r in records) == 120
+    (status, endpoint, scenario) = db_rows(out, "SELECT status, endpoint, scenario FROM runs")[0]
+    assert status == "done" and endpoint == url
+    assert json.loads(scenario)["workers"] == 1
+    names = {r[0] for r in db_rows(out, "SELECT DISTINCT name FROM telemetry")}
+    assert {"process_cpu_percent", "process_rss_bytes", "vllm:num_requests_running"} <= names
+
+
+def test_sigint_stops_sending_keeps_rows_and_marks_the_run_aborted(tmp_path):
+    # 200 requests, 20 per second, each streaming for ~2 s: Ctrl-C lands mid-run
+    trace = write_parquet(tmp_path / "t.parquet", 200, 0.05, 40)
+    out = tmp_path / "r.duckdb"
+    with stream_server("--ttft", "0.01", "--itl", "0.05") as url:
+        proc = subprocess.Popen([sys.executable, "-m", "burstbench", "run", "--url", url, "--trace", str(trace),
+                                 "-o", str(out), "--grace", "0.3", "--quiet"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+        try:
+            deadline = time.monotonic() + 30
+            while len(server_stats(url)) < 10:  # wait for the condition: 10 requests reached the server
+                assert time.monotonic() < deadline and proc.poll() is None, "run did not start sending"
+                time.sleep(0.05)
+            proc.send_signal(signal.SIGINT)
+            _, err = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        records = server_stats(url)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    status, reason = db_rows(out, "SELECT status, end_reason FROM runs")[0]
+    assert status == "aborted" and "SIGINT" in reason
+    rows = db_rows(out, "SELECT request_id, status, sent_s, chunk_count FROM requests ORDER BY request_id")
+    # every request the server received is exactly one row; nothing unsent is a row
+    assert len(rows) == len(records) < 200
+    assert len({r[0] for r in rows}) == len(rows)
+    statuses = {r[1] for r in rows}
+    assert "cancelled" in statuses  # in flight when the 0.3 s grace ran out
+    assert all(r[2] is not None for r in rows)
+    n_chunks = db_rows(out, "SELECT count(*) FROM chunks")[0][0]
+    assert n_chunks == sum(r[3] for r in rows) > 0
+
+
+def test_second_sigint_cancels_at_once(tmp_path):
+    trace = write_parquet(tmp_path / "t.parquet", 50, 0.02, 400)  # 20 s answers
+    out = tmp_path / "r.duckdb"
+    with stream_server("--ttft", "0.01", "--itl", "0.05") as url:
+        proc = subprocess.Popen([sys.executable, "-m", "burstbench", "run", "--url", url, "--trace", str(trace),
+                                 "-o", str(out), "--grace", "60", "--quiet"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+        try:
+            deadline = time.monotonic() + 30
+            while len(server_stats(url)) < 5:
+                assert time.monotonic() < deadline and proc.poll() is None
+                time.sleep(0.05)
+            proc.send_signal(signal.SIGINT)
+            time.sleep(0.3)  # let the first signal be handled before the second (two key presses)
+            proc.send_signal(signal.SIGINT)
+            _, err = proc.communicate(timeout=20)  # far less than the 60 s grace
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert proc.returncode == 130, err
+    status, reason = db_rows(out, "SELECT status, end_reason FROM runs")[0]
+    assert status == "aborted" and "twice" in reason
+    statuses = [r[0] for r in db_rows(out, "SELECT status FROM requests")]
+    assert statuses and set(statuses) == {"cancelled"}
+
+
+@pytest.mark.parametrize(
+    ("server_args", "error_class"),
+    [(("--status", "500"), "http_500"), (("--drop-after", "2"), "disconnect"),
+     (("--error-after", "1"), "stream_error")],
+)
+def test_failing_servers_give_error_rows_not_a_crash(tmp_path, server_args, error_class):
+    trace = write_parquet(tmp_path / "t.parquet", 6, 0.01, 5)
+    out = tmp_path / "r.duckdb"
+    with stream_server("--ttft", "0.001", *server_args) as url:
+        proc = bb("run", "--url", url, "--trace", str(trace), "-o", str(out), "--json", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["failed"] == 6 and summary["completed"] == 0
+    rows = db_rows(out, "SELECT status, error_class FROM requests")
+    assert len(rows) == 6 and {r[1] for r in rows} == {error_class}
+
+
+def test_two_workers_against_a_real_server(tmp_path):
+    trace = write_parquet(tmp_path / "t.parquet", 60, 0.005, 3)
+    out = tmp_path / "r.duckdb"
+    with stream_server("--ttft", "0.005", "--itl", "0.002") as url:
+        proc = bb("run", "--url", url, "--trace", str(trace), "-o", str(out), "--workers", "2", "--json",
+                  "--quiet")
+        records = server_stats(url)
+    assert proc.returncode == 0, proc.stderr
+    assert len(records) == 60
+    ids = [r[0] for r in db_rows(out, "SELECT request_id FROM requests ORDER BY 1")]
+    assert ids == list(range(60))
+    assert {r[0] for r in db_rows(out, "SELECT DISTINCT worker_id FROM requests")} == {0, 1}
+
+
+@pytest.mark.parametrize(
+    ("args", "needle", "code"),
+    [
+        (["--url", "http://127.0.0.1:9", "--workers", "0"], "--workers must be >= 1", 2),
+        (["--url", "ftp://x"], "field 'url' must start with http://", 2),
+        ([], "field 'url' is required", 2),
+        (["--url", "http://127.0.0.1:9", "--rate", "-3"], "field 'rate'", 2),
+        (["--url", "http://127.0.0.1:9", "--duration", "5", "--warmup", "5"], "field 'warmup_s'", 2),
+    ],
+)
+def test_bad_flags_give_one_line_errors(tmp_path, args, needle, code):
+    trace = write_parquet(tmp_path / "t.parquet", 3, 0.1, 2)
+    proc = bb("run", "--trace", str(trace), "-o", str(tmp_path / "r.duckdb"), *args)
+    assert proc.returncode == code
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], proc.stderr
+    assert proc.stdout == ""
+
+
+def test_nothing_listening_is_one_line_and_no_run_row(tmp_path):
+    import socket
+
+    with socket.socket() as sock:  # a port that was free a moment ago
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    trace = write_parquet(tmp_path / "t.parquet", 3, 0.1, 2)
+    proc = bb("run", "--url", f"http://user:pw@127.0.0.1:{port}", "--trace", str(trace), "-o",
+              str(tmp_path / "r.duckdb"))
+    assert proc.returncode == 5
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot connect" in lines[0] and "pw" not in lines[0]
+    assert not (tmp_path / "r.duckdb").exists()
+
+
+def test_missing_trace_and_bad_scenario_file(tmp_path):
+    proc = bb("run", "--url", "http://127.0.0.1:9", "--trace", str(tmp_path / "nope.parquet"), "-o",
+              str(tmp_path / "r.duckdb"))
+    assert proc.returncode == 3 and len(proc.stderr.strip().splitlines()) == 1 and "nope.parquet" in proc.stderr
+    sc = tmp_path / "sc.yaml"
+    sc.write_text("url: http://127.0.0.1:9\nrat: 5\n")
+    trace = write_parquet(tmp_path / "t.parquet", 3, 0.1, 2)
+    proc = bb("run", "--trace", str(trace), "-o", str(tmp_path / "r.duckdb"), "--scenario", str(sc))
+    assert proc.returncode == 3 and "field 'rat'" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
