@@ -478,3 +478,47 @@ async def test_keepalives_and_crlf_from_the_stream_server() -> None:
         o = await one(srv.url, req(n_out=5))
         (rec,) = srv.records
     assert o.status == "ok" and len(o.chunk_t) == len(rec.write_t) == 5
+
+
+async def test_long_sse_line() -> None:
+    text = "w " * 1_500_000  # one 3 MB event, beyond aiohttp's default 64 KiB buffer
+    event = json.dumps({"choices": [{"text": text, "finish_reason": "length"}]})
+    async with RawServer(sse(event, "[DONE]")) as url:
+        o = await one(url, keep_text=True)
+    assert o.status == "ok" and len(o.chunk_t) == 1 and o.text == text
+
+
+async def test_random_garbage_streams_never_raise() -> None:
+    import random
+
+    rng = random.Random(7)
+    pieces = [
+        b"data: ",
+        b'{"choices": [{"text": "a"}]}',
+        b'{"choices": [{"delta": {"content": "b"}, "finish_reason": "stop"}]}',
+        b'{"usage": {"completion_tokens": 3}}',
+        b'{"error": {"message": "x"}}',
+        b"[DONE]",
+        b"\n",
+        b"\r\n",
+        b"\r",
+        b": ping",
+        b"{",
+        b"}",
+        b"\xff",
+        b"null",
+        b'"choices"',
+    ]
+    server = RawServer(b"")
+    url = await server.__aenter__()
+    try:
+        async with OpenAIBackend(url, api="chat") as b:
+            for i in range(120):
+                server.body = b"".join(rng.choice(pieces) for _ in range(rng.randint(0, 30)))
+                o = await b.send(req(i), clock)
+                assert o.status in ("ok", "error"), (server.body, o)
+                assert len(o.chunk_t) == len(o.chunk_tokens) == len(o.chunk_reasoning)
+                assert o.end_s is not None and (o.status == "ok") == (o.error_class is None)
+                assert o.error_class != "internal", (server.body, o.error_message)
+    finally:
+        await server.__aexit__()
