@@ -13,12 +13,14 @@ GPU, taken from published measurements, not tuned per GPU to match any benchmark
   (tile and wave quantisation at small M); FlashAttention-2 (Dao 2023: 50–73 % of A100
   peak in the forward pass); Vidur (Agrawal et al., MLSys 2024) profiles operator times
   per token count for the same reason.
-- ``BANDWIDTH_EFFICIENCY`` (η_B = 0.75): small-batch GEMMs (GEMV-like weight streaming)
-  and KV-cache scans reach about 75 % of datasheet HBM bandwidth on A100/H100. Sources:
-  Yuan et al., *LLM Inference Unveiled: Survey and Roofline Model Insights* (LLM-Viewer,
-  2024); a public vLLM sweep of Llama-3.1-8B on A100-40GB measuring batch-1 decode at
-  ≈77 % of the memory-bandwidth ceiling *including* CPU overhead (johnmusgrave.com,
-  "vLLM throughput-latency sweep on NVIDIA A100").
+- ``BANDWIDTH_EFFICIENCY`` (η_B = 0.75): the issue's figure for small-batch GEMMs on
+  A100/H100. The best hand-written streaming kernels reach 88–90 % of the A100's datasheet
+  bandwidth (NVIDIA developer forum, "Trouble to Reach Peak Bandwidth of A100", 2025,
+  quoting a GTC talk); the weight-streaming GEMMs of a decode step run short kernels with
+  ramp-up and tail effects and stay below that. Cross-check: a public vLLM sweep of
+  Llama-3.1-8B on A100-40GB (johnmusgrave.com, "vLLM throughput-latency sweep on NVIDIA
+  A100") measured batch-1 decode at ≈77 % of the weights/bandwidth ceiling *including*
+  CPU overhead, i.e. above 77 % for the GEMMs themselves with a newer, leaner vLLM.
 - ``LAYER_OVERHEAD_S`` (25 µs): a Llama layer runs about nine kernels, each of which costs
   at least 2–3 µs (launch gap under CUDA graphs plus the minimum kernel duration) even
   when its bytes would take less; 9 × ≈2.8 µs.
@@ -70,8 +72,9 @@ _FAMILY_SOURCE = (
     "eta_F 0.30..0.75 over GEMM tokens (NVIDIA Matrix Multiplication Background guide; "
     "best-shape bf16 matmul 80-86% of peak on A100/H100, Bekman ml-engineering MAMF table; "
     "FlashAttention-2), eta_B 0.75 "
-    "(LLM-Viewer, Yuan et al. 2024; public vLLM A100 batch-1 decode at ~77% of the bandwidth "
-    "ceiling), layer overhead 25 us (9 kernels x ~2.8 us floor), step overhead fitted once "
+    "(small-batch GEMMs on A100/H100; best streaming kernels reach 88-90% on A100, NVIDIA "
+    "developer forum; public vLLM A100 batch-1 decode at ~77% of the bandwidth ceiling "
+    "including overheads), layer overhead 25 us (9 kernels x ~2.8 us floor), step overhead fitted once "
     "across vLLM v0.6 benchmark_latency A100/H100/H200"
 )
 
