@@ -173,10 +173,12 @@ def test_openai_batch_output_marks_failures(tmp_path: Path) -> None:
         return {"id": "x", "custom_id": "r", "response": {"status_code": status, "body": body}, "error": err}
 
     path = tmp_path / "batch_out.jsonl"
-    path.write_text("\n".join(json.dumps(r) for r in [rec(10, 200, None), rec(11, 500, {"code": "x"})]))
+    recs = [rec(10, 200, None), rec(11, 500, {"code": "x"}), rec(12, 200, None), rec(13, 429, None)]
+    path.write_text("\n".join(json.dumps(r) for r in recs))
     trace = ingest(path)
     assert trace.meta["source_variant"] == "Batch API output"
-    assert trace.df["failed"].to_list() == [False, True]
+    assert trace.df["failed"].to_list() == [False, True, False, True]
+    assert trace.df["input_tokens"].to_list() == [3, 3, 3, 3]
 
 
 def test_generic_csv_with_map_units_and_sessions(tmp_path: Path) -> None:
@@ -253,3 +255,16 @@ def test_forced_format_must_fit_the_file(mooncake: Path) -> None:
         ingest(mooncake, fmt="burstgpt")
     with pytest.raises(UsageError, match="needs --map"):
         ingest(mooncake, fmt="jsonl")
+
+
+@pytest.mark.parametrize("name", ["burstgpt_v1", "burstgpt_v3", "azure_conv", "mooncake"])
+def test_clean_real_files_never_take_the_slow_path(name: str, request, monkeypatch) -> None:
+    """The diagnosing slow path is for bad files; a clean one must stay vectorised."""
+    from burstbench.traces.readers import csvread, jsonread
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("slow path taken on a clean file")
+
+    monkeypatch.setattr(csvread, "_slow", refuse)
+    monkeypatch.setattr(jsonread, "_slow", refuse)
+    assert len(ingest(request.getfixturevalue(name))) > 0

@@ -110,6 +110,9 @@ def _fast_expr(f: Field, schema: pl.Schema) -> pl.Expr:
         if dtype != pl.Boolean:
             raise _NeedsSlowPath(f"{f.source} is {dtype}")
         return expr
+    if isinstance(dtype, pl.Struct):
+        # e.g. an OpenAI "error" object: keep it as JSON text (json_encode turns null into "null")
+        return pl.when(expr.is_null()).then(pl.lit(None, pl.String)).otherwise(expr.struct.json_encode())
     if dtype not in (pl.String, pl.Null) and not dtype.is_numeric():
         raise _NeedsSlowPath(f"{f.source} is {dtype}")
     return expr.cast(pl.String, strict=True)
