@@ -252,12 +252,17 @@ def _window_opt(value: str | None) -> tuple[float, float] | None:
 
 @trace.command("synth")
 @click.argument("spec_path", metavar="[SPEC]", required=False, type=click.Path(dir_okay=False))
-@click.option("--preset", default=None, help="burstgpt | reasoning-gamma | azure-conv | azure-code | mooncake-prefix")
+@click.option(
+    "--preset",
+    type=click.Choice(["burstgpt", "reasoning-gamma", "azure-conv", "azure-code", "mooncake-prefix"]),
+    default=None,
+    help="A named workload (see above).",
+)
 @click.option("--replay", "replay_path", default=None, type=click.Path(dir_okay=False), help="Transform this real trace instead.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Parquet trace to write.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--duration", "duration_s", type=float, default=None, help="Seconds of trace (default: the spec's).")
-@click.option("--requests", type=int, default=None, help="Number of requests (or session starts' turns, capped).")
+@click.option("--requests", type=int, default=None, help="Exactly this many requests (the first N by arrival).")
 @click.option("--rate", type=float, default=None, help="Mean arrival rate (req/s), keeping the burst shape.")
 @click.option("--burstiness", type=float, default=None, help="Gamma shape (vLLM's burstiness) for gamma arrivals.")
 @click.option("--time-scale", type=float, default=None, help="Replay: multiply arrival times (0.5 = twice as fast).")
@@ -285,19 +290,32 @@ def synth_cmd(
 ) -> None:
     """Synthesise a trace from a WorkloadSpec or a preset, or replay a real one transformed.
 
-    Presets (sources in ``burstbench.traces.presets``): burstgpt (Gamma shape 0.5,
-    scale 2 s; Zipf(1.1) lengths below 1024), reasoning-gamma (Gamma arrivals, short
-    prompts, long outputs with reasoning share ~0.74 in column reasoning_share),
-    azure-conv (fitted on the shipped Azure 2023 conversation trace), azure-code
-    (Splitwise's published coding medians), mooncake-prefix (shared prefixes).
-    Deterministic under --seed.
+    Deterministic under --seed. Presets and their sources (details in
+    burstbench/traces/presets.py):
+
+    \b
+      burstgpt         BurstGPT generator recipe (Wang et al., KDD'25): Gamma
+                       arrivals shape 0.5, scale 2 s; Zipf(1.1) lengths < 1024
+      reasoning-gamma  Gamma arrivals (rate 1, burstiness 0.5; --rate/--burstiness),
+                       short math-style prompts, long outputs to a 32k context,
+                       reasoning share ~0.74 (DeepSeek-R1 traffic) per request in
+                       column reasoning_share
+      azure-conv       fitted on the shipped Azure LLM 2023 conversation trace
+                       (Splitwise, ISCA'24): Gamma 0.871 / 0.2076 s, empirical lengths
+      azure-code       Splitwise's published coding medians (prompt 1500, output
+                       13 tokens); spreads and rate (2 req/s) assumed
+      mooncake-prefix  shaped on Mooncake FAST'25's synthetic trace: Poisson 3.9
+                       req/s, shared prefixes reused by ~45 % of requests
 
     \b
     Examples:
       burstbench trace synth --preset burstgpt -o t.parquet --duration 600 --seed 1
-      burstbench trace synth --preset reasoning-gamma --rate 4 --burstiness 0.3 --requests 2000 -o r.parquet
-      burstbench trace fit azure.csv -o spec.yaml && burstbench trace synth spec.yaml -o s.parquet --rate 10
-      burstbench trace synth --replay azure.csv --rate 20 --window 0:600 -o fast.parquet
+      burstbench trace synth --preset reasoning-gamma --rate 4 --burstiness 0.3 \\
+          --requests 2000 -o r.parquet
+      burstbench trace fit burstbench/data/traces/azure_llm_2023_conv.csv -o spec.yaml
+      burstbench trace synth spec.yaml -o s.parquet --rate 10 --seed 2
+      burstbench trace synth --replay burstbench/data/traces/azure_llm_2023_conv.csv \\
+          --rate 20 --window 0:600 -o fast.parquet
     """
     import json
 
