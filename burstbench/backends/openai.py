@@ -154,6 +154,12 @@ class OpenAIBackend:
         self._timeout = aiohttp.ClientTimeout(
             total=timeout_s, sock_connect=connect_timeout_s, sock_read=stall_timeout_s
         )
+        # a non-streamed answer is silent until it is complete: no stall limit there
+        self._request_timeout = (
+            self._timeout
+            if stream
+            else aiohttp.ClientTimeout(total=timeout_s, sock_connect=connect_timeout_s)
+        )
         self.prompts = PromptBuilder(
             block_size=block_size, seed=prompt_seed, tokenizer_json=tokenizer_json
         )
@@ -173,8 +179,10 @@ class OpenAIBackend:
             headers["Authorization"] = f"Bearer {key}"
             self._secret = key
         self._headers = headers
+        # keep idle connections less long than servers do (uvicorn, so vLLM: 5 s), so a
+        # request is rarely written into a connection the server is closing
         connector = aiohttp.TCPConnector(
-            limit=0, limit_per_host=0, ttl_dns_cache=300, keepalive_timeout=60
+            limit=0, limit_per_host=0, ttl_dns_cache=300, keepalive_timeout=4.0
         )
         self._session = aiohttp.ClientSession(
             connector=connector,
@@ -265,7 +273,9 @@ class OpenAIBackend:
             return out
         out = Outcome(request.request_id, sent_s=clock())
         try:
-            async with session.post(self.url, data=data, headers=self._headers) as resp:
+            async with session.post(
+                self.url, data=data, headers=self._headers, timeout=self._request_timeout
+            ) as resp:
                 out.http_status = resp.status
                 if resp.status != 200:
                     await self._http_error(resp, out)

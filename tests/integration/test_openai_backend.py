@@ -522,3 +522,11 @@ async def test_random_garbage_streams_never_raise() -> None:
                 assert o.error_class != "internal", (server.body, o.error_message)
     finally:
         await server.__aexit__()
+
+
+async def test_non_streamed_answer_is_not_cut_by_the_stall_timeout() -> None:
+    async with StreamServer(ttft_s=0.3) as srv:
+        o = await one(srv.url, req(n_out=2), stream=False, stall_timeout_s=0.1)
+        s = await one(srv.url, req(n_out=2), stream=True, stall_timeout_s=0.1)
+    assert o.status == "ok" and o.first_token_s - o.sent_s >= 0.3
+    assert (s.status, s.error_class) == ("timeout", "stall")
