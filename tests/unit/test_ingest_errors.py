@@ -261,3 +261,14 @@ def test_cli_ingest_json_and_one_line_errors(tmp_path: Path, burstgpt_v3: Path, 
     assert not (tmp_path / "b.parquet").exists()
     rc = main(["trace", "ingest", str(bad), "-o", str(tmp_path / "b.parquet"), "--skip-bad", "--json"])
     assert rc == 0 and json.loads(capsys.readouterr().out)["rows_dropped"] == {"non_numeric": 1}
+
+
+def test_unknown_boolean_word_is_not_silently_false(tmp_path: Path) -> None:
+    path = _write(tmp_path, ["ts,i,o,ok\n", "1,2,3,true\n", "2,2,3,\n", "3,2,3,maybe\n"])
+    spec = "arrival=ts,input=i,output=o,failed=ok"
+    with pytest.raises(TraceFormatError) as info:
+        ingest(path, mapping=spec)
+    assert (info.value.line, info.value.field) == (4, "ok")
+    trace = ingest(path, mapping=spec, skip_bad=True)
+    assert trace.df["failed"].to_list() == [True, False]
+    assert trace.meta["rows_dropped"] == {"not_boolean": 1}

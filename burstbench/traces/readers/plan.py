@@ -103,6 +103,8 @@ def parse_string_expr(f: Field, raw: pl.Expr, *, strict: bool) -> pl.Expr:
     if f.kind == "bool":
         low = s.str.to_lowercase()
         mapping = {w: True for w in TRUE_WORDS} | {w: False for w in FALSE_WORDS}
+        if strict:  # an unknown word raises, sending the file to the diagnosing path
+            return low.replace_strict(mapping, return_dtype=pl.Boolean)
         return low.replace_strict(mapping, default=None, return_dtype=pl.Boolean)
     return raw
 
