@@ -35,7 +35,6 @@ id, so unrelated requests share no prefix.
 
 from __future__ import annotations
 
-import hashlib
 import random
 from collections import OrderedDict
 from pathlib import Path
@@ -74,13 +73,19 @@ WORDS: tuple[str, ...] = tuple(
 _POOL_SIZE = 1 << 17
 
 
-def _mix(*parts: int | str) -> int:
-    """A stable 64-bit hash (Python's hash() is salted per process)."""
-    h = hashlib.blake2b(digest_size=8)
+_M64 = (1 << 64) - 1
+_POOL, _BLOCK, _TAIL = 1, 2, 3  # domain tags, so a block and a tail never coincide
+
+
+def _mix(*parts: int) -> int:
+    """A stable 64-bit hash of integers (splitmix64 steps; Python's hash() is salted
+    per process, and this runs once per request, so it must be cheap)."""
+    x = 0x9E3779B97F4A7C15
     for p in parts:
-        h.update(str(p).encode())
-        h.update(b"\x00")
-    return int.from_bytes(h.digest(), "little")
+        x = (x ^ (int(p) & _M64)) * 0xBF58476D1CE4E5B9 & _M64
+        x = (x ^ (x >> 31)) * 0x94D049BB133111EB & _M64
+        x ^= x >> 29
+    return x
 
 
 class PromptBuilder:
@@ -101,7 +106,7 @@ class PromptBuilder:
             raise UsageError(f"prefix block size must be positive, got {block_size}")
         self.block_size = block_size
         self.seed = seed
-        rng = random.Random(_mix("pool", seed))
+        rng = random.Random(_mix(_POOL, seed))
         self._pool: list[str] = rng.choices(WORDS, k=_POOL_SIZE)
         self._blocks: OrderedDict[int, list[str]] = OrderedDict()
         self._cache_blocks = cache_blocks
@@ -155,7 +160,7 @@ class PromptBuilder:
     def _block(self, h: int) -> list[str]:
         block = self._blocks.get(h)
         if block is None:
-            block = random.Random(_mix("block", self.seed, h)).choices(WORDS, k=self.block_size)
+            block = random.Random(_mix(_BLOCK, self.seed, h)).choices(WORDS, k=self.block_size)
             self._blocks[h] = block
             if len(self._blocks) > self._cache_blocks:
                 self._blocks.popitem(last=False)
@@ -167,7 +172,7 @@ class PromptBuilder:
         if n <= 0:
             return []
         pool = self._pool
-        off = _mix("tail", self.seed, request_id) % _POOL_SIZE
+        off = _mix(_TAIL, self.seed, request_id) % _POOL_SIZE
         if off + n <= _POOL_SIZE:
             return pool[off : off + n]
         out = pool[off:]
