@@ -340,17 +340,23 @@ class Sample:
         return cls(np.sort(values), None, False)
 
 
-def _ks(s: Sample, cdf) -> float:
-    """KS distance between the sample's ECDF and a model CDF (discretised when discrete)."""
+def _ks(s: Sample, cdf, cdf_at_x=None) -> float:
+    """KS distance between the sample's ECDF and a model CDF (discretised when discrete).
+
+    ``cdf_at_x`` lets a family pass the CDF at the sample already computed from
+    ``log x`` (cheaper than a power or log over millions of values again).
+    """
     if s.discrete:
         hi = cdf(s.x + 0.5)
         lo = cdf(s.x - 0.5)
     else:
-        hi = lo = cdf(s.x)
+        hi = lo = cdf(s.x) if cdf_at_x is None else cdf_at_x(s)
     return float(max(np.max(s.ecdf_hi - hi), np.max(lo - s.ecdf_lo), 0.0))
 
 
-def _scored(s: Sample, family: str, params: dict[str, float], k: int, loglik_cont: float, cdf) -> Candidate:
+def _scored(
+    s: Sample, family: str, params: dict[str, float], k: int, loglik_cont: float, cdf, cdf_at_x=None
+) -> Candidate:
     if s.discrete:
         mass = np.clip(cdf(s.x + 0.5) - cdf(s.x - 0.5), 1e-300, None)
         loglik = s.wsum(np.log(mass))
@@ -362,7 +368,7 @@ def _scored(s: Sample, family: str, params: dict[str, float], k: int, loglik_con
         loglik=loglik,
         aic=2 * k - 2 * loglik,
         bic=k * math.log(s.n) - 2 * loglik,
-        ks=_ks(s, cdf),
+        ks=_ks(s, cdf, cdf_at_x),
     )
 
 
@@ -474,7 +480,13 @@ def fit_weibull(s: Sample, *, seed: int = 0) -> Candidate:
     scale = math.exp(c) * mean_pow ** (1 / k)
     ll = s.n * math.log(k) - s.n * k * math.log(scale) + (k - 1) * s.n * s.mean_log - s.n
     return _scored(
-        s, "weibull", {"shape": k, "scale": scale}, 2, ll, lambda x: -np.expm1(-((np.maximum(x, 0) / scale) ** k))
+        s,
+        "weibull",
+        {"shape": k, "scale": scale},
+        2,
+        ll,
+        lambda x: -np.expm1(-((np.maximum(x, 0) / scale) ** k)),
+        lambda smp: -np.expm1(-np.exp(k * (smp.logx - math.log(scale)))),
     )
 
 
@@ -489,7 +501,9 @@ def fit_lognormal(s: Sample) -> Candidate:
         with np.errstate(divide="ignore"):
             return special.ndtr((np.log(np.maximum(x, 0)) - mu) / sig)
 
-    return _scored(s, "lognormal", {"s": sig, "scale": scale}, 2, ll, cdf)
+    return _scored(
+        s, "lognormal", {"s": sig, "scale": scale}, 2, ll, cdf, lambda smp: special.ndtr((smp.logx - mu) / sig)
+    )
 
 
 def zipf_pmf(a: float, kmax: int) -> np.ndarray:

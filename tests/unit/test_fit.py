@@ -108,6 +108,13 @@ def test_every_family_agrees_with_scipy_fit_on_the_same_data() -> None:
     g = q.get("gamma")
     ks = stats.kstest(x, "gamma", args=(g.params["shape"], 0, g.params["scale"])).statistic
     assert g.ks == pytest.approx(ks, abs=1e-9)
+    for fam, dist in (("weibull", "weibull_min"), ("lognormal", "lognorm")):
+        c = q.get(fam)
+        shape = c.params["shape"] if fam == "weibull" else c.params["s"]
+        ks = stats.kstest(x, dist, args=(shape, 0, c.params["scale"])).statistic
+        assert c.ks == pytest.approx(ks, abs=1e-9)
+    e = q.get("exponential")
+    assert e.ks == pytest.approx(stats.kstest(x, "expon", args=(0, e.params["scale"])).statistic, abs=1e-9)
     # Log-likelihoods match scipy's densities.
     assert g.loglik == pytest.approx(stats.gamma.logpdf(x, g.params["shape"], 0, g.params["scale"]).sum(), rel=1e-9)
     w = q.get("weibull")
@@ -241,3 +248,10 @@ def test_silent_windows_leave_a_gap_in_the_piecewise_spec(tmp_path: Path) -> Non
     back = WorkloadSpec.from_yaml(spec.to_yaml(tmp_path / "p.yaml"))
     s = synthesise(back, seed=0).df["arrival_s"].to_numpy()
     assert not ((s > 100.5) & (s < 299.5)).any()
+
+
+def test_tabulated_gamma_cdf_gives_scipys_ks_on_large_samples() -> None:
+    x = np.random.default_rng(14).gamma(0.7, 1.0, 400_000)  # above the exact-CDF cutoff
+    g = fit_continuous(x, "gaps").get("gamma")
+    ks = stats.kstest(x, "gamma", args=(g.params["shape"], 0, g.params["scale"])).statistic
+    assert g.ks == pytest.approx(ks, abs=1e-7)
