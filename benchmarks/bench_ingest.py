@@ -60,40 +60,40 @@ def write_burstgpt_csv(path: Path, rows: int, seed: int = 0) -> int:
     return path.stat().st_size
 
 
-def time_pandas(path: Path) -> tuple[float, int]:
+def time_pandas(path: Path) -> tuple[float, float, int]:
     import pandas as pd
 
     gc.collect()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     df = pd.read_csv(path)
-    dt = time.perf_counter() - t0
+    dt, cpu = time.perf_counter() - t0, time.process_time() - c0
     n = len(df)
     del df
-    return dt, n
+    return dt, cpu, n
 
 
-def time_burstbench(path: Path, out: Path) -> tuple[float, int]:
+def time_burstbench(path: Path, out: Path) -> tuple[float, float, int]:
     from burstbench.traces.ingest import ingest_file
 
     gc.collect()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     trace = ingest_file(path, out, fmt=None)
-    dt = time.perf_counter() - t0
+    dt, cpu = time.perf_counter() - t0, time.process_time() - c0
     n = len(trace)
     del trace
-    return dt, n
+    return dt, cpu, n
 
 
-def time_burstbench_in_memory(path: Path) -> tuple[float, int]:
+def time_burstbench_in_memory(path: Path) -> tuple[float, float, int]:
     from burstbench.traces.ingest import ingest
 
     gc.collect()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     trace = ingest(path)
-    dt = time.perf_counter() - t0
+    dt, cpu = time.perf_counter() - t0, time.process_time() - c0
     n = len(trace)
     del trace
-    return dt, n
+    return dt, cpu, n
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,16 +122,23 @@ def main(argv: list[str] | None = None) -> int:
                 f"burstbench in memory {mem[-1][0]:.2f} s",
                 file=sys.stderr,
             )
-        assert bb[0][1] == pd_[0][1] == mem[0][1] == args.rows, (bb[0][1], pd_[0][1])
-        bb_s, pd_s, mem_s = (min(t for t, _ in runs) for runs in (bb, pd_, mem))
+        assert bb[0][2] == pd_[0][2] == mem[0][2] == args.rows, (bb[0][2], pd_[0][2])
+        best = {name: min(runs) for name, runs in (("pandas", pd_), ("bb", bb), ("mem", mem))}
         out_mb = out.stat().st_size / 1e6
-    print(f"rows                         {args.rows:,}")
-    print(f"pandas.read_csv              {pd_s:8.2f} s  {args.rows / pd_s:14,.0f} rows/s")
-    print(f"burstbench ingest -> Parquet {bb_s:8.2f} s  {args.rows / bb_s:14,.0f} rows/s  ({out_mb:,.0f} MB)")
-    print(f"burstbench ingest (in memory){mem_s:8.2f} s  {args.rows / mem_s:14,.0f} rows/s")
-    print(f"ratio burstbench->Parquet / pandas.read_csv (rows/s)  {pd_s / bb_s:.2f}x")
-    print(f"ratio burstbench in memory / pandas.read_csv (rows/s) {pd_s / mem_s:.2f}x")
-    print(f"load average after           {os.getloadavg()[0]:.2f}")
+    n = args.rows
+    print(f"rows {n:,}; best of {args.repeat} alternating runs; wall clock (CPU seconds, all threads)")
+    for label, key in (
+        ("pandas.read_csv", "pandas"),
+        ("burstbench ingest -> Parquet", "bb"),
+        ("burstbench ingest (in memory)", "mem"),
+    ):
+        wall, cpu, _ = best[key]
+        print(f"{label:30s} {wall:7.2f} s ({cpu:6.2f} cpu-s)  {n / wall:12,.0f} rows/s")
+    print(f"Parquet written: {out_mb:,.0f} MB")
+    pw = best["pandas"][0]
+    print(f"ratio rows/s burstbench->Parquet / pandas.read_csv:  {pw / best['bb'][0]:.2f}x")
+    print(f"ratio rows/s burstbench in memory / pandas.read_csv: {pw / best['mem'][0]:.2f}x")
+    print(f"load average after: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
     return 0
 
 
