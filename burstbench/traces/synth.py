@@ -54,6 +54,7 @@ from burstbench.traces.spec import ArrivalSpec, Dist, WindowSpec, WorkloadSpec
 
 MAX_REQUESTS = 50_000_000
 MAX_TURNS = 1000
+MAX_HASHES = 200_000_000  # 1.6 GB of u64: beyond this, say so instead of running out of memory
 
 # --------------------------------------------------------------------------- distributions
 
@@ -523,6 +524,11 @@ def synthesise(
         ksess = r_pre.integers(0, 2**63, ns, dtype=np.int64).astype(np.uint64)
         gkeys = _mix(np.arange(max(int(group.max()) + 1, 1), dtype=np.uint64) + _u64(seed * _GOLD_INT))
         nblk = inp[idx] // bs
+        if int(nblk.sum()) > MAX_HASHES:
+            raise UsageError(
+                f"prefix hashes would need {int(nblk.sum()):,} block hashes (over {MAX_HASHES:,}); "
+                "synthesise fewer requests or raise block_size in the spec"
+            )
         smax = np.zeros(ns, dtype=np.int64)
         np.maximum.at(smax, sess[idx], nblk)
         flat, offs = chained_hashes(ksess, shared // bs, gkeys[np.maximum(group, 0)], smax)

@@ -355,3 +355,11 @@ def test_burstgpt_sessions_file_gives_a_session_spec(burstgpt_v3: Path, tmp_path
     tr = synthesise(WorkloadSpec.from_yaml(p), seed=1, duration_s=20_000)
     assert tr.df["session_id"].n_unique() < len(tr)
     assert tr.df["prefix_hashes"].null_count() == 0
+
+
+def test_too_many_prefix_hashes_is_a_usage_error(monkeypatch) -> None:
+    from burstbench.traces import synth
+
+    monkeypatch.setattr(synth, "MAX_HASHES", 1000)
+    with pytest.raises(UsageError, match="block_size"):
+        synthesise(preset("mooncake-prefix"), seed=0, requests=50)
