@@ -33,7 +33,7 @@ from burstbench.analysis.metrics import (
 from burstbench.errors import UsageError
 
 _UNITS = {"us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "min": 60.0}
-_PART = re.compile(r"^\s*([a-z_]+)\s*(?:=|<=)\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([a-zµ]*)\s*$", re.I)
+_PART = re.compile(r"^\s*([a-z_][a-z0-9_]*)\s*(?:=|<=)\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([a-zµ]*)\s*$", re.I)
 _ALIASES = {"itl_chunk": "itl", "latency": "e2el", "e2e": "e2el", "lag": "schedule_lag"}
 
 

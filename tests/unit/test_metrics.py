@@ -307,3 +307,90 @@ def test_all_failed_run_gives_none_not_zero(tmp_path: Path) -> None:
     assert s["goodput"]["slo_attainment"] == 0.0 and s["goodput"]["request_goodput"] == 0.0
     assert s["request_throughput"] == 0.0
     assert math.isfinite(s["duration_s"])
+
+
+# -- the analyze command and --sql -------------------------------------------------------------
+
+
+def _cli_store(tmp_path: Path) -> tuple[Path, str, str]:
+    db = tmp_path / "cli.duckdb"
+    with ResultsStore(db) as st:
+        a = write_run(st, random_run(np.random.default_rng(7), 120), duration=10.0, label="A")
+        b = write_run(st, random_run(np.random.default_rng(8), 120), duration=10.0, label="B")
+    return db, a, b
+
+
+def test_analyze_json_shape_and_options(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import json
+
+    from burstbench.cli import main
+
+    db, a, b = _cli_store(tmp_path)
+    assert main(["analyze", str(db), "--run", a, "--slo", "ttft=150ms,tpot=20ms,e2el=1s", "--json",
+                 "--window", "2", "--tenants", "--compare", b, "--metrics", "ttft.p99,slo_attainment",
+                 "--boot", "200"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    for m in ("ttft_ms", "tpot_ms", "itl_ms", "e2el_ms", "ttfvt_ms", "schedule_lag_ms"):
+        assert set(out[m]) >= {"mean", "median", "std", "p50", "p90", "p95", "p99", "max"}, m
+    for k in ("completed", "failed", "duration_s", "request_throughput", "output_throughput",
+              "total_token_throughput"):
+        assert k in out
+    assert set(out["goodput"]) >= {"request_goodput", "slo_attainment", "per_metric_attainment", "token_goodput"}
+    assert out["goodput"] == summarize(db, a, slo="ttft=150ms,tpot=20ms,e2el=1s")["goodput"]
+    assert len(out["attainment_over_time"]) >= 5
+    assert {t["tenant"] for t in out["per_tenant"]["tenants"]} == {"t0", "t1", "t2", None}
+    assert [r["metric"] for r in out["compare"]["metrics"]] == ["ttft", "slo_attainment"]
+    # human output goes to stderr, nothing on stdout
+    assert main(["analyze", str(db), "--tenant", "t1", "--time-range", "0:5"]) == 0
+    cap = capsys.readouterr()
+    assert cap.out == "" and "Serving Benchmark Result" in cap.err and "TTFT" in cap.err
+
+
+def test_analyze_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from burstbench.cli import main
+
+    db, _, _ = _cli_store(tmp_path)
+    assert main(["analyze", str(db), "--slo", "ttft=500"]) == 2
+    assert "has no unit" in capsys.readouterr().err
+    assert main(["analyze", str(db), "--time-range", "5:1"]) == 2
+    assert "END > START" in capsys.readouterr().err
+    assert main(["analyze", str(db), "--window", "5"]) == 2
+    assert "needs --slo" in capsys.readouterr().err
+    assert main(["analyze", str(tmp_path / "nope.duckdb")]) == 4
+    assert "no such results file" in capsys.readouterr().err
+    assert main(["analyze"]) == 2
+
+
+def test_sql_reads_and_refuses_everything_else(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import json
+
+    from burstbench.analysis.sql import run_sql
+    from burstbench.cli import main
+
+    db, _, _ = _cli_store(tmp_path)
+    res = run_sql(db, "SELECT run_id, count(*) AS n FROM request_metrics WHERE ok GROUP BY 1 ORDER BY 1")
+    assert res["columns"] == ["run_id", "n"] and len(res["rows"]) == 2
+    assert run_sql(db, "SELECT 1; SELECT 2 AS two")["rows"] == [[2]]
+    assert run_sql(db, "SELECT * FROM chunks", max_rows=5)["truncated"] is True
+    secret = tmp_path / "secret.csv"
+    secret.write_text("a\n1\n")
+    for bad, match in [
+        ("DELETE FROM requests", "DELETE"),
+        ("CREATE TEMP TABLE x AS SELECT 1", "CREATE"),
+        ("COPY requests TO 'out.csv'", "COPY"),
+        (f"ATTACH '{tmp_path / 'other.duckdb'}'", "ATTACH"),
+        ("SET lock_configuration = false", "SET"),
+        ("SELECT 1; DROP TABLE runs", "statement 2 is DROP"),
+        ("INSTALL httpfs", "is LOAD"),
+    ]:
+        with pytest.raises(UsageError, match=match):
+            run_sql(db, bad)
+    with pytest.raises(UsageError, match=r"(?i)permission|disabled"):
+        run_sql(db, f"SELECT * FROM read_csv('{secret}')")
+    with pytest.raises(UsageError, match="does not parse"):
+        run_sql(db, "SELEKT 1")
+    assert main(["analyze", str(db), "--sql", "SELECT count(*) AS n FROM runs", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"columns": ["n"], "rows": [[2]], "truncated": False}
+    assert main(["analyze", str(db), "--sql", "UPDATE runs SET label = 'x'"]) == 2
+    # the store is unchanged
+    assert run_sql(db, "SELECT count(*) FROM runs WHERE label = 'x'")["rows"] == [[0]]

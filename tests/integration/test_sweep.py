@@ -1,0 +1,115 @@
+"""Sweeps and the max-goodput search on real stores: a queue model, the simulator, the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from burstbench.analysis.metrics import open_store
+from burstbench.analysis.sweep import QueueDriver, parse_values, search_max_goodput, sweep_values
+from burstbench.cli import main
+from burstbench.errors import UsageError
+
+SLO = {"ttft": 0.25}
+
+
+def queue_attainment(rate: float, d: QueueDriver, slo_ttft: float) -> float:
+    """The queue model's attainment computed here with numpy alone (no store, no SQL)."""
+    rng = np.random.default_rng(d.seed)
+    arr = np.cumsum(rng.exponential(1.0 / rate, d.requests))
+    svc = rng.exponential(d.service_s, d.requests)
+    free = np.zeros(d.servers)
+    ok = 0
+    for a, s in zip(arr, svc, strict=True):
+        k = int(np.argmin(free))
+        st = max(a, free[k])
+        free[k] = st + s
+        ok += (st + d.prefill_s - a) <= slo_ttft
+    return ok / d.requests
+
+
+def test_search_brackets_the_true_crossing(tmp_path: Path) -> None:
+    out = tmp_path / "sweep.duckdb"
+    d = QueueDriver(out=out, service_s=0.05, servers=4, requests=300, seed=3)
+    res = search_max_goodput(d, out, SLO, target=0.9, start=4.0, tolerance=0.05, max_steps=14)
+    assert res.converged and res.max_goodput_rate is not None
+    lo, hi = res.bracket
+    assert (hi - lo) / hi <= 0.05
+    # Independent truth: the model's attainment on a fine grid, without the store.
+    assert queue_attainment(lo, d, SLO["ttft"]) >= 0.9
+    assert queue_attainment(hi, d, SLO["ttft"]) < 0.9
+    # Doubling from 4 passes at least once before failing, then bisection.
+    assert d.calls[:2] == [4.0, 8.0] and len(d.calls) == len(res.steps)
+    lo_step = next(s for s in res.steps if s.value == lo)
+    assert res.attainment_ci95 == lo_step.attainment_ci95
+    assert res.attainment_ci95[0] <= res.attainment_at_max <= res.attainment_ci95[1]
+    con = open_store(out)
+    try:
+        labels = sorted(r[0] for r in con.execute("SELECT label FROM runs").fetchall())
+        assert len(labels) == len(res.steps) and all(lab.startswith("sweep:") for lab in labels)
+    finally:
+        con.close()
+
+
+def test_search_halves_when_the_start_is_too_high_and_reports_impossible(tmp_path: Path) -> None:
+    out = tmp_path / "s.duckdb"
+    d = QueueDriver(out=out, requests=200)
+    res = search_max_goodput(d, out, SLO, start=500.0, max_steps=14)
+    assert d.calls[:3] == [500.0, 250.0, 125.0]
+    assert res.max_goodput_rate is not None and res.max_goodput_rate < 80
+    # prefill alone (20 ms) exceeds a 10 ms TTFT SLO: no rate passes
+    out2 = tmp_path / "s2.duckdb"
+    res2 = search_max_goodput(QueueDriver(out=out2, requests=50), out2, {"ttft": 0.01}, start=1.0, max_steps=5)
+    assert res2.max_goodput_rate is None and res2.notes and not res2.converged
+
+
+def test_rate_list_sweep_and_bad_flags(tmp_path: Path) -> None:
+    out = tmp_path / "l.duckdb"
+    d = QueueDriver(out=out, requests=200)
+    res = sweep_values(d, out, [10.0, 40.0, 120.0], slo=SLO, target=0.9)
+    assert [s.value for s in res.steps] == [10.0, 40.0, 120.0]
+    att = [s.slo_attainment for s in res.steps]
+    assert att[0] >= att[1] >= att[2] and att[2] < 0.9
+    assert res.max_goodput_rate == max(s.value for s in res.steps if s.slo_attainment >= 0.9)
+    with pytest.raises(UsageError, match="needs --slo"):
+        search_max_goodput(d, out, {})
+    with pytest.raises(UsageError, match="--target"):
+        search_max_goodput(d, out, SLO, target=1.5)
+    with pytest.raises(UsageError, match="'x' is not a number"):
+        parse_values("1,x")
+    with pytest.raises(UsageError, match="whole number"):
+        parse_values("1.5", integer=True, flag="--concurrencies")
+
+
+def test_cli_search_on_the_simulator(tmp_path: Path, burstgpt_v1: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "sim.duckdb"
+    rc = main(["sweep", "--search", "goodput", "--slo", "ttft=500ms,tpot=50ms", "--simulate", "--model", "llama-3-8b",
+               "--hardware", "a100-80g", "--trace", str(burstgpt_v1), "-o", str(out), "--start", "2",
+               "--max-steps", "6", "--json"])
+    assert rc == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["mode"] == "search" and 1 <= len(res["steps"]) <= 6
+    passing = [s["value"] for s in res["steps"] if s["passed"]]
+    failing = [s["value"] for s in res["steps"] if s["passed"] is False]
+    assert res["max_goodput_rate"] == max(passing)
+    assert not failing or min(failing) > res["max_goodput_rate"]
+    # every step is a run in the same file, and analyze sees it
+    rc = main(["analyze", str(out), "--run", res["steps"][0]["run_id"], "--slo", "ttft=500ms,tpot=50ms", "--json"])
+    assert rc == 0
+    s = json.loads(capsys.readouterr().out)
+    assert s["goodput"]["slo_attainment"] == pytest.approx(res["steps"][0]["slo_attainment"])
+
+
+def test_cli_flag_errors(tmp_path: Path, burstgpt_v1: Path, capsys: pytest.CaptureFixture) -> None:
+    base = ["sweep", "--trace", str(burstgpt_v1), "-o", str(tmp_path / "x.duckdb")]
+    assert main([*base, "--rates", "1", "--search", "goodput", "--simulate"]) == 2
+    assert "exactly one of --rates" in capsys.readouterr().err
+    assert main([*base, "--rates", "1"]) == 2
+    assert "--url URL or --simulate" in capsys.readouterr().err
+    assert main([*base, "--rates", "1", "--simulate", "--model", "llama-3-8b"]) == 2
+    assert "needs --model and --hardware" in capsys.readouterr().err
+    assert main([*base, "--concurrencies", "2", "--simulate", "--model", "m", "--hardware", "h"]) == 2
+    assert not (tmp_path / "x.duckdb").exists()
