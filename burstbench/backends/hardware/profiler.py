@@ -199,23 +199,30 @@ def profile_machine(
     gpu = _torch_gpu(plan, progress)
     if gpu is not None:  # pragma: no cover - no GPU on the build machine
         flops = gpu["gemm_flops"]
-        peak = max(flops.values())
-        curve = efficiency_curve(flops)
+        copy_bw = gpu["copy_bandwidth"]
+        # A 1-token bf16 GEMM streams its 2·k·n weight bytes doing 2·k·n FLOPs: its FLOP/s
+        # *is* the weight-streaming bandwidth, as in a decode step.
+        gemv_bw = flops[1]
         return HardwareProfile(
             name=name or gpu["name"].lower().replace(" ", "-"),
-            peak_flops=peak,
-            mem_bandwidth=gpu["copy_bandwidth"],
+            peak_flops=max(flops.values()),
+            mem_bandwidth=max(copy_bw, gemv_bw),
             memory_bytes=gpu["memory_bytes"],
-            link_bandwidth=gpu["copy_bandwidth"] * 0.1,
-            link_latency_s=10e-6,
-            flops_efficiency=curve,
-            bandwidth_efficiency=EfficiencyCurve.constant(presets.BANDWIDTH_EFFICIENCY),
+            link_bandwidth=32e9 * presets.LINK_EFFICIENCY,
+            link_latency_s=20e-6,
+            flops_efficiency=efficiency_curve(flops),
+            bandwidth_efficiency=EfficiencyCurve.constant(gemv_bw / max(copy_bw, gemv_bw)),
             step_overhead_s=presets.STEP_OVERHEAD_S,
             layer_overhead_s=presets.LAYER_OVERHEAD_S,
             source=f"measured by burstbench profile with torch on {gpu['name']}: bf16 GEMM "
-            f"peak = best measured, copy bandwidth; eta_B from the preset family; {family}",
+            "peak = best measured, mem_bandwidth = device copy, eta_B = 1-token GEMM "
+            "(weight streaming) / copy; link not measured (PCIe Gen4 assumed: use a preset's "
+            f"link figures for NVLink); {family}",
             kind="gpu",
-            measured={"gemm_flops": {str(k): v for k, v in flops.items()}},
+            measured={
+                "gemm_flops": {str(k): v for k, v in flops.items()},
+                "bandwidth": {"copy": copy_bw, "gemv": gemv_bw},
+            },
         )
 
     flops = measure_gemm(plan, progress)
