@@ -363,3 +363,25 @@ def test_too_many_prefix_hashes_is_a_usage_error(monkeypatch) -> None:
     monkeypatch.setattr(synth, "MAX_HASHES", 1000)
     with pytest.raises(UsageError, match="block_size"):
         synthesise(preset("mooncake-prefix"), seed=0, requests=50)
+
+
+def test_cli_replay_and_piecewise_fit(burstgpt_v1: Path, azure_conv: Path, tmp_path: Path, capsys) -> None:
+    import json
+
+    out = tmp_path / "r.parquet"
+    args = ["trace", "synth", "--replay", str(burstgpt_v1), "--model", "ChatGPT", "--rate", "0.5", "-o", str(out)]
+    assert main(args) == 0
+    r = read_trace(out)
+    raw = pl.read_csv(burstgpt_v1).filter(pl.col("Model") == "ChatGPT")
+    assert len(r) == raw.height and set(r.df["model"]) == {"ChatGPT"}
+    assert (len(r) - 1) / r.duration_s == pytest.approx(0.5)
+    assert r.meta["replay"] == {"model": "ChatGPT", "rate": 0.5}
+    assert main(["trace", "synth", "--replay", str(burstgpt_v1), "--window", "abc", "-o", str(out)]) == 2
+    assert main(["trace", "synth", "--preset", "burstgpt", "--window", "0:10", "-o", str(out)]) == 2
+    capsys.readouterr()
+    spec = tmp_path / "p.yaml"
+    assert main(["trace", "fit", str(azure_conv), "--window", "1200", "-o", str(spec), "--json"]) == 0
+    j = json.loads(capsys.readouterr().out)
+    assert j["window_s"] == 1200 and len(j["windows"]) == 3
+    assert all(w["best"] in ("exponential", "gamma", "weibull", "lognormal") for w in j["windows"])
+    assert WorkloadSpec.from_yaml(spec).arrivals.process == "piecewise"
