@@ -211,3 +211,11 @@ def test_threaded_sampler_emits_until_stopped() -> None:
     assert sampler._thread is not None and not sampler._thread.is_alive()
     assert len(got) == n  # nothing after stop
     assert sampler.gpu_status == "GPU telemetry off"
+
+
+def test_profile_list_shows_presets(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["profile", "--list", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["hardware"]
+    by_name = {r["name"]: r for r in rows}
+    assert set(by_name) == set(DATASHEET)
+    assert by_name["h200"]["mem_bandwidth_tbps"] == pytest.approx(4.8)

@@ -17,7 +17,9 @@ from burstbench.errors import UsageError
 @click.option("--quick", is_flag=True, help="Small sizes, about 2 s instead of about 20 s.")
 @click.option("--name", default=None, help="Profile name (default: cpu-<arch>-<threads>t or the GPU name).")
 @click.option("--json", "as_json", is_flag=True, help="Print the profile as one JSON object on stdout.")
-def profile(output: Path | None, quick: bool, name: str | None, as_json: bool) -> None:
+@click.option("--list", "list_presets", is_flag=True,
+              help="List the bundled hardware presets instead of measuring.")
+def profile(output: Path | None, quick: bool, name: str | None, as_json: bool, list_presets: bool) -> None:
     """Measure GEMM throughput and memory bandwidth of this machine.
 
     Derives the efficiency curves the reference engine's cost model uses and writes a
@@ -28,7 +30,11 @@ def profile(output: Path | None, quick: bool, name: str | None, as_json: bool) -
     Example:
       burstbench profile -o myhost.json
       burstbench simulate trace.parquet --model llama-3.1-8b --hardware myhost.json -o r.duckdb
+      burstbench profile --list
     """
+    if list_presets:
+        _list_presets(as_json)
+        return
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -75,3 +81,29 @@ def profile(output: Path | None, quick: bool, name: str | None, as_json: bool) -
         console.print(f"wrote {output}")
     if as_json:
         sys.stdout.write(json.dumps(hw.to_dict()) + "\n")
+
+
+def _list_presets(as_json: bool) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from burstbench.backends.hardware.profile import list_hardware, load_hardware
+
+    rows = []
+    for preset in list_hardware():
+        hw = load_hardware(preset)
+        rows.append({
+            "name": hw.name,
+            "peak_tflops": hw.peak_flops / 1e12,
+            "mem_bandwidth_tbps": hw.mem_bandwidth / 1e12,
+            "memory_gib": hw.memory_bytes / 2**30,
+            "link_gbps": hw.link_bandwidth / 1e9,
+        })
+    if as_json:
+        sys.stdout.write(json.dumps({"hardware": rows}) + "\n")
+        return
+    table = Table("preset", "bf16 TFLOP/s", "HBM TB/s", "memory GiB", "link GB/s (eff.)")
+    for r in rows:
+        table.add_row(r["name"], f"{r['peak_tflops']:.0f}", f"{r['mem_bandwidth_tbps']:.2f}",
+                      f"{r['memory_gib']:.1f}", f"{r['link_gbps']:.0f}")
+    Console(stderr=True).print(table)

@@ -124,7 +124,8 @@ class CostModel:
             inter_elems = m.num_layers * 3 * m.intermediate_size / tp
         per_token = m.num_layers * (8 * h + 2 * (q_dim + k_dim)) + inter_elems
         self._elem_bytes_per_token = per_token * ACT_BYTES
-        self._sampler_bytes_per_seq = 2 * m.vocab_size * 4.0 / tp  # fp32 logits written and read
+        # fp32 logits written and read; vLLM gathers them to one rank to sample (not sharded)
+        self._sampler_bytes_per_seq = 2 * m.vocab_size * 4.0
 
         # Tensor-parallel all-reduce: 2 per layer over T·hidden activations.
         self._allreduces = 2 * m.num_layers if tp > 1 else 0
