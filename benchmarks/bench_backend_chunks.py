@@ -12,6 +12,10 @@ less sensitive to other load on the machine than wall time).
 
     python benchmarks/bench_backend_chunks.py --concurrency 32 --tokens 2000 --seconds 4
 
+``--mode paced`` runs the same comparison with the server pacing chunks (``--itl``),
+so each socket read carries about one chunk, as with a real engine; compare the
+CPU per chunk there (the chunk rate is then set by the server).
+
 ``--mode accuracy`` instead checks timing: the server at 50 ms TTFT and 20 ms
 between chunks, N concurrent streams; it prints how far the client's TTFT and
 chunk gaps are from the server's own write times (median, p99).
@@ -117,7 +121,10 @@ async def baseline(url: str, concurrency: int, tokens: int, seconds: float) -> i
 
 
 def capacity(a: argparse.Namespace) -> None:
-    proc, url = start_server("--events-per-write", "64", "--no-record")
+    server_args = ["--events-per-write", str(a.events_per_write), "--no-record"]
+    if a.mode == "paced":  # one chunk per socket read: the per-read cost dominates
+        server_args += ["--itl", str(a.itl)]
+    proc, url = start_server(*server_args)
     try:
         rows: dict[str, list[tuple[float, float]]] = {"burstbench": [], "baseline": []}
         for _ in range(a.rounds):
@@ -143,6 +150,7 @@ def capacity(a: argparse.Namespace) -> None:
             {
                 "concurrency": a.concurrency,
                 "tokens_per_request": a.tokens,
+                "events_per_write": a.events_per_write,
                 "burstbench_chunks_per_s": round(ours_rate),
                 "baseline_chunks_per_s": round(base_rate),
                 "rate_ratio": round(ours_rate / base_rate, 2),
@@ -184,9 +192,14 @@ def pct(xs: list[float], q: float) -> float:
 
 
 def accuracy(a: argparse.Namespace) -> None:
+    import psutil
+
     proc, url = start_server("--ttft", "0.05", "--itl", "0.02")
+    server_ps = psutil.Process(proc.pid)
     try:
+        s0, c0, w0 = server_ps.cpu_times(), time.process_time(), time.perf_counter()
         pairs, stats = asyncio.run(accuracy_run(url, a.concurrency, a.tokens, a.seconds))
+        s1, c1, wall = server_ps.cpu_times(), time.process_time(), time.perf_counter() - w0
     finally:
         proc.terminate()
         proc.wait(10)
@@ -213,6 +226,11 @@ def accuracy(a: argparse.Namespace) -> None:
                 "first_chunk_late_ms_p99": round(pct(ttft_err, 0.99), 3),
                 "chunk_gap_error_ms_median_abs": round(statistics.median(abs_gap), 3),
                 "chunk_gap_error_ms_p99_abs": round(pct(abs_gap, 0.99), 3),
+                "client_cpu_pct_of_core": round(100 * (c1 - c0) / wall, 1),
+                "server_cpu_pct_of_core": round(
+                    100 * (s1.user + s1.system - s0.user - s0.system) / wall, 1
+                ),
+                "load_average_1m": round(psutil.getloadavg()[0], 2),
             }
         )
     )
@@ -220,13 +238,20 @@ def accuracy(a: argparse.Namespace) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--mode", choices=["capacity", "accuracy"], default="capacity")
+    p.add_argument("--mode", choices=["capacity", "paced", "accuracy"], default="capacity")
+    p.add_argument("--itl", type=float, default=0.01, help="paced: seconds between chunks")
     p.add_argument("--concurrency", type=int, default=32)
     p.add_argument("--tokens", type=int, default=2000)
     p.add_argument("--seconds", type=float, default=4.0, help="capacity: per run; accuracy: total")
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument(
+        "--events-per-write",
+        type=int,
+        default=64,
+        help="capacity: SSE events per server write (1 = one write per chunk, like vLLM)",
+    )
     a = p.parse_args()
-    if a.mode == "capacity":
+    if a.mode in ("capacity", "paced"):
         capacity(a)
     else:
         accuracy(a)
