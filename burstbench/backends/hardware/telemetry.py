@@ -161,8 +161,9 @@ class TelemetrySampler:
             return "GPU telemetry off"
         return "NVML" if self.gpu.available else self.gpu.reason
 
-    def sample(self) -> list[Row]:
-        t = self.clock()
+    def sample(self, t: float | None = None) -> list[Row]:
+        """One batch of rows stamped ``t`` (default: now on ``clock``)."""
+        t = self.clock() if t is None else t
         rows = self.host.sample(t)
         if self.gpu is not None:
             rows.extend(self.gpu.sample(t))

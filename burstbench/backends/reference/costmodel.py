@@ -9,10 +9,14 @@ Per iteration (one forward pass over every scheduled token, as vLLM runs it):
   number of distinct experts is ``E·(1 − (1 − k/E)^B)``; the expert GEMMs run at the
   efficiency of ``B·k/touched`` tokens each.
 - **Attention** per sequence from its context: FLOPs ``attention_flops_per_pair`` per
-  (query, key) pair and the KV-cache bytes read, as a roofline of its own. Decode attention
-  is always bandwidth-bound and prefill attention compute-bound for any realistic GQA ratio,
-  so a roofline over the *sums* is exact for each group; that is why the cost needs only
-  sums (``step_time_sums``), never a loop over sequences.
+  (query, key) pair and the KV-cache bytes read, as a roofline of its own, for the decodes
+  and for the prefill chunks of the step. Every decode has the same arithmetic intensity
+  (its FLOPs and bytes both scale with context + 1), so the roofline over the decodes'
+  *sums* equals the sum of their rooflines exactly. Prefill chunks of a few hundred tokens
+  or more are compute-bound whatever their context; only a tiny chunk over a long context
+  is bandwidth-bound, and a roofline over sums can then only under-count that chunk's KV
+  read (bounded by its bytes / bandwidth). That is why the cost needs only sums
+  (``step_time_sums``), never a loop over sequences.
 - **Elementwise** kernels (fused add+RMSNorm twice, rotary embedding, SiLU·mul, sampler)
   are bandwidth-bound reads and writes of activations.
 - **Overheads**: ``layer_overhead_s`` per layer (kernel floors and launch gaps under CUDA
