@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, replace
+from functools import cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -243,9 +244,14 @@ def _presets_dir() -> Path:
     return Path(str(resources.files("burstbench") / "data" / "models"))
 
 
+@cache
+def _preset_names() -> tuple[str, ...]:
+    return tuple(sorted(p.stem for p in _presets_dir().glob("*.json")))
+
+
 def list_models() -> list[str]:
     """Names of the bundled presets (``load_model`` accepts each)."""
-    return sorted(p.stem for p in _presets_dir().glob("*.json"))
+    return list(_preset_names())
 
 
 _HUB_SUFFIX = re.compile(r"-(hf|instruct|chat|it|base|v\d+(\.\d+)*)$")
@@ -259,7 +265,7 @@ def preset_name(name: str) -> str | None:
     ``mistralai/Mixtral-8x7B-Instruct-v0.1`` → ``mixtral-8x7b`` (organisation, ``Meta-``
     prefix and ``-Instruct``/``-chat``/``-hf``/version suffixes dropped).
     """
-    presets = set(list_models())
+    presets = _preset_names()
     key = name.strip().lower()
     if key in presets:
         return key
