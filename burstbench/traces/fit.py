@@ -39,10 +39,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import polars as pl
 from scipy import special
 
 from burstbench.errors import InputError
 from burstbench.traces.schema import Trace
+from burstbench.traces.spec import (
+    ArrivalSpec,
+    Dist,
+    JointSpec,
+    LengthSpec,
+    SessionSpec,
+    WindowSpec,
+    WorkloadSpec,
+)
 from burstbench.traces.stats import detect_resolution
 
 ARRIVAL_FAMILIES = ("exponential", "gamma", "weibull", "lognormal")
@@ -63,7 +73,7 @@ class Candidate:
     """One fitted family and its scores."""
 
     family: str
-    params: dict[str, float]
+    params: dict[str, Any]  # floats, or lists for the empirical model
     loglik: float | None
     aic: float | None
     bic: float | None
@@ -161,6 +171,7 @@ class SessionFit:
     first_input: QuantityFit
     sessions: int
     multi_turn_share: float
+    starts_s: np.ndarray = field(repr=False, default_factory=lambda: np.empty(0))
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -207,17 +218,8 @@ class FitResult:
             out["windows"] = [w.to_json() for w in self.windows]
         return out
 
-    def to_spec(self) -> Any:
+    def to_spec(self) -> WorkloadSpec:
         """A WorkloadSpec that ``trace synth`` turns back into a trace like this one."""
-        from burstbench.traces.spec import (
-            ArrivalSpec,
-            Dist,
-            JointSpec,
-            LengthSpec,
-            WindowSpec,
-            WorkloadSpec,
-        )
-
         if self.windows:
             wins = []
             for w in self.windows:
@@ -271,8 +273,6 @@ class FitResult:
             provenance["window_s"] = self.window_s
         sessions = None
         if self.sessions is not None:
-            from burstbench.traces.spec import SessionSpec
-
             sf = self.sessions
             sessions = SessionSpec(Dist("empirical", dict(sf.turns.params)), length_dist(sf.think_time_s))
             provenance["sessions"] = (
@@ -560,10 +560,11 @@ def fit_empirical(s: Sample) -> Candidate:
     def cdf(x: np.ndarray) -> np.ndarray:
         return np.interp(x, qs, probs)
 
-    ks = _ks(s, cdf) if not s.discrete else float(
-        max(np.max(s.ecdf_hi - cdf(s.x)), np.max(cdf(s.x - 1) - s.ecdf_lo), 0.0)
-    )
-    return Candidate("empirical", {"probs": list(EMPIRICAL_PROBS), "quantiles": qs}, None, None, None, ks)  # type: ignore[dict-item]
+    # Synthesis rounds interpolated quantiles to whole tokens, which is exactly the
+    # continuity-corrected comparison ``_ks`` makes for discrete samples.
+    ks = _ks(s, cdf)
+    params: dict[str, Any] = {"probs": list(EMPIRICAL_PROBS), "quantiles": qs}
+    return Candidate("empirical", params, None, None, None, ks)
 
 
 # --------------------------------------------------------------------------- quantities
@@ -675,7 +676,7 @@ def fit_trace(trace: Trace, window_s: float | None = None, *, seed: int = 0) -> 
     inp = ok["input_tokens"].to_numpy()
     out = ok["output_tokens"].to_numpy()
     sessions = fit_sessions(df, ok, seed=seed, resolution=float(res) if res else None)
-    t_proc = sessions.starts_s if sessions is not None else t  # type: ignore[attr-defined]
+    t_proc = sessions.starts_s if sessions is not None else t
     windows = fit_windows(t_proc, window_s, seed=seed) if window_s else None
     tenants = _mix(df, "tenant")
     models = _mix(df, "model")
@@ -697,13 +698,11 @@ def fit_trace(trace: Trace, window_s: float | None = None, *, seed: int = 0) -> 
     )
 
 
-def fit_sessions(df, ok, *, seed: int = 0, resolution: float | None = None) -> SessionFit | None:
+def fit_sessions(df: pl.DataFrame, ok: pl.DataFrame, *, seed: int = 0, resolution: float | None = None) -> SessionFit | None:
     """Session structure, when the trace has multi-turn sessions (else None).
 
     Requests without a session id count as single-turn sessions of their own.
     """
-    import polars as pl
-
     if "session_id" not in df.columns or df["session_id"].null_count() == df.height:
         return None
     keyed = df.with_columns(
@@ -733,8 +732,8 @@ def fit_sessions(df, ok, *, seed: int = 0, resolution: float | None = None) -> S
         first_input=fit_lengths(first_ok["input_tokens"].to_numpy(), "first_input_tokens"),
         sessions=int(turns.size),
         multi_turn_share=float(np.mean(turns > 1)),
+        starts_s=starts,
     )
-    sf.starts_s = starts  # type: ignore[attr-defined]
     return sf
 
 
@@ -765,7 +764,7 @@ def fit_windows(t: np.ndarray, window_s: float, *, seed: int = 0) -> list[Window
     return out
 
 
-def _mix(df, col: str) -> dict[str, float] | None:
+def _mix(df: pl.DataFrame, col: str) -> dict[str, float] | None:
     if col not in df.columns or df[col].null_count() == df.height:
         return None
     vc = df[col].drop_nulls().value_counts(sort=True)
