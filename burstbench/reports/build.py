@@ -156,6 +156,9 @@ def build_report(
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(doc)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; a report is meant to be shared
         os.replace(tmp, out)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -185,6 +185,7 @@ class WindowSeries:
     lag_p50_ms: list[float | None]
     lag_p99_ms: list[float | None]
     lag_max_ms: list[float | None]
+    streamed_tok_rate: list[float | None]  # tokens in chunks received per second
 
 
 def window_series(
@@ -194,7 +195,10 @@ def window_series(
 
     In-flight is exact at each window's end by a sweep line: requests sent up to t
     minus requests ended up to t (a request with no end is still in flight).
-    Throughput counts a request's output tokens in the window where it ended.
+    Output throughput counts a request's output tokens in the window where it ended;
+    streamed throughput counts tokens by the window their chunk arrived in (smooth,
+    but only for runs that recorded chunks). Windows cover sends and completions;
+    chunk windows beyond them are dropped (chunks arrive before their request ends).
     """
     rows = con.execute(
         f"""
@@ -214,17 +218,20 @@ def window_series(
                    count(*) AS ended,
                    sum(output_tokens) FILTER (WHERE ok) AS tok
             FROM q WHERE end_s IS NOT NULL GROUP BY k),
+        streamed AS (
+            SELECT floor(t_s / $w)::BIGINT AS k, sum(coalesce(tokens, 1)) AS tok
+            FROM chunks WHERE run_id = $r GROUP BY k),
         ks AS (SELECT range AS k FROM range(0, (SELECT greatest(coalesce(max(k), 0) + 1, 1)
                    FROM (SELECT k FROM sent UNION ALL SELECT k FROM done))))
         SELECT ks.k, coalesce(sent.n, 0), coalesce(done.ok_n, 0), coalesce(done.bad_n, 0),
                sum(coalesce(sent.n, 0) - coalesce(done.ended, 0)) OVER (ORDER BY ks.k),
-               coalesce(done.tok, 0), ttft50, ttft90, lag50, lag99, lagmax
-        FROM ks LEFT JOIN sent USING (k) LEFT JOIN done USING (k)
+               coalesce(done.tok, 0), ttft50, ttft90, lag50, lag99, lagmax, coalesce(streamed.tok, 0)
+        FROM ks LEFT JOIN sent USING (k) LEFT JOIN done USING (k) LEFT JOIN streamed USING (k)
         ORDER BY ks.k
         """,
         {"r": run_id, "w": window_s},
     ).fetchall()
-    cols = list(zip(*rows, strict=True)) if rows else [[] for _ in range(11)]
+    cols = list(zip(*rows, strict=True)) if rows else [[] for _ in range(12)]
     w = window_s
 
     def per_s(col: Sequence[Any]) -> list[float | None]:
@@ -246,17 +253,41 @@ def window_series(
         lag_p50_ms=ms(cols[8]),
         lag_p99_ms=ms(cols[9]),
         lag_max_ms=ms(cols[10]),
+        streamed_tok_rate=per_s(cols[11]),
     )
 
 
 @dataclass
 class Series:
-    """One telemetry metric's averaged time series."""
+    """One telemetry metric's bucketed time series; counters are shown as rates."""
 
     source: str
     name: str
     t: list[float]
     value: list[float | None]
+    counter: bool = False
+
+    @property
+    def title(self) -> str:
+        return f"{self.name} rate (/s)" if self.counter else self.name
+
+
+# Histogram parts are unreadable as time series; their _sum/_count duplicate counters.
+_SKIP_SUFFIXES = ("_bucket", "_sum", "_count", "_created")
+_COUNTER_SUFFIX = "_total"
+# What a reader looks at first on an LLM server (vLLM names, without the prefix).
+_PREFERRED = (
+    "num_requests_running", "num_requests_waiting", "kv_cache_usage_perc", "gpu_cache_usage_perc",
+    "generation_tokens_total", "prompt_tokens_total", "num_preemptions_total",
+    "request_success_total", "prefix_cache_hits_total", "prefix_cache_queries_total",
+    "process_cpu_percent", "cpu_percent", "process_rss_bytes", "rss_bytes",
+)
+
+
+def _rank(name: str, n: int) -> tuple[int, int, str]:
+    bare = name.split(":")[-1]
+    pref = _PREFERRED.index(bare) if bare in _PREFERRED else len(_PREFERRED)
+    return (pref, -n, name)
 
 
 def telemetry_series(
@@ -271,36 +302,50 @@ def telemetry_series(
 
     Values with several label sets (per-worker client CPU, labelled server gauges)
     are summed across label sets within a sample time, then averaged per bucket, so
-    a gauge like ``num_requests_running`` reads as the total. Returns the series of
-    the ``max_names`` metrics with most samples, and how many metrics there were.
+    a gauge like ``num_requests_running`` reads as the total. Counters (``*_total``)
+    become rates: the difference between consecutive samples over their time
+    difference (negative steps, i.e. counter resets, dropped). Histogram parts
+    (``_bucket``, ``_sum``, ``_count``) are skipped. Returns up to ``max_names``
+    series, well-known serving metrics first, and how many metrics qualified.
     """
     names = con.execute(
         "SELECT source, name, count(*) AS n FROM telemetry WHERE run_id = $r AND source IN"
-        " (SELECT unnest($s::VARCHAR[])) GROUP BY source, name ORDER BY n DESC, source, name",
+        " (SELECT unnest($s::VARCHAR[])) GROUP BY source, name",
         {"r": run_id, "s": list(sources)},
     ).fetchall()
+    names = [n for n in names if not n[1].endswith(_SKIP_SUFFIXES)]
     if not names:
         return [], 0
+    names.sort(key=lambda n: _rank(n[1], n[2]))
     span = con.execute(
         "SELECT min(t_s), max(t_s) FROM telemetry WHERE run_id = $r", {"r": run_id}
     ).fetchone()
     t0, t1 = float(span[0] or 0.0), float(span[1] or 0.0)  # type: ignore[index]
     w = max((t1 - t0) / max_points, 1e-9)
     chosen = names[:max_names]
+    counters = [c[1].endswith(_COUNTER_SUFFIX) for c in chosen]
     rows = con.execute(
         """
-        WITH pick AS (SELECT unnest($src::VARCHAR[]) AS source, unnest($nm::VARCHAR[]) AS name),
-        s AS (SELECT t.source, t.name, t.t_s, sum(t.value) AS v FROM telemetry t
+        WITH pick AS (SELECT unnest($src::VARCHAR[]) AS source, unnest($nm::VARCHAR[]) AS name,
+                             unnest($ctr::BOOLEAN[]) AS counter),
+        s AS (SELECT t.source, t.name, pick.counter, t.t_s, sum(t.value) AS v FROM telemetry t
               JOIN pick USING (source, name) WHERE t.run_id = $r AND t.value IS NOT NULL
-              GROUP BY ALL)
-        SELECT source, name, floor((t_s - $t0) / $w)::BIGINT AS k, avg(v)
-        FROM s GROUP BY ALL ORDER BY source, name, k
+              GROUP BY ALL),
+        d AS (SELECT source, name, counter, t_s,
+                     CASE WHEN counter THEN (v - lag(v) OVER win) / nullif(t_s - lag(t_s) OVER win, 0)
+                          ELSE v END AS y
+              FROM s WINDOW win AS (PARTITION BY source, name ORDER BY t_s))
+        SELECT source, name, floor((t_s - $t0) / $w)::BIGINT AS k, avg(y)
+        FROM d WHERE y IS NOT NULL AND isfinite(y) AND NOT (counter AND y < 0)
+        GROUP BY source, name, k ORDER BY source, name, k
         """,
-        {"r": run_id, "src": [c[0] for c in chosen], "nm": [c[1] for c in chosen], "t0": t0, "w": w},
+        {"r": run_id, "src": [c[0] for c in chosen], "nm": [c[1] for c in chosen], "ctr": counters,
+         "t0": t0, "w": w},
     ).fetchall()
+    is_counter = {(c[0], c[1]): f for c, f in zip(chosen, counters, strict=True)}
     grouped: dict[tuple[str, str], Series] = {}
     for source, name, k, v in rows:
-        s = grouped.setdefault((source, name), Series(source, name, [], []))
+        s = grouped.setdefault((source, name), Series(source, name, [], [], is_counter[(source, name)]))
         s.t.append(float(f"{t0 + (k + 0.5) * w:.6g}"))
         s.value.append(_finite([v])[0])
     order = {(c[0], c[1]): i for i, c in enumerate(chosen)}

@@ -90,13 +90,16 @@ def load_section(
             rate.append({"name": f"{r.name} failed", "x": s.t, "y": s.failed_rate, "color": c,
                          "dash": "dashdot"})
         infl.append({"name": r.name, "x": [t + w for t in s.t], "y": s.in_flight, "color": c})
-        tput.append({"name": r.name, "x": s.t, "y": s.output_tok_rate, "color": c})
+        streamed = any(s.streamed_tok_rate)
+        tput.append({"name": r.name + ("" if streamed else " (by completion)"), "x": s.t,
+                     "y": s.streamed_tok_rate if streamed else s.output_tok_rate, "color": c})
         ttft.append({"name": f"{r.name} p50", "x": s.t, "y": s.ttft_p50_ms, "color": c})
         ttft.append({"name": f"{r.name} p90", "x": s.t, "y": s.ttft_p90_ms, "color": c, "dash": "dot"})
     sec.blocks.append(fg.lines("Request rate: sent vs completed", "time (s)", "requests/s", rate))
     sec.blocks.append(fg.lines("Requests in flight", "time (s)", "requests", infl, step=True))
     sec.blocks.append(fg.lines("Output token throughput", "time (s)", "tokens/s", tput,
-                               caption="Output tokens of successful requests, by completion window."))
+                               caption="Tokens streamed per second, by the window each chunk arrived in "
+                               "(runs without recorded chunks: output tokens by completion window)."))
     sec.blocks.append(fg.lines("TTFT per window", "time (s)", "TTFT (ms)", ttft,
                                caption="By the window each request was sent in."))
     att = []
@@ -162,7 +165,7 @@ def _telemetry_figures(
         series, total = pd.telemetry_series(con, r.run_id, sources, max_names=max_names)
         hidden = max(hidden, total - len(series))
         for s in series:
-            by_name.setdefault((s.source, s.name), []).append(
+            by_name.setdefault((s.source, s.title), []).append(
                 {"name": r.name, "x": s.t, "y": s.value, "color": fg.color(i)}
             )
     out: list[fg.Figure | str] = [
