@@ -186,3 +186,16 @@ def test_bandwidth_efficiency_curve_is_used_per_step(tmp_path) -> None:
     assert cost.step_time([], [100]) > flat.step_time([], [100])
     mixed = ([(64, 0)], [100] * 960)
     assert cost.step_time(*mixed) == pytest.approx(cost.step_time_reference(*mixed), rel=1e-9)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    model=st.sampled_from(["llama-3.1-8b", "mixtral-8x7b", "deepseek-v3"]),
+    b=st.integers(1, 512),
+    s=st.integers(0, 10_000_000),
+)
+def test_decode_line_is_the_decode_step(model: str, b: int, s: int) -> None:
+    cost = CostModel(load_model(model), A100, tp=8 if model == "deepseek-v3" else 1)
+    a, slope = cost.decode_line(b)
+    assert a + slope * s == pytest.approx(cost.step_time_sums(decode_seqs=b, decode_context_sum=s), rel=1e-12)
+    assert slope > 0 and cost.decode_line(0) == (0.0, 0.0)

@@ -204,6 +204,17 @@ class CostModel:
             t += (decode_context_sum + decode_seqs) * coef
         return t + self._prefill_attention(prefill_tokens, prefill_pairs, prefill_kv_tokens, tokens)
 
+    def decode_line(self, decode_seqs: int) -> tuple[float, float]:
+        """``(a, b)`` with ``step_time_sums(decode_seqs=B, decode_context_sum=S) == a + b·S``.
+
+        A decode-only step is exactly affine in the context sum for a fixed batch, so an
+        engine can advance many decode steps with one multiply-add each.
+        """
+        if decode_seqs <= 0:
+            return 0.0, 0.0
+        base, coef = self._decode_cache.get(decode_seqs) or self._decode_entry(decode_seqs)
+        return base + decode_seqs * coef, coef
+
     # --- the formula, piece by piece (cached above by the batch shape) -------------------
     def _base(self, tokens: int, seqs: int) -> float:
         """Everything but attention: overheads, linear layers, elementwise, all-reduce."""
