@@ -257,13 +257,17 @@ def _rate_fn(proc: ArrivalSpec) -> tuple[Callable[[np.ndarray], np.ndarray], flo
 
 
 def _mmpp(p: dict[str, Any], rng: np.random.Generator, t0: float, t1: float, on: bool) -> tuple[np.ndarray, bool, float]:
-    """MMPP arrivals from t0 until t1 (state starts as ``on``); returns times, state, end."""
+    """MMPP arrivals in whole ON/OFF periods from t0 until one ends at or after t1.
+
+    Returns the times, the state of the next period and when it starts, so a caller can
+    continue seamlessly (periods are never cut at t1; callers trim to their horizon).
+    """
     parts, t = [], t0
     periods = 0
     while t < t1:
         mean = p["mean_on_s"] if on else p["mean_off_s"]
         d = rng.exponential(mean)
-        end = min(t + d, t1)
+        end = t + d
         r = p["rate_on"] if on else p["rate_off"]
         if r > 0:
             k = rng.poisson(r * (end - t))
@@ -313,7 +317,6 @@ def arrival_times(proc: ArrivalSpec, rng: np.random.Generator, *, duration_s: fl
         while True:
             if name == "mmpp":
                 seg, on, t0_next = _mmpp(proc.params, rng, t0, t0 + horizon, on)
-                t0_next = t0 + horizon if t0_next < t0 + horizon else t0_next
             else:
                 fn, lam = _rate_fn(proc)
                 seg = _thinned(fn, lam, rng, t0, t0 + horizon)

@@ -385,3 +385,21 @@ def test_cli_replay_and_piecewise_fit(burstgpt_v1: Path, azure_conv: Path, tmp_p
     assert j["window_s"] == 1200 and len(j["windows"]) == 3
     assert all(w["best"] in ("exponential", "gamma", "weibull", "lognormal") for w in j["windows"])
     assert WorkloadSpec.from_yaml(spec).arrivals.process == "piecewise"
+
+
+def test_mmpp_chunks_continue_without_artificial_silences() -> None:
+    # Both states at rate 10: arrivals must look Poisson across chunk boundaries, which
+    # the generator uses when only a request count is given.
+    from burstbench.traces.synth import _mmpp
+
+    p = {"rate_on": 10.0, "rate_off": 10.0, "mean_on_s": 30.0, "mean_off_s": 30.0}
+    rng = np.random.default_rng(8)
+    parts, t0, on = [], 0.0, True
+    for _ in range(50):
+        seg, on, t0 = _mmpp(p, rng, t0, t0 + 5.0, on)  # chunks shorter than a period
+        parts.append(seg)
+    t = np.concatenate(parts)
+    g = np.diff(t)
+    assert np.all(g >= 0)
+    assert g.max() < 2.0  # P(an exponential gap with mean 0.1 s exceeds 2 s) = e^-20
+    assert len(t) / t0 == pytest.approx(10.0, rel=0.05)
