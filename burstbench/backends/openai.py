@@ -6,13 +6,17 @@ Timing definitions (DESIGN section 4), all on the injected clock:
 
 * ``sent_s``: just before the request is handed to aiohttp (connection set-up
   included, as in vLLM's benchmark client).
-* A *token-carrying chunk* is an SSE event whose ``choices[0]`` has non-empty
-  ``text`` (completions) or ``delta.content`` / ``delta.reasoning_content`` /
-  ``delta.reasoning`` / ``delta.tool_calls`` (chat). vLLM's client counts any event
-  with a non-empty ``choices`` list, so it also counts the role-only opening delta
-  of chat streams; that delta carries no token, and on vLLM it arrives with the
-  first token anyway, so TTFT agrees while our chunk ITLs do not get a spurious
-  near-zero gap.
+* A *token-carrying chunk* is an SSE event whose ``choices[0]`` carries output:
+  a ``text`` string (completions, even ``""``), or a chat ``delta`` with
+  ``content`` / ``reasoning_content`` / ``reasoning`` / ``tool_calls``. vLLM's
+  client counts every event with a non-empty ``choices`` list; so do we, except
+  events that carry no output at all: the role-only opening delta of chat streams
+  (``{"role": "assistant", "content": ""}``) and empty deltas (``{}``, OpenAI's
+  closing chunk). vLLM sends the role delta with the first token, so TTFT agrees
+  and our chunk ITLs do not get a spurious near-zero gap. Empty-text chunks *are*
+  counted: vLLM sends them for tokens that have no text yet (special tokens under
+  ``ignore_eos``, a multi-byte character split across tokens), and dropping them
+  would end E2EL early.
 * Its time is taken once per socket read, right when the bytes arrive (events that
   arrived in one read did arrive together); appended to ``Outcome.chunk_t``.
 * ``first_token_s``: first token-carrying chunk, reasoning included (vLLM's TTFT);
@@ -381,11 +385,11 @@ class OpenAIBackend:
                                 elif d.get("reasoning_content") or d.get("reasoning"):
                                     reasoning_at.append(len(chunk_t))
                                     token = True
-                                else:
-                                    token = False  # role-only or empty delta: no token
+                                else:  # "" content: a token without text, unless role-only
+                                    token = d.get("content") is not None and "role" not in d
                             else:
                                 content = c.get("text")
-                                token = bool(content)
+                                token = content is not None
                             if c.get("finish_reason"):
                                 finish = c["finish_reason"]
                             if token:

@@ -65,6 +65,7 @@ class StreamSettings:
     events_per_write: int = 1  # >1 batches SSE events per write when itl_s == 0 (capacity runs)
     crlf: bool = False  # end SSE lines with CRLF instead of LF
     keepalive: bool = False  # send a ': ping' comment before every chunk
+    empty_every: int = 0  # every k-th token chunk has empty text (vLLM: token without text yet)
     # faults
     status: int | None = None  # answer with this HTTP status instead of streaming
     retry_after: str | None = None  # Retry-After header with `status`
@@ -335,7 +336,7 @@ class StreamServer:
             await write(b"data: " + _chunk(rid, created, self.model, chat, role, None) + sep)
 
         done_tokens = 0
-        cache: dict[tuple[bool, int, bool], bytes] = {}
+        cache: dict[tuple[bool, int, bool, bool], bytes] = {}
         pending: list[bytes] = []
         batch = s.events_per_write if s.itl_s <= 0 else 1
         for i, size in enumerate(sizes):
@@ -383,6 +384,7 @@ class StreamServer:
             done_tokens += size
             last = i == len(sizes) - 1
             reasoning = chat and done_tokens <= n_reason
+            empty = s.empty_every > 0 and (i + 1) % s.empty_every == 0 and not reasoning
             if usage_mode == "continuous":
                 usage = _usage(rec.prompt_tokens, done_tokens, s, min(done_tokens, n_reason))
                 ev = (
@@ -392,14 +394,14 @@ class StreamServer:
                         created,
                         self.model,
                         chat,
-                        _delta(chat, reasoning, size),
+                        _delta(chat, reasoning, size, empty),
                         "length" if last else None,
                         usage,
                     )
                     + sep
                 )
             else:  # identical chunks are serialised once per request (keeps the server fast)
-                key = (reasoning, size, last)
+                key = (reasoning, size, last, empty)
                 ev = cache.get(key)
                 if ev is None:
                     ev = (
@@ -409,7 +411,7 @@ class StreamServer:
                             created,
                             self.model,
                             chat,
-                            _delta(chat, reasoning, size),
+                            _delta(chat, reasoning, size, empty),
                             "length" if last else None,
                         )
                         + sep
@@ -541,8 +543,8 @@ def _usage(prompt: int, completion: int, s: StreamSettings, reasoning: int) -> d
     return u
 
 
-def _delta(chat: bool, reasoning: bool, size: int) -> dict[str, Any]:
-    word = " tok" * size
+def _delta(chat: bool, reasoning: bool, size: int, empty: bool = False) -> dict[str, Any]:
+    word = "" if empty else " tok" * size
     if not chat:
         return {"text": word}
     return {"reasoning_content": word} if reasoning else {"content": word}
@@ -596,6 +598,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--reasoning-tokens", type=int, default=0)
     p.add_argument("--usage", default="auto", choices=["auto", "always", "never", "continuous"])
     p.add_argument("--events-per-write", type=int, default=1)
+    p.add_argument("--empty-every", type=int, default=0, help="every k-th chunk has empty text")
     p.add_argument("--status", type=int, default=None)
     p.add_argument("--retry-after", default=None)
     p.add_argument("--first-byte-delay", type=float, default=0.0)
@@ -621,6 +624,7 @@ def settings_from_args(a: argparse.Namespace) -> StreamSettings:
         "reasoning_tokens": a.reasoning_tokens,
         "usage": a.usage,
         "events_per_write": a.events_per_write,
+        "empty_every": a.empty_every,
         "status": a.status,
         "retry_after": a.retry_after,
         "first_byte_delay_s": a.first_byte_delay,

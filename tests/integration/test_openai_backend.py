@@ -530,3 +530,29 @@ async def test_non_streamed_answer_is_not_cut_by_the_stall_timeout() -> None:
         s = await one(srv.url, req(n_out=2), stream=True, stall_timeout_s=0.1)
     assert o.status == "ok" and o.first_token_s - o.sent_s >= 0.3
     assert (s.status, s.error_class) == ("timeout", "stall")
+
+
+@pytest.mark.parametrize("api", ["completions", "chat"])
+async def test_empty_text_chunks_still_carry_tokens(api: str) -> None:
+    # vLLM streams a chunk with "" text for a token that has no text yet; it is a
+    # token chunk (E2EL must not end early), but not visible content
+    async with StreamServer(empty_every=3, itl_s=0.002) as srv:
+        o = await one(srv.url, req(n_out=6), api=api, keep_text=True)
+        (rec,) = srv.records
+    assert o.status == "ok"
+    assert len(o.chunk_t) == len(rec.write_t) == 6
+    assert o.last_token_s == o.chunk_t[-1] >= rec.write_t[-1]
+    assert o.text == " tok" * 4
+
+
+async def test_openai_closing_empty_delta_is_not_a_chunk() -> None:
+    body = sse(
+        '{"choices": [{"delta": {"role": "assistant", "content": ""}}]}',
+        '{"choices": [{"delta": {"content": "hi"}}]}',
+        '{"choices": [{"delta": {}, "finish_reason": "stop"}]}',
+        '{"choices": [], "usage": {"prompt_tokens": 2, "completion_tokens": 1}}',
+        "[DONE]",
+    )
+    async with RawServer(body) as url:
+        o = await one(url, api="chat")
+    assert o.status == "ok" and len(o.chunk_t) == 1 and o.output_tokens_server == 1
