@@ -75,6 +75,16 @@ def test_efficiency_curve_interpolates_in_log_tokens() -> None:
             EfficiencyCurve(bad)
 
 
+def test_profile_accepts_plain_efficiencies_in_code() -> None:
+    import dataclasses
+
+    hw = dataclasses.replace(load_hardware("h100-sxm"), bandwidth_efficiency=0.8,
+                             flops_efficiency=[[1, 0.2], [4096, 0.7]])
+    assert hw.bandwidth_efficiency(123) == 0.8
+    assert hw.flops_efficiency(4096) == pytest.approx(0.7)
+    assert load_hardware("h100-sxm").to_dict()["bandwidth_efficiency"] == 0.75
+
+
 def _profile_json(tmp_path: Path, **patch: object) -> Path:
     raw = load_hardware("h100-sxm").to_dict()
     for k, v in patch.items():

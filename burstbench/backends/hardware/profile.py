@@ -118,6 +118,17 @@ class HardwareProfile:
     kind: str = "gpu"
     measured: dict[str, Any] = field(default_factory=dict, compare=False)
 
+    def __post_init__(self) -> None:
+        # Accept a plain number or [[tokens, eta], ...] too (dataclasses.replace, tests).
+        for key in ("flops_efficiency", "bandwidth_efficiency"):
+            value = getattr(self, key)
+            if not isinstance(value, EfficiencyCurve):
+                if isinstance(value, int | float):
+                    curve = EfficiencyCurve.constant(float(value))
+                else:
+                    curve = EfficiencyCurve(tuple((float(x), float(y)) for x, y in value))
+                object.__setattr__(self, key, curve)
+
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["flops_efficiency"] = self.flops_efficiency.to_json()
