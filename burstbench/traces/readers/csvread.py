@@ -44,10 +44,14 @@ def resolve_fields(src: Source, plan: Plan) -> list[Field]:
         if f.source in src.header:
             fields.append(f)
         elif f.required:
+            advice = (
+                "check the column name given in --map"
+                if plan.fmt == "csv"
+                else f"this does not look like a {plan.fmt} file; pick another --format or "
+                "name the columns with --map"
+            )
             raise src.error(
-                f"column '{f.source}' not found (the header has: {', '.join(src.header)}); "
-                f"this does not look like a {plan.fmt} file; pick another --format or name "
-                "the columns with --map",
+                f"column '{f.source}' not found (the header has: {', '.join(src.header)}); {advice}",
                 line=1,
                 field=f.source,
             )

@@ -45,9 +45,14 @@ def resolve_fields(src: Source, plan: Plan) -> list[Field]:
             fields.append(f)
         elif f.required:
             keys = ", ".join(sorted(src.first_record or {}))
+            advice = (
+                "check the key given in --map (dotted paths reach nested keys)"
+                if plan.fmt == "jsonl"
+                else f"this does not look like a {plan.fmt} file; pick another --format or "
+                "name the keys with --map"
+            )
             raise src.error(
-                f"key '{f.source}' not found (the record has: {keys}); this does not look "
-                f"like a {plan.fmt} file; pick another --format or name the keys with --map",
+                f"key '{f.source}' not found (the record has: {keys}); {advice}",
                 line=src.first_record_line,
                 field=f.source,
             )
