@@ -20,7 +20,7 @@ def trace() -> None:
 
 # --- ingest (owned by the ingest work) -------------------------------------------------
 
-INGEST_FORMATS = ("burstgpt", "azure", "mooncake", "bailian", "openai", "csv", "jsonl")
+from burstbench.traces.readers import FORMATS as INGEST_FORMATS  # noqa: E402  (light: no polars)
 
 
 @trace.command("ingest")

@@ -268,3 +268,16 @@ def test_clean_real_files_never_take_the_slow_path(name: str, request, monkeypat
     monkeypatch.setattr(csvread, "_slow", refuse)
     monkeypatch.setattr(jsonread, "_slow", refuse)
     assert len(ingest(request.getfixturevalue(name))) > 0
+
+
+def test_azure_timestamps_with_utc_offset(tmp_path: Path) -> None:
+    path = tmp_path / "AzureLLMInferenceTrace_code_1week.csv"
+    path.write_text(
+        "TIMESTAMP,ContextTokens,GeneratedTokens\n"
+        "2024-05-10 00:00:00.0099300+00:00,4808,10\n"
+        "2024-05-10 02:00:01.0000000+02:00,3180,8\n"
+    )
+    trace = ingest(path)
+    # 02:00:01+02:00 is 00:00:01 UTC: 0.99007 s after the first request.
+    assert trace.df["arrival_s"].to_list() == [0.0, pytest.approx(0.99007, abs=1e-12)]
+    assert trace.df["input_tokens"].to_list() == [4808, 3180]
