@@ -17,8 +17,11 @@ Timing definitions (DESIGN section 4), all on the injected clock:
   counted: vLLM sends them for tokens that have no text yet (special tokens under
   ``ignore_eos``, a multi-byte character split across tokens), and dropping them
   would end E2EL early.
-* Its time is taken once per socket read, right when the bytes arrive (events that
-  arrived in one read did arrive together); appended to ``Outcome.chunk_t``.
+* Its time is when its bytes came off the socket: noted in aiohttp's protocol
+  callback (a subclass swapped into the connector), converted to the injected
+  clock when the request's task reads them; events that arrived together share
+  it. Appended to ``Outcome.chunk_t``. (If a future aiohttp hides the protocol
+  factory, ``arrival_timestamps`` is False and the read time is used.)
 * ``first_token_s``: first token-carrying chunk, reasoning included (vLLM's TTFT);
   ``first_visible_s``: first chunk with non-reasoning content (TTFVT);
   ``last_token_s``: last token-carrying chunk (E2EL); ``end_s``: response closed.
@@ -55,12 +58,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
+import time
 from array import array
 from typing import Any
 
 import aiohttp
+from aiohttp.client_proto import ResponseHandler
 
 from burstbench.backends.base import Clock, Outcome, Request
 from burstbench.backends.prompts import PromptBuilder
@@ -68,6 +74,23 @@ from burstbench.backends.sse import DONE, SSEError, SSEParser
 from burstbench.errors import UsageError
 
 __all__ = ["OpenAIBackend"]
+
+_perf = time.perf_counter
+
+
+class _TimedResponseHandler(ResponseHandler):
+    """aiohttp's connection protocol, noting when bytes last came off the socket.
+
+    A chunk is timestamped by when it arrived, not by when this request's task got
+    to run again: with hundreds of streams in one loop the two differ by the loop's
+    backlog, which would otherwise be added to TTFT and ITL."""
+
+    rx_perf = 0.0
+
+    def data_received(self, data: bytes) -> None:
+        self.rx_perf = _perf()
+        super().data_received(data)
+
 
 _ERROR_BODY_MAX = 64 * 1024
 _MESSAGE_MAX = 500
@@ -170,6 +193,7 @@ class OpenAIBackend:
         self._session: aiohttp.ClientSession | None = None
         self._headers: dict[str, str] = {}
         self._secret: str | None = None
+        self.arrival_timestamps = False  # set by start(): chunk times from the socket callback
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -188,6 +212,15 @@ class OpenAIBackend:
         connector = aiohttp.TCPConnector(
             limit=0, limit_per_host=0, ttl_dns_cache=300, keepalive_timeout=4.0
         )
+        # arrival timestamps: swap in the timed protocol where this aiohttp allows it
+        factory = getattr(connector, "_factory", None)
+        self.arrival_timestamps = isinstance(factory, functools.partial) and (
+            factory.func is ResponseHandler
+        )
+        if self.arrival_timestamps:
+            connector._factory = functools.partial(  # type: ignore[attr-defined]
+                _TimedResponseHandler, *factory.args, **factory.keywords
+            )
         self._session = aiohttp.ClientSession(
             connector=connector,
             timeout=self._timeout,
@@ -332,6 +365,10 @@ class OpenAIBackend:
         ct_append = chunk_t.append
         reasoning_at: list[int] = []  # indexes of reasoning-only chunks
         tokens_at: list[tuple[int, int]] = []  # (index, tokens) from per-chunk usage
+        conn = resp.connection
+        proto = conn.protocol if conn is not None else None
+        timed = isinstance(proto, _TimedResponseHandler)
+        perf = _perf
         visible = None
         usage: dict | None = None
         prev_ct = 0
@@ -342,6 +379,8 @@ class OpenAIBackend:
             while True:
                 raw = await read()
                 t = clock()
+                if timed and proto.rx_perf:  # back-date to when the bytes arrived
+                    t -= perf() - proto.rx_perf
                 if raw:
                     try:
                         events = feed(raw)
@@ -455,6 +494,10 @@ class OpenAIBackend:
     async def _read_body(self, resp: aiohttp.ClientResponse, out: Outcome, clock: Clock) -> None:
         body = await resp.read()
         t = clock()
+        conn = resp.connection
+        proto = conn.protocol if conn is not None else None
+        if isinstance(proto, _TimedResponseHandler) and proto.rx_perf:
+            t -= _perf() - proto.rx_perf
         try:
             obj = _loads(body)
         except ValueError:

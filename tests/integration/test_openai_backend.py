@@ -344,6 +344,16 @@ async def test_metrics_endpoint_has_vllm_names() -> None:
     assert {o.status for o in outs} == {"cancelled"}
 
 
+async def test_chunk_times_come_from_the_socket_callback() -> None:
+    async with StreamServer(itl_s=0.003) as srv, OpenAIBackend(srv.url) as b:
+        assert b.arrival_timestamps  # this aiohttp lets the timed protocol in
+        o = await b.send(req(n_out=5), clock)
+        (rec,) = srv.records
+    # arrival times, not read times: each after its write, and none after the read ended
+    assert all(c >= w for c, w in zip(o.chunk_t, rec.write_t, strict=True))
+    assert o.chunk_t[-1] <= o.end_s
+
+
 def test_registry_and_protocol() -> None:
     cls = get_backend("openai")
     assert cls is OpenAIBackend
