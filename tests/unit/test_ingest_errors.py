@@ -272,3 +272,30 @@ def test_unknown_boolean_word_is_not_silently_false(tmp_path: Path) -> None:
     trace = ingest(path, mapping=spec, skip_bad=True)
     assert trace.df["failed"].to_list() == [True, False]
     assert trace.meta["rows_dropped"] == {"not_boolean": 1}
+
+
+def test_jsonl_bad_line_deep_in_a_chunked_file(tmp_path: Path, monkeypatch) -> None:
+    """Only the chunk holding the bad line is walked in Python; line numbers stay exact."""
+    from burstbench.traces.readers import jsonread
+
+    monkeypatch.setattr(jsonread, "CHUNK_BYTES", 4096)
+    walked: list[int] = []
+    real = jsonread._chunk_python
+
+    def spy(src, fields, piece, first_line, dropped, *, skip_bad):
+        walked.append(first_line)
+        return real(src, fields, piece, first_line, dropped, skip_bad=skip_bad)
+
+    monkeypatch.setattr(jsonread, "_chunk_python", spy)
+    lines = [MOON.format(t=t * 10, i=100 + t, h=f"[{t}]") for t in range(2000)]
+    lines[1233] = MOON.format(t=12330, i='"many"', h="[1]")
+    path = _moon(tmp_path, lines)
+    with pytest.raises(TraceFormatError) as info:
+        ingest(path)
+    assert (info.value.line, info.value.field) == (1234, "input_length")
+    walked.clear()
+    trace = ingest(path, skip_bad=True)
+    assert len(walked) == 1 and walked[0] <= 1234
+    assert trace.meta["rows_dropped"] == {"non_numeric": 1} and trace.meta["rows_read"] == 2000
+    expected = [json.loads(line)["input_length"] for i, line in enumerate(lines) if i != 1233]
+    assert trace.df["input_tokens"].to_list() == expected
