@@ -437,7 +437,7 @@ def _gamma_cdf(a: float, scale: float, x: np.ndarray):
     return approx
 
 
-def _weibull_newton(logx: np.ndarray, w: np.ndarray | None, k: float, iters: int, tol: float = 1e-10) -> float:
+def _weibull_newton(logx: np.ndarray, w: np.ndarray | None, k: float, iters: int, tol: float = 1e-12) -> float:
     """Newton on g(k) = sum(x^k L)/sum(x^k) - 1/k - mean(L), with L = log x shifted for range."""
     c = float(logx.max())
     L = logx - c
@@ -457,7 +457,9 @@ def _weibull_newton(logx: np.ndarray, w: np.ndarray | None, k: float, iters: int
         k_new = k - step
         if not k_new > 0:
             k_new = k / 2
-        if abs(k_new - k) <= tol * k:
+        # Newton converges quadratically: once a step is below sqrt(tol), the error left
+        # after it is of order step^2 < tol, so another pass over the data is wasted.
+        if abs(k_new - k) <= math.sqrt(tol) * k:
             return k_new
         k = k_new
     return k
@@ -468,9 +470,10 @@ def fit_weibull(s: Sample, *, seed: int = 0) -> Candidate:
     if sd == 0:
         raise InputError("weibull fit: all values are equal; nothing to fit")
     k = math.pi / (math.sqrt(6) * sd)
-    if s.w is None and s.x.size > 200_000:
-        # Converge on a subsample (cheap), then refine on everything (quadratic convergence).
-        idx = np.random.default_rng(seed).choice(s.x.size, 200_000, replace=False)
+    if s.w is None and s.x.size > 1_000_000:
+        # Converge on a 1M subsample (cheap; its root is within ~0.1 % of the full one),
+        # then two or three Newton steps on everything finish the job.
+        idx = np.random.default_rng(seed).integers(0, s.x.size, 1_000_000)
         k = _weibull_newton(s.logx[idx], None, k, 50, tol=1e-8)
         k = _weibull_newton(s.logx, None, k, 8)
     else:
