@@ -2,7 +2,7 @@
 
 Fast path: ``polars.scan_ndjson`` with projection of just the planned fields (nested
 keys through struct fields), strict casts, then a vectorised check for empty or
-negative values. If that fails, the slow path cuts the file into ~16 MiB chunks of
+negative values. If that fails, the slow path cuts the file into ~4 MiB chunks of
 whole lines and retries polars on each; only a chunk polars rejects is walked line by
 line with the ``json`` module, which builds Python objects per line -- the price of
 naming the exact line of a malformed record, paid for that chunk only.
@@ -213,11 +213,11 @@ def _slow(src: Source, fields: list[Field], *, skip_bad: bool) -> ReadResult:
     return ReadResult(df, rows_read, dict(dropped), fields)
 
 
-CHUNK_BYTES = 16 << 20
+CHUNK_BYTES = 4 << 20
 
 
 def _line_chunks(path: Path) -> Iterator[tuple[bytes, int]]:
-    """(whole lines, 1-based number of the first of them) in pieces of about 16 MiB."""
+    """(whole lines, 1-based number of the first of them) in pieces of about 4 MiB."""
     first, rest = 1, b""
     with path.open("rb") as fh:
         while block := fh.read(CHUNK_BYTES):
