@@ -281,3 +281,21 @@ def test_azure_timestamps_with_utc_offset(tmp_path: Path) -> None:
     # 02:00:01+02:00 is 00:00:01 UTC: 0.99007 s after the first request.
     assert trace.df["arrival_s"].to_list() == [0.0, pytest.approx(0.99007, abs=1e-12)]
     assert trace.df["input_tokens"].to_list() == [4808, 3180]
+
+
+def test_gzip_files_are_read_through_a_temporary_copy(tmp_path: Path, azure_conv: Path) -> None:
+    import gzip
+
+    gz = tmp_path / "AzureLMMInferenceTrace_multimodal.csv.gz"
+    gz.write_bytes(gzip.compress(azure_conv.read_bytes()))
+    trace = ingest(gz)
+    assert trace.df.equals(ingest(azure_conv).df)
+    assert trace.meta["source_compression"] == "gzip"
+    assert trace.meta["source_file"] == str(gz.resolve())
+    bad = tmp_path / "bad.csv.gz"
+    lines = azure_conv.read_text().splitlines(keepends=True)
+    lines[99] = "2023-11-16 18:20:00.0000000,12x,5\n"
+    bad.write_bytes(gzip.compress("".join(lines).encode()))
+    with pytest.raises(Exception) as info:
+        ingest(bad)
+    assert str(info.value).startswith(f"{bad}:100, field 'ContextTokens'")

@@ -34,49 +34,64 @@ class Source:
     header: tuple[str, ...] = ()  # CSV column names (BOM and surrounding spaces removed)
     first_record: dict[str, Any] | None = None  # JSONL: the first parsable object
     first_record_line: int = 1
+    shown: Path | None = None  # the name errors use (the .gz a temporary file came from)
 
     def error(self, message: str, *, line: int | None = None, field: str | None = None) -> TraceFormatError:
-        return TraceFormatError(message, path=self.path, line=line, field=field)
+        return TraceFormatError(message, path=self.shown or self.path, line=line, field=field)
 
 
-def open_source(path: str | Path) -> Source:
-    """Sniff ``path``: CSV or JSON Lines, header or first record; refuse what is not a trace."""
+def is_gzip(path: Path) -> bool:
+    try:
+        with path.open("rb") as fh:
+            return fh.read(2) == b"\x1f\x8b"
+    except OSError:
+        return False
+
+
+def open_source(path: str | Path, *, shown: Path | None = None) -> Source:
+    """Sniff ``path``: CSV or JSON Lines, header or first record; refuse what is not a trace.
+
+    ``shown`` is the name to use in messages when ``path`` is a decompressed copy.
+    """
     path = Path(path)
+    name = shown or path
     if not path.exists():
-        raise TraceFormatError("no such file; check the path", path=path)
+        raise TraceFormatError("no such file; check the path", path=name)
     if not path.is_file():
-        raise TraceFormatError("not a regular file; give the path of a CSV or JSONL trace", path=path)
+        raise TraceFormatError("not a regular file; give the path of a CSV or JSONL trace", path=name)
     size = path.stat().st_size
     if size == 0:
         raise TraceFormatError(
             "file is empty (0 bytes); the download or export probably failed, fetch it again",
-            path=path,
+            path=name,
             line=1,
         )
     with path.open("rb") as fh:
         head = fh.read(HEAD_BYTES)
         fh.seek(max(0, size - 1))
         ends_with_newline = fh.read(1) in (b"\n", b"\r")
-    _refuse_binary(path, head)
+    _refuse_binary(name, head)
     stripped = head.lstrip(b"\xef\xbb\xbf \t\r\n")
     if not stripped:
-        raise TraceFormatError("file holds only blank lines; there are no requests in it", path=path, line=1)
+        raise TraceFormatError("file holds only blank lines; there are no requests in it", path=name, line=1)
     if stripped[:1] == b"[":
         raise TraceFormatError(
             "this is one JSON array, not JSON Lines; convert it with `jq -c '.[]' IN > OUT.jsonl`",
-            path=path,
+            path=name,
             line=1,
         )
     if stripped[:1] == b"{":
-        record, line = _first_json_record(path, head, size)
-        return Source(path, "jsonl", size, ends_with_newline, first_record=record, first_record_line=line)
-    header = _csv_header(path, head)
-    return Source(path, "csv", size, ends_with_newline, header=header)
+        record, line = _first_json_record(name, head, size)
+        return Source(
+            path, "jsonl", size, ends_with_newline, first_record=record, first_record_line=line, shown=shown
+        )
+    header = _csv_header(name, head)
+    return Source(path, "csv", size, ends_with_newline, header=header, shown=shown)
 
 
 def _refuse_binary(path: Path, head: bytes) -> None:
     if head[:2] == b"\x1f\x8b":
-        raise TraceFormatError("file is gzip-compressed; decompress it first (gunzip -k FILE)", path=path)
+        raise TraceFormatError("file is gzip-compressed twice; decompress it once (gunzip -k FILE)", path=path)
     if head[:4] == b"PAR1":
         raise TraceFormatError(
             "file is already Parquet; pass it straight to `trace stats`/`fit` instead of ingesting it",
