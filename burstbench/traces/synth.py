@@ -618,11 +618,13 @@ def replay(
     if df.height == 0:
         raise InputError("no requests left after the replay filters; widen the window or filters")
     df = df.with_columns(pl.col("arrival_s") - pl.col("arrival_s").min())
+    factor = 1.0
     if time_scale is not None:
         if not time_scale > 0:
             raise UsageError(f"--time-scale must be > 0, got {time_scale}")
         df = df.with_columns(pl.col("arrival_s") * time_scale)
         applied["time_scale"] = time_scale
+        factor *= time_scale
     if rate is not None:
         if not rate > 0:
             raise UsageError(f"--rate must be > 0, got {rate}")
@@ -632,6 +634,10 @@ def replay(
         cur = (df.height - 1) / span
         df = df.with_columns(pl.col("arrival_s") * (cur / rate))
         applied["rate"] = rate
+        factor *= cur / rate
     meta = dict(trace.meta)
     meta["replay"] = applied
+    if factor != 1.0 and meta.get("timestamp_resolution_s"):
+        # The timestamp grid stretches with the times; fits break ties on the new grid.
+        meta["timestamp_resolution_s"] = float(meta["timestamp_resolution_s"]) * factor
     return Trace(conform(df), meta)

@@ -275,6 +275,7 @@ def test_replay_transforms(burstgpt_v1: Path) -> None:
     t0 = tr.df["arrival_s"].to_numpy()
     fast = replay(tr, time_scale=0.5)
     assert np.allclose(fast.df["arrival_s"].to_numpy(), t0 * 0.5)
+    assert tr.meta["timestamp_resolution_s"] == 1.0 and fast.meta["timestamp_resolution_s"] == 0.5
     r = replay(tr, rate=2.0)
     t = r.df["arrival_s"].to_numpy()
     assert (len(t) - 1) / t[-1] == pytest.approx(2.0)
