@@ -78,8 +78,10 @@ class BottleneckWatch:
 class ProgressView:
     """A rich Live table on stderr, redrawn a few times a second by the supervisor."""
 
-    def __init__(self, *, target_rate: float | None, total: int | None, enabled: bool = True) -> None:
+    def __init__(self, *, target_rate: float | None, total: int | None, enabled: bool = True,
+                 send_end_s: float | None = None) -> None:
         self.target_rate = target_rate
+        self.send_end_s = send_end_s  # when sending stops: the achieved rate is over the sending window
         self.total = total
         self.console = Console(stderr=True)
         self.enabled = enabled and self.console.is_terminal
@@ -103,9 +105,10 @@ class ProgressView:
 
     def render(self, t: float, totals: Totals, lag_p99_ms: float, cpu: float) -> Table:
         sent = totals.get("sent")
-        rate = sent / t if t > 0 else 0.0
+        window = min(t, self.send_end_s) if self.send_end_s else t
+        rate = sent / window if window > 0 else 0.0
         table = Table(show_header=True, header_style="bold", box=None)
-        for col in ("elapsed", "sent", "completed", "failed", "in flight", "rate (achieved/target)",
+        for col in ("elapsed", "sent", "completed", "failed", "in flight", "req/s got/target",
                     "lag p99", "client CPU"):
             table.add_column(col, justify="right")
         target = f"{self.target_rate:.1f}" if self.target_rate else "-"

@@ -189,7 +189,7 @@ class _Supervisor:
         self.watch = BottleneckWatch()
         self.view = ProgressView(target_rate=plan.target_rate,
                                  total=plan.df.height if plan.mode != "closed" else plan.max_requests,
-                                 enabled=progress)
+                                 enabled=progress, send_end_s=plan.end_s if plan.mode != "closed" else None)
         self.notes: list[str] = list(plan.notes)
         self.errors: list[str] = []
         self.stop_reason: str | None = None

@@ -8,6 +8,7 @@ including after Ctrl-C.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -157,20 +158,31 @@ def test_second_sigint_cancels_at_once(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("server_args", "error_class"),
-    [(("--status", "500"), "http_500"), (("--drop-after", "2"), "disconnect"),
-     (("--error-after", "1"), "stream_error")],
+    ("fault", "error_class"),
+    [({"status": 500}, "http_500"), ({"drop_after": 2}, "disconnect"), ({"error_after": 1}, "stream_error"),
+     ({"malformed_after": 1}, "sse_malformed")],
 )
-def test_failing_servers_give_error_rows_not_a_crash(tmp_path, server_args, error_class):
-    trace = write_parquet(tmp_path / "t.parquet", 6, 0.01, 5)
+async def test_failing_servers_give_error_rows_not_a_crash(tmp_path, fault, error_class):
+    """The real OpenAIBackend against a real (in-process) server that misbehaves."""
+    from burstbench.loadgen.runner import execute
+    from burstbench.loadgen.scenario import Scenario
+    from burstbench.loadgen.summary import summarize
+    from burstbench.store import ResultsStore
+    from burstbench.testing.stream_server import StreamServer
+
+    trace = Trace(conform(pl.DataFrame({"arrival_s": [i * 0.01 for i in range(6)], "input_tokens": [20] * 6,
+                                        "output_tokens": [5] * 6})))
     out = tmp_path / "r.duckdb"
-    with stream_server("--ttft", "0.001", *server_args) as url:
-        proc = bb("run", "--url", url, "--trace", str(trace), "-o", str(out), "--json", "--quiet")
-    assert proc.returncode == 0, proc.stderr
-    summary = json.loads(proc.stdout)
+    async with StreamServer(ttft_s=0.001, **fault) as srv:
+        res = await asyncio.to_thread(execute, trace, Scenario(url=srv.url, scrape_metrics=False), out,
+                                      progress=False)
+        assert len(srv.records) == 6
+    assert res.status == "done"
+    with ResultsStore(out, read_only=True) as store:
+        summary = summarize(store, res.run_id)
+        rows = store.con.execute("SELECT status, error_class, error_message FROM requests").fetchall()
     assert summary["failed"] == 6 and summary["completed"] == 0
-    rows = db_rows(out, "SELECT status, error_class FROM requests")
-    assert len(rows) == 6 and {r[1] for r in rows} == {error_class}
+    assert len(rows) == 6 and {r[1] for r in rows} == {error_class} and all(r[2] for r in rows)
 
 
 def test_two_workers_against_a_real_server(tmp_path):
@@ -197,36 +209,47 @@ def test_two_workers_against_a_real_server(tmp_path):
         (["--url", "http://127.0.0.1:9", "--duration", "5", "--warmup", "5"], "field 'warmup_s'", 2),
     ],
 )
-def test_bad_flags_give_one_line_errors(tmp_path, args, needle, code):
+def test_bad_flags_give_one_line_errors(tmp_path, capsys, args, needle, code):
     trace = write_parquet(tmp_path / "t.parquet", 3, 0.1, 2)
-    proc = bb("run", "--trace", str(trace), "-o", str(tmp_path / "r.duckdb"), *args)
-    assert proc.returncode == code
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and needle in lines[0], proc.stderr
-    assert proc.stdout == ""
+    rc, out, err = main_in_process(capsys, "run", "--trace", str(trace), "-o", str(tmp_path / "r.duckdb"), *args)
+    assert rc == code
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], err
+    assert out == ""
 
 
-def test_nothing_listening_is_one_line_and_no_run_row(tmp_path):
+def main_in_process(capsys, *argv: str) -> tuple[int, str, str]:
+    """The console script's entry point, in this process (fast for error paths)."""
+    from burstbench.cli import main
+
+    capsys.readouterr()
+    rc = main(list(argv))
+    captured = capsys.readouterr()
+    return rc, captured.out, captured.err
+
+
+def test_nothing_listening_is_one_line_and_no_run_row(tmp_path, capsys):
     import socket
 
     with socket.socket() as sock:  # a port that was free a moment ago
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     trace = write_parquet(tmp_path / "t.parquet", 3, 0.1, 2)
-    proc = bb("run", "--url", f"http://user:pw@127.0.0.1:{port}", "--trace", str(trace), "-o",
-              str(tmp_path / "r.duckdb"))
-    assert proc.returncode == 5
-    lines = proc.stderr.strip().splitlines()
+    rc, _, err = main_in_process(capsys, "run", "--url", f"http://user:pw@127.0.0.1:{port}", "--trace",
+                                 str(trace), "-o", str(tmp_path / "r.duckdb"))
+    assert rc == 5
+    lines = err.strip().splitlines()
     assert len(lines) == 1 and "cannot connect" in lines[0] and "pw" not in lines[0]
     assert not (tmp_path / "r.duckdb").exists()
 
 
-def test_missing_trace_and_bad_scenario_file(tmp_path):
-    proc = bb("run", "--url", "http://127.0.0.1:9", "--trace", str(tmp_path / "nope.parquet"), "-o",
-              str(tmp_path / "r.duckdb"))
-    assert proc.returncode == 3 and len(proc.stderr.strip().splitlines()) == 1 and "nope.parquet" in proc.stderr
+def test_missing_trace_and_bad_scenario_file(tmp_path, capsys):
+    rc, _, err = main_in_process(capsys, "run", "--url", "http://127.0.0.1:9", "--trace",
+                                 str(tmp_path / "nope.parquet"), "-o", str(tmp_path / "r.duckdb"))
+    assert rc == 3 and len(err.strip().splitlines()) == 1 and "nope.parquet" in err
     sc = tmp_path / "sc.yaml"
     sc.write_text("url: http://127.0.0.1:9\nrat: 5\n")
     trace = write_parquet(tmp_path / "t.parquet", 3, 0.1, 2)
-    proc = bb("run", "--trace", str(trace), "-o", str(tmp_path / "r.duckdb"), "--scenario", str(sc))
-    assert proc.returncode == 3 and "field 'rat'" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    rc, _, err = main_in_process(capsys, "run", "--trace", str(trace), "-o", str(tmp_path / "r.duckdb"),
+                                 "--scenario", str(sc))
+    assert rc == 3 and "field 'rat'" in err and len(err.strip().splitlines()) == 1

@@ -1,0 +1,332 @@
+"""The load generator end to end (runner + OpenAIBackend + recorder) against a baseline.
+
+Three measurements from issue 3, each side by side with a baseline run in the same
+minute against the same server (``burstbench.testing.stream_server`` in its own
+process, so client and server never share a loop):
+
+``capacity``  streamed chunks per second parsed, timestamped *and recorded* per
+              client process (``burstbench.loadgen`` with --workers 1, 2) vs a plain
+              single-loop aiohttp client that only parses and timestamps (the way
+              vLLM's late-2024 benchmark client reads a stream). Also chunks per
+              client CPU-second, which is less sensitive to other load on the host.
+``accuracy``  server at 50 ms TTFT, 20 ms between chunks, ~200 concurrent streams:
+              per request, client TTFT vs the server's (first write - request read),
+              per chunk, client chunk gap vs the server's write gap (median, p99 of
+              the difference). Requests are matched by a unique model name.
+``schedule``  Poisson at 1,000 requests/s with 1-token answers for 10 s: achieved
+              rate vs target and the plan, schedule lag p50/p99 (--workers 1 and 2),
+              vs a baseline sender that sleeps a random gap after each send (vLLM's
+              ``get_request`` loop), which drifts.
+
+    python benchmarks/bench_loadgen.py capacity
+    python benchmarks/bench_loadgen.py accuracy
+    python benchmarks/bench_loadgen.py schedule
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+import duckdb
+import numpy as np
+import polars as pl
+
+from burstbench.backends.openai import OpenAIBackend
+from burstbench.loadgen.runner import execute
+from burstbench.loadgen.scenario import Scenario
+from burstbench.traces.schema import Trace, conform
+
+
+# -- server in its own process --------------------------------------------------------
+def _serve(argv: list[str]) -> None:
+    """Child process: a StreamServer that dumps (model, received, write times) on SIGINT."""
+    from burstbench.testing.stream_server import StreamServer, _parser, settings_from_args
+
+    p = _parser()
+    p.add_argument("--dump", required=True)
+    a = p.parse_args(argv)
+
+    async def main() -> None:
+        srv = StreamServer(settings_from_args(a), record=not a.no_record, max_records=a.max_records)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        async with srv:
+            print(json.dumps({"url": srv.url}), flush=True)
+            await stop.wait()
+            rows = [(r.body.get("model"), r.received_s, r.write_t) for r in srv.records]
+            Path(a.dump).write_text(json.dumps(rows))
+
+    asyncio.run(main())
+
+
+class Server:
+    def __init__(self, *args: str) -> None:
+        self.dump = tempfile.mktemp(suffix=".json")
+        self.proc = subprocess.Popen([sys.executable, __file__, "_serve", "--dump", self.dump, *args],
+                                     stdout=subprocess.PIPE, text=True)
+        self.url = json.loads(self.proc.stdout.readline())["url"]
+
+    def stop(self) -> list:
+        self.proc.send_signal(signal.SIGINT)
+        self.proc.wait(60)
+        try:
+            return json.loads(Path(self.dump).read_text())
+        finally:
+            Path(self.dump).unlink(missing_ok=True)
+
+
+def load() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.2f} {five:.2f} {fifteen:.2f} on {os.cpu_count()} cores"
+
+
+def cpu_s() -> float:
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    ch = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + ch.ru_utime + ch.ru_stime
+
+
+def make_trace(n: int, out_tokens: int, gap: float = 0.0, unique_models: bool = False) -> Trace:
+    data = {"arrival_s": [i * gap for i in range(n)], "input_tokens": [16] * n, "output_tokens": [out_tokens] * n}
+    if unique_models:
+        data["model"] = [f"m{i}" for i in range(n)]
+    return Trace(conform(pl.DataFrame(data)))
+
+
+def ours(trace: Trace, sc: Scenario, tmp: str, factory=None) -> tuple[str, float, float, Path]:
+    out = Path(tmp) / f"r{time.monotonic_ns()}.duckdb"
+    c0, t0 = cpu_s(), time.perf_counter()
+    res = execute(trace, sc, out, progress=False, backend_factory=factory)
+    return res.run_id, time.perf_counter() - t0, cpu_s() - c0, out
+
+
+# -- baseline: a plain single-loop aiohttp client ----------------------------------------
+async def _baseline_capacity(url: str, n: int, concurrency: int, tokens: int) -> int:
+    chunks = 0
+    queue = list(range(n))
+    conn = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=conn) as session:
+
+        async def user() -> None:
+            nonlocal chunks
+            while queue:
+                queue.pop()
+                body = {"model": "x", "prompt": "hello " * 16, "max_tokens": tokens, "stream": True,
+                        "stream_options": {"include_usage": True}, "ignore_eos": True}
+                st = time.perf_counter()
+                times = []
+                async with session.post(url + "/v1/completions", json=body) as resp:
+                    async for raw in resp.content:
+                        line = raw.strip()
+                        if not line:
+                            continue
+                        data = line.decode().removeprefix("data: ")
+                        if data == "[DONE]":
+                            continue
+                        obj = json.loads(data)
+                        if obj.get("choices") and obj["choices"][0].get("text"):
+                            times.append(time.perf_counter() - st)
+                chunks += len(times)
+
+        await asyncio.gather(*(user() for _ in range(concurrency)))
+    return chunks
+
+
+def capacity(a: argparse.Namespace) -> None:
+    print(f"# capacity: {a.requests} requests x {a.tokens} tokens, {a.concurrency} streams; {load()}")
+    srv = Server("--no-record", "--events-per-write", str(a.events_per_write))
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            trace = make_trace(a.requests, a.tokens)
+            results: dict[str, list[tuple[float, float]]] = {}
+            for rep in range(a.repeats):
+                for name in ["baseline", "burstbench w1"] + [f"burstbench w{w}" for w in a.workers if w > 1]:
+                    if name == "baseline":
+                        c0, t0 = cpu_s(), time.perf_counter()
+                        chunks = asyncio.run(_baseline_capacity(srv.url, a.requests, a.concurrency, a.tokens))
+                        wall, cpu = time.perf_counter() - t0, cpu_s() - c0
+                    else:
+                        w = int(name.split("w")[1])
+                        sc = Scenario(url=srv.url, mode="closed", concurrency=a.concurrency,
+                                      max_requests=a.requests, workers=w, scrape_metrics=False)
+                        run_id, wall, cpu, out = ours(trace, sc, tmp)
+                        con = duckdb.connect(str(out), read_only=True)
+                        chunks = con.execute("SELECT count(*) FROM chunks WHERE run_id = ?", [run_id]).fetchall()[0][0]
+                        # the streaming window (first send to last chunk), without process start-up
+                        window = con.execute("SELECT max(end_s) - min(sent_s) FROM requests WHERE run_id = ?",
+                                             [run_id]).fetchall()[0][0]
+                        con.close()
+                        print(f"    (streaming window {window:.2f}s of {wall:.2f}s wall: "
+                              f"{chunks / window:,.0f} chunks/s in the window)")
+                    results.setdefault(name, []).append((chunks / wall, chunks / cpu))
+                    print(f"  rep {rep} {name:15s} chunks={chunks} wall={wall:.2f}s cpu={cpu:.2f}s "
+                          f"-> {chunks / wall:,.0f} chunks/s, {chunks / cpu:,.0f} chunks/CPU-s", flush=True)
+    finally:
+        srv.stop()
+    base = np.median([r[0] for r in results["baseline"]])
+    base_cpu = np.median([r[1] for r in results["baseline"]])
+    print(f"# medians ({load()})")
+    for name, rs in results.items():
+        w, c = np.median([r[0] for r in rs]), np.median([r[1] for r in rs])
+        print(f"  {name:15s} {w:10,.0f} chunks/s ({w / base:.2f}x baseline)   "
+              f"{c:10,.0f} chunks/CPU-s ({c / base_cpu:.2f}x baseline)")
+
+
+def accuracy(a: argparse.Namespace) -> None:
+    rate = a.streams / (0.05 + 0.02 * (a.tokens - 1))  # arrivals that keep ~streams in flight
+    n = int(rate * a.seconds)
+    print(f"# accuracy: TTFT 50 ms, ITL 20 ms, {a.tokens} tokens, {rate:.0f} req/s (~{a.streams} in flight), "
+          f"{n} requests, workers={a.workers}; {load()}")
+    srv = Server("--ttft", "0.05", "--itl", "0.02")
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            trace = make_trace(n, a.tokens, gap=1.0 / rate, unique_models=True)
+            sc = Scenario(url=srv.url, workers=a.workers[0], scrape_metrics=False)
+            # send each trace row's unique model name, so server records match client rows
+            factory = functools.partial(OpenAIBackend, srv.url, use_request_model=True, discover_model=False)
+            run_id, wall, cpu, out = ours(trace, sc, tmp, factory)
+            con = duckdb.connect(str(out), read_only=True)
+            req = con.sql("SELECT request_id, sent_s, first_token_s, status FROM requests WHERE run_id = ?",
+                          params=[run_id]).pl()
+            ch = con.sql("SELECT request_id, seq, t_s FROM chunks WHERE run_id = ? ORDER BY request_id, seq",
+                         params=[run_id]).pl()
+            con.close()
+    finally:
+        records = srv.stop()
+    server = {m: (recv, w) for m, recv, w in records}
+    d_ttft, d_gap, c_ttft, s_ttft = [], [], [], []
+    by_req = {k[0]: g["t_s"].to_numpy() for k, g in ch.group_by("request_id")}
+    unmatched = 0
+    for r in req.iter_rows(named=True):
+        if r["status"] != "ok":
+            continue
+        if f"m{r['request_id']}" not in server:
+            unmatched += 1
+            continue
+        recv, writes = server[f"m{r['request_id']}"]
+        ct = r["first_token_s"] - r["sent_s"]
+        st = writes[0] - recv
+        c_ttft.append(ct)
+        s_ttft.append(st)
+        d_ttft.append(ct - st)
+        cg = np.diff(by_req[r["request_id"]])
+        sg = np.diff(np.asarray(writes))
+        if cg.size == sg.size:
+            d_gap.extend(cg - sg)
+    d_ttft_ms, d_gap_ms = np.asarray(d_ttft) * 1e3, np.asarray(d_gap) * 1e3
+    ok = int((req["status"] == "ok").sum())
+    print(f"  requests ok {ok}/{req.height}; server records {len(records)}, ok rows without a server record "
+          f"{unmatched}; client CPU {cpu:.1f}s over {wall:.1f}s")
+    print(f"  TTFT   client median {np.median(c_ttft) * 1e3:.2f} ms, server median {np.median(s_ttft) * 1e3:.2f} ms;"
+          f" client - server per request: median {np.median(d_ttft_ms):+.3f} ms, p99 {np.percentile(d_ttft_ms, 99):+.3f} ms")
+    print(f"  ITL    client gap - server write gap over {d_gap_ms.size} gaps: median {np.median(d_gap_ms):+.3f} ms, "
+          f"p99 |d| {np.percentile(np.abs(d_gap_ms), 99):.3f} ms, p99 {np.percentile(d_gap_ms, 99):+.3f} ms")
+    print(f"# {load()}")
+
+
+async def _baseline_schedule(url: str, rate: float, seconds: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """vLLM-style sender: send, then sleep a fresh exponential gap (relative sleeps drift)."""
+    rng = np.random.default_rng(seed)
+    conn = aiohttp.TCPConnector(limit=0)
+    sent: list[float] = []
+    plan: list[float] = []
+    tasks = set()
+    async with aiohttp.ClientSession(connector=conn) as session:
+
+        async def one() -> None:
+            body = {"model": "x", "prompt": "hi", "max_tokens": 1, "stream": True}
+            async with session.post(url + "/v1/completions", json=body) as resp:
+                async for _ in resp.content:
+                    pass
+
+        t0 = time.perf_counter()
+        ideal = 0.0
+        while time.perf_counter() - t0 < seconds:
+            sent.append(time.perf_counter() - t0)
+            plan.append(ideal)
+            task = asyncio.ensure_future(one())
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+            gap = rng.exponential(1.0 / rate)
+            ideal += gap
+            await asyncio.sleep(gap)
+        await asyncio.gather(*tasks, return_exceptions=True)
+    return np.asarray(plan), np.asarray(sent)
+
+
+def schedule(a: argparse.Namespace) -> None:
+    print(f"# schedule: Poisson {a.rate:.0f} req/s, 1-token answers, {a.seconds:.0f} s; {load()}")
+    srv = Server("--no-record")
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            base_plan, base_sent = asyncio.run(_baseline_schedule(srv.url, a.rate, a.seconds, 1))
+            n = base_sent.size
+            lag = (base_sent - base_plan) * 1e3
+            print(f"  baseline (sleep after send): {n} sent in {a.seconds:.0f}s -> {n / a.seconds:.1f} req/s "
+                  f"({(n / a.seconds) / a.rate - 1:+.2%} vs target); drift from its own Poisson plan at the end "
+                  f"{lag[-1]:.1f} ms, lag p50 {np.percentile(lag, 50):.2f} ms, p99 {np.percentile(lag, 99):.2f} ms")
+            trace = make_trace(10, 1)
+            for w in a.workers:
+                sc = Scenario(url=srv.url, mode="rate", rate=a.rate, duration_s=a.seconds, workers=w,
+                              scrape_metrics=False, seed=1)
+                run_id, _wall, cpu, out = ours(trace, sc, tmp)
+                con = duckdb.connect(str(out), read_only=True)
+                r = con.sql("SELECT scheduled_s, sent_s, status FROM requests WHERE run_id = ?",
+                            params=[run_id]).pl()
+                con.close()
+                sched, sent = np.sort(r["scheduled_s"].to_numpy()), np.sort(r["sent_s"].to_numpy())
+                lag = (r["sent_s"] - r["scheduled_s"]).to_numpy() * 1e3
+                plan_rate = (sched.size - 1) / (sched[-1] - sched[0])
+                got_rate = (sent.size - 1) / (sent[-1] - sent[0])
+                ok = int((r["status"] == "ok").sum())
+                print(f"  burstbench --workers {w}: {r.height} sent ({ok} ok) -> achieved {got_rate:.1f} req/s, "
+                      f"plan {plan_rate:.1f} ({got_rate / plan_rate - 1:+.2%} vs plan, "
+                      f"{r.height / a.seconds / a.rate - 1:+.2%} count vs target); lag p50 {np.percentile(lag, 50):.2f} ms,"
+                      f" p99 {np.percentile(lag, 99):.2f} ms, max {lag.max():.1f} ms; client CPU {cpu:.1f}s", flush=True)
+    finally:
+        srv.stop()
+    print(f"# {load()}")
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "_serve":
+        _serve(sys.argv[2:])
+        return
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("capacity")
+    c.add_argument("--requests", type=int, default=128)
+    c.add_argument("--tokens", type=int, default=1000)
+    c.add_argument("--concurrency", type=int, default=32)
+    c.add_argument("--events-per-write", type=int, default=1)
+    c.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    c.add_argument("--repeats", type=int, default=2)
+    ac = sub.add_parser("accuracy")
+    ac.add_argument("--streams", type=int, default=200)
+    ac.add_argument("--tokens", type=int, default=50)
+    ac.add_argument("--seconds", type=float, default=8.0)
+    ac.add_argument("--workers", type=int, nargs="+", default=[1])
+    s = sub.add_parser("schedule")
+    s.add_argument("--rate", type=float, default=1000.0)
+    s.add_argument("--seconds", type=float, default=10.0)
+    s.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    a = p.parse_args()
+    {"capacity": capacity, "accuracy": accuracy, "schedule": schedule}[a.cmd](a)
+
+
+if __name__ == "__main__":
+    main()
