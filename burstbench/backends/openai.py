@@ -490,6 +490,8 @@ class OpenAIBackend:
             out.error_message = f"stream ended without [DONE] after {len(chunk_t)} token chunks" + (
                 "" if finish else " and without a finish_reason"
             )
+            if not chunk_t and usage is None:  # nothing at all: say what came instead
+                out.error_message += f" (Content-Type: {resp.content_type})"
 
     async def _read_body(self, resp: aiohttp.ClientResponse, out: Outcome, clock: Clock) -> None:
         body = await resp.read()

@@ -476,6 +476,13 @@ async def test_odd_streams(body: bytes, api: str, want: tuple[str, str | None]) 
         assert len(o.chunk_t) == 1 and o.first_visible_s == o.chunk_t[0]
 
 
+async def test_html_answer_is_named() -> None:
+    async with RawServer(b"<html>proxy login</html>", "text/html") as url:
+        o = await one(url)
+    assert (o.status, o.error_class) == ("error", "truncated")
+    assert "text/html" in o.error_message
+
+
 async def test_json_answer_to_a_stream_request() -> None:
     body = b'{"choices": [{"text": " a b", "finish_reason": "length"}], "usage": {"prompt_tokens": 3, "completion_tokens": 2}}'
     async with RawServer(body, "application/json") as url:
