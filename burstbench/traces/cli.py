@@ -46,6 +46,7 @@ def ingest_cmd(src: str, output: str, fmt: str | None, mapping: tuple[str, ...],
     """Convert a raw trace (BurstGPT, Azure, Mooncake, Bailian, OpenAI logs, any CSV/JSONL)
     into a Parquet Trace: arrivals rebased to 0 s and sorted, metadata recording the
     source, timestamp unit and resolution, tied arrivals and dropped rows.
+    Gzip-compressed files (.gz) are read too.
 
     \b
     Examples:
@@ -205,6 +206,8 @@ def fit_cmd(trace_path: str, output: str | None, window_s: float | None, seed: i
         res = fit_trace(tr, window_s=window_s, seed=seed)
     if res.source is None:
         res.source = str(trace_path)
+    if output:  # the file first: a closed terminal pipe must not cost the result
+        res.to_spec().to_yaml(output)
     for q in (res.arrivals, res.input_tokens, res.output_tokens):
         tab = Table(title=f"{q.quantity} (n={q.n:,}; best {q.best.family})")
         for col in ("family", "parameters", "AIC", "BIC", "KS"):
@@ -232,7 +235,6 @@ def fit_cmd(trace_path: str, output: str | None, window_s: float | None, seed: i
             + ("kept as a Gaussian copula" if j.significant else "treated as independent")
         )
     if output:
-        res.to_spec().to_yaml(output)
         con.print(f"wrote {output}")
     if as_json:
         click.echo(json.dumps(res.to_json()))
