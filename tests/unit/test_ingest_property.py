@@ -51,6 +51,13 @@ def test_random_bytes_after_a_burstgpt_header(content: bytes) -> None:
     _outcome(HEADER.encode() + content)
 
 
+@SETTINGS
+@given(st.binary(max_size=200), st.booleans())
+def test_random_bytes_after_a_json_record(content: bytes, skip_bad: bool) -> None:
+    first = b'{"timestamp": 0, "input_length": 5, "output_length": 1, "hash_ids": [1]}\n'
+    _outcome(first + content, skip_bad=skip_bad)
+
+
 cell = st.one_of(
     st.integers(min_value=-5, max_value=10**6).map(str),
     st.floats(allow_nan=True, allow_infinity=True).map(str),
