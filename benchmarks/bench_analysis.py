@@ -31,8 +31,11 @@ SLO = {"ttft": 0.25, "tpot": 0.03, "e2el": 5.0}
 
 
 def generate(path: Path, n_requests: int, chunks_per_request: int) -> str:
-    """Fill ``path`` with one run: Poisson-ish sends, ~2% failures, k chunks per success."""
+    """Fill ``path`` with one run: 1000 req/s, ~2% failures (streams broken after their
+    last chunk), ``k`` chunks per request of one token each, 5% of chunks carrying two
+    (as with speculative decoding), so token ITL differs from chunk ITL."""
     with ResultsStore(path) as st:
+        st.con.execute("SET enable_progress_bar = false")
         rid = st.create_run(RunInfo(backend="bench", model="synthetic", label="bench", target_rate=1000.0))
         dur = n_requests / 1000.0 + 10.0
         st.con.execute(
@@ -40,8 +43,8 @@ def generate(path: Path, n_requests: int, chunks_per_request: int) -> str:
             INSERT INTO requests
             SELECT ?, i, 's' || (i % 5000), CAST(i % 7 AS INTEGER), 'tenant' || (i % 4), NULL, 'measure',
                    sched, sched + lag, ft, ft + 0.001, ft + (? - 1) * g, ft + (? - 1) * g + 0.0005,
-                   100 + (i % 900), NULL, 256, CASE WHEN ok THEN ? * 2 END, NULL, NULL, NULL,
-                   CASE WHEN ok THEN ? ELSE 0 END, CASE WHEN ok THEN 'ok' ELSE 'error' END,
+                   100 + (i % 900), NULL, 256, CASE WHEN ok THEN CAST(? * 1.05 AS BIGINT) END, NULL, NULL, NULL,
+                   ?, CASE WHEN ok THEN 'ok' ELSE 'error' END,
                    CASE WHEN ok THEN 200 ELSE 500 END, CASE WHEN ok THEN NULL ELSE 'http_500' END,
                    NULL, CAST(i % 8 AS INTEGER)
             FROM (
@@ -59,9 +62,9 @@ def generate(path: Path, n_requests: int, chunks_per_request: int) -> str:
             SELECT r.run_id, r.request_id, CAST(s.seq AS INTEGER),
                    r.first_token_s + s.seq * ((r.last_token_s - r.first_token_s) / GREATEST(? - 1, 1))
                      + CASE WHEN s.seq > 0 THEN (hash(r.request_id, s.seq) % 1000) / 1e7 ELSE 0 END,
-                   CAST(2 AS INTEGER), false
+                   CAST(CASE WHEN hash(r.request_id, s.seq) % 20 = 0 THEN 2 ELSE 1 END AS INTEGER), false
             FROM requests r, range(?) s(seq)
-            WHERE r.run_id = ? AND r.status = 'ok'
+            WHERE r.run_id = ?
             """,
             [chunks_per_request, chunks_per_request, rid],
         )
@@ -78,7 +81,8 @@ def baseline(path: Path, rid: str) -> dict[str, float]:
         " FROM requests WHERE run_id = ? AND phase = 'measure'",
         [rid],
     ).df()
-    ch = con.execute("SELECT request_id, seq, t_s FROM chunks WHERE run_id = ?", [rid]).fetchnumpy()
+    ok_ids = req.request_id[req.status == "ok"].to_numpy()
+    ch = con.execute("SELECT request_id, seq, t_s, tokens FROM chunks WHERE run_id = ?", [rid]).fetchnumpy()
     dur = con.execute("SELECT measure_end_s - measure_start_s FROM runs WHERE run_id = ?", [rid]).fetchone()[0]
     con.close()
     ok = req[req.status == "ok"]
@@ -87,11 +91,15 @@ def baseline(path: Path, rid: str) -> dict[str, float]:
     out = ok.output_tokens_server.to_numpy()
     multi = out > 1
     tpot = (e2el[multi] - ttft[multi]) / (out[multi] - 1)
-    order = np.lexsort((ch["seq"], ch["request_id"]))
-    rq, ts = ch["request_id"][order], ch["t_s"][order]
-    gaps = np.diff(ts)[rq[1:] == rq[:-1]]
+    keep = np.isin(ch["request_id"], ok_ids)
+    order = np.lexsort((ch["seq"][keep], ch["request_id"][keep]))
+    rq, ts = ch["request_id"][keep][order], ch["t_s"][keep][order]
+    tk = np.maximum(np.nan_to_num(np.asarray(ch["tokens"][keep][order], dtype=float), nan=1.0), 1).astype(np.int64)
+    same = rq[1:] == rq[:-1]
+    gaps = np.diff(ts)[same]
+    token_itl = np.repeat(gaps / tk[1:][same], tk[1:][same])
     res: dict[str, float] = {}
-    for name, xs in (("ttft", ttft), ("tpot", tpot), ("itl", gaps), ("e2el", e2el)):
+    for name, xs in (("ttft", ttft), ("tpot", tpot), ("itl", gaps), ("itltoken", token_itl), ("e2el", e2el)):
         res[f"{name}_mean"] = float(np.mean(xs)) * 1000
         for p in (50, 90, 95, 99):
             res[f"{name}_p{p}"] = float(np.percentile(xs, p)) * 1000
@@ -156,7 +164,7 @@ def main() -> None:
                 ours = s["goodput"]["request_goodput"] if k == "request_goodput" else s[k]
             else:
                 m, stat = k.split("_")
-                ours = s[f"{m}_ms"][stat]
+                ours = s["itl_token_ms" if m == "itltoken" else f"{m}_ms"][stat]
             worst = max(worst, abs(ours - v) / max(abs(v), 1e-12))
         print(f"agreement: worst relative difference {worst:.2e} over {len(b)} numbers")
     print(

@@ -113,3 +113,60 @@ def test_cli_flag_errors(tmp_path: Path, burstgpt_v1: Path, capsys: pytest.Captu
     assert "needs --model and --hardware" in capsys.readouterr().err
     assert main([*base, "--concurrencies", "2", "--simulate", "--model", "m", "--hardware", "h"]) == 2
     assert not (tmp_path / "x.duckdb").exists()
+
+
+def test_live_sweep_against_a_real_streaming_server(tmp_path: Path) -> None:
+    """``burstbench sweep --url`` as a user runs it: a subprocess, a real server, real rows."""
+    import signal
+    import subprocess
+    import sys
+
+    import duckdb
+    import polars as pl
+
+    from burstbench.traces.schema import Trace, conform, write_trace
+
+    n = 12
+    df = pl.DataFrame({"arrival_s": [i * 0.5 for i in range(n)], "input_tokens": [16] * n,
+                       "output_tokens": [4] * n})
+    trace = write_trace(Trace(conform(df), {"source": "test"}), tmp_path / "t.parquet")
+    server = subprocess.Popen([sys.executable, "-m", "burstbench.testing.stream_server", "--port", "0",
+                               "--ttft", "0.01", "--itl", "0.005"], stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, text=True)
+    out = tmp_path / "live.duckdb"
+    try:
+        line = server.stdout.readline()
+        assert line, "stream server did not start"
+        url = json.loads(line)["url"]
+        proc = subprocess.run([sys.executable, "-m", "burstbench", "sweep", "--rates", "20,40", "--url", url,
+                               "--trace", str(trace), "-o", str(out), "--slo", "ttft=2s", "--json"],
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        res = json.loads(proc.stdout)
+        proc = subprocess.run([sys.executable, "-m", "burstbench", "sweep", "--concurrencies", "3", "--url", url,
+                               "--trace", str(trace), "-o", str(out), "--requests", "6", "--json"],
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        conc = json.loads(proc.stdout)
+    finally:
+        server.send_signal(signal.SIGINT)
+        try:
+            server.wait(10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(5)
+    assert [s["value"] for s in res["steps"]] == [20.0, 40.0]
+    assert all(s["completed"] == n and s["slo_attainment"] == 1.0 for s in res["steps"])
+    assert res["max_goodput_rate"] == 40.0
+    con = duckdb.connect(str(out), read_only=True)
+    try:
+        spans = dict(con.execute(
+            "SELECT u.label, max(r.scheduled_s) - min(r.scheduled_s) FROM requests r JOIN runs u USING (run_id)"
+            " GROUP BY u.label").fetchall())
+    finally:
+        con.close()
+    # The trace was rescaled to each rate: (n - 1) / span == rate.
+    assert spans["sweep:20"] == pytest.approx((n - 1) / 20, rel=1e-6)
+    assert spans["sweep:40"] == pytest.approx((n - 1) / 40, rel=1e-6)
+    assert conc["mode"] == "concurrencies" and conc["steps"][0]["label"] == "sweep-concurrency:3"
+    assert conc["steps"][0]["completed"] == 6
