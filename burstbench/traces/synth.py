@@ -433,6 +433,8 @@ def synthesise(
 ) -> Trace:
     """A Trace drawn from ``spec`` (see module doc); deterministic for a given seed.
 
+    ``label`` (a preset name or the spec's file) is recorded in the trace metadata.
+
     ``duration_s``/``requests`` default to the spec's; at least one must be set. ``rate``
     rescales the arrival process to that mean rate keeping its burst shape (with sessions,
     it is the session-start rate).
@@ -552,7 +554,9 @@ def synthesise(
         "burstiness": burstiness,
     }
     if label:
-        meta["preset" if not label.endswith((".yaml", ".yml")) else "spec_file"] = label
+        from burstbench.traces.presets import PRESETS
+
+        meta["preset" if label in PRESETS else "spec_file"] = label
     if want_hashes:
         meta["block_size"] = bs
     if spec.reasoning is not None:
