@@ -270,3 +270,19 @@ def test_aiperf_bad_lines_name_the_line(tmp_path: Path) -> None:
         import_results(src, tmp_path / "x.duckdb")
     with pytest.raises(InputError, match="is empty"):
         import_results(write(tmp_path, "z.jsonl", "\n\n"), tmp_path / "x.duckdb")
+
+
+def test_analyze_import_cli(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from burstbench.cli import main
+
+    src = write(tmp_path, "vllm-result.json", json.dumps(VLLM))
+    db = tmp_path / "imp.duckdb"
+    assert main(["analyze", "--import", str(src), "-o", str(db), "--slo", "ttft=300ms", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["imported"] == [out["run_id"]] and out["backend"] == "import:vllm"
+    assert out["ttft_ms"]["median"] == pytest.approx(VLLM["median_ttft_ms"])
+    # vLLM would say request goodput = 2 good (250, 125 ms) / 2 s
+    assert out["goodput"]["request_goodput"] == pytest.approx(1.0)
+    assert main(["analyze", "--import", str(tmp_path / "missing.json"), "-o", str(db)]) == 3
+    assert "no such file" in capsys.readouterr().err
+    assert main(["analyze", str(db), "--import", str(src), "-o", str(tmp_path / "other.duckdb")]) == 2
