@@ -34,7 +34,8 @@ Failures are outcomes, never exceptions (``status``/``error_class``):
 ``http_<code>`` (non-200), ``connect`` (refused/DNS), ``connect_timeout``,
 ``disconnect`` (reset or cut mid-stream), ``stall`` (status ``timeout``: no byte
 for ``stall_timeout_s``), ``timeout`` (status ``timeout``: ``timeout_s`` total),
-``sse_malformed`` (bad SSE/JSON), ``stream_error`` (an error object inside a 200
+``sse_malformed`` (bad SSE/JSON), ``malformed`` (a non-streamed body that is not
+the expected JSON), ``stream_error`` (an error object inside a 200
 stream), ``truncated`` (the stream ended without ``[DONE]`` and without both content
 and a ``finish_reason``; with both it is tolerated as ok), ``client_error`` (any
 other aiohttp error).
@@ -327,12 +328,15 @@ class OpenAIBackend:
             out.status = "cancelled"
             out.error_class = "cancelled"
             out.error_message = f"cancelled in flight after {len(out.chunk_t)} token chunks"
-        except _CONNECT_TIMEOUT as e:
-            self._fail(out, "timeout", "connect_timeout", e)
-        except aiohttp.ServerTimeoutError as e:  # sock_read: no byte for stall_timeout_s
-            self._fail(out, "timeout", "stall", e)
-        except TimeoutError as e:  # the total per-request timeout
-            self._fail(out, "timeout", "timeout", e)
+        except _CONNECT_TIMEOUT:
+            t = self._timeout.sock_connect
+            self._fail(out, "timeout", "connect_timeout", f"no connection within {t} s")
+        except aiohttp.ServerTimeoutError:  # sock_read: no byte for stall_timeout_s
+            t = self._timeout.sock_read
+            self._fail(out, "timeout", "stall", f"no data for {t} s (stall timeout)")
+        except TimeoutError:  # the total per-request timeout
+            t = self._timeout.total
+            self._fail(out, "timeout", "timeout", f"not complete within {t} s (request timeout)")
         except aiohttp.ClientConnectorError as e:
             self._fail(out, "error", "connect", e)
         except (
@@ -511,27 +515,32 @@ class OpenAIBackend:
         if "error" in obj or obj.get("object") == "error":
             self._fail(out, "error", "stream_error", _message_of(obj))
             return
-        choices = obj.get("choices") or []
-        content = reasoning = None
-        if choices:
-            c = choices[0]
-            if self.api == "chat":
-                m = c.get("message") or c.get("delta") or {}
-                content = m.get("content") or m.get("tool_calls")
-                reasoning = m.get("reasoning_content") or m.get("reasoning")
-            else:
-                content = c.get("text")
-        usage = obj.get("usage")
-        if content or reasoning:
-            out.chunk_t.append(t)
-            out.chunk_reasoning.append(0 if content else 1)
-            ctok = usage.get("completion_tokens") if usage else None
-            out.chunk_tokens.append(ctok if ctok is not None else -1)
-            out.first_token_s = out.last_token_s = t
-            if content:
-                out.first_visible_s = t
-            if self.keep_text and isinstance(content, str):
-                out.text = content
+        try:
+            choices = obj.get("choices") or []
+            content = reasoning = None
+            if choices:
+                c = choices[0]
+                if self.api == "chat":
+                    m = c.get("message") or c.get("delta") or {}
+                    content = m.get("content") or m.get("tool_calls")
+                    reasoning = m.get("reasoning_content") or m.get("reasoning")
+                else:
+                    content = c.get("text")
+            usage = obj.get("usage")
+            if content or reasoning:
+                ctok = usage.get("completion_tokens") if usage else None
+                n_tok = int(ctok) if ctok is not None else -1
+                out.chunk_t.append(t)
+                out.chunk_reasoning.append(0 if content else 1)
+                out.chunk_tokens.append(n_tok)
+                out.first_token_s = out.last_token_s = t
+                if content:
+                    out.first_visible_s = t
+                if self.keep_text and isinstance(content, str):
+                    out.text = content
+        except (AttributeError, TypeError, KeyError, IndexError, ValueError) as e:
+            self._fail(out, "error", "malformed", f"unexpected response shape ({e})")
+            return
         out.output_tokens_counted = None  # one body: nothing to count without a tokenizer
         if usage:
             _apply_usage(out, usage)

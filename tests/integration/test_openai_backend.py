@@ -476,6 +476,28 @@ async def test_odd_streams(body: bytes, api: str, want: tuple[str, str | None]) 
         assert len(o.chunk_t) == 1 and o.first_visible_s == o.chunk_t[0]
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"{not json",
+        b"[1]",
+        b'{"choices": [1]}',
+        b'{"choices": [{"text": "a"}], "usage": {"completion_tokens": "many"}}',
+    ],
+)
+async def test_malformed_non_streamed_bodies(body: bytes) -> None:
+    async with RawServer(body, "application/json") as url:
+        o = await one(url, stream=False)
+    assert (o.status, o.error_class) == ("error", "malformed"), o.error_message
+    assert len(o.chunk_t) == len(o.chunk_tokens) == len(o.chunk_reasoning)
+
+
+async def test_timeout_messages_name_the_limit() -> None:
+    async with StreamServer(stall_after=1) as srv:
+        o = await one(srv.url, stall_timeout_s=0.2)
+    assert o.error_message == "no data for 0.2 s (stall timeout)"
+
+
 async def test_html_answer_is_named() -> None:
     async with RawServer(b"<html>proxy login</html>", "text/html") as url:
         o = await one(url)
