@@ -394,3 +394,38 @@ def test_sql_reads_and_refuses_everything_else(tmp_path: Path, capsys: pytest.Ca
     assert main(["analyze", str(db), "--sql", "UPDATE runs SET label = 'x'"]) == 2
     # the store is unchanged
     assert run_sql(db, "SELECT count(*) FROM runs WHERE label = 'x'")["rows"] == [[0]]
+
+
+def test_parity_on_a_run_recorded_by_the_reference_engine(tmp_path: Path, burstgpt_v1: Path) -> None:
+    """A run the simulator recorded (not hand-made rows): read its raw rows back and
+    apply vLLM's formulas with numpy; summarize must agree."""
+    import duckdb
+
+    from burstbench.backends.reference.simulator import simulate
+
+    db = tmp_path / "sim.duckdb"
+    res = simulate(str(burstgpt_v1), model="llama-3-8b", hardware="a100-80g", out=db, label="recorded")
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        rows = con.execute(
+            "SELECT request_id, sent_s, scheduled_s, status, input_tokens, output_tokens_server,"
+            " output_tokens_counted, end_s, first_visible_s, phase FROM requests WHERE run_id = ?",
+            [res.run_id]).fetchall()
+        chunks: dict[int, list[tuple[int, float, int | None]]] = {}
+        for rid_, seq, t, tk in con.execute(
+                "SELECT request_id, seq, t_s, tokens FROM chunks WHERE run_id = ?", [res.run_id]).fetchall():
+            chunks.setdefault(rid_, []).append((seq, t, tk))
+        dur = con.execute("SELECT measure_end_s - measure_start_s FROM runs WHERE run_id = ?",
+                          [res.run_id]).fetchone()[0]
+    finally:
+        con.close()
+    reqs = []
+    for rid_, sent, sched, status, inp, out_s, out_c, end, vis, phase in sorted(rows):
+        cs = sorted(chunks.get(rid_, []))
+        reqs.append(Req(sched, sent, status == "ok", inp, [c[1] for c in cs], [c[2] for c in cs],
+                        out_server=out_s, out_counted=out_c, visible=vis, end=end, phase=phase, status=status))
+    assert sum(r.ok for r in reqs) > 300 and any(not r.ok for r in reqs)
+    ours = summarize(db, res.run_id, slo={"ttft": 0.5, "tpot": 0.05})
+    ref = vllm_reference(reqs, dur, {"ttft": 0.5, "tpot": 0.05})
+    assert_close(ours, ref)
+    assert ours["goodput"]["request_goodput"] == pytest.approx(ref["request_goodput"], rel=1e-12)
