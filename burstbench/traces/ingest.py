@@ -134,10 +134,17 @@ def _plain_copy(path: Path) -> Iterator[Path]:
     try:
         with os.fdopen(fd, "wb") as out, gzip.open(path, "rb") as src:
             shutil.copyfileobj(src, out, 1 << 20)
-    except (OSError, EOFError, zlib.error) as exc:
+    except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
         Path(tmp).unlink(missing_ok=True)
         raise TraceFormatError(
             f"gzip stream is corrupt or cut short ({exc}); fetch the file again", path=path
+        ) from exc
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise InputError(
+            f"cannot decompress into {Path(tmp).parent} ({exc.strerror or exc}); free space "
+            "there, point TMPDIR elsewhere, or gunzip the file yourself",
+            path=path,
         ) from exc
     try:
         yield Path(tmp)
@@ -185,7 +192,8 @@ def _ingest_source(
         "timestamp_written_precision": plan.written_precision,
         "time_origin": tinfo.origin,
         "tied_share": tied_share(df["arrival_s"]),
-        "block_size": plan.block_size,
+        # Block size only means something when the hashes were there to read.
+        "block_size": plan.block_size if any(f.kind == "hashes" for f in result.fields) else None,
         "rows_read": result.rows_read,
         "rows_kept": df.height,
         "rows_dropped": dict(sorted(result.dropped.items())),

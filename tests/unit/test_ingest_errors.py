@@ -299,3 +299,13 @@ def test_jsonl_bad_line_deep_in_a_chunked_file(tmp_path: Path, monkeypatch) -> N
     assert trace.meta["rows_dropped"] == {"non_numeric": 1} and trace.meta["rows_read"] == 2000
     expected = [json.loads(line)["input_length"] for i, line in enumerate(lines) if i != 1233]
     assert trace.df["input_tokens"].to_list() == expected
+
+
+def test_mooncake_without_hashes_and_near_misses(tmp_path: Path) -> None:
+    path = _moon(tmp_path, ['{"timestamp": 5, "input_length": 10, "output_length": 2}\n'] * 3)
+    trace = ingest(path)
+    assert trace.meta["source_format"] == "mooncake" and trace.meta["block_size"] is None
+    assert trace.df["prefix_hashes"].to_list() == [None, None, None]
+    near = _moon(tmp_path, ['{"timestamp": 5, "input_length": 10, "hash_ids": []}\n'])
+    with pytest.raises(TraceFormatError, match="looks like a mooncake file but lacks 'output_length'"):
+        ingest(near)

@@ -16,7 +16,7 @@ from burstbench.traces.readers.source import Source
 NAME = "mooncake"
 KIND = "jsonl"
 BLOCK_SIZE = 512
-SIGNATURE = ("timestamp", "input_length", "output_length", "hash_ids")
+SIGNATURE = ("timestamp", "input_length", "output_length")  # hash_ids optional
 
 
 def matches(src: Source) -> bool:
