@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -210,6 +211,7 @@ def test_joint_dependence_detected_only_when_present() -> None:
 
 def test_fit_json_shape_follows_design_section_7(azure_conv: Path) -> None:
     out = fit_trace(load_azure(azure_conv)).to_json()
+    json.dumps(out, allow_nan=False)  # strictly JSON: no NaN or infinity
     for q in ("arrivals", "input_tokens", "output_tokens"):
         assert out[q]["best"] in {c["family"] for c in out[q]["candidates"]}
         for c in out[q]["candidates"]:
