@@ -62,6 +62,8 @@ class StreamSettings:
     role_chunk: bool = True  # chat: open with a role-only delta, as vLLM does
     prompt_token_bias: int = 0  # added to the counted prompt words (e.g. 1 for a BOS token)
     cached_tokens: int | None = None  # reported as prompt_tokens_details.cached_tokens
+    prefix_block: int = 0  # >0: a prefix cache over blocks of this many prompt words,
+    # reporting the words of the longest already-seen block prefix as cached_tokens
     events_per_write: int = 1  # >1 batches SSE events per write when itl_s == 0 (capacity runs)
     crlf: bool = False  # end SSE lines with CRLF instead of LF
     keepalive: bool = False  # send a ': ping' comment before every chunk
@@ -107,6 +109,7 @@ class ServerRecord:
     chunk_tokens: list[int] = field(default_factory=list)
     completion_tokens: int = 0
     prompt_tokens: int = 0
+    cached_tokens: int | None = None
     finished: bool = False  # the server wrote everything it meant to
     disconnected: bool = False  # the client went away first
 
@@ -149,6 +152,7 @@ class StreamServer:
         self._stop = asyncio.Event()
         self._changed = asyncio.Condition()
         self._watchers = 0
+        self._seen_blocks: set[int] = set()
 
     @property
     def url(self) -> str:
@@ -308,7 +312,11 @@ class StreamServer:
         n_out = _int(body.get("max_tokens") or body.get("max_completion_tokens"))
         if n_out is None or n_out <= 0:
             n_out = s.default_output_tokens
-        rec.prompt_tokens = _count_prompt_words(body, chat) + s.prompt_token_bias
+        words = _prompt_words(body, chat)
+        rec.prompt_tokens = len(words) + s.prompt_token_bias
+        rec.cached_tokens = (
+            self._prefix_cache(words, s.prefix_block) if s.prefix_block > 0 else s.cached_tokens
+        )
         self.prompt_tokens_total += rec.prompt_tokens
         per = max(1, s.tokens_per_chunk)
         sizes = [per] * (n_out // per) + ([n_out % per] if n_out % per else [])
@@ -386,7 +394,9 @@ class StreamServer:
             reasoning = chat and done_tokens <= n_reason
             empty = s.empty_every > 0 and (i + 1) % s.empty_every == 0 and not reasoning
             if usage_mode == "continuous":
-                usage = _usage(rec.prompt_tokens, done_tokens, s, min(done_tokens, n_reason))
+                usage = _usage(
+                    rec.prompt_tokens, done_tokens, rec.cached_tokens, min(done_tokens, n_reason)
+                )
                 ev = (
                     b"data: "
                     + _chunk(
@@ -441,7 +451,7 @@ class StreamServer:
                 "created": created,
                 "model": self.model,
                 "choices": [],
-                "usage": _usage(rec.prompt_tokens, done_tokens, s, n_reason),
+                "usage": _usage(rec.prompt_tokens, done_tokens, rec.cached_tokens, n_reason),
             }
             tail += b"data: " + json.dumps(final).encode() + sep
         if not s.omit_done:
@@ -487,9 +497,26 @@ class StreamServer:
                 "created": created,
                 "model": self.model,
                 "choices": [choice],
-                "usage": _usage(rec.prompt_tokens, n_out, s, n_reason),
+                "usage": _usage(rec.prompt_tokens, n_out, rec.cached_tokens, n_reason),
             }
         )
+
+    def _prefix_cache(self, words: list[str], block: int) -> int:
+        """Words of the longest prefix of whole blocks seen before (vLLM-style block
+        hashes chained from the start), then remember this prompt's blocks."""
+        h = 0
+        hit = 0
+        miss = False
+        for i in range(len(words) // block):
+            h = hash((h, tuple(words[i * block : (i + 1) * block])))
+            if not miss and h in self._seen_blocks:
+                hit += block
+            else:
+                miss = True
+                if len(self._seen_blocks) >= 1_000_000:
+                    self._seen_blocks.clear()  # bound memory in long benchmarks
+                self._seen_blocks.add(h)
+        return hit
 
     async def _sleep_until(self, deadline: float) -> None:
         delay = deadline - _perf()
@@ -511,33 +538,35 @@ def _int(v: Any) -> int | None:
         return None
 
 
-def _count_prompt_words(body: dict[str, Any], chat: bool) -> int:
+def _prompt_words(body: dict[str, Any], chat: bool) -> list[str]:
     """Prompt 'tokens' as whitespace-separated words: exact for burstbench's word prompts."""
     if chat:
-        n = 0
+        words: list[str] = []
         for m in body.get("messages") or []:
             c = m.get("content") if isinstance(m, dict) else None
             if isinstance(c, str):
-                n += len(c.split())
+                words += c.split()
             elif isinstance(c, list):
-                n += sum(len(str(p.get("text", "")).split()) for p in c if isinstance(p, dict))
-        return n
+                for part in c:
+                    if isinstance(part, dict):
+                        words += str(part.get("text", "")).split()
+        return words
     p = body.get("prompt")
     if isinstance(p, str):
-        return len(p.split())
-    if isinstance(p, list):
-        return sum(len(x.split()) if isinstance(x, str) else 1 for x in p)
-    return 0
+        return p.split()
+    if isinstance(p, list):  # token ids or several prompts
+        return [w for x in p for w in (x.split() if isinstance(x, str) else [str(x)])]
+    return []
 
 
-def _usage(prompt: int, completion: int, s: StreamSettings, reasoning: int) -> dict[str, Any]:
+def _usage(prompt: int, completion: int, cached: int | None, reasoning: int) -> dict[str, Any]:
     u: dict[str, Any] = {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
     }
-    if s.cached_tokens is not None:
-        u["prompt_tokens_details"] = {"cached_tokens": s.cached_tokens}
+    if cached is not None:
+        u["prompt_tokens_details"] = {"cached_tokens": cached}
     if reasoning:
         u["completion_tokens_details"] = {"reasoning_tokens": reasoning}
     return u
@@ -598,6 +627,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--reasoning-tokens", type=int, default=0)
     p.add_argument("--usage", default="auto", choices=["auto", "always", "never", "continuous"])
     p.add_argument("--events-per-write", type=int, default=1)
+    p.add_argument("--prefix-block", type=int, default=0, help="simulate a prefix cache")
     p.add_argument("--empty-every", type=int, default=0, help="every k-th chunk has empty text")
     p.add_argument("--status", type=int, default=None)
     p.add_argument("--retry-after", default=None)
@@ -625,6 +655,7 @@ def settings_from_args(a: argparse.Namespace) -> StreamSettings:
         "usage": a.usage,
         "events_per_write": a.events_per_write,
         "empty_every": a.empty_every,
+        "prefix_block": a.prefix_block,
         "status": a.status,
         "retry_after": a.retry_after,
         "first_byte_delay_s": a.first_byte_delay,

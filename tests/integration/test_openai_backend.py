@@ -136,6 +136,24 @@ async def test_request_body(api: str) -> None:
         assert len(body["prompt"].split()) == 20
 
 
+@pytest.mark.parametrize("api", ["completions", "chat"])
+async def test_shared_prefix_hashes_hit_the_servers_prefix_cache(api: str) -> None:
+    cases = [
+        (1, (1, 2, 3), 0),  # cold
+        (2, (1, 2, 9), 32),  # two shared blocks of 16
+        (3, (5,), 0),  # other first block: nothing shared
+        (4, None, 0),  # no hashes: a unique prompt
+        (5, (1, 2, 3), 48),  # the same three blocks again
+    ]
+    async with (
+        StreamServer(prefix_block=16) as srv,
+        OpenAIBackend(srv.url, api=api, block_size=16) as b,
+    ):
+        outs = [await b.send(req(i, n_in=48, prefix_hashes=h), clock) for i, h, _ in cases]
+    assert [o.cached_tokens for o in outs] == [want for *_, want in cases]
+    assert {o.input_tokens_server for o in outs} == {48}
+
+
 async def test_model_discovered_and_trace_model_not_sent() -> None:
     async with StreamServer(model="served-model") as srv:
         await one(srv.url, req(model="ChatGPT"))
