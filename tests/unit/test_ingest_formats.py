@@ -299,3 +299,31 @@ def test_gzip_files_are_read_through_a_temporary_copy(tmp_path: Path, azure_conv
     with pytest.raises(Exception) as info:
         ingest(bad)
     assert str(info.value).startswith(f"{bad}:100, field 'ContextTokens'")
+
+
+def test_bailian_deep_chains_resolve_to_their_root(tmp_path: Path) -> None:
+    import random
+
+    rng = random.Random(7)
+    recs, parent_of = [], {}
+    next_id = 1
+    for _conv in range(30):
+        parent, depth = -1, rng.randint(1, 150)  # chains deeper than a few jumps
+        for turn in range(1, depth + 1):
+            recs.append({"chat_id": next_id, "parent_chat_id": parent, "timestamp": rng.uniform(0, 1e4),
+                         "turn": turn, "input_length": 5, "output_length": 1, "type": "text", "hash_ids": []})
+            parent_of[next_id] = parent
+            parent, next_id = next_id, next_id + 1
+    rng.shuffle(recs)
+    path = tmp_path / "deep.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+
+    def root(cid: int) -> int:
+        while parent_of[cid] != -1:
+            cid = parent_of[cid]
+        return cid
+
+    order = sorted(range(len(recs)), key=lambda i: (recs[i]["timestamp"], i))
+    df = ingest(path).df
+    assert df["session_id"].to_list() == [str(root(recs[i]["chat_id"])) for i in order]
+    assert df["turn"].to_list() == [recs[i]["turn"] for i in order]
