@@ -191,6 +191,8 @@ def analyze(store: str | None, run_id: str | None, slo: str | None, window: floa
     slo_s = slo_mod.parse_slo(slo) if slo else None
     where = {"time_range": _time_range(time_range), "tenant": tenant, "model": model, "session": session}
     con = open_store(path)
+    status = _console().status(f"analysing {path} ...")
+    status.start()
     try:
         s = summarize(con, run_id, slo=slo_s, where=where)
         result: dict[str, Any] = {**con_out, **s}
@@ -221,6 +223,7 @@ def analyze(store: str | None, run_id: str | None, slo: str | None, window: floa
             tables.append(_kv_table(f"B ({cmp['run_b']}) − A ({cmp['run_a']}), 95% bootstrap CI", rows,
                                     ["metric", "A", "B", "delta", "ci_low", "ci_high", "significant"]))
     finally:
+        status.stop()
         con.close()
     if as_json:
         _emit_json(result)
