@@ -75,10 +75,15 @@ def _print_ingest_summary(console: Any, info: dict[str, Any]) -> None:
     lines = [
         f"[bold]{info['rows']:,}[/] requests from {info['source_format']} ({info['source_variant']}) "
         f"-> {info['output']}",
-        f"  span {info['span_s']:,.3f} s; timestamps in {info['timestamp_unit']} "
-        f"({info['timestamp_unit_source']}), resolution {info['timestamp_resolution']}"
+        f"  span {info['span_s']:,.3f} s; "
         + (
-            f" (written to {info['timestamp_written_precision']})"
+            "wall-clock timestamps"
+            if info["timestamp_unit"] == "datetime"
+            else f"timestamps in {info['timestamp_unit']} ({info['timestamp_unit_source']})"
+        )
+        + f", resolution {info['timestamp_resolution']}"
+        + (
+            f" (values written to {info['timestamp_written_precision']})"
             if info["timestamp_written_precision"] not in (None, info["timestamp_resolution"])
             else ""
         )
