@@ -186,55 +186,90 @@ def capacity(a: argparse.Namespace) -> None:
               f"{c:10,.0f} chunks/CPU-s ({c / base_cpu:.2f}x baseline)")
 
 
+async def _baseline_accuracy(url: str, arrivals: np.ndarray, tokens: int) -> dict[int, tuple[float, list[float]]]:
+    """Plain aiohttp client on one loop: open loop at the same arrivals, perf_counter per chunk line."""
+    out: dict[int, tuple[float, list[float]]] = {}
+    conn = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=conn) as session:
+
+        async def one(i: int) -> None:
+            body = {"model": f"m{i}", "prompt": "hello " * 16, "max_tokens": tokens, "stream": True,
+                    "ignore_eos": True}
+            sent = time.perf_counter()
+            times: list[float] = []
+            async with session.post(url + "/v1/completions", json=body) as resp:
+                async for raw in resp.content:
+                    line = raw.strip()
+                    if not line or line == b"data: [DONE]":
+                        continue
+                    obj = json.loads(line.decode().removeprefix("data: "))
+                    if obj.get("choices") and obj["choices"][0].get("text"):
+                        times.append(time.perf_counter())
+            out[i] = (sent, times)
+
+        t0 = time.perf_counter() + 0.05
+        tasks = []
+        for i, t in enumerate(arrivals):
+            delay = t0 + t - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.ensure_future(one(i)))
+        await asyncio.gather(*tasks)
+    return out
+
+
+def _compare(client: dict[int, tuple[float, np.ndarray]], server: dict[str, tuple[float, list[float]]]) -> str:
+    """Client vs server per request (TTFT) and per chunk gap; client times in seconds, any origin."""
+    d_ttft, d_gap, c_ttft, s_ttft = [], [], [], []
+    for rid, (sent, times) in client.items():
+        recv, writes = server[f"m{rid}"]
+        if len(times) != len(writes) or not len(times):
+            continue
+        c_ttft.append(times[0] - sent)
+        s_ttft.append(writes[0] - recv)
+        d_ttft.append(c_ttft[-1] - s_ttft[-1])
+        d_gap.extend(np.diff(np.asarray(times)) - np.diff(np.asarray(writes)))
+    dt, dg = np.asarray(d_ttft) * 1e3, np.asarray(d_gap) * 1e3
+    return (f"{len(d_ttft)} requests; TTFT client median {np.median(c_ttft) * 1e3:.2f} ms vs server "
+            f"{np.median(s_ttft) * 1e3:.2f} ms, per-request difference median {np.median(dt):+.3f} ms, "
+            f"p99 {np.percentile(dt, 99):+.3f} ms | chunk gap - server write gap over {dg.size} gaps: median "
+            f"{np.median(dg):+.3f} ms, p99 {np.percentile(dg, 99):+.3f} ms, p99 |d| {np.percentile(np.abs(dg), 99):.3f} ms")
+
+
 def accuracy(a: argparse.Namespace) -> None:
     rate = a.streams / (0.05 + 0.02 * (a.tokens - 1))  # arrivals that keep ~streams in flight
     n = int(rate * a.seconds)
     print(f"# accuracy: TTFT 50 ms, ITL 20 ms, {a.tokens} tokens, {rate:.0f} req/s (~{a.streams} in flight), "
-          f"{n} requests, workers={a.workers}; {load()}")
-    srv = Server("--ttft", "0.05", "--itl", "0.02")
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            trace = make_trace(n, a.tokens, gap=1.0 / rate, unique_models=True)
-            sc = Scenario(url=srv.url, workers=a.workers[0], scrape_metrics=False)
-            # send each trace row's unique model name, so server records match client rows
-            factory = functools.partial(OpenAIBackend, srv.url, use_request_model=True, discover_model=False)
-            run_id, wall, cpu, out = ours(trace, sc, tmp, factory)
-            con = duckdb.connect(str(out), read_only=True)
-            req = con.sql("SELECT request_id, sent_s, first_token_s, status FROM requests WHERE run_id = ?",
-                          params=[run_id]).pl()
-            ch = con.sql("SELECT request_id, seq, t_s FROM chunks WHERE run_id = ? ORDER BY request_id, seq",
-                         params=[run_id]).pl()
-            con.close()
-    finally:
-        records = srv.stop()
-    server = {m: (recv, w) for m, recv, w in records}
-    d_ttft, d_gap, c_ttft, s_ttft = [], [], [], []
-    by_req = {k[0]: g["t_s"].to_numpy() for k, g in ch.group_by("request_id")}
-    unmatched = 0
-    for r in req.iter_rows(named=True):
-        if r["status"] != "ok":
-            continue
-        if f"m{r['request_id']}" not in server:
-            unmatched += 1
-            continue
-        recv, writes = server[f"m{r['request_id']}"]
-        ct = r["first_token_s"] - r["sent_s"]
-        st = writes[0] - recv
-        c_ttft.append(ct)
-        s_ttft.append(st)
-        d_ttft.append(ct - st)
-        cg = np.diff(by_req[r["request_id"]])
-        sg = np.diff(np.asarray(writes))
-        if cg.size == sg.size:
-            d_gap.extend(cg - sg)
-    d_ttft_ms, d_gap_ms = np.asarray(d_ttft) * 1e3, np.asarray(d_gap) * 1e3
-    ok = int((req["status"] == "ok").sum())
-    print(f"  requests ok {ok}/{req.height}; server records {len(records)}, ok rows without a server record "
-          f"{unmatched}; client CPU {cpu:.1f}s over {wall:.1f}s")
-    print(f"  TTFT   client median {np.median(c_ttft) * 1e3:.2f} ms, server median {np.median(s_ttft) * 1e3:.2f} ms;"
-          f" client - server per request: median {np.median(d_ttft_ms):+.3f} ms, p99 {np.percentile(d_ttft_ms, 99):+.3f} ms")
-    print(f"  ITL    client gap - server write gap over {d_gap_ms.size} gaps: median {np.median(d_gap_ms):+.3f} ms, "
-          f"p99 |d| {np.percentile(np.abs(d_gap_ms), 99):.3f} ms, p99 {np.percentile(d_gap_ms, 99):+.3f} ms")
+          f"{n} requests; {load()}")
+    trace = make_trace(n, a.tokens, gap=1.0 / rate, unique_models=True)
+    for name in ["baseline"] + [f"burstbench w{w}" for w in a.workers]:
+        srv = Server("--ttft", "0.05", "--itl", "0.02")
+        try:
+            if name == "baseline":
+                c0 = cpu_s()
+                got = asyncio.run(_baseline_accuracy(srv.url, trace.df["arrival_s"].to_numpy(), a.tokens))
+                client = {i: (sent, np.asarray(ts)) for i, (sent, ts) in got.items()}
+                cpu = cpu_s() - c0
+            else:
+                with tempfile.TemporaryDirectory() as tmp:
+                    sc = Scenario(url=srv.url, workers=int(name.split("w")[1]), scrape_metrics=False)
+                    # send each trace row's unique model name, so server records match client rows
+                    factory = functools.partial(OpenAIBackend, srv.url, use_request_model=True,
+                                                discover_model=False)
+                    run_id, _wall, cpu, out = ours(trace, sc, tmp, factory)
+                    con = duckdb.connect(str(out), read_only=True)
+                    req = con.sql("SELECT request_id, sent_s FROM requests WHERE run_id = ? AND status = 'ok'",
+                                  params=[run_id]).pl()
+                    ch = con.sql("SELECT request_id, t_s FROM chunks WHERE run_id = ? ORDER BY request_id, seq",
+                                 params=[run_id]).pl()
+                    con.close()
+                by_req = {k[0]: g["t_s"].to_numpy() for k, g in ch.group_by("request_id")}
+                client = {r: (s, by_req.get(r, np.zeros(0))) for r, s in zip(req["request_id"], req["sent_s"],
+                                                                              strict=True)}
+        finally:
+            records = srv.stop()
+        server = {m: (recv, w) for m, recv, w in records}
+        print(f"  {name:14s} client CPU {cpu:.1f}s: {_compare(client, server)}", flush=True)
     print(f"# {load()}")
 
 
@@ -319,7 +354,7 @@ def main() -> None:
     ac.add_argument("--streams", type=int, default=200)
     ac.add_argument("--tokens", type=int, default=50)
     ac.add_argument("--seconds", type=float, default=8.0)
-    ac.add_argument("--workers", type=int, nargs="+", default=[1])
+    ac.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     s = sub.add_parser("schedule")
     s.add_argument("--rate", type=float, default=1000.0)
     s.add_argument("--seconds", type=float, default=10.0)

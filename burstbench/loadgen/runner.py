@@ -20,6 +20,7 @@ from __future__ import annotations
 import inspect
 import queue
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -201,6 +202,7 @@ class _Supervisor:
         self._sigints = 0
         self._old_handler: Any = None
         self._old_term: Any = None
+        self._switch: float | None = None
         self._stop_sent = self._now_sent = False
 
     # -- signals ----------------------------------------------------------------------
@@ -221,6 +223,9 @@ class _Supervisor:
             self._old_term = signal.signal(signal.SIGTERM, self._on_sigterm)
 
     def close(self) -> None:
+        if self._switch is not None:
+            sys.setswitchinterval(self._switch)
+            self._switch = None
         if self._old_handler is not None:
             signal.signal(signal.SIGINT, self._old_handler)
             signal.signal(signal.SIGTERM, self._old_term)
@@ -270,6 +275,12 @@ class _Supervisor:
     # -- the loop ---------------------------------------------------------------------
     def run(self) -> None:
         self._install_signals()
+        if not self.transport.process:
+            # The worker loop shares this process's GIL with the supervisor (progress
+            # drawing, Arrow batches). A shorter switch interval bounds how long a chunk
+            # waits for the GIL before it is timestamped (default 5 ms; restored in close).
+            self._switch = sys.getswitchinterval()
+            sys.setswitchinterval(min(self._switch, 0.0005))
         self.transport.start()
         ready: dict[int, int] = {}
         done: set[int] = set()
@@ -347,7 +358,7 @@ class _Supervisor:
                 for w in self.watch.tick(t, self.sampler.max_cpu()):
                     self.notes.append(w)
                     self.view.warn(w)
-            if now - last_draw >= 0.25:
+            if now - last_draw >= 0.5:
                 last_draw = now
                 cpu = self.sampler.max_cpu() if self.sampler else 0.0
                 self.view.update(self.clock(), self.totals, self.watch.lag_p99_ms, cpu)

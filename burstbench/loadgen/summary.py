@@ -125,7 +125,9 @@ def render_table(s: dict[str, Any]) -> str:
                               ("tpot_ms", "Time per Output Token (excl. 1st token)", "TPOT"),
                               ("itl_ms", "Inter-token Latency", "ITL"),
                               ("e2el_ms", "End-to-end Latency", "E2EL"),
-                              ("schedule_lag_ms", "Schedule lag (sent - scheduled)", "lag")):
+                              ("schedule_lag_ms", "Schedule lag (sent - scheduled)", "lag"),
+                              ("e2el_from_schedule_ms", "E2EL from schedule (no coordinated omission)",
+                               "E2EL-sched")):
         lines.append("{s:{c}^60}".format(s=f" {title} ", c="-"))
         st = s[key]
         row(f"Mean {short} (ms):", st["mean"])
