@@ -104,6 +104,7 @@ class ServerRecord:
     received_s: float  # perf_counter when the body was read
     body: dict[str, Any]
     authorization: str | None
+    accept_encoding: str | None = None
     status: int = 200
     write_t: list[float] = field(default_factory=list)  # perf_counter before each token chunk
     chunk_tokens: list[int] = field(default_factory=list)
@@ -273,6 +274,7 @@ class StreamServer:
             received_s=received,
             body=body if isinstance(body, dict) else {},
             authorization=request.headers.get("Authorization"),
+            accept_encoding=request.headers.get("Accept-Encoding"),
         )
         if self.record and len(self.records) < self.max_records:
             self.records.append(rec)

@@ -129,6 +129,7 @@ async def test_request_body(api: str) -> None:
     assert body["model"] == "m1" and body["max_tokens"] == 4 and body["min_tokens"] == 4
     assert body["ignore_eos"] is True and body["temperature"] == 0
     assert body["stream"] is True and body["stream_options"] == {"include_usage": True}
+    assert rec.accept_encoding == "identity"  # no compression holding chunks back
     if api == "chat":
         assert [m["role"] for m in body["messages"]] == ["user"]
         assert len(body["messages"][0]["content"].split()) == 20
