@@ -150,3 +150,61 @@ def test_random_bytes_split_invariant_and_only_sse_error(raw: bytes, data) -> No
     assert feed_in_pieces(raw, cuts) == whole
     with contextlib.suppress(SSEError):  # the one defined error
         feed_in_pieces(raw, cuts, max_line_bytes=8)
+
+
+def reference_parse(body: bytes) -> list[bytes]:
+    """The WHATWG event-stream algorithm written plainly (plus the lenient final
+    dispatch), as an independent oracle for the incremental parser."""
+    import re
+
+    if body.startswith(b"\xef\xbb\xbf"):
+        body = body[3:]
+    lines = re.split(rb"\r\n|\r|\n", body)
+    if lines and lines[-1] == b"":
+        lines.pop()  # the text ended with a line end: no unterminated last line
+    events: list[bytes] = []
+    data: list[bytes] | None = None
+    for line in [*lines, b""]:  # the extra blank line is the lenient end-of-stream dispatch
+        if line == b"":
+            if data is not None:
+                events.append(b"\n".join(data))
+            data = None
+        elif line.startswith(b":"):
+            continue
+        else:
+            name, colon, value = line.partition(b":")
+            if colon and value.startswith(b" "):
+                value = value[1:]
+            if name == b"data":
+                data = [*(data or []), value]
+    return events
+
+
+sse_bytes = st.lists(
+    st.sampled_from(
+        [
+            b"data",
+            b"data:",
+            b"data: ",
+            b":",
+            b" ",
+            b"x",
+            b"{}",
+            b"\n",
+            b"\r",
+            b"\r\n",
+            b"event: e",
+            b"\xef\xbb\xbf",
+            b"[DONE]",
+            b"\xff",
+        ]
+    ),
+    max_size=40,
+).map(b"".join)
+
+
+@settings(max_examples=500, deadline=None)
+@given(sse_bytes, st.data())
+def test_matches_the_reference_algorithm(body: bytes, data) -> None:
+    cuts = data.draw(st.lists(st.integers(0, len(body)), max_size=8))
+    assert feed_in_pieces(body, cuts) == reference_parse(body)
