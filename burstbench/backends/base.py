@@ -69,6 +69,7 @@ class Outcome:
     error_class: str | None = None
     error_message: str | None = None
     text: str | None = None  # the visible answer, kept only when a session needs it
+    finish_reason: str | None = None  # the server's last finish_reason ("length", "stop", ...)
 
 
 @runtime_checkable

@@ -436,7 +436,7 @@ class OpenAIBackend:
                                 content = c.get("text")
                                 token = content is not None
                             if c.get("finish_reason"):
-                                finish = c["finish_reason"]
+                                finish = str(c["finish_reason"])
                             if token:
                                 ct_append(t)
                                 if content:
@@ -490,6 +490,7 @@ class OpenAIBackend:
                 _apply_usage(out, usage)
             if keep:
                 out.text = "".join(texts)
+            out.finish_reason = finish
         if out.status == "ok" and not done and not (len(chunk_t) and finish):
             out.status = "error"
             out.error_class = "truncated"
@@ -528,6 +529,8 @@ class OpenAIBackend:
                     reasoning = m.get("reasoning_content") or m.get("reasoning")
                 else:
                     content = c.get("text")
+                fr = c.get("finish_reason")
+                out.finish_reason = str(fr) if fr else None
             usage = obj.get("usage")
             if content or reasoning:
                 ctok = usage.get("completion_tokens") if usage else None

@@ -57,6 +57,7 @@ async def test_chunk_times_follow_server_writes(api: str) -> None:
     assert o.sent_s <= rec.received_s
     assert o.end_s is not None and o.end_s >= o.last_token_s
     assert o.output_tokens_server == 9  # usage preferred over counting
+    assert o.finish_reason == "length"  # the length followed max_tokens
     assert o.output_tokens_counted == 5  # one per chunk when the server does not say
     assert o.input_tokens_server == 12
     assert o.http_status == 200
@@ -108,6 +109,7 @@ async def test_non_streaming(api: str) -> None:
     assert len(o.chunk_t) == 1 and o.chunk_t[0] >= rec.write_t[0]
     assert o.output_tokens_server == 5
     assert o.first_token_s == o.last_token_s == o.chunk_t[0]
+    assert o.finish_reason == "length"
     assert o.text == (" tok" * 3 if api == "chat" else " tok" * 5)
 
 
