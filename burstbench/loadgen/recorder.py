@@ -4,8 +4,9 @@ Workers hand over batches (request tuples and chunk columns in ``array``
 buffers); the recorder turns them into Arrow tables in the store's column order
 and appends them in one INSERT per table, so per-chunk rows cost a memcpy, not a
 Python object each. Each ``flush`` is a committed transaction (DuckDB autocommit,
-durable in the WAL), and a CHECKPOINT folds the WAL into the file every few
-seconds, so a killed process loses at most the rows of the last flush interval.
+durable in the WAL), and a CHECKPOINT folds the WAL into the file every two
+seconds (readers replay a long WAL on every open), so a killed process loses at
+most the rows of the last flush interval.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def _const(value: str, n: int) -> pa.Array:
 class Recorder:
     """Thread-safe buffer in front of a ResultsStore for one run."""
 
-    def __init__(self, store: ResultsStore, run_id: str, *, checkpoint_every_s: float = 5.0) -> None:
+    def __init__(self, store: ResultsStore, run_id: str, *, checkpoint_every_s: float = 2.0) -> None:
         self.store = store
         self.run_id = run_id
         self.checkpoint_every_s = checkpoint_every_s

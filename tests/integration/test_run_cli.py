@@ -131,6 +131,33 @@ def test_sigint_stops_sending_keeps_rows_and_marks_the_run_aborted(tmp_path):
     assert n_chunks == sum(r[3] for r in rows) > 0
 
 
+def test_a_killed_run_loses_at_most_the_last_second(tmp_path):
+    trace = write_parquet(tmp_path / "t.parquet", 400, 0.025, 10)  # 10 s of requests, 0.2 s each
+    out = tmp_path / "r.duckdb"
+    with stream_server("--ttft", "0.01", "--itl", "0.02") as url:
+        proc = subprocess.Popen([sys.executable, "-m", "burstbench", "run", "--url", url, "--trace", str(trace),
+                                 "-o", str(out), "--quiet"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
+        try:
+            deadline = time.monotonic() + 40
+            while True:  # until >= 20 answers were fully written more than 1.5 s ago (server's clock)
+                assert time.monotonic() < deadline and proc.poll() is None
+                old = [r for r in server_stats(url) if r["finished"] and r["write_t"]
+                       and r["write_t"][-1] < time.perf_counter() - 1.5]
+                if len(old) >= 20:
+                    break
+                time.sleep(0.05)
+            proc.kill()  # SIGKILL: no handler, no final commit
+            proc.wait(10)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    # perf_counter is CLOCK_MONOTONIC on Linux: the server's times compare with ours
+    by_status = dict(db_rows(out, "SELECT status, count(*) FROM requests GROUP BY 1"))
+    assert by_status.get("ok", 0) >= len(old), (by_status, os.listdir(tmp_path))
+    assert db_rows(out, "SELECT status FROM runs")[0][0] == "running"  # how it ended is unknown, honestly
+
+
 def test_second_sigint_cancels_at_once(tmp_path):
     trace = write_parquet(tmp_path / "t.parquet", 50, 0.02, 400)  # 20 s answers
     out = tmp_path / "r.duckdb"
