@@ -417,6 +417,28 @@ async def test_server_in_a_separate_process() -> None:
     assert proc.returncode == 0
 
 
+def test_command_line_flags_reach_the_settings() -> None:
+    from burstbench.testing.stream_server import _parser, settings_from_args
+
+    a = _parser().parse_args(
+        "--ttft 0.05 --itl 0.02 --tokens-per-chunk 3 --output-tokens 7 --reasoning-tokens 2 "
+        "--usage continuous --events-per-write 4 --empty-every 5 --prefix-block 16 --status 429 "
+        "--retry-after 3 --first-byte-delay 0.1 --stall-after 2 --drop-after 3 "
+        "--malformed-after 4 --error-after 5 --end-after 6 --omit-done --fault-every 2".split()
+    )
+    s = settings_from_args(a)
+    assert (s.ttft_s, s.itl_s, s.tokens_per_chunk, s.default_output_tokens) == (0.05, 0.02, 3, 7)
+    assert (s.reasoning_tokens, s.usage, s.events_per_write, s.empty_every) == (
+        2,
+        "continuous",
+        4,
+        5,
+    )
+    assert (s.prefix_block, s.status, s.retry_after, s.first_byte_delay_s) == (16, 429, "3", 0.1)
+    assert (s.stall_after, s.drop_after, s.malformed_after, s.error_after) == (2, 3, 4, 5)
+    assert (s.end_after, s.omit_done, s.fault_every) == (6, True, 2)
+
+
 def test_settings_copy_is_independent() -> None:
     s = StreamSettings(status=500, stall_after=1)
     off = s.faults_off()
