@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shlex
 import socket
 import subprocess
 import sys
@@ -421,10 +422,12 @@ def test_command_line_flags_reach_the_settings() -> None:
     from burstbench.testing.stream_server import _parser, settings_from_args
 
     a = _parser().parse_args(
-        "--ttft 0.05 --itl 0.02 --tokens-per-chunk 3 --output-tokens 7 --reasoning-tokens 2 "
-        "--usage continuous --events-per-write 4 --empty-every 5 --prefix-block 16 --status 429 "
-        "--retry-after 3 --first-byte-delay 0.1 --stall-after 2 --drop-after 3 "
-        "--malformed-after 4 --error-after 5 --end-after 6 --omit-done --fault-every 2".split()
+        shlex.split(
+            "--ttft 0.05 --itl 0.02 --tokens-per-chunk 3 --output-tokens 7 --reasoning-tokens 2 "
+            "--usage continuous --events-per-write 4 --empty-every 5 --prefix-block 16 --status 429 "
+            "--retry-after 3 --first-byte-delay 0.1 --stall-after 2 --drop-after 3 "
+            "--malformed-after 4 --error-after 5 --end-after 6 --omit-done --fault-every 2"
+        )
     )
     s = settings_from_args(a)
     assert (s.ttft_s, s.itl_s, s.tokens_per_chunk, s.default_output_tokens) == (0.05, 0.02, 3, 7)
