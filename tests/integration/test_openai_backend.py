@@ -48,6 +48,9 @@ async def test_chunk_times_follow_server_writes(api: str) -> None:
     assert len(rec.write_t) == 5
     assert len(o.chunk_t) == len(rec.write_t)
     assert list(o.chunk_tokens) == [-1] * 5  # no per-chunk usage from this server
+    # the server writes on absolute deadlines from arrival, never before them
+    for i, w in enumerate(rec.write_t):
+        assert w - rec.received_s >= 0.06 + i * 0.015 - 1e-6
     # every chunk is seen after the server wrote it, in order
     for client_t, server_t in zip(o.chunk_t, rec.write_t, strict=True):
         assert client_t >= server_t
