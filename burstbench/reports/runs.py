@@ -38,10 +38,11 @@ def latency_section(
         series = []
         sizes = []
         for r in runs:
-            xs, ps, n = pd.latency_cdf(con, r.run_id, metric, view=view)
-            if n:
-                series.append((r.name, xs, ps))
-                sizes.append(f"{r.name}: n={n:,}")
+            c = pd.latency_cdf(con, r.run_id, metric, view=view)
+            if c.n:
+                series.append((r.name, c.x, c.p))
+                sizes.append(f"{r.name}: n={c.n:,}" + (f" (hash sample of requests; {c.total:,} gaps in all)"
+                                                      if c.sampled else ""))
         if not series:
             sec.blocks.append(note(f"{name}: no samples in the selected runs."))
             continue

@@ -23,6 +23,9 @@ from burstbench.reports import plotdata as pd
 from burstbench.reports.html import Raw, Section, badge, esc, note, table
 
 SWEEP_LABEL = re.compile(r"^sweep:\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*$", re.I)
+# The bootstrap costs O(replicates x requests) in Python; beyond this a report would
+# take minutes, so the comparison is left to the analysis API.
+COMPARE_MAX_REQUESTS = 200_000
 SUMMARY_METRICS = (("ttft_ms", "TTFT"), ("tpot_ms", "TPOT"), ("itl_ms", "ITL"), ("e2el_ms", "E2EL"))
 
 
@@ -166,10 +169,19 @@ def compare_section(
         "compare",
         "Run comparison",
         intro=f"Each run against {base.name}: delta = run − baseline with a bootstrap 95% "
-        "confidence interval (requests resampled); 'real' when the interval excludes 0.",
+        "confidence interval (requests resampled; 1000 replicates, 200 above 50k requests); "
+        "'real' when the interval excludes 0.",
     )
     for other in runs[1:]:
-        res = compare_runs(con, base.run_id, other.run_id, slo=slo)
+        n = max(base.requests, other.requests)
+        if n > COMPARE_MAX_REQUESTS:
+            sec.blocks.append(note(
+                f"{other.name} vs {base.name}: not compared here; {n:,} requests is beyond what the "
+                f"bootstrap does in a report's time (limit {COMPARE_MAX_REQUESTS:,}). Compare them with "
+                "burstbench.analysis.compare.compare_runs directly.", "warn"))
+            continue
+        n_boot = 1000 if n <= 50_000 else 200
+        res = compare_runs(con, base.run_id, other.run_id, slo=slo, n_boot=n_boot)
         rows = []
         for m in res["metrics"]:
             unit = m.get("unit", "ms")

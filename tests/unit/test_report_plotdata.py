@@ -29,8 +29,9 @@ def test_ttft_cdf_matches_numpy_percentiles(store):
     r = runs[0]
     ok = np.array([s == "ok" for s in r.status])
     ttft_ms = (r.first[ok] - r.sent[ok]) * 1000.0
-    xs, ps, n = pd.latency_cdf(con, r.run_id, "ttft")
-    assert n == ok.sum()
+    c = pd.latency_cdf(con, r.run_id, "ttft")
+    xs, ps, n = c.x, c.p, c.n
+    assert n == ok.sum() == c.total and not c.sampled
     assert len(xs) == len(ps) > 1000
     np.testing.assert_allclose(np.array(xs, float), _interp(ttft_ms, ps), rtol=1e-5)
 
@@ -40,7 +41,8 @@ def test_tpot_cdf_only_counts_outputs_longer_than_one(store):
     r = runs[1]  # no failures, tpot 30 ms
     ok = np.array([s == "ok" for s in r.status]) & (r.out_tokens > 1)
     tpot = (r.last[ok] - r.first[ok]) / (r.out_tokens[ok] - 1) * 1000.0
-    xs, ps, n = pd.latency_cdf(con, r.run_id, "tpot")
+    c = pd.latency_cdf(con, r.run_id, "tpot")
+    xs, ps, n = c.x, c.p, c.n
     assert n == ok.sum() < len(r.status)
     np.testing.assert_allclose(np.array(xs, float), _interp(tpot, ps), rtol=1e-5)
 
@@ -49,14 +51,32 @@ def test_itl_cdf_pools_every_chunk_gap(store):
     con, runs = store
     r = runs[0]
     gaps = np.concatenate([np.diff(t) for i, t in r.chunk_times.items() if r.status[i] == "ok"]) * 1000.0
-    xs, ps, n = pd.latency_cdf(con, r.run_id, "itl")
-    assert n == gaps.size
-    np.testing.assert_allclose(np.array(xs, float), _interp(gaps, ps), rtol=1e-5, atol=1e-9)
+    c = pd.latency_cdf(con, r.run_id, "itl")
+    assert c.n == c.total == gaps.size and not c.sampled
+    np.testing.assert_allclose(np.array(c.x, float), _interp(gaps, c.p), rtol=1e-5, atol=1e-9)
+
+
+def test_itl_cdf_samples_requests_beyond_the_gap_budget(store):
+    con, runs = store
+    r = runs[0]
+    per_req = {i: np.diff(t) * 1000.0 for i, t in r.chunk_times.items() if r.status[i] == "ok"}
+    total = sum(g.size for g in per_req.values())
+    c = pd.latency_cdf(con, r.run_id, "itl", max_gaps=total // 4)
+    assert c.sampled and c.total == total
+    assert total // 8 < c.n < total // 2  # about a quarter of the requests' gaps
+    # the sample is whole requests: its gaps are exactly those of the sampled request ids
+    ids = [row[0] for row in con.execute(
+        "SELECT request_id FROM request_metrics WHERE run_id = ? AND ok AND phase = 'measure'"
+        " AND hash(request_id) % 1000000 < ?", [r.run_id, int(1_000_000 * (total // 4) / total)]).fetchall()]
+    sample = np.concatenate([per_req[i] for i in ids if i in per_req])
+    assert sample.size == c.n
+    np.testing.assert_allclose(np.array(c.x, float), _interp(sample, c.p), rtol=1e-5, atol=1e-9)
 
 
 def test_cdf_of_unknown_run_is_empty(store):
     con, _ = store
-    assert pd.latency_cdf(con, "no-such-run", "ttft") == ([], [], 0)
+    c = pd.latency_cdf(con, "no-such-run", "ttft")
+    assert (c.x, c.p, c.n) == ([], [], 0)
 
 
 def test_window_series_counts_and_exact_in_flight(store):
