@@ -86,6 +86,7 @@ class ServeConfig:
     seed: int = 0
     faults: FaultConfig = field(default_factory=FaultConfig)
     num_blocks: int | None = None  # override the KV size (tests)
+    spin_s: float = 0.001  # yield-spin this long before each deadline (timer precision; 0: off)
 
     def __post_init__(self) -> None:
         if not self.time_scale > 0:
@@ -125,21 +126,50 @@ class Histogram:
 class _Stream:
     """Per-request state shared between the replica loop (producer) and the handler."""
 
-    __slots__ = ("deadline", "event", "pending", "preempted")
+    __slots__ = ("deadline", "direct", "event", "pending", "preempted")
 
     def __init__(self) -> None:
         self.event = asyncio.Event()
         self.pending = 0
         self.deadline = 0.0  # deadline of the oldest unwritten token
         self.preempted = 0
+        self.direct: _Ctx | None = None  # set while the replica loop writes this stream itself
+
+
+async def _write_direct(st: _Stream) -> None:
+    """Write a plain stream's ready tokens from the replica loop itself (no handler wake-up).
+
+    Only while the connection's write buffer is nearly empty, so the write cannot
+    wait for the peer (aiohttp only waits when the transport is paused); a slow
+    reader's stream goes back to its handler, which may wait without holding up
+    the other streams.
+    """
+    ctx = st.direct
+    assert ctx is not None
+    tr = ctx.request.transport
+    if tr is None or tr.is_closing() or tr.get_write_buffer_size() > 16384:
+        st.direct = None
+        st.event.set()
+        return
+    n = st.pending
+    st.pending = 0
+    data = ctx.render(n, st.deadline)
+    try:
+        await ctx.resp.write(data)
+    except (ConnectionError, RuntimeError):
+        ctx.failed = True
+    if ctx.done >= ctx.n_out or ctx.failed:
+        st.direct = None
+        st.event.set()
 
 
 class _Replica:
     """One engine and the real-time loop that drives it."""
 
-    def __init__(self, engine: EngineCore, scale: float, stats: _Stats) -> None:
+    def __init__(self, engine: EngineCore, scale: float, stats: _Stats, spin_s: float = 0.001) -> None:
         self.engine = engine
         self.scale = scale
+        self.spin_s = spin_s
         self.stats = stats
         self.wake = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
@@ -172,16 +202,25 @@ class _Replica:
             self.stats.iterations += 1
             deadline = start + out.dt / self.scale
             delay = deadline - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
+            if delay > self.spin_s:
+                await asyncio.sleep(delay - self.spin_s)
+            # the selector sleeps in whole milliseconds: yield-spin the last stretch
+            while loop.time() < deadline:
+                await asyncio.sleep(0)
+            direct: list[_Stream] = []
             for s in out.emitted:
                 st: _Stream = s.tag
                 if st.pending == 0:
                     st.deadline = deadline
                 st.pending += 1
-                st.event.set()
+                if st.direct is not None:
+                    direct.append(st)
+                else:
+                    st.event.set()
             for s in out.preempted:
                 s.tag.preempted += 1
+            for st in direct:
+                await _write_direct(st)
             start = deadline
 
 
@@ -286,7 +325,9 @@ class ReferenceApp:
         )
 
     async def _start(self, app: web.Application) -> None:
-        self.replicas = [_Replica(self._engine(), self.config.time_scale, self.stats) for _ in range(self.config.replicas)]
+        self.replicas = [
+            _Replica(self._engine(), self.config.time_scale, self.stats, self.config.spin_s) for _ in range(self.config.replicas)
+        ]
         for r in self.replicas:
             r.task = asyncio.create_task(r.run())
 
@@ -543,6 +584,9 @@ class _Ctx:
         self.plan = plan
         self.t0 = t0
         self.rid = rid
+        self.done = 0  # tokens written
+        self.failed = False
+        self.resp: web.StreamResponse | None = None
         self.id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         self.created = int(time.time())
         self.model = app.name
@@ -613,6 +657,29 @@ class _Ctx:
             {"id": self.id, "object": obj, "created": self.created, "model": self.model, "choices": [choice], "usage": self.usage()}
         )
 
+    def render(self, n: int, deadline: float) -> bytes:
+        """SSE bytes for the next ``n`` tokens (role chunk first, split at the reasoning boundary)."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        stats = self.app.stats
+        parts: list[str] = []
+        done = self.done
+        if done == 0:
+            stats.ttft.observe(now - self.t0)
+            if self.chat:
+                parts.append(self._head + '"role":"assistant","content":""' + self._tail)
+        end = done + n
+        r = self.reasoning_n
+        if done < r < end:
+            parts.append(self._event(done, r - done))
+            parts.append(self._event(r, end - r))
+        else:
+            parts.append(self._event(done, n))
+        stats.late(now - deadline)
+        stats.tokens_written += n
+        self.done = end
+        return "".join(parts).encode()
+
     async def stream(self) -> web.StreamResponse:
         loop = asyncio.get_running_loop()
         app = self.app
@@ -620,14 +687,23 @@ class _Ctx:
         plan = self.plan
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await resp.prepare(self.request)
-        done = 0
+        self.resp = resp
+        plain = plan.stall_at is None and plan.disconnect_at is None and plan.malformed_at is None and plan.stream_error_at is None
+        if plain:
+            self.st.direct = self  # the replica loop writes it
         try:
-            while done < self.n_out:
+            while self.done < self.n_out:
                 n = await self._next_tokens()
+                if self.failed:
+                    return resp
                 if n == 0:
+                    continue
+                if plain:  # a plain stream whose reader fell behind: written here, may wait
+                    await resp.write(self.render(n, self.st.deadline))
                     continue
                 late = loop.time() - self.st.deadline
                 parts: list[str] = []
+                done = self.done
                 if done == 0:
                     stats.ttft.observe(loop.time() - self.t0)
                     if self.chat:
@@ -654,7 +730,7 @@ class _Ctx:
                 await self._flush(resp, parts)
                 stats.late(late)
                 stats.tokens_written += n
-                done = end
+                self.done = end
             final = {"id": self.id, "object": "chat.completion.chunk" if self.chat else "text_completion", "created": self.created, "model": self.model}
             if self.chat:
                 final["choices"] = [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": self.finish_reason}]
@@ -670,6 +746,8 @@ class _Ctx:
             await resp.write_eof()
         except (ConnectionResetError, ConnectionError):
             pass  # the client went away; the caller aborts the request in the engine
+        finally:
+            self.st.direct = None
         return resp
 
     @staticmethod
