@@ -3,8 +3,10 @@
 Why our own: the load generator's per-chunk cost is the client's ceiling, and
 line-at-a-time readers (``async for line in resp.content``) pay one await per
 line. This parser takes whatever bytes one socket read returned and hands back
-every complete event's ``data`` payload at once, as ``bytes`` (``json.loads``
-accepts bytes, so nothing is decoded twice).
+every complete event's ``data`` payload at once, as ``bytes`` (the caller
+decodes each payload once). The usual shape, one ``data: `` line and a blank
+line per event, is split out with a few C-level ``bytes.split`` calls; anything
+else goes through the general line-by-line rules.
 
 It follows the WHATWG event-stream rules that OpenAI-compatible servers rely
 on: lines end in CRLF, LF or CR (a CRLF may be split across two reads);
