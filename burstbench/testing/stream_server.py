@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import signal
 import sys
@@ -187,7 +188,12 @@ class StreamServer:
         self.port = sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
+        """End open streams at their next chunk (stalls at once), give them up to a
+        second to close cleanly, then shut the server down."""
         self._stop.set()
+        if self.active:
+            with contextlib.suppress(TimeoutError):
+                await self.wait_until(lambda: self.active == 0, timeout=1.0)
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -391,6 +397,10 @@ class StreamServer:
                 rec.finished = True
                 return resp
 
+            if self._stop.is_set():  # shutting down: end the stream here, incomplete
+                await self._flush(write, pending)
+                await resp.write_eof()
+                return resp
             deadline = t0 + s.ttft_s + i * s.itl_s
             if s.itl_s > 0 or i == 0:
                 await self._sleep_until(deadline)
