@@ -181,3 +181,51 @@ def test_tp2_is_faster_than_tp1_for_70b():
     t2 = simulate(tr, model="llama-3.1-70b", hardware="h100-sxm", tp=2).duration_s
     t4 = simulate(tr, model="llama-3.1-70b", hardware="h100-sxm", tp=4).duration_s
     assert t4 < t2
+
+
+def test_simulated_batch_matches_the_cost_model_latency_estimate():
+    """vLLM's benchmark_latency case (batch 8, 32 in, 128 out) run through the scheduler."""
+    from burstbench.backends.hardware.profile import load_hardware
+    from burstbench.backends.reference.costmodel import CostModel, estimate_batch_latency
+    from burstbench.backends.reference.models import load_model
+
+    for hw in ("a100-80g", "h100-sxm"):
+        cm = CostModel(load_model("llama-3.1-8b"), load_hardware(hw))
+        tr = Trace(conform(pl.DataFrame({"arrival_s": [0.0] * 8, "input_tokens": [32] * 8, "output_tokens": [128] * 8})), {})
+        res = simulate(tr, model="llama-3.1-8b", hardware=hw)
+        assert res.iterations == 128  # one prefill step (first token) + 127 decode steps
+        assert res.duration_s == pytest.approx(estimate_batch_latency(cm, 8, 32, 128), rel=1e-9)
+
+
+@pytest.mark.slow
+def test_simulate_cli_end_to_end_on_the_shipped_azure_trace(azure_conv, tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "cli.duckdb"
+    proc = subprocess.run(
+        [sys.executable, "-m", "burstbench", "simulate", str(azure_conv), "--model", "llama-3.1-8b",
+         "--hardware", "h100-sxm", "-o", str(out), "--json", "--no-chunks"],
+        capture_output=True, text=True, timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["requests"] == summary["completed"] == 19366
+    assert "simulated 19366 requests" in proc.stderr
+    with ResultsStore(out, read_only=True) as st:
+        assert st.con.execute("SELECT count(*) FROM requests WHERE status = 'ok'").fetchone()[0] == 19366
+        assert st.run_ids() == [summary["run_id"]]
+
+
+def test_simulate_cli_reports_bad_input_in_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    bad = tmp_path / "bad.csv"
+    bad.write_text("foo,bar\n1,2\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "burstbench", "simulate", str(bad), "-o", str(tmp_path / "x.duckdb")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr and str(bad) in proc.stderr
