@@ -154,12 +154,17 @@ def execute(trace: Trace, scenario: Scenario, out: str | Path, *, label: str | N
         sup = _Supervisor(sc, plan, transport, recorder, control, progress)
         try:
             sup.run()
+        except BaseException as exc:  # a bug or an interrupt in the supervisor: still close the run row
+            sup.errors.append(f"supervisor: {type(exc).__name__}: {exc}")
+            sup.control.stop("supervisor failed", now=True)
+            transport.send(("now", "supervisor failed"))
+            raise
         finally:
-            sup.close()
+            sup.shutdown()
             recorder.flush(checkpoint=True)
             duration = sup.duration_s()
             if sup.errors:
-                status, reason = "aborted", f"worker error: {sup.errors[0]}"
+                status, reason = "aborted", f"error: {sup.errors[0]}"
             elif sup.stop_reason is not None:
                 status, reason = "aborted", sup.stop_reason
             else:
@@ -169,6 +174,7 @@ def execute(trace: Trace, scenario: Scenario, out: str | Path, *, label: str | N
                              measure_start_s=min(plan.measure_start_s, duration),
                              measure_end_s=min(measure_end, duration), notes=sup.notes)
             store.checkpoint()
+            sup.restore_signals()  # only now: a Ctrl-C during the final commit changes nothing
         if sup.errors and not sup.ready_all:
             raise BackendError(f"{sc.url}: the backend could not start: {sup.errors[0]}")
         return RunResult(run_id, status, reason, duration, sup.notes, recorder.requests_written,
@@ -222,17 +228,29 @@ class _Supervisor:
             self._old_handler = signal.signal(signal.SIGINT, self._on_sigint)
             self._old_term = signal.signal(signal.SIGTERM, self._on_sigterm)
 
-    def close(self) -> None:
+    def shutdown(self) -> None:
+        """Stop the scraper and join the workers (they have sent 'done' or were told to stop)."""
         if self._switch is not None:
             sys.setswitchinterval(self._switch)
             self._switch = None
+        if self.scraper is not None:
+            self.scraper.stop()
+        self.transport.join(5.0)
+        # rows a worker sent after the loop stopped listening (only on an abnormal exit)
+        done: set[int] = set(range(self.n))
+        for _ in range(100_000):
+            try:
+                msg = self.transport.out.get_nowait()
+            except (queue.Empty, OSError, ValueError):
+                break
+            if msg["kind"] == "batch":
+                self._handle(msg, {}, done)
+
+    def restore_signals(self) -> None:
         if self._old_handler is not None:
             signal.signal(signal.SIGINT, self._old_handler)
             signal.signal(signal.SIGTERM, self._old_term)
             self._old_handler = None
-        if self.scraper is not None:
-            self.scraper.stop()
-        self.transport.join(5.0)
 
     def clock(self) -> float:
         return time.monotonic() - self.t0 if self.t0 is not None else 0.0
