@@ -120,7 +120,9 @@ def build_report(
                     summary.blocks.append(block)
             sections.append(summary)
             say("latency distributions")
-            sections.append(rs.latency_section(con, runs, view, {k: v * 1000.0 for k, v in (slo_s or {}).items()}))
+            itl_n = {rid: (s.get("itl_ms") or {}).get("n") or 0 for rid, s in sums.items()}
+            sections.append(rs.latency_section(con, runs, view, {k: v * 1000.0 for k, v in (slo_s or {}).items()},
+                                               itl_counts=itl_n))
             say("time series")
             w = pd.nice_window(max(pd.run_span(con, r.run_id) for r in runs), rs.WINDOWS)
             att = sm.attainment_series(con, runs, slo_s, w)

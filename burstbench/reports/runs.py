@@ -26,8 +26,12 @@ def latency_section(
     runs: Sequence[pd.RunRow],
     view: str,
     slo_ms: Mapping[str, float],
+    itl_counts: Mapping[str, int] | None = None,
 ) -> Section:
-    """CDFs of TTFT, TPOT, ITL and E2EL, one line per run, SLO thresholds marked."""
+    """CDFs of TTFT, TPOT, ITL and E2EL, one line per run, SLO thresholds marked.
+
+    ``itl_counts``: run id -> pooled chunk-gap count from the summary, if known.
+    """
     sec = Section(
         "latency",
         "Latency distributions",
@@ -38,7 +42,8 @@ def latency_section(
         series = []
         sizes = []
         for r in runs:
-            c = pd.latency_cdf(con, r.run_id, metric, view=view)
+            known = (itl_counts or {}).get(r.run_id) if metric == "itl" else None
+            c = pd.latency_cdf(con, r.run_id, metric, view=view, total_gaps=known)
             if c.n:
                 series.append((r.name, c.x, c.p))
                 sizes.append(f"{r.name}: n={c.n:,}" + (f" (hash sample of requests; {c.total:,} gaps in all)"

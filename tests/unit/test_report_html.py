@@ -184,3 +184,26 @@ def test_cli_json_and_errors(tmp_path):
     bad = subprocess.run([*cmd[:-3], "--slo", "ttft=fast"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == UsageError.exit_code and "error:" in bad.stderr and "Traceback" not in bad.stderr
     assert issubclass(UsageError, BurstbenchError)
+
+
+def test_degenerate_runs_still_make_a_report(tmp_path):
+    """An aborted run with no requests, a run where every request failed, a run without chunks."""
+    from report_stores import add_run
+
+    from burstbench.store import ResultsStore, RunInfo
+
+    with ResultsStore(tmp_path / "r.duckdb") as s:
+        rid = s.create_run(RunInfo(backend="openai", label="empty"))
+        s.finish_run(rid, status="aborted", end_reason="SIGINT", duration_s=0.0)
+        add_run(s, label="allfail", n=30, rate=10, seed=5, fail_every=1, telemetry=False, chunks=False)
+        add_run(s, label="nochunks", n=30, rate=10, seed=6, telemetry=False, chunks=False)
+    res = build_report(tmp_path / "r.duckdb", tmp_path / "r.html", slo="ttft=100ms")
+    html = (tmp_path / "r.html").read_text()
+    assert len(res.runs) == 3
+    assert "no requests" in html  # the empty run gets no verdict, not a fake PASS
+    assert html.count('class="badge fail"') >= 2  # all-failed run: attainment 0 fails
+    assert "No client telemetry recorded" in html
+    titles = titles_of(html)
+    itl = figures_of(html)[titles.index("ITL (chunk) CDF")] if "ITL (chunk) CDF" in titles else None
+    assert itl is None  # no run recorded chunks: a note instead of an empty figure
+    assert "ITL (chunk): no samples" in html
