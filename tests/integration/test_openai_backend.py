@@ -299,6 +299,19 @@ async def test_cancel_returns_partial_outcome() -> None:
             await task2
 
 
+async def test_cancel_while_waiting_for_headers() -> None:
+    async with (
+        StreamServer(first_byte_delay_s=5) as srv,
+        OpenAIBackend(srv.url, stall_timeout_s=10) as b,
+    ):
+        task = asyncio.create_task(b.send(req(), clock))
+        await srv.wait_records(1, finished=False)
+        task.cancel()
+        o = await asyncio.wait_for(task, 5)
+    assert (o.status, o.error_class, o.http_status) == ("cancelled", "cancelled", None)
+    assert not o.chunk_t and o.first_token_s is None and o.end_s >= o.sent_s
+
+
 # -- the key, the pool, the registry ------------------------------------------------
 
 
