@@ -586,6 +586,13 @@ async def _drain(resp: aiohttp.ClientResponse) -> None:
             await resp.content.read()
     except (TimeoutError, aiohttp.ClientError, ConnectionError):
         resp.close()
+    except asyncio.CancelledError:
+        # the answer was already complete: a (single) cancel here must not turn it
+        # into a cancelled request; the connection is just not reused
+        resp.close()
+        task = asyncio.current_task()
+        if task is not None and task.uncancel() > 0:
+            raise
 
 
 def _apply_usage(out: Outcome, usage: Any) -> None:

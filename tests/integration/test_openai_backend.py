@@ -470,8 +470,10 @@ def test_settings_copy_is_independent() -> None:
 class RawServer:
     """A 200 text/event-stream (or given content type) answer with fixed bytes."""
 
-    def __init__(self, body: bytes, content_type: str = "text/event-stream") -> None:
-        self.body, self.content_type = body, content_type
+    def __init__(
+        self, body: bytes, content_type: str = "text/event-stream", hold_s: float = 0.0
+    ) -> None:
+        self.body, self.content_type, self.hold_s = body, content_type, hold_s
 
     async def __aenter__(self) -> str:
         async def handle(request: web.Request) -> web.StreamResponse:
@@ -479,6 +481,8 @@ class RawServer:
             resp = web.StreamResponse(headers={"Content-Type": self.content_type})
             await resp.prepare(request)
             await resp.write(self.body)
+            if self.hold_s:  # keep the response open after the body
+                await asyncio.sleep(self.hold_s)
             await resp.write_eof()
             return resp
 
@@ -565,6 +569,14 @@ async def test_html_answer_is_named() -> None:
         o = await one(url)
     assert (o.status, o.error_class) == ("error", "truncated")
     assert "text/html" in o.error_message
+
+
+async def test_stream_held_open_after_done_is_still_ok() -> None:
+    body = sse('{"choices": [{"text": "a", "finish_reason": "length"}]}', "[DONE]")
+    async with RawServer(body, hold_s=3.0) as url:
+        o = await one(url, timeout_s=10)
+    assert o.status == "ok" and len(o.chunk_t) == 1
+    assert o.end_s - o.last_token_s < 2.5  # [DONE] ended it; the open socket was let go
 
 
 async def test_json_answer_to_a_stream_request() -> None:
