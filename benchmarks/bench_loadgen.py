@@ -6,8 +6,9 @@ process, so client and server never share a loop):
 
 ``capacity``  streamed chunks per second parsed, timestamped *and recorded* per
               client process (``burstbench.loadgen`` with --workers 1, 2) vs a plain
-              single-loop aiohttp client that only parses and timestamps (the way
-              vLLM's late-2024 benchmark client reads a stream). Also chunks per
+              single-loop aiohttp client that only parses and timestamps, reading the
+              stream the way vLLM's late-2024 benchmark client did (a ClientSession per
+              request, line iteration, json.loads per chunk). Also chunks per
               client CPU-second, which is less sensitive to other load on the host.
 ``accuracy``  server at 50 ms TTFT, 20 ms between chunks, ~200 concurrent streams:
               per request, client TTFT vs the server's (first write - request read),
@@ -114,35 +115,51 @@ def ours(trace: Trace, sc: Scenario, tmp: str, factory=None) -> tuple[str, float
     return res.run_id, time.perf_counter() - t0, cpu_s() - c0, out
 
 
-# -- baseline: a plain single-loop aiohttp client ----------------------------------------
+# -- baseline: a plain single-loop aiohttp client, read the way vLLM's did ----------------
+async def vllm_style_request(url: str, body: dict) -> tuple[float, list[float]]:
+    """One streamed completion as vLLM's late-2024 ``backend_request_func`` read it: a
+    ClientSession per request, line iteration, strip, decode, removeprefix, json.loads,
+    ``perf_counter`` per chunk with choices, ITL list, text accumulated. Returns
+    (sent, absolute chunk times)."""
+    times: list[float] = []
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=6 * 3600)) as session:
+        generated_text = ""
+        itl: list[float] = []
+        st = time.perf_counter()
+        most_recent = st
+        async with session.post(url + "/v1/completions", json=body) as response:
+            async for chunk_bytes in response.content:
+                chunk_bytes = chunk_bytes.strip()
+                if not chunk_bytes:
+                    continue
+                chunk = chunk_bytes.decode("utf-8").removeprefix("data: ")
+                if chunk != "[DONE]":
+                    data = json.loads(chunk)
+                    if choices := data.get("choices"):
+                        text = choices[0].get("text")
+                        timestamp = time.perf_counter()
+                        if times:
+                            itl.append(timestamp - most_recent)
+                        times.append(timestamp)
+                        most_recent = timestamp
+                        generated_text += text or ""
+    return st, times
+
+
 async def _baseline_capacity(url: str, n: int, concurrency: int, tokens: int) -> int:
     chunks = 0
     queue = list(range(n))
-    conn = aiohttp.TCPConnector(limit=0)
-    async with aiohttp.ClientSession(connector=conn) as session:
 
-        async def user() -> None:
-            nonlocal chunks
-            while queue:
-                queue.pop()
-                body = {"model": "x", "prompt": "hello " * 16, "max_tokens": tokens, "stream": True,
-                        "stream_options": {"include_usage": True}, "ignore_eos": True}
-                st = time.perf_counter()
-                times = []
-                async with session.post(url + "/v1/completions", json=body) as resp:
-                    async for raw in resp.content:
-                        line = raw.strip()
-                        if not line:
-                            continue
-                        data = line.decode().removeprefix("data: ")
-                        if data == "[DONE]":
-                            continue
-                        obj = json.loads(data)
-                        if obj.get("choices") and obj["choices"][0].get("text"):
-                            times.append(time.perf_counter() - st)
-                chunks += len(times)
+    async def user() -> None:
+        nonlocal chunks
+        while queue:
+            queue.pop()
+            body = {"model": "burstbench-test", "prompt": "hello " * 16, "max_tokens": tokens, "stream": True,
+                    "ignore_eos": True}
+            _, times = await vllm_style_request(url, body)
+            chunks += len(times)
 
-        await asyncio.gather(*(user() for _ in range(concurrency)))
+    await asyncio.gather(*(user() for _ in range(concurrency)))
     return chunks
 
 
@@ -170,11 +187,12 @@ def capacity(a: argparse.Namespace) -> None:
                         window = con.execute("SELECT max(end_s) - min(sent_s) FROM requests WHERE run_id = ?",
                                              [run_id]).fetchall()[0][0]
                         con.close()
-                        print(f"    (streaming window {window:.2f}s of {wall:.2f}s wall: "
-                              f"{chunks / window:,.0f} chunks/s in the window)")
                     results.setdefault(name, []).append((chunks / wall, chunks / cpu))
                     print(f"  rep {rep} {name:15s} chunks={chunks} wall={wall:.2f}s cpu={cpu:.2f}s "
                           f"-> {chunks / wall:,.0f} chunks/s, {chunks / cpu:,.0f} chunks/CPU-s", flush=True)
+                    if name != "baseline":
+                        print(f"      streaming window (first send to last end, no process start-up) "
+                              f"{window:.2f}s: {chunks / window:,.0f} chunks/s", flush=True)
     finally:
         srv.stop()
     base = np.median([r[0] for r in results["baseline"]])
@@ -187,34 +205,21 @@ def capacity(a: argparse.Namespace) -> None:
 
 
 async def _baseline_accuracy(url: str, arrivals: np.ndarray, tokens: int) -> dict[int, tuple[float, list[float]]]:
-    """Plain aiohttp client on one loop: open loop at the same arrivals, perf_counter per chunk line."""
+    """The vLLM-style reader on one loop, open loop at the same arrival times (absolute deadlines)."""
     out: dict[int, tuple[float, list[float]]] = {}
-    conn = aiohttp.TCPConnector(limit=0)
-    async with aiohttp.ClientSession(connector=conn) as session:
 
-        async def one(i: int) -> None:
-            body = {"model": f"m{i}", "prompt": "hello " * 16, "max_tokens": tokens, "stream": True,
-                    "ignore_eos": True}
-            sent = time.perf_counter()
-            times: list[float] = []
-            async with session.post(url + "/v1/completions", json=body) as resp:
-                async for raw in resp.content:
-                    line = raw.strip()
-                    if not line or line == b"data: [DONE]":
-                        continue
-                    obj = json.loads(line.decode().removeprefix("data: "))
-                    if obj.get("choices") and obj["choices"][0].get("text"):
-                        times.append(time.perf_counter())
-            out[i] = (sent, times)
+    async def one(i: int) -> None:
+        body = {"model": f"m{i}", "prompt": "hello " * 16, "max_tokens": tokens, "stream": True, "ignore_eos": True}
+        out[i] = await vllm_style_request(url, body)
 
-        t0 = time.perf_counter() + 0.05
-        tasks = []
-        for i, t in enumerate(arrivals):
-            delay = t0 + t - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.ensure_future(one(i)))
-        await asyncio.gather(*tasks)
+    t0 = time.perf_counter() + 0.05
+    tasks = []
+    for i, t in enumerate(arrivals):
+        delay = t0 + t - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.ensure_future(one(i)))
+    await asyncio.gather(*tasks)
     return out
 
 
@@ -274,32 +279,27 @@ def accuracy(a: argparse.Namespace) -> None:
 
 
 async def _baseline_schedule(url: str, rate: float, seconds: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """vLLM-style sender: send, then sleep a fresh exponential gap (relative sleeps drift)."""
+    """vLLM's ``get_request`` loop: create the request task, then sleep a fresh exponential gap.
+
+    Relative sleeps accumulate every late wake-up, so the sender drifts behind its own
+    Poisson plan; 'sent' here is when the task was created (the write is later still)."""
     rng = np.random.default_rng(seed)
-    conn = aiohttp.TCPConnector(limit=0)
     sent: list[float] = []
     plan: list[float] = []
     tasks = set()
-    async with aiohttp.ClientSession(connector=conn) as session:
-
-        async def one() -> None:
-            body = {"model": "x", "prompt": "hi", "max_tokens": 1, "stream": True}
-            async with session.post(url + "/v1/completions", json=body) as resp:
-                async for _ in resp.content:
-                    pass
-
-        t0 = time.perf_counter()
-        ideal = 0.0
-        while time.perf_counter() - t0 < seconds:
-            sent.append(time.perf_counter() - t0)
-            plan.append(ideal)
-            task = asyncio.ensure_future(one())
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-            gap = rng.exponential(1.0 / rate)
-            ideal += gap
-            await asyncio.sleep(gap)
-        await asyncio.gather(*tasks, return_exceptions=True)
+    body = {"model": "burstbench-test", "prompt": "hi", "max_tokens": 1, "stream": True}
+    t0 = time.perf_counter()
+    ideal = 0.0
+    while time.perf_counter() - t0 < seconds:
+        sent.append(time.perf_counter() - t0)
+        plan.append(ideal)
+        task = asyncio.ensure_future(vllm_style_request(url, body))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+        gap = rng.exponential(1.0 / rate)
+        ideal += gap
+        await asyncio.sleep(gap)
+    await asyncio.gather(*tasks, return_exceptions=True)
     return np.asarray(plan), np.asarray(sent)
 
 
