@@ -123,10 +123,47 @@ def naive_report(store: Path, out: Path) -> tuple[float, int]:
     return time.perf_counter() - t0, out.stat().st_size
 
 
-def ours(store: Path, out: Path) -> tuple[float, int, int]:
+def ours(store: Path, out: Path, steps: dict[str, float] | None = None) -> tuple[float, int, int]:
+    """Our report; ``steps`` collects seconds per step (from the progress callback)."""
     t0 = time.perf_counter()
-    res = build_report(store, out, slo=SLO)
+    last = [t0, "start"]
+
+    def tick(msg: str) -> None:
+        now = time.perf_counter()
+        if steps is not None:
+            steps[last[1]] = steps.get(last[1], 0.0) + now - last[0]
+        last[0], last[1] = now, msg
+
+    res = build_report(store, out, slo=SLO, progress=tick)
+    tick("end")
     return time.perf_counter() - t0, res.bytes, res.figures
+
+
+def render_seconds(html: Path) -> float | None:
+    """Seconds from navigation until every plotly figure has drawn, in headless Chromium."""
+    import asyncio
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    try:
+        from chromium_cdp import CHROMIUM, Browser
+    except ImportError:
+        return None
+    if CHROMIUM is None:
+        return None
+
+    async def go() -> float:
+        async with Browser() as b:
+            t0 = time.perf_counter()
+            await b.open(html, timeout=300)
+            await b.wait_for(
+                "document.querySelectorAll('.js-plotly-plot').length > 0 && Array.from("
+                "document.querySelectorAll('.js-plotly-plot')).every(e => e.querySelector('g.trace, image'))",
+                timeout=300,
+            )
+            return time.perf_counter() - t0
+
+    return asyncio.run(go())
 
 
 def rows(store: Path) -> tuple[int, int]:
@@ -143,6 +180,7 @@ def main() -> None:
     ap.add_argument("--baseline-requests", type=int, default=200_000)
     ap.add_argument("--dir", type=Path, default=None, help="Where to put stores (default: a temp dir).")
     ap.add_argument("--reuse", action="store_true", help="Reuse stores already in --dir.")
+    ap.add_argument("--browser", action="store_true", help="Also time opening the reports in headless Chromium.")
     args = ap.parse_args()
 
     tmp = tempfile.TemporaryDirectory(prefix="bb-bench-report-") if args.dir is None else None
@@ -170,14 +208,27 @@ def main() -> None:
     print(f"{'naive plotly, all points':28}{t_naive:>10.2f}{b_naive / 1e6:>12.2f}{4:>9}")
     print(f"ratio naive/ours: time {t_naive / t_ours_s:.2f}x, size {b_naive / b_ours_s:.2f}x "
           f"(ours has {figs} figures, naive 4)")
+    if args.browser:
+        r_ours, r_naive = render_seconds(d / "ours-small.html"), render_seconds(d / "naive-small.html")
+        if r_ours is not None and r_naive is not None:
+            print(f"open + render in headless Chromium: ours {r_ours:.1f} s ({figs} figures), "
+                  f"naive {r_naive:.1f} s (4 figures); ratio naive/ours {r_naive / r_ours:.2f}x")
 
     print(f"\n== {args.requests:,} requests ==")
     req, ch = rows(big)
-    t_big, b_big, figs_big = ours(big, d / "ours-big.html")
+    steps: dict[str, float] = {}
+    t_big, b_big, figs_big = ours(big, d / "ours-big.html", steps)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"store: {req:,} requests, {ch:,} chunks, {big.stat().st_size / 1e6:,.0f} MB on disk")
     print(f"burstbench report: {t_big:.1f} s (target < 30 s), {b_big / 1e6:.2f} MB HTML (target < 10 MB), "
           f"{figs_big} figures; peak RSS of this process {peak:,.0f} MB")
+    print("  by step: " + ", ".join(f"{k} {v:.1f} s" for k, v in steps.items() if v >= 0.05))
+    print("  ('summarising runs' is burstbench.analysis.summarize + per-tenant + failures; the report's own")
+    print("   aggregation is the CDF, time-series and telemetry steps)")
+    if args.browser:
+        r_big = render_seconds(d / "ours-big.html")
+        if r_big is not None:
+            print(f"  open + render in headless Chromium: {r_big:.1f} s")
     naive_est = b_naive / max(args.baseline_requests, 1) * args.requests
     print(f"naive plotly at this size would be ~{naive_est / 1e6:,.0f} MB of HTML (linear in requests; not run)")
     if tmp:

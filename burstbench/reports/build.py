@@ -2,7 +2,7 @@
 
 Why the steps are ordered this way: the summary (verdicts) comes first because
 that is what a reader wants at a glance; each later section adds depth. Sweep
-steps (runs labelled ``sweep:<rate>``) get their own section instead of being
+steps (runs labelled ``sweep:<rate>`` or ``sweep-concurrency:<n>``) get their own section instead of being
 overlaid with the other runs, where dozens of near-identical curves would hide
 everything. Writes are atomic (temporary file, then rename).
 """
@@ -140,9 +140,7 @@ def build_report(
                     sections.append(cmp_)
         if steps:
             say(f"sweep ({len(steps)} steps)")
-            sweep = sm.sweep_section(con, steps, slo_s, target)
-            if sweep:
-                sections.append(sweep)
+            sections.extend(sm.sweep_sections(con, steps, slo_s, target))
     finally:
         con.close()
 

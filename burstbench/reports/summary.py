@@ -22,7 +22,8 @@ from burstbench.reports import figures as fg
 from burstbench.reports import plotdata as pd
 from burstbench.reports.html import Raw, Section, badge, esc, note, table
 
-SWEEP_LABEL = re.compile(r"^sweep:\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*$", re.I)
+# Labels written by burstbench.analysis.sweep: rate steps and concurrency steps.
+SWEEP_LABEL = re.compile(r"^sweep(-concurrency)?:\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*$", re.I)
 # The bootstrap costs O(replicates x requests) in Python; beyond this a report would
 # take minutes, so the comparison is left to the analysis API.
 COMPARE_MAX_REQUESTS = 200_000
@@ -201,11 +202,28 @@ def compare_section(
     return sec
 
 
-def sweep_rate(r: pd.RunRow) -> float | None:
+def sweep_step(r: pd.RunRow) -> tuple[str, float] | None:
+    """('rate' | 'concurrency', value) of a sweep step's label, or None."""
     m = SWEEP_LABEL.match(r.label or "")
     if m:
-        return float(m.group(1))
+        return ("concurrency" if m.group(1) else "rate", float(m.group(2)))
     return None
+
+
+def sweep_sections(
+    con: duckdb.DuckDBPyConnection,
+    steps: Sequence[pd.RunRow],
+    slo: Mapping[str, float] | None,
+    target: float,
+) -> list[Section]:
+    """One section per sweep kind present (rate steps, concurrency steps)."""
+    out = []
+    for kind in ("rate", "concurrency"):
+        mine = [r for r in steps if (sweep_step(r) or ("", 0))[0] == kind]
+        sec = sweep_section(con, mine, slo, target, kind=kind)
+        if sec:
+            out.append(sec)
+    return out
 
 
 def sweep_section(
@@ -213,33 +231,39 @@ def sweep_section(
     steps: Sequence[pd.RunRow],
     slo: Mapping[str, float] | None,
     target: float,
+    *,
+    kind: str = "rate",
 ) -> Section | None:
-    """Latency and attainment against offered rate; the max goodput point starred."""
+    """Latency and attainment against offered rate (or concurrency); the max goodput point starred."""
     if not steps:
         return None
-    pts = sorted(((sweep_rate(r) or r.target_rate or 0.0, r) for r in steps), key=lambda p: p[0])
+    pts = sorted((((sweep_step(r) or ("", r.target_rate or 0.0))[1], r) for r in steps), key=lambda p: p[0])
     sums = {r.run_id: summarize(con, r.run_id, slo=slo) for _, r in pts}
     rates = [p[0] for p in pts]
+    xt = "offered rate (req/s)" if kind == "rate" else "concurrency (users)"
+    what = "offered rate" if kind == "rate" else "concurrency"
+    star = (f"The star marks the max goodput rate: the highest swept rate whose SLO attainment "
+            f"is ≥ {pct(target)}." if kind == "rate"
+            else f"The star marks the highest concurrency whose SLO attainment is ≥ {pct(target)}.")
     sec = Section(
-        "sweep",
-        "Sweep",
-        intro=f"{len(pts)} sweep steps (runs labelled sweep:<rate>). The star marks the max "
-        f"goodput rate: the highest swept rate whose SLO attainment is ≥ {pct(target)}.",
+        "sweep" if kind == "rate" else "sweep-concurrency",
+        "Sweep" if kind == "rate" else "Concurrency sweep",
+        intro=f"{len(pts)} sweep steps (runs labelled "
+        f"{'sweep:<rate>' if kind == 'rate' else 'sweep-concurrency:<users>'}). {star}",
     )
     lat = []
     for i, (key, name) in enumerate((("ttft_ms", "TTFT"), ("tpot_ms", "TPOT"), ("e2el_ms", "E2EL"))):
         for stat, dash in (("p50", "solid"), ("p99", "dot")):
             lat.append({"name": f"{name} {stat}", "x": rates, "color": fg.color(i), "dash": dash,
                         "y": [(sums[r.run_id].get(key) or {}).get(stat) for _, r in pts]})
-    sec.blocks.append(fg.scatter_xy("Latency against offered rate", "offered rate (req/s)", "latency (ms)",
-                                    lat, y_log=True))
+    sec.blocks.append(fg.scatter_xy(f"Latency against {what}", xt, "latency (ms)", lat, y_log=True))
     tput = [
         {"name": "request throughput", "x": rates, "y": [sums[r.run_id]["request_throughput"] for _, r in pts]},
     ]
     if slo:
         tput.append({"name": "request goodput", "x": rates,
                      "y": [(sums[r.run_id].get("goodput") or {}).get("request_goodput") for _, r in pts]})
-    sec.blocks.append(fg.scatter_xy("Throughput against offered rate", "offered rate (req/s)", "requests/s", tput))
+    sec.blocks.append(fg.scatter_xy(f"Throughput against {what}", xt, "requests/s", tput))
     rows = []
     if slo:
         att = [(sums[r.run_id].get("goodput") or {}).get("slo_attainment") for _, r in pts]
@@ -248,8 +272,10 @@ def sweep_section(
         marks = []
         if passing:
             best = max(passing)
-            marks.append({"name": "max goodput rate", "x": best[0], "y": best[1] * 100,
-                          "text": f"max goodput rate {best[0]:g} req/s"})
+            marks.append({"name": "max goodput rate" if kind == "rate" else "max concurrency in SLO",
+                          "x": best[0], "y": best[1] * 100,
+                          "text": f"max goodput rate {best[0]:g} req/s" if kind == "rate"
+                          else f"{best[0]:g} users"})
         series = [
             {"name": "attainment", "x": rates, "y": [None if a is None else a * 100 for a in att]},
             {"name": "95% CI low", "x": rates, "y": [None if c[0] is None else c[0] * 100 for c in cis],
@@ -259,14 +285,14 @@ def sweep_section(
             {"name": f"target {pct(target)}", "x": [rates[0], rates[-1]], "y": [target * 100] * 2,
              "dash": "dash", "mode": "lines", "color": "#444"},
         ]
-        sec.blocks.append(fg.scatter_xy("SLO attainment against offered rate", "offered rate (req/s)",
+        sec.blocks.append(fg.scatter_xy(f"SLO attainment against {what}", xt,
                                         "attainment (%)", series, marks=marks, y_range=[0, 102]))
         if not passing:
-            sec.blocks.append(note(f"No swept rate reaches {pct(target)} attainment.", "warn"))
+            sec.blocks.append(note(f"No swept {what} reaches {pct(target)} attainment.", "warn"))
         for (rate, r), a, c in zip(pts, att, cis, strict=True):
             rows.append((f"{rate:g}", r.name, fmt(sums[r.run_id]["request_throughput"]), pct(a),
                          f"{pct(c[0])}–{pct(c[1])}", badge(a is not None and a >= target)))
-        sec.blocks.append(table(["rate (req/s)", "run", "throughput (req/s)", "attainment", "95% CI", "verdict"], rows))
+        sec.blocks.append(table([xt, "run", "throughput (req/s)", "attainment", "95% CI", "verdict"], rows))
     else:
         sec.blocks.append(note("No SLO given: pass --slo to see attainment and the max goodput rate."))
     return sec

@@ -207,3 +207,23 @@ def test_degenerate_runs_still_make_a_report(tmp_path):
     itl = figures_of(html)[titles.index("ITL (chunk) CDF")] if "ITL (chunk) CDF" in titles else None
     assert itl is None  # no run recorded chunks: a note instead of an empty figure
     assert "ITL (chunk): no samples" in html
+
+
+def test_sweep_from_analysis_sweep_is_starred_where_the_sweep_says(tmp_path):
+    """A real sweep (analysis.sweep with its queue driver writing real rows): the report's star
+    sits at the max goodput rate the sweep itself reports."""
+    from burstbench.analysis.slo import parse_slo
+    from burstbench.analysis.sweep import QueueDriver, sweep_values
+
+    out = tmp_path / "sweep.duckdb"
+    slo = parse_slo("ttft=300ms")
+    res = sweep_values(QueueDriver(out, requests=150), out, [10.0, 40.0, 70.0, 100.0], slo=slo, target=0.9)
+    assert res.max_goodput_rate is not None and res.max_goodput_rate < 100.0  # the sweep crosses the target
+    rep = build_report(out, tmp_path / "r.html", slo="ttft=300ms")
+    assert rep.sweep_steps == 4 and rep.runs == [] and "sweep" in rep.sections
+    html = (tmp_path / "r.html").read_text()
+    titles = titles_of(html)
+    fig = figures_of(html)[titles.index("SLO attainment against offered rate")]
+    (star,) = [t for t in fig["data"] if t.get("marker", {}).get("symbol") == "star"]
+    assert star["x"] == [res.max_goodput_rate]
+    assert star["y"][0] == pytest.approx(res.attainment_at_max * 100)
