@@ -18,7 +18,7 @@ from burstbench.errors import UsageError
 @click.option("--scenario", "scenario_file", type=click.Path(dir_okay=False),
               help="Scenario YAML; flags given here override it.")
 @click.option("--api", type=click.Choice(["completions", "chat"]), default=None, help="API [completions].")
-@click.option("--model", default=None, help="Model name sent to the server (default: the trace's).")
+@click.option("--model", default=None, help="Model name sent to the server (default: the one model /v1/models lists).")
 @click.option("--mode", type=click.Choice(["trace", "rate", "closed"]), default=None,
               help="trace (replay arrivals), rate (Poisson at --rate), closed (--concurrency users).")
 @click.option("--rate", type=float, default=None, help="Poisson arrivals at R requests/s (implies --mode rate).")
