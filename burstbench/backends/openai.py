@@ -50,6 +50,9 @@ Model: ``model`` if given; else the one model the endpoint lists at ``/v1/models
 (looked up once in ``start``; none is sent when it lists several); a trace's own model names (``Request.model``, e.g.
 BurstGPT's "ChatGPT") are sent only with ``use_request_model=True``.
 
+``start()`` raises ``BackendError`` in one case only: ``/v1/models`` answers 401 or
+403, i.e. the credentials are missing or wrong, which no request could survive.
+
 The API key is read from the environment variable named by ``api_key_env`` in
 ``start()`` and sent as ``Authorization: Bearer``; it is never stored on an
 outcome, and any server message that echoes it is redacted.
@@ -72,7 +75,8 @@ from aiohttp.client_proto import ResponseHandler
 from burstbench.backends.base import Clock, Outcome, Request
 from burstbench.backends.prompts import PromptBuilder
 from burstbench.backends.sse import DONE, SSEError, SSEParser
-from burstbench.errors import UsageError
+from burstbench.errors import BackendError, UsageError
+from burstbench.store import redact_url
 
 __all__ = ["OpenAIBackend"]
 
@@ -232,28 +236,52 @@ class OpenAIBackend:
             max_field_size=1024 * 1024,
             auto_decompress=True,
         )
-        if self.model is None and self.discover_model:
-            self.model = await self._served_model()
+        models = await self._models()
+        if self.model is None and self.discover_model and models is not None and len(models) == 1:
+            self.model = models[0]
 
-    async def _served_model(self) -> str | None:
-        """The model the endpoint serves, when ``/v1/models`` lists exactly one (vLLM
-        rejects requests without a model; on a multi-model API such as a hosted one,
-        guessing would measure the wrong model). Never fails: requests will."""
+    async def _models(self) -> list[str] | None:
+        """The ids ``/v1/models`` lists, or None when it does not answer usefully.
+
+        Used to fill in the model when the endpoint serves exactly one (vLLM rejects
+        requests without one; on a multi-model API such as a hosted one, guessing
+        would measure the wrong model), and to stop at once, with a BackendError,
+        when the endpoint rejects the credentials (HTTP 401/403), instead of sending
+        a whole trace that can only fail. Anything else is left to the requests."""
         assert self._session is not None
+        status = None
         try:
             async with (
                 asyncio.timeout(5.0),
                 self._session.get(self.base_url + "/v1/models", headers=self._headers) as r,
             ):
-                if r.status != 200:
-                    return None
-                data = (await r.json(content_type=None)).get("data") or []
-                if len(data) != 1 or not isinstance(data[0], dict):
-                    return None
-                only = data[0].get("id")
-                return str(only) if only else None
-        except (aiohttp.ClientError, TimeoutError, ValueError, AttributeError):
+                status = r.status
+                if status == 200:
+                    data = (await r.json(content_type=None)).get("data") or []
+                    return [str(m["id"]) for m in data if isinstance(m, dict) and m.get("id")]
+        except (aiohttp.ClientError, TimeoutError, ValueError, AttributeError, TypeError):
             return None
+        if status in (401, 403):
+            await self.close()
+            raise BackendError(self._auth_advice(status))
+        return None
+
+    def _auth_advice(self, status: int) -> str:
+        where = redact_url(self.base_url)
+        env = self.api_key_env
+        if not env:
+            return (
+                f"{where}: the endpoint wants credentials (HTTP {status}); give an API key variable"
+            )
+        if env not in os.environ:
+            return (
+                f"{where}: the endpoint wants an API key (HTTP {status}) and ${env} is not set; "
+                f"export {env}=... (or name another variable)"
+            )
+        return (
+            f"{where}: the endpoint rejected the API key in ${env} (HTTP {status}); "
+            "check the key, or name another variable"
+        )
 
     async def close(self) -> None:
         """Close the session and every pooled connection."""

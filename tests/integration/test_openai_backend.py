@@ -20,7 +20,7 @@ from aiohttp import web
 
 from burstbench.backends.base import Backend, Outcome, Request, get_backend
 from burstbench.backends.openai import OpenAIBackend
-from burstbench.errors import UsageError
+from burstbench.errors import BackendError, UsageError
 from burstbench.testing import StreamServer, StreamSettings
 
 clock = time.perf_counter
@@ -347,6 +347,33 @@ async def test_api_key_sent_as_bearer_and_never_kept(monkeypatch: pytest.MonkeyP
         await b.close()
         assert srv.records[0].authorization == f"Bearer {secret}"
     assert secret not in repr(ok) and secret not in repr(vars(b))  # forgotten at close
+
+
+@pytest.mark.parametrize("key", [None, "sk-wrong-key-777"])
+async def test_rejected_credentials_stop_at_start(monkeypatch: pytest.MonkeyPatch, key) -> None:
+    async def models_401(request: web.Request) -> web.Response:
+        return web.json_response({"error": {"message": "invalid key"}}, status=401)
+
+    if key:
+        monkeypatch.setenv("BB_TEST_KEY", key)
+    else:
+        monkeypatch.delenv("BB_TEST_KEY", raising=False)
+    app = web.Application()
+    app.router.add_get("/v1/models", models_401)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+    try:
+        b = OpenAIBackend(url, api_key_env="BB_TEST_KEY")
+        with pytest.raises(BackendError, match="BB_TEST_KEY") as err:
+            await b.start()
+    finally:
+        await runner.cleanup()
+    assert ("is not set" in str(err.value)) == (key is None)
+    assert key is None or key not in str(err.value)
+    assert b._session is None  # closed again
 
 
 async def test_no_key_no_header(monkeypatch: pytest.MonkeyPatch) -> None:
