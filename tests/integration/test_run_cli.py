@@ -71,7 +71,7 @@ def db_rows(path: Path, sql: str, params=()) -> list[tuple]:
         con.close()
 
 
-def test_run_records_every_request_and_chunk_the_server_sent(tmp_path):
+def test_run_records_every_request_and_chunk_the_server_sent(tmp_path, capsys):
     trace = write_parquet(tmp_path / "t.parquet", 30, 0.01, 4)
     with stream_server("--ttft", "0.01", "--itl", "0.005") as url:
         proc = bb("run", "--url", url, "--trace", str(trace), "-o", str(tmp_path / "r.duckdb"), "--json")
@@ -95,6 +95,14 @@ def test_run_records_every_request_and_chunk_the_server_sent(tmp_path):
     assert json.loads(scenario)["workers"] == 1
     names = {r[0] for r in db_rows(out, "SELECT DISTINCT name FROM telemetry")}
     assert {"process_cpu_percent", "process_rss_bytes", "vllm:num_requests_running"} <= names
+    # 'analyze' computes DESIGN section 4 independently (SQL views); both agree on these rows
+    rc, text, _ = main_in_process(capsys, "analyze", str(out), "--json")
+    assert rc == 0
+    analyzed = json.loads(text)
+    for key in ("ttft_ms", "tpot_ms", "itl_ms", "e2el_ms", "schedule_lag_ms"):
+        for stat in ("mean", "median", "p99", "max"):
+            assert analyzed[key][stat] == pytest.approx(summary[key][stat], rel=1e-9), (key, stat)
+    assert analyzed["completed"] == summary["completed"]
 
 
 def test_sigint_stops_sending_keeps_rows_and_marks_the_run_aborted(tmp_path):
