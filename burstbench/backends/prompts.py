@@ -130,8 +130,11 @@ class PromptBuilder:
         return len(self._tokenizer.encode(text, add_special_tokens=False).ids)
 
     def for_request(self, request: Any) -> str:
-        """The completions prompt of a ``Request``: its real text, its messages, or words."""
-        if request.prompt is not None:
+        """The completions prompt of a ``Request``: its real text, its messages, or words.
+
+        An empty real prompt counts as none (servers reject empty prompts), so the
+        request is replayed with ``input_tokens`` words instead."""
+        if request.prompt:
             return request.prompt
         if request.messages:
             return "\n".join(_content_text(m.get("content")) for m in request.messages)

@@ -81,6 +81,8 @@ def test_request_text_prefers_real_prompt_then_messages() -> None:
     assert b.for_request(r2) == "a b\nc"
     r3 = Request(request_id=3, input_tokens=6, prefix_hashes=(5,))
     assert len(b.for_request(r3).split()) == 6
+    r4 = Request(request_id=4, input_tokens=7, prompt="")
+    assert len(b.for_request(r4).split()) == 7
 
 
 def test_bad_block_size() -> None:
