@@ -105,13 +105,14 @@ def test_run_records_every_request_and_chunk_the_server_sent(tmp_path, capsys):
     assert analyzed["completed"] == summary["completed"]
 
 
-def test_sigint_stops_sending_keeps_rows_and_marks_the_run_aborted(tmp_path):
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_sigint_stops_sending_keeps_rows_and_marks_the_run_aborted(tmp_path, workers):
     # 200 requests, 20 per second, each streaming for ~2 s: Ctrl-C lands mid-run
     trace = write_parquet(tmp_path / "t.parquet", 200, 0.05, 40)
     out = tmp_path / "r.duckdb"
     with stream_server("--ttft", "0.01", "--itl", "0.05") as url:
         proc = subprocess.Popen([sys.executable, "-m", "burstbench", "run", "--url", url, "--trace", str(trace),
-                                 "-o", str(out), "--grace", "0.3", "--quiet"],
+                                 "-o", str(out), "--grace", "0.3", "--quiet", "--workers", workers],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
         try:
             deadline = time.monotonic() + 30
