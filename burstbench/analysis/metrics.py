@@ -291,38 +291,11 @@ def request_stats(con: duckdb.DuckDBPyConnection, run_id: str, sel: Selection) -
     return _fetch_dict(con, sql, [run_id, *params])
 
 
-def chunk_stats(con: duckdb.DuckDBPyConnection, run_id: str, sel: Selection) -> dict[str, Any]:
-    """Chunk ITL pooled over every gap of the selected successful requests, and token ITL.
-
-    Gaps come from each request's chunk times collected in ``seq`` order
-    (``list(t_s ORDER BY seq)``) and differenced in place: sorting a hundred chunks a
-    million times is far cheaper than one window sort over a hundred million rows.
-    Token ITL repeats ``gap / tokens`` once per token the chunk carried; when no
-    chunk carried more than one token it equals chunk ITL and is not computed twice.
-    """
-    cond, params = sel.sql()
-    multi = con.execute("SELECT COALESCE(bool_or(tokens > 1), false) FROM chunks WHERE run_id = ?", [run_id]).fetchone()[0]
-    tk_list = ", list(GREATEST(COALESCE(c.tokens, 1), 1) ORDER BY c.seq) AS tk" if multi else ""
-    tk_col = ", unnest(tk[2:]) AS k" if multi else ""
-    base = f"""
-    WITH sel AS (
-        SELECT r.request_id FROM request_metrics r
-        WHERE r.run_id = ? AND r.phase = 'measure' AND r.ok{cond}
-    ), l AS (
-        SELECT list(c.t_s ORDER BY c.seq) AS ts{tk_list}
-        FROM chunks c SEMI JOIN sel ON c.request_id = sel.request_id
-        WHERE c.run_id = ?
-        GROUP BY c.request_id HAVING count(*) > 1
-    ), gaps AS MATERIALIZED (
-        SELECT unnest(list_transform(range(2, len(ts) + 1), lambda i: ts[i] - ts[i - 1])) AS gap_s{tk_col}
-        FROM l
-    )"""
+def _gap_stats_sql(gaps_cte: str, multi: bool) -> str:
+    """Chunk ITL (and token ITL when chunks carry several tokens) over a CTE named ``gaps``."""
     if not multi:
-        row = _fetch_dict(con, base + f" SELECT {_stats_sql('gap_s', 'itl', 'true')} FROM gaps", [run_id, *params, run_id])
-        for key in list(row):
-            row["itl_token" + key[3:]] = row[key]
-        return row
-    sql = base + f"""
+        return gaps_cte + f" SELECT {_stats_sql('gap_s', 'itl', 'true')} FROM gaps"
+    return gaps_cte + f"""
     , chunk AS (SELECT {_stats_sql("gap_s", "itl", "true")} FROM gaps),
     tok AS (
         SELECT {_stats_sql("tv", "itl_token", "true")}
@@ -332,7 +305,68 @@ def chunk_stats(con: duckdb.DuckDBPyConnection, run_id: str, sel: Selection) -> 
     )
     SELECT * FROM chunk, tok
     """
-    return _fetch_dict(con, sql, [run_id, *params, run_id])
+
+
+def chunk_stats(con: duckdb.DuckDBPyConnection, run_id: str, sel: Selection) -> dict[str, Any]:
+    """Chunk ITL pooled over every gap of the selected successful requests, and token ITL.
+
+    Fast path: the load generator and the simulator write each request's chunks
+    together and in ``seq`` order, so a chunk's predecessor is usually the row just
+    before it. A streaming ``lag() OVER ()`` (no sort) pairs each row with the row
+    before; a pair counts only when it is the same request and ``seq - 1``, so every
+    gap found is right, and the number found is checked against the number expected
+    (chunks minus first chunks). If any is missing (rows written out of order), the
+    gaps are recomputed the sure way: each request's times collected in ``seq``
+    order and differenced in place.
+
+    Token ITL repeats ``gap / tokens`` once per token the chunk carried; when no
+    chunk carried more than one token it equals chunk ITL and is not computed twice.
+    """
+    cond, params = sel.sql()
+    multi = con.execute("SELECT COALESCE(bool_or(tokens > 1), false) FROM chunks WHERE run_id = ?", [run_id]).fetchone()[0]
+    sel_cte = f"""
+    WITH sel AS (
+        SELECT r.request_id FROM request_metrics r
+        WHERE r.run_id = ? AND r.phase = 'measure' AND r.ok{cond}
+    )"""
+    k_col = ", GREATEST(COALESCE(a.tokens, 1), 1) AS k" if multi else ""
+    fast = sel_cte + f"""
+    , adj AS (
+        SELECT request_id, seq, t_s, tokens, lag(request_id) OVER () AS p_rid, lag(seq) OVER () AS p_seq,
+               lag(t_s) OVER () AS p_t
+        FROM chunks WHERE run_id = ?
+    ), gaps AS MATERIALIZED (
+        SELECT a.t_s - a.p_t AS gap_s{k_col}
+        FROM adj a SEMI JOIN sel ON a.request_id = sel.request_id
+        WHERE a.p_rid = a.request_id AND a.p_seq = a.seq - 1
+    )"""
+    row = _fetch_dict(con, _gap_stats_sql(fast, multi), [run_id, *params, run_id])
+    path = "adjacent rows"
+    expected = con.execute(
+        sel_cte + " SELECT count(*) - count(*) FILTER (WHERE c.seq = 0) FROM chunks c"
+        " SEMI JOIN sel ON c.request_id = sel.request_id WHERE c.run_id = ?",
+        [run_id, *params, run_id],
+    ).fetchone()[0]
+    if int(row.get("itl_n") or 0) != int(expected or 0):
+        k_list = ", list(GREATEST(COALESCE(c.tokens, 1), 1) ORDER BY c.seq) AS tk" if multi else ""
+        k_un = ", unnest(tk[2:]) AS k" if multi else ""
+        sure = sel_cte + f"""
+        , l AS (
+            SELECT list(c.t_s ORDER BY c.seq) AS ts{k_list}
+            FROM chunks c SEMI JOIN sel ON c.request_id = sel.request_id
+            WHERE c.run_id = ?
+            GROUP BY c.request_id HAVING count(*) > 1
+        ), gaps AS MATERIALIZED (
+            SELECT unnest(list_transform(range(2, len(ts) + 1), lambda i: ts[i] - ts[i - 1])) AS gap_s{k_un}
+            FROM l
+        )"""
+        row = _fetch_dict(con, _gap_stats_sql(sure, multi), [run_id, *params, run_id])
+        path = "sorted per request"
+    if not multi:
+        for key in list(row):
+            row["itl_token" + key[3:]] = row[key]
+    row["gap_path"] = path
+    return row
 
 
 def peak_concurrency(con: duckdb.DuckDBPyConnection, run_id: str, sel: Selection, *, ok_only: bool = True) -> int:

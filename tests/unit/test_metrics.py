@@ -429,3 +429,38 @@ def test_parity_on_a_run_recorded_by_the_reference_engine(tmp_path: Path, burstg
     ref = vllm_reference(reqs, dur, {"ttft": 0.5, "tpot": 0.05})
     assert_close(ours, ref)
     assert ours["goodput"]["request_goodput"] == pytest.approx(ref["request_goodput"], rel=1e-12)
+
+
+def test_chunks_written_out_of_order_give_the_same_gaps(tmp_path: Path) -> None:
+    """The fast path relies on each request's chunks being adjacent; shuffled rows must
+    be detected and computed the sure way, to the same numbers."""
+    from burstbench.analysis.metrics import Selection, chunk_stats
+
+    reqs = random_run(np.random.default_rng(21), 150)
+    dur = max(r.end for r in reqs) + 0.1
+    ordered, shuffled = tmp_path / "o.duckdb", tmp_path / "s.duckdb"
+    with ResultsStore(ordered) as st:
+        rid_o = write_run(st, reqs, duration=dur)
+    with ResultsStore(shuffled) as st:
+        rid_s = st.create_run(RunInfo(backend="test", model="m"))
+        con_o = open_store(ordered)
+        try:
+            req = pl.from_arrow(con_o.sql("SELECT * FROM requests").to_arrow_table())
+            ch = pl.from_arrow(con_o.sql("SELECT * FROM chunks").to_arrow_table())
+        finally:
+            con_o.close()
+        st.append_requests(req.with_columns(pl.lit(rid_s).alias("run_id")))
+        st.append_chunks(ch.with_columns(pl.lit(rid_s).alias("run_id")).sample(fraction=1.0, shuffle=True, seed=1))
+        st.finish_run(rid_s, status="done", end_reason="completed", duration_s=dur)
+    a, b = open_store(ordered), open_store(shuffled)
+    try:
+        ca, cb = chunk_stats(a, rid_o, Selection()), chunk_stats(b, rid_s, Selection())
+    finally:
+        a.close()
+        b.close()
+    assert ca["gap_path"] == "adjacent rows" and cb["gap_path"] == "sorted per request"
+    sa, sb = summarize(ordered, rid_o), summarize(shuffled, rid_s)
+    for m in ("itl_ms", "itl_token_ms"):
+        for stat, v in sa[m].items():
+            assert sb[m][stat] == pytest.approx(v, rel=1e-12), f"{m}.{stat}"
+    assert sa["itl_ms"] == pytest.approx(vllm_reference(reqs, dur)["itl_ms"] | {"n": sa["itl_ms"]["n"]})
