@@ -30,6 +30,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "analyze": ("burstbench.analysis.cli:analyze", "Metrics, SLO attainment and goodput."),
     "sweep": ("burstbench.analysis.cli:sweep", "Sweep rates or search the max goodput rate."),
     "report": ("burstbench.reports.cli:report", "Write a self-contained HTML report."),
+    "calibrate": ("burstbench.twin.cli:calibrate", "Fit the reference engine to a measured run (twin.yaml)."),
+    "whatif": ("burstbench.twin.cli:whatif", "Replay a trace through the twin under a changed deployment."),
+    "plan": ("burstbench.twin.cli:plan", "Cheapest fleet meeting an SLO target at the trace's peak."),
 }
 
 

@@ -1,0 +1,293 @@
+"""``calibrate``: fit the reference engine's free coefficients to a measured run.
+
+The measured run's own schedule is replayed through the twin (each request at the time
+it was sent, with the prompt and output lengths it had), and the cost model's free
+coefficients are chosen so the simulated TTFT, TPOT and E2EL *distributions* match the
+measured ones: residuals are log-ratios of quantiles (10th to 99th) of each metric, so a
+2 ms and a 2 s latency count alike, and the least-squares fit is over log-parameters
+(scales stay positive; a factor of 2 off is one step either way).
+
+Free coefficients (three, all that one model's latencies can tell apart):
+
+- ``bandwidth_efficiency_scale``: decode steps are weight- and KV-read bound, so TPOT
+  pins it;
+- ``flops_efficiency_scale``: prefills are compute bound, so TTFT of long prompts pins it;
+- ``overhead_scale`` on the per-step *and* per-layer overheads together: for a single
+  model they add up to one constant per iteration (``step + layers × layer``), so only
+  their sum is identifiable; their preset ratio is kept and both are reported.
+
+Scheduler limits (``max_num_seqs``, ``max_num_batched_tokens``) are inputs: give them
+when the endpoint's are known (vLLM's defaults otherwise).
+
+Uncertainty comes from the fit's Jacobian: ``cov = s² (JᵀJ)⁻¹`` in log-parameter space
+with ``s²`` the residual variance, reported as a 95% interval per coefficient. Each
+evaluation is one virtual-time run of the schedule (milliseconds for a few hundred
+requests); long runs are cut to their first ``max_requests`` requests (a contiguous
+stretch keeps the load the endpoint saw, which a random sample would not).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from burstbench.errors import StoreError, UsageError
+from burstbench.twin.spec import TwinSpec, build_cost
+from burstbench.twin.vsim import Latencies, Sched, Workload, colocated
+
+QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99)
+METRICS = ("ttft", "tpot", "e2el")
+JAC_STEP = 0.03
+PARAMS = ("bandwidth_efficiency_scale", "flops_efficiency_scale", "overhead_scale", "frontend_latency_s")
+FRONTEND_UNIT_S = 0.01  # the frontend latency is fitted linearly (it can be 0), in units of 10 ms
+
+
+@dataclass
+class MeasuredRun:
+    """A run's schedule and latencies in the engine's own time (seconds)."""
+
+    run_id: str
+    work: Workload
+    measured: Latencies
+    time_scale: float
+    dropped: int
+    total: int
+    label: str | None = None
+
+
+def read_run(store: str | Path, run_id: str, *, time_scale: float | None = None,
+             max_requests: int | None = None) -> MeasuredRun:
+    """The run's completed requests as a schedule (``sent_s``) plus their latencies.
+
+    ``time_scale``: how many times faster than the modelled hardware the endpoint ran
+    (``serve --time-scale``); by default the run's scenario ``time_scale`` for live
+    runs and 1 for simulated ones. Times are multiplied by it.
+    """
+    from burstbench.analysis.metrics import open_store, resolve_run
+
+    con = open_store(store)
+    try:
+        rid = resolve_run(con, run_id)
+        clock, scenario, label = con.execute(
+            "SELECT clock, scenario, label FROM runs WHERE run_id = ?", [rid]).fetchone()
+        rows = con.execute(
+            "SELECT sent_s, input_tokens, COALESCE(output_tokens_server, output_tokens_counted, output_tokens_target),"
+            " first_token_s, last_token_s, status FROM requests WHERE run_id = ? ORDER BY sent_s, request_id",
+            [rid],
+        ).fetchall()
+    finally:
+        con.close()
+    if not rows:
+        raise StoreError(f"run '{rid}' in {store} has no request rows to calibrate on")
+    if time_scale is None:
+        sc = json.loads(scenario) if isinstance(scenario, str) else (scenario or {})
+        time_scale = float(sc.get("time_scale") or 1.0) if clock != "virtual" else 1.0
+    if not time_scale > 0:
+        raise UsageError(f"--time-scale must be positive, got {time_scale}")
+    arr = np.array([(r[0], r[1] or 0, r[2] or 0, r[3], r[4]) for r in rows if r[5] == "ok"
+                    and r[0] is not None and r[3] is not None and r[4] is not None], dtype=np.float64)
+    total = len(rows)
+    if len(arr) < 20:
+        raise StoreError(
+            f"run '{rid}' has {len(arr)} completed requests with token times; calibration needs at least 20")
+    if max_requests is not None and len(arr) > max_requests:
+        arr = arr[:max_requests]
+    sent = (arr[:, 0] - arr[0, 0]) * time_scale
+    work = Workload(sent, arr[:, 1].astype(np.int64), arr[:, 2].astype(np.int64))
+    lat = Latencies((arr[:, 3] - arr[:, 0]) * time_scale, (arr[:, 4] - arr[:, 0]) * time_scale,
+                    work.output_tokens, np.ones(len(arr), dtype=bool))
+    return MeasuredRun(rid, work, lat, time_scale, total - len(arr),
+                       total, label)
+
+
+def _quantiles(lat: Latencies) -> dict[str, np.ndarray]:
+    out = {}
+    for m in METRICS:
+        x = getattr(lat, m)
+        x = x[np.isfinite(x)]
+        out[m] = np.quantile(x, QUANTILES) if x.size else np.full(len(QUANTILES), np.nan)
+    return out
+
+
+def overrides_from(theta: np.ndarray, base_hw: Any) -> dict[str, float]:
+    bw, fl, oh = np.exp(theta[:3])
+    fe = max(float(theta[3]), 0.0)
+    return {
+        "bandwidth_efficiency_scale": float(bw),
+        "flops_efficiency_scale": float(fl),
+        "step_overhead_s": float(base_hw.step_overhead_s * oh),
+        "layer_overhead_s": float(base_hw.layer_overhead_s * oh),
+        "frontend_latency_s": fe * FRONTEND_UNIT_S,
+    }
+
+
+def compare(measured: Latencies, twin: Latencies) -> dict[str, Any]:
+    """p50/p90/p99 of each metric, measured vs twin (ms), with the relative error."""
+    mp, tp = measured.percentiles(), twin.percentiles()
+    out: dict[str, Any] = {}
+    for key in mp:
+        out[key] = {}
+        for q in mp[key]:
+            a, b = mp[key][q], tp[key][q]
+            out[key][q] = {"measured": a, "twin": b,
+                           "rel_err": (b - a) / a if a and b is not None else None}
+    return out
+
+
+def max_rel_err(cmp: dict[str, Any], q: str) -> float:
+    errs = [abs(v[q]["rel_err"]) for v in cmp.values() if v[q]["rel_err"] is not None]
+    return max(errs) if errs else math.nan
+
+
+@dataclass
+class Calibration:
+    spec: TwinSpec
+    fit_run: MeasuredRun
+    holdout_run: MeasuredRun | None
+    evaluations: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.spec.to_dict()
+
+
+def calibrate(
+    store: str | Path,
+    run_id: str,
+    *,
+    model: str,
+    hardware: str,
+    tp: int = 1,
+    replicas: int = 1,
+    sched: Sched | None = None,
+    holdout: str | None = None,
+    time_scale: float | None = None,
+    max_requests: int = 2000,
+    max_evals: int = 80,
+    progress: Any = None,
+) -> Calibration:
+    """Fit the twin to ``run_id`` (see module doc); check it on ``holdout`` when given."""
+    from scipy.optimize import least_squares
+
+    from burstbench.backends.hardware.profile import load_hardware
+
+    if max_requests < 20:
+        raise UsageError("--max-requests must be at least 20")
+    sched = sched or Sched()
+    run = read_run(store, run_id, time_scale=time_scale, max_requests=max_requests)
+    base_hw = load_hardware(hardware)
+    target = _quantiles(run.measured)
+    log_target = np.concatenate([np.log(target[m]) for m in METRICS])
+    valid = np.isfinite(log_target)
+    if valid.sum() < len(PARAMS) + 1:
+        raise StoreError(f"run '{run.run_id}' has too few multi-token answers to fit TTFT, TPOT and E2EL")
+    # bounds in log space: efficiencies from 1/20 of the preset up to 100% of peak
+    top_bw = max(y for _, y in base_hw.bandwidth_efficiency.points)
+    top_fl = max(y for _, y in base_hw.flops_efficiency.points)
+    lo = np.array([*np.log([0.05, 0.05, 0.02]), 0.0])  # frontend latency: 0 .. 1 s, linear
+    hi = np.array([*np.log([1.0 / top_bw, 1.0 / top_fl, 50.0]), 100.0])
+    evals = 0
+    big = 5.0  # residual for a configuration that cannot serve the run at all
+
+    def simulate(theta: np.ndarray, work: Workload) -> Latencies:
+        ov = overrides_from(theta, base_hw)
+        cost = build_cost(model, base_hw, tp, ov)
+        return colocated(work, cost, sched, replicas, frontend_s=ov["frontend_latency_s"])
+
+    def residuals(theta: np.ndarray) -> np.ndarray:
+        nonlocal evals
+        evals += 1
+        if progress:
+            progress(evals, max_evals)
+        lat = simulate(theta, run.work)
+        q = _quantiles(lat)
+        r = np.concatenate([np.log(np.maximum(q[m], 1e-9)) for m in METRICS]) - log_target
+        r = np.where(np.isfinite(r), r, big)[valid]
+        return r
+
+    cache: dict[bytes, np.ndarray] = {}
+
+    def fun(theta: np.ndarray) -> np.ndarray:
+        key = np.asarray(theta, dtype=np.float64).tobytes()
+        if key not in cache:
+            cache[key] = residuals(theta)
+        return cache[key]
+
+    def jac(theta: np.ndarray) -> np.ndarray:
+        # Forward differences with a *coarse* step: the schedule makes the loss piecewise
+        # constant at tiny scales (a request lands in one iteration or the next), so
+        # scipy's default step (~1e-8) sees only those jumps. 3% in log space is a
+        # clear signal and still local.
+        f0 = fun(theta)
+        cols = []
+        for i in range(len(theta)):
+            h = JAC_STEP if theta[i] + JAC_STEP <= hi[i] else -JAC_STEP
+            t = theta.copy()
+            t[i] += h
+            cols.append((fun(t) - f0) / h)
+        return np.stack(cols, axis=1)
+
+    x0 = np.array([0.0, 0.0, 0.0, 0.1])
+    res = least_squares(fun, x0, jac=jac, bounds=(lo, hi), method="trf", x_scale=1.0, loss="soft_l1", f_scale=0.05,
+                        max_nfev=max(2, max_evals // (1 + len(PARAMS))), xtol=1e-3, ftol=1e-4)
+    theta = res.x
+    m_res, p = int(valid.sum()), len(PARAMS)
+    s2 = 2 * res.cost / max(m_res - p, 1)
+    jac = res.jac
+    cov = s2 * np.linalg.pinv(jac.T @ jac)
+    sd = np.sqrt(np.clip(np.diag(cov), 0, None))
+    unc: dict[str, Any] = {}
+    for i, name in enumerate(PARAMS):
+        if name == "frontend_latency_s":  # linear parameter: a normal interval, cut at 0
+            v = float(theta[i]) * FRONTEND_UNIT_S
+            half = 1.96 * float(sd[i]) * FRONTEND_UNIT_S
+            unc[name] = {"value": v, "std": float(sd[i]) * FRONTEND_UNIT_S, "ci95": [max(v - half, 0.0), v + half],
+                         "at_bound": bool(np.isclose(theta[i], lo[i], atol=1e-3))}
+            continue
+        v = float(np.exp(theta[i]))
+        unc[name] = {
+            "value": v,
+            "log_std": float(sd[i]),
+            "ci95": [float(np.exp(theta[i] - 1.96 * sd[i])), float(np.exp(theta[i] + 1.96 * sd[i]))],
+            "at_bound": bool(np.isclose(theta[i], lo[i], atol=1e-3) or np.isclose(theta[i], hi[i], atol=1e-3)),
+        }
+    overrides = overrides_from(theta, base_hw)
+    fit_cmp = compare(run.measured, simulate(theta, run.work))
+    errors: dict[str, Any] = {
+        "fit": {"run_id": run.run_id, "requests": len(run.work), "percentiles": fit_cmp,
+                "max_abs_rel_err_p50": max_rel_err(fit_cmp, "p50"), "max_abs_rel_err_p99": max_rel_err(fit_cmp, "p99"),
+                "rms_log_quantile_err": float(np.sqrt(np.mean(res.fun**2)))}
+    }
+    hold = None
+    if holdout is not None:
+        hold = read_run(store, holdout, time_scale=time_scale, max_requests=max_requests)
+        h_cmp = compare(hold.measured, simulate(theta, hold.work))
+        errors["holdout"] = {"run_id": hold.run_id, "requests": len(hold.work), "percentiles": h_cmp,
+                             "max_abs_rel_err_p50": max_rel_err(h_cmp, "p50"),
+                             "max_abs_rel_err_p99": max_rel_err(h_cmp, "p99")}
+    from burstbench import __version__
+
+    spec = TwinSpec(
+        model=model, hardware=hardware, tp=tp, replicas=replicas, overrides=overrides,
+        scheduler={"max_num_seqs": sched.max_num_seqs, "max_num_batched_tokens": sched.max_num_batched_tokens,
+                   "block_size": sched.block_size, "gpu_memory_utilization": sched.gpu_memory_utilization,
+                   "router": sched.router, **({"max_waiting": sched.max_waiting} if sched.max_waiting else {})},
+        uncertainty=unc,
+        provenance={
+            "store": str(store), "run_id": run.run_id, "run_label": run.label, "holdout_run_id": hold.run_id if hold else None,
+            "time_scale": run.time_scale, "requests_used": len(run.work), "requests_in_run": run.total,
+            "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "tool_version": __version__,
+            "method": "least squares on log-quantile residuals (q10..q99 of TTFT, TPOT, E2EL), log-parameters, "
+                      "scipy.optimize.least_squares (trf); CI from the Jacobian",
+            "evaluations": evals, "optimizer_status": int(res.status), "optimizer_message": str(res.message),
+            "base_hardware": {"step_overhead_s": base_hw.step_overhead_s, "layer_overhead_s": base_hw.layer_overhead_s,
+                              "note": "step and layer overheads are collinear for one model; fitted as one scale"},
+        },
+        errors=errors,
+    )
+    return Calibration(spec, run, hold, evals)

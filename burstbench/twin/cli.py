@@ -1,0 +1,340 @@
+"""``burstbench calibrate``, ``whatif`` and ``plan``: parse flags, call ``twin``, print.
+
+Human output (rich tables) goes to stderr; ``--json`` writes one object to stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from burstbench.errors import InputError, UsageError
+
+CTX = {"help_option_names": ["-h", "--help"]}
+
+
+def _emit_json(obj: Any) -> None:
+    def clean(v: Any) -> Any:
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, list | tuple):
+            return [clean(x) for x in v]
+        return v
+
+    sys.stdout.write(json.dumps(clean(obj), default=str) + "\n")
+    sys.stdout.flush()
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False)
+
+
+def _ms(v: float | None) -> str:
+    return "–" if v is None else f"{v:,.1f}"
+
+
+def _pct(v: float | None) -> str:
+    return "–" if v is None else f"{v * 100:+.1f}%"
+
+
+def _load_trace(path: str) -> Any:
+    from burstbench.traces.schema import load_trace
+
+    p = Path(path)
+    if not p.exists():
+        raise InputError("no such trace file", path=p)
+    return load_trace(p)
+
+
+def _sched_opts(max_num_seqs: int | None, max_num_batched_tokens: int | None) -> dict[str, Any]:
+    for name, v in (("--max-num-seqs", max_num_seqs), ("--max-num-batched-tokens", max_num_batched_tokens)):
+        if v is not None and v < 1:
+            raise UsageError(f"{name} must be >= 1, got {v}")
+    return {"max_num_seqs": max_num_seqs, "max_num_batched_tokens": max_num_batched_tokens}
+
+
+# -- calibrate -----------------------------------------------------------------------------
+
+
+@click.command("calibrate", context_settings=CTX)
+@click.argument("results", type=click.Path(dir_okay=False))
+@click.option("--run", "run_id", required=True, help="The measured run to fit (id or unique prefix).")
+@click.option("--model", required=True, help="Model preset or config.json the endpoint serves.")
+@click.option("--hardware", required=True, help="Hardware preset or profile JSON to start from.")
+@click.option("--tp", type=int, default=1, show_default=True, help="Tensor parallelism of the endpoint.")
+@click.option("--replicas", type=int, default=1, show_default=True, help="Data-parallel replicas behind the endpoint.")
+@click.option("--max-num-seqs", type=int, default=256, show_default=True, help="The endpoint's scheduler limit.")
+@click.option("--max-num-batched-tokens", type=int, default=8192, show_default=True, help="The endpoint's token budget.")
+@click.option("--holdout", default=None, help="A second run to check the fit on (not used to fit).")
+@click.option("--time-scale", type=float, default=None,
+              help="How many times faster than modelled time the endpoint ran (serve --time-scale); "
+                   "default: the run's scenario time_scale (1 for simulated runs).")
+@click.option("--max-requests", type=int, default=2000, show_default=True,
+              help="Fit on at most the first N completed requests (each evaluation replays them).")
+@click.option("--max-evals", type=int, default=80, show_default=True,
+              help="Simulation budget of the fit (each optimizer iteration costs 5: one run, four for the Jacobian).")
+@click.option("-o", "--out", "out", required=True, type=click.Path(dir_okay=False), help="twin.yaml to write.")
+@click.option("--json", "as_json", is_flag=True, help="Print the twin (with errors) as one JSON object.")
+def calibrate(results: str, run_id: str, model: str, hardware: str, tp: int, replicas: int, max_num_seqs: int,
+              max_num_batched_tokens: int, holdout: str | None, time_scale: float | None, max_requests: int,
+              max_evals: int, out: str, as_json: bool) -> None:
+    """Fit the reference engine to a measured run and write a digital twin (twin.yaml).
+
+    The run's own schedule (send times, prompt and output lengths) is replayed in
+    virtual time and the cost model's free coefficients (bandwidth and FLOP/s
+    efficiency scales, per-step/per-layer overheads, a fixed frontend latency) are fitted
+    so simulated TTFT, TPOT and E2EL quantiles match the measured ones.
+
+    \b
+    Example:
+      burstbench run --url http://127.0.0.1:8000 --trace T.parquet -o results.duckdb
+      burstbench calibrate results.duckdb --run 20261124T0010 --model llama-3.1-8b \\
+          --hardware l40s --holdout 20261124T0020 -o twin.yaml
+    """
+    from rich.progress import Progress
+
+    from burstbench.twin.calibrate import calibrate as fit
+    from burstbench.twin.vsim import Sched
+
+    if not Path(results).exists():
+        from burstbench.errors import StoreError
+
+        raise StoreError(f"{results}: no such results file; record a run with 'burstbench run' first")
+    if max_evals < 5:
+        raise UsageError("--max-evals must be at least 5")
+    sched = Sched(**{k: v for k, v in _sched_opts(max_num_seqs, max_num_batched_tokens).items() if v is not None})
+    con = _console()
+    with Progress(console=con, transient=True) as bar:
+        task = bar.add_task("calibrating", total=max_evals)
+        cal = fit(results, run_id, model=model, hardware=hardware, tp=tp, replicas=replicas, sched=sched,
+                  holdout=holdout, time_scale=time_scale, max_requests=max_requests, max_evals=max_evals,
+                  progress=lambda i, n: bar.update(task, completed=min(i, n)))
+    cal.spec.write(out)
+    spec = cal.spec
+    con.print(f"twin written to {out} ({cal.evaluations} simulations, fit on {len(cal.fit_run.work)} requests "
+              f"of run {cal.fit_run.run_id}, time scale {cal.fit_run.time_scale:g})")
+    for name, u in spec.uncertainty.items():
+        con.print(f"  {name:28s} {u['value']:.4g}  (95% CI {u['ci95'][0]:.4g} .. {u['ci95'][1]:.4g})"
+                  + ("  [at bound]" if u.get("at_bound") else ""))
+    for part in ("fit", "holdout"):
+        e = spec.errors.get(part)
+        if not e:
+            continue
+        con.print(f"{part} run {e['run_id']} ({e['requests']} requests): twin vs measured")
+        for metric, qs in e["percentiles"].items():
+            con.print("  " + f"{metric:8s} " + "  ".join(
+                f"{q} {_ms(v['measured'])} vs {_ms(v['twin'])} ({_pct(v['rel_err'])})" for q, v in qs.items()))
+    if as_json:
+        _emit_json({"twin": str(out), **spec.to_dict()})
+
+
+# -- whatif ----------------------------------------------------------------------------------
+
+
+@click.command("whatif", context_settings=CTX)
+@click.argument("twin_file", type=click.Path(dir_okay=False))
+@click.option("--trace", "trace_path", required=True, type=click.Path(dir_okay=False), help="Trace to replay.")
+@click.option("--hardware", default=None, help="Variant hardware (preset or profile JSON).")
+@click.option("--tp", type=int, default=None, help="Variant tensor parallelism.")
+@click.option("--replicas", type=int, default=None, help="Variant replica count (colocated).")
+@click.option("--max-num-seqs", type=int, default=None, help="Variant scheduler max_num_seqs.")
+@click.option("--max-num-batched-tokens", type=int, default=None, help="Variant token budget.")
+@click.option("--rate-scale", type=float, default=None, help="Variant sees arrivals K times as dense.")
+@click.option("--layout", type=click.Choice(["colocated", "disagg"]), default="colocated", show_default=True,
+              help="disagg: DistServe's prefill/decode pools for the variant.")
+@click.option("--prefill", type=int, default=1, show_default=True, help="Prefill instances (--layout disagg).")
+@click.option("--decode", type=int, default=1, show_default=True, help="Decode instances (--layout disagg).")
+@click.option("--kv-link-gbps", type=float, default=None,
+              help="KV transfer bandwidth in GB/s per rank (--layout disagg; default the hardware's link).")
+@click.option("--slo", default=None, help="SLOs, e.g. ttft=500ms,tpot=50ms (ttft, tpot, e2el).")
+@click.option("--target", type=float, default=0.9, show_default=True, help="Attainment target of max goodput.")
+@click.option("--max-requests", type=int, default=2000, show_default=True, help="Use at most the first N requests.")
+@click.option("--no-search", is_flag=True, help="Skip the max goodput search (attainment at the trace's rate only).")
+@click.option("-o", "--out", "out", default=None, type=click.Path(dir_okay=False),
+              help="Results DuckDB to keep every simulated run in (analyze/report can read it).")
+@click.option("--json", "as_json", is_flag=True, help="Print the comparison as one JSON object.")
+def whatif(twin_file: str, trace_path: str, hardware: str | None, tp: int | None, replicas: int | None,
+           max_num_seqs: int | None, max_num_batched_tokens: int | None, rate_scale: float | None, layout: str,
+           prefill: int, decode: int, kv_link_gbps: float | None, slo: str | None, target: float,
+           max_requests: int, no_search: bool, out: str | None, as_json: bool) -> None:
+    """Replay a trace through the twin and a changed deployment, side by side.
+
+    Prints SLO attainment, latency percentiles and the max goodput rate (highest rate
+    with attainment >= --target, searched in virtual time) for the baseline (the twin
+    as calibrated) and the variant; with --layout disagg, goodput per GPU of the
+    colocated baseline vs DistServe's prefill/decode layout.
+
+    \b
+    Examples:
+      burstbench whatif twin.yaml --trace burstbench/data/traces/azure_llm_2023_conv.csv \\
+          --hardware h200 --slo ttft=500ms,tpot=50ms
+      burstbench whatif twin.yaml --trace T.parquet --layout disagg --prefill 1 --decode 1 \\
+          --slo ttft=400ms,tpot=40ms --json
+    """
+    from burstbench.analysis.slo import parse_slo
+    from burstbench.twin.spec import load_twin
+    from burstbench.twin.whatif import whatif as run
+
+    twin = load_twin(twin_file)
+    slo_s = parse_slo(slo) if slo is not None else None
+    for name, v in (("--tp", tp), ("--replicas", replicas), ("--prefill", prefill), ("--decode", decode),
+                    ("--max-requests", max_requests)):
+        if v is not None and v < 1:
+            raise UsageError(f"{name} must be >= 1, got {v}")
+    if kv_link_gbps is not None and not kv_link_gbps > 0:
+        raise UsageError(f"--kv-link-gbps must be positive, got {kv_link_gbps}")
+    trace = _load_trace(trace_path)
+    con = _console()
+    changes: dict[str, Any] = {"hardware": hardware, "tp": tp, "replicas": replicas,
+                               **_sched_opts(max_num_seqs, max_num_batched_tokens), "layout": layout}
+    if layout == "disagg":
+        changes.update(prefill=prefill, decode=decode,
+                       link_bandwidth=kv_link_gbps * 1e9 if kv_link_gbps else None)
+    with con.status("simulating baseline and variant") as status:
+        res = run(twin, trace, slo=slo_s, target=target, rate_scale=rate_scale, max_requests=max_requests,
+                  out=out, search=not no_search and slo_s is not None,
+                  on_step=lambda s: status.update(f"goodput search: {s.value:.3g} req/s -> "
+                                                  f"{(s.slo_attainment or 0) * 100:.1f}% attainment"), **changes)
+    _print_whatif(con, res)
+    if as_json:
+        _emit_json(res)
+
+
+def _print_whatif(con: Any, res: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    b, v = res["baseline"], res["variant"]
+    t = Table(title=f"what-if ({', '.join(f'{k}={x}' for k, x in res['changes'].items()) or 'no change'})")
+    t.add_column("")
+    t.add_column(f"baseline: {b['name']}")
+    t.add_column(f"variant: {v['name']}")
+    rows = [("GPUs", str(b["gpus"]), str(v["gpus"])), ("requests ok", f"{b['completed']}/{b['requests']}",
+                                                         f"{v['completed']}/{v['requests']}")]
+    if res.get("slo_ms"):
+        rows.append(("SLO attainment", f"{b['slo_attainment'] * 100:.1f}%", f"{v['slo_attainment'] * 100:.1f}%"))
+    for key in ("ttft_ms", "tpot_ms", "e2el_ms"):
+        for q in ("p50", "p99"):
+            rows.append((f"{key[:-3].upper()} {q} (ms)", _ms(b[key][q]), _ms(v[key][q])))
+    if "max_goodput_rate" in b:
+        def rate(x: float | None) -> str:
+            return "none met the target" if x is None else f"{x:.3g} req/s"
+
+        rows.append((f"max goodput (>= {res['target'] * 100:g}%)", rate(b["max_goodput_rate"]), rate(v["max_goodput_rate"])))
+        rows.append(("goodput per GPU", rate(b.get("goodput_per_gpu")), rate(v.get("goodput_per_gpu"))))
+    for r in rows:
+        t.add_row(*r)
+    con.print(t)
+    if "goodput_per_gpu_ratio" in res:
+        con.print(f"variant / baseline: max goodput x{res['max_goodput_ratio']:.2f}, "
+                  f"per GPU x{res['goodput_per_gpu_ratio']:.2f}")
+    for n in res.get("notes", []):
+        con.print(f"note: {n}")
+    if res.get("results"):
+        con.print(f"every simulated run is in {res['results']}")
+
+
+# -- plan ------------------------------------------------------------------------------------
+
+
+@click.command("plan", context_settings=CTX)
+@click.argument("trace_path", type=click.Path(dir_okay=False))
+@click.option("--slo", required=True, help="SLOs, e.g. ttft=500ms,tpot=50ms (ttft, tpot, e2el).")
+@click.option("--hardware", required=True, help="Instance types to consider, e.g. a100-80g,h100-sxm,l40s.")
+@click.option("--price", default=None,
+              help="USD per GPU-hour per type, e.g. a100-80g=1.79,h100-sxm=2.99,l40s=0.86. Without it, "
+                   "EXAMPLE prices are used (public on-demand list prices, 2024-25: a100-80g 1.79 and "
+                   "h100-sxm 2.99 [Lambda on-demand], h200 3.79, l40s 0.86); they vary by provider and date.")
+@click.option("--target", type=float, default=0.9, show_default=True, help="SLO attainment to meet at the peak.")
+@click.option("--model", default=None, help="Model preset (default: the twin's, else llama-3.1-8b).")
+@click.option("--twin", "twin_file", default=None, type=click.Path(dir_okay=False),
+              help="A calibrated twin.yaml: its model, corrections and scheduler limits.")
+@click.option("--tp", "tp_text", default="1,2,4,8", show_default=True, help="TP degrees to try (those that fit).")
+@click.option("--max-instances", type=int, default=64, show_default=True, help="GPUs per type at most.")
+@click.option("--window", type=float, default=300.0, show_default=True, help="Window (s) for the peak rate.")
+@click.option("--max-requests", type=int, default=2000, show_default=True, help="Peak load: at most N requests.")
+@click.option("--no-mix", is_flag=True, help="Only fleets of one instance type.")
+@click.option("--json", "as_json", is_flag=True, help="Print the plan and every candidate as one JSON object.")
+def plan(trace_path: str, slo: str, hardware: str, price: str | None, target: float, model: str | None,
+         twin_file: str | None, tp_text: str, max_instances: int, window: float, max_requests: int, no_mix: bool,
+         as_json: bool) -> None:
+    """Find the cheapest fleet that meets the SLO attainment target at the trace's peak.
+
+    The peak is the busiest --window of the trace (as 'trace stats' reports it); every
+    candidate fleet (type, TP, count, and two-type mixes) runs that load in virtual
+    time, and its attainment is printed as evidence.
+
+    \b
+    Example:
+      burstbench plan burstbench/data/traces/azure_llm_2023_conv.csv \\
+          --slo ttft=500ms,tpot=50ms --hardware a100-80g,h100-sxm,l40s \\
+          --price a100-80g=1.79,h100-sxm=2.99,l40s=0.86 --target 0.9
+    """
+    from rich.table import Table
+
+    from burstbench.analysis.slo import parse_slo
+    from burstbench.twin.plan import parse_prices
+    from burstbench.twin.plan import plan as run
+
+    slo_s = parse_slo(slo)
+    types = [t.strip() for t in hardware.split(",") if t.strip()]
+    if not types:
+        raise UsageError("--hardware is empty; give e.g. a100-80g,h100-sxm,l40s")
+    from burstbench.backends.hardware.profile import load_hardware
+
+    for t in types:
+        load_hardware(t)
+    try:
+        tps = sorted({int(x) for x in tp_text.split(",") if x.strip()})
+    except ValueError:
+        raise UsageError(f"--tp '{tp_text}': give whole numbers, e.g. 1,2,4") from None
+    if not tps or min(tps) < 1:
+        raise UsageError(f"--tp '{tp_text}': give positive whole numbers, e.g. 1,2,4")
+    if max_instances < 1 or max_requests < 1 or not window > 0:
+        raise UsageError("--max-instances, --max-requests and --window must be positive")
+    prices = parse_prices(price, types)
+    kw: dict[str, Any] = {}
+    if twin_file:
+        from burstbench.twin.spec import load_twin
+
+        tw = load_twin(twin_file)
+        model = model or tw.model
+        kw = {"sched": tw.sched(), "overrides": tw.overrides}
+    trace = _load_trace(trace_path)
+    con = _console()
+    if not price:
+        con.print("note: no --price given; using EXAMPLE prices " + ", ".join(f"{k}={v}" for k, v in prices.items())
+                  + " USD/GPU-hour (see --help)")
+    with con.status("planning") as status:
+        res = run(trace, model=model or "llama-3.1-8b", hardware=types, prices=prices, slo=slo_s, target=target,
+                  tp_options=tps, max_instances=max_instances, window_s=window, max_requests=max_requests,
+                  mixes=not no_mix,
+                  on_candidate=lambda c: status.update(f"{c['name']}: {c['slo_attainment'] * 100:.1f}%"), **kw)
+    load = res["load"]
+    con.print(f"peak: {load['peak_rate']:.3g} req/s in the {load['window_s']:g} s window at "
+              f"{load['peak_window_start_s']:g} s (mean {load['mean_rate']:.3g} req/s); load = {load['load']}")
+    t = Table(title=f"candidates (target {target * 100:g}% attainment)")
+    for col in ("fleet", "GPUs", "USD/h", "attainment", "meets", "TTFT p99 ms", "TPOT p99 ms"):
+        t.add_column(col)
+    for c in sorted(res["candidates"], key=lambda c: c["usd_per_hour"]):
+        t.add_row(c["name"], str(c["gpus"]), f"{c['usd_per_hour']:.2f}", f"{c['slo_attainment'] * 100:.1f}%",
+                  "yes" if c["meets_target"] else "no", _ms(c["p99_ms"]["ttft_ms"]), _ms(c["p99_ms"]["tpot_ms"]))
+    con.print(t)
+    for s in res["skipped"]:
+        con.print(f"skipped {s['hardware']} tp{s['tp']}: {s['reason']}")
+    best = res["best"]
+    if best:
+        con.print(f"cheapest: {best['name']} at {best['usd_per_hour']:.2f} USD/h "
+                  f"({best['slo_attainment'] * 100:.1f}% attainment at the peak)")
+    for n in res["notes"]:
+        con.print(f"note: {n}")
+    if as_json:
+        _emit_json(res)
