@@ -94,13 +94,15 @@ class WorkerCore:
         self._c_t = array("d")
         self._c_tok = array("i")
         self._c_rs = array("b")
-        self._lags = array("d")
+        self._lags = array("d")  # sent - scheduled (what the progress view shows)
+        self._client_lags = array("d")  # the part a concurrency cap does not explain
 
     def take_batch(self) -> dict[str, Any]:
         batch = {
             "kind": "batch", "worker": self.worker_id, "requests": self._rows,
             "chunk_rid": self._c_rid, "chunk_seq": self._c_seq, "chunk_t": self._c_t,
             "chunk_tokens": self._c_tok, "chunk_reasoning": self._c_rs, "lags": self._lags,
+            "client_lags": self._client_lags,
             "stats": {"sent": self.sent, "completed": self.completed, "failed": self.failed,
                       "cancelled": self.cancelled, "in_flight": self.in_flight,
                       "t": self.clock(), "last_scheduled_s": self.last_scheduled_s},
@@ -108,8 +110,12 @@ class WorkerCore:
         self._reset_buffers()
         return batch
 
-    def record(self, req: Request, phase: str, out: Outcome) -> None:
-        """Append one request's row and its chunks to the current batch."""
+    def record(self, req: Request, phase: str, out: Outcome, ready_s: float | None = None) -> None:
+        """Append one request's row and its chunks to the current batch.
+
+        ``ready_s``: when a concurrency slot became free (None without a cap); lateness
+        after that is the client's own, which is what the bottleneck watch needs.
+        """
         n = len(out.chunk_t)
         self._rows.append((
             req.request_id, req.session_id, req.turn, req.tenant, req.model, phase,
@@ -121,6 +127,8 @@ class WorkerCore:
         ))
         if out.sent_s is not None:
             self._lags.append(out.sent_s - req.scheduled_s)
+            start = req.scheduled_s if ready_s is None else max(req.scheduled_s, ready_s)
+            self._client_lags.append(out.sent_s - start)
         if n:
             self._c_rid.extend(array("q", (req.request_id,)) * n)
             self._c_seq.extend(_seq(n))
@@ -144,11 +152,13 @@ class WorkerCore:
         phase = self.plan.phase(req.scheduled_s)
         self.last_scheduled_s = req.scheduled_s
         sem = self._sem
+        ready: float | None = None
         if sem is not None:
             await sem.acquire()
             if self.stopping:
                 sem.release()
                 return None
+            ready = self.clock()
         self.sent += 1
         self.in_flight += 1
         dispatched = self.clock()
@@ -158,7 +168,7 @@ class WorkerCore:
             out = Outcome(request_id=req.request_id, sent_s=dispatched, status="cancelled",
                           end_s=self.clock(), error_class="cancelled",
                           error_message=f"stopped before the answer completed ({self.stop_reason or 'cancelled'})")
-            self.record(req, phase, out)
+            self.record(req, phase, out, ready)
             raise
         except Exception as exc:  # a backend bug must not lose the request
             out = Outcome(request_id=req.request_id, sent_s=dispatched, status="error",
@@ -168,7 +178,7 @@ class WorkerCore:
             self.in_flight -= 1
             if sem is not None:
                 sem.release()
-        self.record(req, phase, out)
+        self.record(req, phase, out, ready)
         return out
 
     def _spawn(self, coro: Any) -> None:

@@ -266,7 +266,8 @@ class _Supervisor:
             self.recorder.add_batch(msg)
             self.totals.update(msg["worker"], msg["stats"])
             if len(msg["lags"]):
-                self.watch.add_lags(np.frombuffer(msg["lags"], dtype=np.float64))
+                self.watch.add_lags(np.frombuffer(msg["lags"], dtype=np.float64),
+                                    np.frombuffer(msg["client_lags"], dtype=np.float64))
         elif kind == "ready":
             ready[msg["worker"]] = msg["pid"]
         elif kind == "done":

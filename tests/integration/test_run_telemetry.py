@@ -79,7 +79,7 @@ def test_bottleneck_watch_warns_on_growing_lag_and_saturated_cpu():
     for t, lag_ms in enumerate([15.0, 30.0, 60.0], start=4):
         w.add_lags(np.full(100, lag_ms / 1e3))
         new += w.tick(float(t), cpu_max=40.0)
-    assert len(new) == 1 and "schedule lag p99 60.0 ms and growing" in new[0]
+    assert len(new) == 1 and "client lag p99 60.0 ms and growing" in new[0]
     for t in range(7, 10):
         new = w.tick(float(t), cpu_max=99.0)
     assert len(new) == 1 and "99% of a core" in new[0]
@@ -89,6 +89,12 @@ def test_bottleneck_watch_warns_on_growing_lag_and_saturated_cpu():
     for t, lag_ms in enumerate([60.0, 30.0, 15.0]):
         w2.add_lags(np.full(10, lag_ms / 1e3))
         assert w2.tick(float(t), cpu_max=0.0) == []
+    # waiting for a capped slot (the server's doing) is shown but never blamed on the client
+    w3 = BottleneckWatch()
+    for t, lag_ms in enumerate([100.0, 200.0, 400.0]):
+        w3.add_lags(np.full(10, lag_ms / 1e3), np.full(10, 0.0005))
+        assert w3.tick(float(t), cpu_max=0.0) == []
+    assert w3.lag_p99_ms == 400.0
 
 
 def test_client_sampler_measures_this_process():

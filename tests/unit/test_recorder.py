@@ -35,11 +35,13 @@ def test_rows_and_chunks_land_in_store_columns(tmp_path):
                   chunk_t=array("d", [2.6, 2.7, 2.9]), chunk_tokens=array("i", [-1, 2, 1]),
                   chunk_reasoning=array("b", [1, 0, 0]), input_tokens_server=6, output_tokens_server=3,
                   output_tokens_counted=3, reasoning_tokens=1, cached_tokens=4, http_status=200)
-    core.record(req, core.plan.phase(req.scheduled_s), out)
+    core.record(req, core.plan.phase(req.scheduled_s), out, ready_s=2.4)  # a capped slot freed at 2.4
     core.record(Request(request_id=8, input_tokens=5, scheduled_s=0.5),
                 "warmup", Outcome(request_id=8, sent_s=0.6, status="timeout", error_class="stall", end_s=9.0))
     batch = core.take_batch()
     assert batch["stats"]["completed"] == 1 and batch["stats"]["failed"] == 1
+    assert list(batch["lags"]) == pytest.approx([0.5, 0.1])  # sent - scheduled
+    assert list(batch["client_lags"]) == pytest.approx([0.1, 0.1])  # after the slot freed / the schedule
     with ResultsStore(tmp_path / "r.duckdb") as store:
         run_id = store.create_run(RunInfo(backend="test"))
         rec = Recorder(store, run_id)
