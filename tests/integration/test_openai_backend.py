@@ -223,7 +223,7 @@ async def test_stall_is_cut_by_the_stall_timeout() -> None:
 async def test_total_timeout() -> None:
     # bytes keep coming (keep-alive comments), so only the total timeout can end it
     async with StreamServer(ttft_s=0.0, itl_s=0.1, keepalive=True) as srv:
-        o = await one(srv.url, req(n_out=100), timeout_s=0.35, stall_timeout_s=5)
+        o = await one(srv.url, req(n_out=100), timeout_s=0.6, stall_timeout_s=5)
     assert (o.status, o.error_class) == ("timeout", "timeout")
     assert 1 <= len(o.chunk_t) < 100
 
