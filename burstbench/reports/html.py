@@ -160,7 +160,10 @@ _JS = """
   figs.forEach(function(f, i){
     var layout = Object.assign({}, base, f.layout);
     layout.xaxis = axis(layout.xaxis); layout.yaxis = axis(layout.yaxis);
-    Plotly.newPlot('bb-fig-' + i, f.data, layout, {displaylogo:false, responsive:true});
+    try {
+      Plotly.newPlot('bb-fig-' + i, f.data, layout, {displaylogo:false, responsive:true})
+        .catch(function(e){ console.error('burstbench: figure ' + i + ' failed', e); });
+    } catch (e) { console.error('burstbench: figure ' + i + ' failed', e); }
   });
 })();
 """

@@ -139,6 +139,10 @@ def health_section(
         lag.append({"name": f"{r.name} p99", "x": s.t, "y": s.lag_p99_ms, "color": c, "dash": "dot"})
         lag.append({"name": f"{r.name} max", "x": s.t, "y": s.lag_max_ms, "color": c, "dash": "dash"})
     sec.blocks.append(fg.lines("Schedule lag per window", "time (s)", "lag (ms)", lag))
+    virtual = [r.name for r in runs if r.clock == "virtual"]
+    if virtual:
+        sec.blocks.append(note(f"Simulated in virtual time (no load generator, lag 0 by construction): "
+                               f"{', '.join(virtual)}."))
     sec.blocks.extend(_telemetry_figures(con, runs, CLIENT_SOURCES, max_names=6, what="client"))
     return sec
 
