@@ -12,6 +12,7 @@ server or a user (run labels, model, tenant and metric names) goes through
 from __future__ import annotations
 
 import html
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -77,9 +78,10 @@ def cdf(
             "x": list(xs), "y": list(ps), "line": {"color": color(i), "width": 2},
             "hovertemplate": "%{x:.4g} " + label(unit_label) + "<br>P=%{y:.4f}<extra>" + label(name) + "</extra>",
         })
+    log_x = _log_ok([*allx, threshold])
     layout: dict[str, Any] = {
-        "xaxis": _axis(unit_label, type="log" if _log_ok(allx) else "linear"),
-        "yaxis": _axis("fraction of requests ≤ x", range=[0, 1.02]),
+        "xaxis": _axis(unit_label, type="log" if log_x else "linear"),
+        "yaxis": _axis("fraction ≤ x", range=[0, 1.02]),
     }
     if threshold is not None:
         layout["shapes"] = [{
@@ -87,7 +89,9 @@ def cdf(
             "y0": 0, "y1": 1, "line": {"color": "#444", "dash": "dash", "width": 1},
         }]
         layout["annotations"] = [{
-            "x": threshold, "y": 1, "xref": "x", "yref": "paper", "showarrow": False,
+            # annotations on a log axis take log10 of the position (shapes take data values)
+            "x": math.log10(threshold) if log_x and threshold > 0 else threshold,
+            "y": 1, "xref": "x", "yref": "paper", "showarrow": False,
             "text": label(threshold_label), "xanchor": "left", "yanchor": "bottom",
             "font": {"size": 11},
         }]
@@ -224,8 +228,6 @@ def scatter_xy(
                             **({"xref": "x", "yref": "y"})})
         if x_log or y_log:
             # plotly places annotations on log axes in log10 units
-            import math
-
             if x_log and m["x"] and m["x"] > 0:
                 annotations[-1]["x"] = math.log10(m["x"])
             if y_log and m["y"] and m["y"] > 0:

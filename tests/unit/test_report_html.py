@@ -227,3 +227,14 @@ def test_sweep_from_analysis_sweep_is_starred_where_the_sweep_says(tmp_path):
     (star,) = [t for t in fig["data"] if t.get("marker", {}).get("symbol") == "star"]
     assert star["x"] == [res.max_goodput_rate]
     assert star["y"][0] == pytest.approx(res.attainment_at_max * 100)
+
+
+@pytest.mark.parametrize(("xs", "axis"), [([1.0, 10.0, 1000.0], "log"), ([100.0, 150.0, 200.0], "linear")])
+def test_cdf_threshold_label_lands_on_the_line(xs, axis):
+    from burstbench.reports.figures import cdf
+
+    fig = cdf("t", "ms", [("run", xs, [0.0, 0.5, 1.0])], threshold=120.0)
+    assert fig.layout["xaxis"]["type"] == axis
+    assert fig.layout["shapes"][0]["x0"] == 120.0  # shapes: data units on any axis
+    expected = np.log10(120.0) if axis == "log" else 120.0  # annotations: log10 units on log axes
+    assert fig.layout["annotations"][0]["x"] == pytest.approx(expected)
