@@ -501,7 +501,7 @@ class EngineCore:
             return t
         ev = self._events
         pool = self.pool
-        free = pool.free
+        num_free = pool.num_free
         bs = self.block_size
         it = self.it
         B, S = self.B, self.S
@@ -516,7 +516,7 @@ class EngineCore:
                 if top[3] != s.ver or s.state != RUNNING:
                     heapq.heappop(ev)
                     continue
-                if top[1] != _BLOCK or not free:
+                if top[1] != _BLOCK or not num_free():
                     break
                 heapq.heappop(ev)
                 s.blocks.extend(pool.allocate(1))

@@ -41,7 +41,12 @@ class BlockPool:
         self.block_hash: list[int | None] = [None] * num_blocks
         self.cached: dict[int, int] = {}  # hash -> block id
         # The LRU free queue: insertion order is eviction order (front = evicted first).
-        self.free: OrderedDict[int, None] = OrderedDict((b, None) for b in range(1, num_blocks))
+        # Without caching no block is ever shared or looked up, so the queue order cannot
+        # matter: a plain stack of ids (C-speed slicing) replaces the LRU queue.
+        self._stack: list[int] | None = None if enable_caching else list(range(num_blocks - 1, 0, -1))
+        self.free: OrderedDict[int, None] = (
+            OrderedDict((b, None) for b in range(1, num_blocks)) if enable_caching else OrderedDict()
+        )
         self.ref_cnt[0] = 1  # the null block is never free
         self.evictions = 0
         self.version = 0  # bumps whenever the set of cached hashes changes (lookup memo)
@@ -52,11 +57,11 @@ class BlockPool:
         return self.num_blocks - 1
 
     def num_free(self) -> int:
-        return len(self.free)
+        return len(self._stack) if self._stack is not None else len(self.free)
 
     def usage(self) -> float:
         """Fraction of usable blocks held by requests (vLLM's kv_cache_usage_perc / 1)."""
-        return 1.0 - len(self.free) / self.num_usable
+        return 1.0 - self.num_free() / self.num_usable
 
     def lookup(self, hashes: Sequence[int]) -> list[int]:
         """Block ids of the longest cached prefix of ``hashes`` (does not take them)."""
@@ -91,6 +96,15 @@ class BlockPool:
 
         The caller checks ``num_free() >= n`` first; asking for more is a bug.
         """
+        stack = self._stack
+        if stack is not None:
+            if n > len(stack):
+                raise RuntimeError(f"allocate({n}) with only {len(stack)} free blocks")
+            if n == 0:
+                return []
+            out = stack[-n:]
+            del stack[-n:]
+            return out
         free = self.free
         if n > len(free):
             raise RuntimeError(f"allocate({n}) with only {len(free)} free blocks")
@@ -114,6 +128,9 @@ class BlockPool:
 
     def release(self, blocks: Sequence[int]) -> None:
         """Drop a request's references, tail first, so its last blocks are evicted first."""
+        if self._stack is not None:
+            self._stack.extend(blocks)
+            return
         ref = self.ref_cnt
         zero = []
         for b in reversed(blocks):

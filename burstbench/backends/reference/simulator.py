@@ -164,6 +164,12 @@ def simulate(
             max_num_batched_tokens=max_num_batched_tokens,
             max_num_seqs=max_num_seqs,
         ) + 1  # vLLM's count includes the reserved null block
+    df = tr.df
+    inp = df["input_tokens"].fill_null(0).to_numpy()
+    keys_list = _prefix_keys(tr, block_size, inp) if enable_prefix_caching else None
+    # With no block hashes anywhere in the trace there is nothing to cache; the pool then
+    # skips LRU bookkeeping (results are identical, it is only faster).
+    caching = enable_prefix_caching and keys_list is not None
     engines = [
         EngineCore(
             cm,
@@ -171,7 +177,7 @@ def simulate(
             block_size=block_size,
             max_num_seqs=max_num_seqs,
             max_num_batched_tokens=max_num_batched_tokens,
-            enable_prefix_caching=enable_prefix_caching,
+            enable_prefix_caching=caching,
             max_waiting=max_waiting,
             policy=policy,
             max_context=m.max_context,
@@ -181,15 +187,12 @@ def simulate(
     rt = Router(router, replicas)
     notes: list[str] = []
 
-    df = tr.df
     n = df.height
     arrivals = df["arrival_s"].to_numpy().astype(np.float64, copy=False)
     if n and (np.isnan(arrivals).any() or (np.diff(arrivals) < 0).any()):
         raise InputError("arrival_s must be non-null and sorted ascending", field="arrival_s")
-    inp = df["input_tokens"].fill_null(0).to_numpy()
     outp = df["output_tokens"].fill_null(0).to_numpy()
     prio = df["priority"].fill_null(0).to_numpy() if "priority" in df.columns else None
-    keys_list = _prefix_keys(tr, block_size, inp) if enable_prefix_caching else None
     share_col = (
         df["reasoning_share"].to_numpy() if m.reasoning and "reasoning_share" in df.columns else None
     )
