@@ -114,3 +114,22 @@ def test_attainment_and_bad_input(tmp_path: Path) -> None:
             compare_runs(con, a, b, n_boot=10)
     finally:
         con.close()
+
+
+def test_large_samples_use_the_asymptotic_interval_which_agrees_with_the_bootstrap(tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    db = tmp_path / "big.duckdb"
+    with ResultsStore(db) as st:
+        a, b = add_run(st, rng.gamma(3.0, 0.05, 3000)), add_run(st, rng.gamma(3.0, 0.052, 3000))
+    con = open_store(db)
+    try:
+        specs = ["ttft.mean", "ttft.p50", "ttft.p90"]
+        boot = compare_runs(con, a, b, metrics=specs, n_boot=1500, seed=2)["metrics"]
+        asym = compare_runs(con, a, b, metrics=specs, max_bootstrap_n=100)["metrics"]
+    finally:
+        con.close()
+    for rb, ra in zip(boot, asym, strict=True):
+        assert rb["method"] == "bootstrap" and ra["method"] == "asymptotic"
+        assert ra["delta"] == pytest.approx(rb["delta"])
+        wb, wa = rb["ci"][1] - rb["ci"][0], ra["ci"][1] - ra["ci"][0]
+        assert wa == pytest.approx(wb, rel=0.2), rb["stat"]
