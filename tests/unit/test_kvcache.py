@@ -104,3 +104,15 @@ def test_text_block_keys_only_full_blocks():
     keys = text_block_keys(words, 16)
     assert len(keys) == 2
     assert text_block_keys(words[:16] + ["other"] * 16, 16)[0] == keys[0]
+
+
+def test_pool_without_caching_hands_out_distinct_blocks():
+    pool = BlockPool(9, enable_caching=False)
+    a = pool.allocate(5)
+    b = pool.allocate(3)
+    assert len(set(a + b)) == 8 and 0 not in a + b and pool.num_free() == 0
+    with pytest.raises(RuntimeError):
+        pool.allocate(1)
+    pool.release(a)
+    assert pool.num_free() == 5 and pool.lookup([1, 2]) == []
+    assert sorted(pool.allocate(5)) == sorted(a)

@@ -235,3 +235,13 @@ def test_rejected_state_is_reported():
     eng = EngineCore(LinearCost(), 100, max_waiting=0)
     s = Seq(rid=0, prompt_len=5, max_out=1)
     assert not eng.add(s) and s.state == REJECTED
+
+
+def test_invariants_hold_without_prefix_caching_under_pressure():
+    rng = random.Random(11)
+    eng = EngineCore(LinearCost(), 60, max_num_seqs=12, max_num_batched_tokens=128, enable_prefix_caching=False)
+    seqs = [Seq(rid=i, prompt_len=rng.randint(1, 300), max_out=rng.randint(1, 200)) for i in range(40)]
+    emitted = run_to_completion(eng, seqs, arrivals=[(rng.randint(0, 100), s) for s in seqs])
+    assert eng.num_preemptions > 0
+    assert all(emitted[s.rid] == s.max_out for s in seqs)
+    assert eng.pool.num_free() == eng.pool.num_usable
