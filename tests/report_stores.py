@@ -114,6 +114,23 @@ def add_run(
     return RunData(run_id, label, sent, first, last, out, status, chunk_times)
 
 
+def xss_trace(path: Path, n: int = 200) -> Path:
+    """A small trace whose model, tenant and session strings are markup."""
+    from burstbench.traces.schema import Trace, conform, write_trace
+
+    rng = np.random.default_rng(9)
+    df = pl.DataFrame({
+        "arrival_s": np.cumsum(rng.exponential(0.5, n)),
+        "input_tokens": rng.integers(1, 3000, n),
+        "output_tokens": rng.integers(1, 800, n),
+        "model": [XSS_IMG] * n,
+        "tenant": [(XSS_SCRIPT, XSS_SVG, "ok-tenant")[i % 3] for i in range(n)],
+        "session_id": [f"{XSS_IMG}{i // 4}" for i in range(n)],
+        "turn": [i % 4 for i in range(n)],
+    })
+    return write_trace(Trace(conform(df), {"source_file": XSS_SCRIPT}), path)
+
+
 def make_store(path: Path, *, n: int = 600, xss: bool = False, sweep: bool = False) -> list[RunData]:
     """Two comparable runs (B is slower), optionally XSS payloads and sweep steps."""
     runs = []
@@ -122,6 +139,11 @@ def make_store(path: Path, *, n: int = 600, xss: bool = False, sweep: bool = Fal
             runs.append(add_run(s, label="A" + XSS_SCRIPT, n=n, rate=20, seed=1, model=XSS_IMG,
                                 tenant_names=(XSS_SVG, XSS_IMG), fail_every=25,
                                 error_message=XSS_SCRIPT + XSS_IMG))
+            # a server that reports a metric named like markup
+            rid = runs[-1].run_id
+            s.append_telemetry(pl.DataFrame(
+                [(rid, float(t), "server", XSS_SVG, float(t), XSS_SCRIPT, None) for t in range(20)],
+                schema=list(TELEMETRY_COLUMNS), orient="row"))
         else:
             runs.append(add_run(s, label="baseline", n=n, rate=20, seed=1, fail_every=50))
         runs.append(add_run(s, label="candidate", n=n, rate=20, seed=2, ttft_scale=0.3, tpot=0.03))

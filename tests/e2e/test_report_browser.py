@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from chromium_cdp import CHROMIUM, FIGURE_COUNT_JS, RENDERED_JS, Browser
-from report_stores import make_store
+from report_stores import XSS_SVG, make_store, xss_trace
 
 from burstbench.reports.build import build_report
 
@@ -54,10 +54,15 @@ async def test_every_figure_renders_without_console_errors(tmp_path, burstgpt_v1
     assert (tmp_path / "report.png").stat().st_size > 10_000
 
 
-async def test_injected_markup_never_executes(tmp_path, burstgpt_v1):
-    """Payloads in run labels, model, tenant names and error messages (see report_stores)."""
+async def test_injected_markup_never_executes(tmp_path):
+    """Payloads in run labels, model and tenant names, error messages, a server metric's
+    name, and a trace's model, tenant and session ids (see report_stores)."""
     make_store(tmp_path / "r.duckdb", n=200, xss=True)
-    res = build_report(tmp_path / "r.duckdb", tmp_path / "report.html", slo="ttft=500ms")
+    trace = xss_trace(tmp_path / "evil.parquet")
+    res = build_report(tmp_path / "r.duckdb", tmp_path / "report.html", trace=trace, slo="ttft=500ms")
+    assert "trace" in res.sections
+    html = res.path.read_text()
+    assert XSS_SVG not in html and "&lt;/script&gt;&lt;svg onload" in html  # the metric's figure title
     out = await check_report(res.path)
     assert out["pwned"] == "undefined"
     assert out["rendered"] == out["expected"] == res.figures
