@@ -279,6 +279,22 @@ def test_nothing_listening_is_one_line_and_no_run_row(tmp_path, capsys):
     assert not (tmp_path / "r.duckdb").exists()
 
 
+def test_scenario_file_with_flag_overrides(tmp_path, capsys):
+    trace = write_parquet(tmp_path / "t.parquet", 10, 0.01, 3)
+    sc = tmp_path / "sc.yaml"
+    out = tmp_path / "r.duckdb"
+    with stream_server("--ttft", "0.001") as url:
+        sc.write_text(f"url: {url}\nmode: closed\nconcurrency: 2\nrequests: 6\nthink_time: 0.01\n")
+        rc, text, err = main_in_process(capsys, "run", "--trace", str(trace), "-o", str(out), "--scenario", str(sc),
+                                        "--requests", "4", "--json", "--quiet", "--label", "yaml")
+    assert rc == 0, err
+    assert json.loads(text)["completed"] == 4
+    scenario, label = db_rows(out, "SELECT scenario, label FROM runs")[0]
+    scenario = json.loads(scenario)
+    assert (scenario["mode"], scenario["concurrency"], scenario["max_requests"], label) == ("closed", 2, 4, "yaml")
+    assert scenario["think_time_s"] == 0.01
+
+
 def test_missing_trace_and_bad_scenario_file(tmp_path, capsys):
     rc, _, err = main_in_process(capsys, "run", "--url", "http://127.0.0.1:9", "--trace",
                                  str(tmp_path / "nope.parquet"), "-o", str(tmp_path / "r.duckdb"))
