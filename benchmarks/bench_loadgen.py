@@ -322,6 +322,8 @@ def schedule(a: argparse.Namespace) -> None:
                 con = duckdb.connect(str(out), read_only=True)
                 r = con.sql("SELECT scheduled_s, sent_s, status FROM requests WHERE run_id = ?",
                             params=[run_id]).pl()
+                errors = con.execute("SELECT error_class, count(*) FROM requests WHERE run_id = ? AND status <> 'ok' "
+                                     "GROUP BY 1 ORDER BY 2 DESC", [run_id]).fetchall()
                 con.close()
                 sched, sent = np.sort(r["scheduled_s"].to_numpy()), np.sort(r["sent_s"].to_numpy())
                 lag = (r["sent_s"] - r["scheduled_s"]).to_numpy() * 1e3
@@ -331,7 +333,8 @@ def schedule(a: argparse.Namespace) -> None:
                 print(f"  burstbench --workers {w}: {r.height} sent ({ok} ok) -> achieved {got_rate:.1f} req/s, "
                       f"plan {plan_rate:.1f} ({got_rate / plan_rate - 1:+.2%} vs plan, "
                       f"{r.height / a.seconds / a.rate - 1:+.2%} count vs target); lag p50 {np.percentile(lag, 50):.2f} ms,"
-                      f" p99 {np.percentile(lag, 99):.2f} ms, max {lag.max():.1f} ms; client CPU {cpu:.1f}s", flush=True)
+                      f" p99 {np.percentile(lag, 99):.2f} ms, max {lag.max():.1f} ms; client CPU {cpu:.1f}s"
+                      + (f"; failures {errors}" if errors else ""), flush=True)
     finally:
         srv.stop()
     print(f"# {load()}")
