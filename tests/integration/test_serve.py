@@ -87,12 +87,16 @@ async def test_stream_follows_the_model_schedule():
     assert len(token_events) >= n_out * 0.8
     usage = payloads[-1]["usage"]
     assert usage["completion_tokens"] == n_out and usage["prompt_tokens"] == prompt_words
-    assert payloads[-2]["choices"][0]["finish_reason"] == "length"
+    # finish_reason rides on the last token's event (as in vLLM), not on an empty extra one
+    assert token_events[-1][1]["choices"][0]["finish_reason"] == "length"
+    assert all(p["choices"][0]["finish_reason"] is None for _, p in token_events[:-1])
+    assert len(payloads) == len(token_events) + 1  # + the usage chunk
     # never early (absolute deadlines), and not much late on a shared machine
     done = 0
     for (t, _), c in zip(token_events, counts, strict=True):
         done += c
         assert t >= expected[done - 1] - 0.002
+        assert t <= expected[done - 1] + 0.1  # released on schedule, not bunched at the end
     assert token_events[-1][0] <= expected[-1] * 1.5 + 0.05
     assert stats["lateness_s"]["n"] == len(token_events)
 

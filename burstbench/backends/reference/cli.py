@@ -90,7 +90,7 @@ def simulate(trace, model, hardware, tp, replicas, router, max_num_seqs, max_num
 @click.option("--host", default="127.0.0.1", show_default=True, help="Bind address (loopback by default).")
 @click.option("--port", type=int, default=8000, show_default=True, help="Port (0: any free port).")
 @click.option("--time-scale", type=float, default=1.0, show_default=True, help="Run the model's clock K times faster.")
-@click.option("--api-key", default=None, help="Require 'Authorization: Bearer KEY' (or set BURSTBENCH_API_KEY).")
+@click.option("--api-key", default=None, help="Require 'Authorization: Bearer KEY'. Prefer the BURSTBENCH_API_KEY environment variable: command lines are visible to other users.")
 @click.option("--served-model-name", default=None, help="Model id clients must send (default: the model's name).")
 @click.option("--max-concurrent", type=int, default=4096, show_default=True, help="Concurrent requests before 429.")
 @click.option("--max-request-bytes", type=int, default=4 * 2**20, show_default=True)

@@ -594,9 +594,11 @@ class _Ctx:
         if chat:
             self._head = f'data: {{"id":"{self.id}","object":"chat.completion.chunk","created":{self.created},"model":{json.dumps(self.model)},"choices":[{{"index":0,"delta":{{'
             self._tail = '},"logprobs":null,"finish_reason":null}]}\n\n'
+            self._tail_fin = self._tail.replace('"finish_reason":null', f'"finish_reason":"{finish_reason}"')
         else:
             self._head = f'data: {{"id":"{self.id}","object":"text_completion","created":{self.created},"model":{json.dumps(self.model)},"choices":[{{"index":0,"text":'
             self._tail = ',"logprobs":null,"finish_reason":null}]}\n\n'
+            self._tail_fin = self._tail.replace('"finish_reason":null', f'"finish_reason":"{finish_reason}"')
 
     def usage(self) -> dict[str, Any]:
         u: dict[str, Any] = {
@@ -610,11 +612,13 @@ class _Ctx:
         return u
 
     def _event(self, start: int, count: int) -> str:
+        """One SSE event with tokens [start, start+count); the last one carries finish_reason (as vLLM's)."""
         text = output_text(self.rid, start, count)
+        tail = self._tail_fin if start + count >= self.n_out else self._tail
         if not self.chat:
-            return self._head + json.dumps(text) + self._tail
+            return self._head + json.dumps(text) + tail
         key = "reasoning_content" if start < self.reasoning_n else "content"
-        return self._head + f'"{key}":' + json.dumps(text) + self._tail
+        return self._head + f'"{key}":' + json.dumps(text) + tail
 
     async def _next_tokens(self) -> int:
         """Wait for the engine to release tokens; returns how many are ready."""
@@ -731,14 +735,16 @@ class _Ctx:
                 stats.late(late)
                 stats.tokens_written += n
                 self.done = end
-            final = {"id": self.id, "object": "chat.completion.chunk" if self.chat else "text_completion", "created": self.created, "model": self.model}
-            if self.chat:
-                final["choices"] = [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": self.finish_reason}]
-            else:
-                final["choices"] = [{"index": 0, "text": "", "logprobs": None, "finish_reason": self.finish_reason}]
-            tail = "data: " + json.dumps(final) + "\n\n"
+            tail = ""
             if self.include_usage:
-                usage = dict(final, choices=[], usage=self.usage())
+                usage = {
+                    "id": self.id,
+                    "object": "chat.completion.chunk" if self.chat else "text_completion",
+                    "created": self.created,
+                    "model": self.model,
+                    "choices": [],
+                    "usage": self.usage(),
+                }
                 tail += "data: " + json.dumps(usage) + "\n\n"
             tail += "data: [DONE]\n\n"
             await resp.write(tail.encode())
