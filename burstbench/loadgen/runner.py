@@ -128,9 +128,17 @@ def preflight(url: str, timeout_s: float = 5.0) -> None:
 def run_scenario(trace: Trace, scenario: Scenario, out: str | Path, *, label: str | None = None,
                  progress: bool = True, backend_factory: Any = None,
                  control: RunControl | None = None) -> str:
-    """Send ``trace`` as ``scenario`` says, record into ``out``; returns the run id."""
-    return execute(trace, scenario, out, label=label, progress=progress,
-                   backend_factory=backend_factory, control=control).run_id
+    """Send ``trace`` as ``scenario`` says, record into ``out``; returns the run id.
+
+    Ctrl-C ends the run as described above (rows committed, status 'aborted') and is
+    then re-raised as KeyboardInterrupt, so a caller looping over runs (sweep) stops
+    too instead of starting the next one.
+    """
+    res = execute(trace, scenario, out, label=label, progress=progress,
+                  backend_factory=backend_factory, control=control)
+    if res.status == "aborted" and "SIGINT" in res.end_reason:
+        raise KeyboardInterrupt(f"run {res.run_id} stopped by Ctrl-C (rows kept, status aborted)")
+    return res.run_id
 
 
 def execute(trace: Trace, scenario: Scenario, out: str | Path, *, label: str | None = None,
