@@ -127,7 +127,10 @@ def run_demo(
     # trace is replayed as fast, so the SLOs shrink by the same factor.
     slo_scaled = {k: v / time_scale for k, v in slo_s.items()}
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"--out {out}: cannot create the folder ({exc.strerror}); pick a writable folder") from exc
     for name in OUTPUT_FILES:  # a demo starts fresh; only our own files are replaced
         for p in (out / name, out / f"{name}.wal"):
             p.unlink(missing_ok=True)
@@ -187,7 +190,7 @@ def demo(out_dir: Path, requests: int, seed: int, rate: float, model: str, hardw
     console = Console(stderr=True)
     res = run_demo(out_dir, requests=requests, seed=seed, rate=rate, model=model, hardware=hardware,
                    time_scale=time_scale, slo=slo, progress=True,
-                   say=lambda m: console.print(m, highlight=False, markup=False))
+                   say=lambda m: console.print(m, highlight=False, markup=False, soft_wrap=True))
     h = res.headline()
     att = h["slo_attainment"]
     console.print("")

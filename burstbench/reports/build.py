@@ -151,8 +151,11 @@ def build_report(
 
     say("writing HTML")
     doc = render(title, sections, meta=default_meta(store, trace))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    except OSError as exc:
+        raise UsageError(f"-o {out}: cannot write there ({exc.strerror}); pick a writable path") from exc
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(doc)

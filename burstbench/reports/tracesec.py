@@ -71,7 +71,8 @@ def trace_section(
     t = np.sort(df["arrival_s"].to_numpy().astype(np.float64))
 
     # Arrivals over time
-    w = pd.nice_window(float(t[-1] - t[0]) if t.size > 1 else 1.0, 400)
+    # ~20 arrivals per window on average (so a window's rate means something), 10-200 windows
+    w = pd.nice_window(float(t[-1] - t[0]) if t.size > 1 else 1.0, int(min(200, max(10, t.size / 20))))
     k = ((t - t[0]) // w).astype(np.int64)
     counts = np.bincount(k)
     series = [{"name": "arrivals", "x": [float(i * w) for i in range(counts.size)], "y": pd._finite(counts / w)}]

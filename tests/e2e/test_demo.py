@@ -85,3 +85,9 @@ def test_demo_rejects_bad_options_before_starting(tmp_path, kwargs, words):
     with pytest.raises(UsageError, match=words):
         demo_mod.run_demo(tmp_path / "d", progress=False, **kwargs)
     assert not (tmp_path / "d" / "results.duckdb").exists()
+
+
+def test_demo_unwritable_out_is_a_usage_error(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UsageError, match="cannot create the folder"):
+        demo_mod.run_demo(tmp_path / "file" / "sub", progress=False)

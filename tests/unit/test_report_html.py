@@ -238,3 +238,10 @@ def test_cdf_threshold_label_lands_on_the_line(xs, axis):
     assert fig.layout["shapes"][0]["x0"] == 120.0  # shapes: data units on any axis
     expected = np.log10(120.0) if axis == "log" else 120.0  # annotations: log10 units on log axes
     assert fig.layout["annotations"][0]["x"] == pytest.approx(expected)
+
+
+def test_unwritable_output_is_a_usage_error(tmp_path):
+    make_store(tmp_path / "r.duckdb", n=30)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UsageError, match="cannot write there"):
+        build_report(tmp_path / "r.duckdb", tmp_path / "file" / "r.html")
