@@ -10,6 +10,8 @@ DESIGN section 4 on hand-made cases. Servers on the wire are covered by
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import threading
 from array import array
 
@@ -197,6 +199,24 @@ def test_stopping_keeps_rows_marks_cancelled_and_never_records_unsent(tmp_path):
     assert canc["sent_s"].null_count() == 0 and (canc["end_s"] >= canc["sent_s"]).all()
     con = duckdb.connect(str(tmp_path / "r.duckdb"), read_only=True)
     assert con.execute("SELECT status FROM runs WHERE run_id = ?", [res.run_id]).fetchone()[0] == "aborted"
+
+
+def test_ctrl_c_in_run_scenario_closes_the_run_then_reaches_the_caller(tmp_path):
+    backend = ClockedBackend(hang_from=3)
+
+    def press_ctrl_c() -> None:  # once requests hang, the run's own handler is installed
+        if backend.hanging.wait(20):
+            os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=press_ctrl_c, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt, match="rows kept"):
+        run_scenario(trace_of(100, 0.01), sc(grace_s=0.1), tmp_path / "r.duckdb", backend_factory=lambda: backend,
+                     progress=False)
+    con = duckdb.connect(str(tmp_path / "r.duckdb"), read_only=True)
+    status, reason = con.execute("SELECT status, end_reason FROM runs").fetchall()[0]
+    assert status == "aborted" and reason.startswith("SIGINT")
+    assert sorted(r[0] for r in con.execute("SELECT request_id FROM requests").fetchall()) == sorted(backend.calls)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
 
 
 def test_closed_loop_users_and_think_time(tmp_path):
