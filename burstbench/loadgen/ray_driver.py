@@ -273,8 +273,8 @@ class RayWorkers:
         while not self._stop.is_set() and not slot.done:
             try:
                 msgs, tele, facts = ray.get(slot.actor.poll.remote(POLL_TIMEOUT_S), timeout=RPC_TIMEOUT_S)
-            except Exception as exc:  # RayActorError, GetTimeoutError, node death
-                if self._stop.is_set():
+            except BaseException as exc:  # RayActorError, GetTimeoutError, node death, ray shutdown
+                if self._stop.is_set() or isinstance(exc, SystemExit | KeyboardInterrupt):
                     return
                 self._lose(w, slot, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
                 return
@@ -439,8 +439,14 @@ def execute_ray(trace: Trace, scenario: Scenario, out: str | Path, *, address: s
         sup = _RaySupervisor(sc, plan, transport, recorder, control, progress)
         try:
             sup.run()
+        except BaseException as exc:  # a bug or an interrupt in the supervisor: still close the run row
+            sup.errors.append(f"supervisor: {type(exc).__name__}: {exc}")
+            sup.control.stop("supervisor failed", now=True)
+            transport.send(("now", "supervisor failed"))
+            raise
         finally:
-            sup.close()
+            # the runner's supervisor API (shutdown, then restore_signals after the commit)
+            getattr(sup, "shutdown", None) and sup.shutdown()
             clock_notes, clock_rows = transport.clock_report()
             recorder.add_telemetry(clock_rows)
             sup.notes[:0] = clock_notes
@@ -450,7 +456,7 @@ def execute_ray(trace: Trace, scenario: Scenario, out: str | Path, *, address: s
             lost_errors = {f"worker {w} exited unexpectedly" for w in transport.lost}
             errors = [e for e in sup.errors if e not in lost_errors]
             if errors:
-                status, reason = "aborted", f"worker error: {errors[0]}"
+                status, reason = "aborted", f"error: {errors[0]}"
             elif sup.stop_reason is not None:
                 status, reason = "aborted", sup.stop_reason
             else:
@@ -462,6 +468,7 @@ def execute_ray(trace: Trace, scenario: Scenario, out: str | Path, *, address: s
                              measure_start_s=min(plan.measure_start_s, duration),
                              measure_end_s=min(measure_end, duration), notes=sup.notes)
             store.checkpoint()
+            getattr(sup, "restore_signals", None) and sup.restore_signals()
         if errors and not sup.ready_all:
             raise BackendError(f"{redact_url(sc.url)}: the backend could not start: {errors[0]}")
         return RunResult(run_id, status, reason, duration, sup.notes, recorder.requests_written,

@@ -153,7 +153,7 @@ def execute(trace: Trace, scenario: Scenario, out: str | Path, *, label: str | N
     factory = backend_factory or BackendFactory(sc)
     control = control or RunControl()
     opts = {"grace_s": sc.grace_s, "ignore_eos": sc.ignore_eos, "flush_interval_s": 0.2}
-    transport = ProcessWorkers(parts, factory, opts) if sc.workers > 1 else ThreadWorkers(parts, factory, opts)
+    transport = ProcessWorkers(parts, factory, opts) if len(parts) > 1 else ThreadWorkers(parts, factory, opts)
 
     with ResultsStore(out) as store:
         run_id = store.create_run(RunInfo(backend=sc.backend, endpoint=sc.url, model=sc.model, label=label,

@@ -176,6 +176,8 @@ def partition(plan: Plan, workers: int) -> list[Plan]:
     and each worker numbers its requests ``worker_id + workers * k`` from the
     shared pool, so ids never collide and the global request limit holds.
     """
+    if plan.mode == "closed":
+        workers = min(workers, max(1, plan.users))  # a worker without users would leave id gaps
     if workers <= 1:
         return [plan]
     parts: list[Plan] = []

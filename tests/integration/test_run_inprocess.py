@@ -316,3 +316,14 @@ def test_two_worker_processes_lose_nothing_and_count_nothing_twice(tmp_path):
     # both workers share one start instant: lag stays small on both
     lag = (req["sent_s"] - req["scheduled_s"]).to_numpy()
     assert np.all(lag > -1e-3)
+
+
+@pytest.mark.slow
+def test_closed_loop_over_two_workers_sends_exactly_the_request_limit(tmp_path):
+    res = execute(trace_of(4, 1.0), sc(mode="closed", concurrency=3, max_requests=9, workers=2),
+                  tmp_path / "r.duckdb", backend_factory=make_clocked, progress=False)
+    req = rows(tmp_path / "r.duckdb", res.run_id)
+    assert sorted(req["request_id"].to_list()) == list(range(9))
+    assert set(req["worker_id"].to_list()) == {0, 1}
+    # each id's lengths come from the shared pool: row id % 4
+    assert all(r["input_tokens"] == 8 + r["request_id"] % 4 for r in req.iter_rows(named=True))

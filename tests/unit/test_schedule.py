@@ -101,6 +101,9 @@ def test_closed_loop_partition_splits_users():
     assert plan.mode == "closed" and plan.max_requests == 20
     parts = partition(plan, 2)
     assert [p.users for p in parts] == [3, 2]
+    # more workers than users: only as many workers as users, so request ids have no gaps
+    one = build_plan(tr, Scenario(url=URL, mode="closed", concurrency=1, max_requests=20).validate())
+    assert len(partition(one, 4)) == 1
 
 
 def test_scenario_yaml_then_flags_override(tmp_path):
