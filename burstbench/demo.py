@@ -194,7 +194,8 @@ def demo(out_dir: Path, requests: int, seed: int, rate: float, model: str, hardw
     h = res.headline()
     att = h["slo_attainment"]
     console.print("")
-    console.print(f"report:   {h['report']}", highlight=False, markup=False)
+    console.print(f"report:   {h['report']}  ({res.report.resolve().as_uri()})", highlight=False, markup=False,
+                  soft_wrap=True)
     console.print(f"results:  {h['results']} (run {h['run_id']})", highlight=False, markup=False)
     console.print(f"requests: {h['requests']} sent, {h['completed']} ok, {h['failed']} failed in "
                   f"{h['duration_s']:.1f} s; {_fmt(h['request_throughput'])} req/s, "
