@@ -434,7 +434,7 @@ def telemetry_series(
 def histogram(
     con: duckdb.DuckDBPyConnection, sql_values: str, params: dict[str, Any], *, bins: int = 60, log: bool = False
 ) -> tuple[list[float], list[int]]:
-    """Bin edges' left sides and counts of a value column, computed in DuckDB.
+    """Bin edges (``bins + 1``) and counts of a value column, computed in DuckDB.
 
     ``sql_values`` is a query yielding one column ``v``; ``log`` bins on log10 of
     positive values, which suits token lengths spanning 1 to 100k.
@@ -453,7 +453,7 @@ def histogram(
         f" WHERE {where} GROUP BY b ORDER BY b",
         {**params, "lo": lo, "bw": width, "nb": bins},
     ).fetchall()
-    edges = [lo + i * width for i in range(bins)]
+    edges = [lo + i * width for i in range(bins + 1)]
     full = [0] * bins
     for b, n in counts:
         full[int(b)] = int(n)

@@ -62,7 +62,26 @@ def latency_section(
                 caption="; ".join(sizes),
             )
         )
+    lengths = _lengths_figure(con, runs, view)
+    if lengths is not None:
+        sec.blocks.append(lengths)
     return sec
+
+
+def _lengths_figure(con: duckdb.DuckDBPyConnection, runs: Sequence[pd.RunRow], view: str) -> fg.Figure | None:
+    """Input and output tokens of each run's successful requests, log-binned in DuckDB."""
+    series = []
+    for r in runs:
+        for col, what in (("input_tokens", "input"), ("output_tokens", "output")):
+            edges, counts = pd.histogram(
+                con, f"SELECT {col} AS v FROM {view} WHERE run_id = $r AND ok AND phase = 'measure'",
+                {"r": r.run_id}, bins=50, log=True)
+            if counts:
+                series.append((f"{r.name} {what}", edges, counts))
+    if not series:
+        return None
+    return fg.bars("Request lengths (tokens)", "tokens (log bins)", "requests", series, x_log=True,
+                   caption="Input (server count, else sent) and output tokens of successful requests.")
 
 
 def _window(con: duckdb.DuckDBPyConnection, runs: Sequence[pd.RunRow]) -> float:

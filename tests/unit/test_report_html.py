@@ -76,7 +76,7 @@ def test_no_payload_reaches_the_page_unescaped(xss_report):
 
 
 def test_report_has_every_section_and_figure_data(xss_report):
-    res, html, _runs = xss_report
+    res, html, runs = xss_report
     assert res.sections == ["summary", "latency", "load", "client", "server", "compare", "sweep", "trace"]
     figs = figures_of(html)
     assert len(figs) == res.figures == len(titles_of(html)) == html.count('class="fig"')
@@ -93,6 +93,11 @@ def test_report_has_every_section_and_figure_data(xss_report):
     assert len(ttft["data"]) == 2  # two overlaid runs; sweep steps are not overlaid
     # the SLO threshold line sits at 500 ms
     assert ttft["layout"]["shapes"][0]["x0"] == 500.0
+    # request lengths: binned in DuckDB, every successful request counted once per series
+    lengths = figs[titles.index("Request lengths (tokens)")]
+    cand = next(r for r in runs if r.label == "candidate")
+    (out_series,) = [t for t in lengths["data"] if t["name"] == "candidate output"]
+    assert sum(out_series["y"][:-1]) == sum(1 for s in cand.status if s == "ok")
     # verdict badges: both PASS/FAIL rendered from analysis numbers
     assert html.count('class="badge pass"') + html.count('class="badge fail"') >= 2
 

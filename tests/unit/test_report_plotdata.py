@@ -147,7 +147,7 @@ def test_histogram_in_duckdb_matches_numpy():
     edges, counts = pd.histogram(con, "SELECT v FROM vals", {}, bins=30)
     ref, _ = np.histogram(v, bins=30, range=(v.min(), v.max()))
     assert counts == ref.tolist()
-    assert sum(counts) == 5000 and len(edges) == 30
+    assert sum(counts) == 5000 and len(edges) == 31
     _, logc = pd.histogram(con, "SELECT v FROM vals", {}, bins=20, log=True)
     ref_log, _ = np.histogram(np.log10(v), bins=20, range=(np.log10(v.min()), np.log10(v.max())))
     assert logc == ref_log.tolist()
