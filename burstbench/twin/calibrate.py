@@ -59,6 +59,7 @@ class MeasuredRun:
     dropped: int
     total: int
     label: str | None = None
+    scored: np.ndarray | None = None  # requests the loss counts (None: all)
 
 
 def read_run(store: str | Path, run_id: str, *, time_scale: float | None = None,
@@ -96,20 +97,27 @@ def read_run(store: str | Path, run_id: str, *, time_scale: float | None = None,
     if len(arr) < 20:
         raise StoreError(
             f"run '{rid}' has {len(arr)} completed requests with token times; calibration needs at least 20")
+    scored = None
     if max_requests is not None and len(arr) > max_requests:
+        # keep a contiguous head; requests still running when the first dropped one was
+        # sent shared batches with requests the twin will not see, so they are replayed
+        # (they load the engine) but not scored
+        cut = arr[max_requests, 0]
         arr = arr[:max_requests]
+        scored = arr[:, 4] <= cut
     sent = (arr[:, 0] - arr[0, 0]) * time_scale
     work = Workload(sent, arr[:, 1].astype(np.int64), arr[:, 2].astype(np.int64))
     lat = Latencies((arr[:, 3] - arr[:, 0]) * time_scale, (arr[:, 4] - arr[:, 0]) * time_scale,
                     work.output_tokens, np.ones(len(arr), dtype=bool))
-    return MeasuredRun(rid, work, lat, time_scale, total - len(arr),
-                       total, label)
+    return MeasuredRun(rid, work, lat, time_scale, total - len(arr), total, label, scored)
 
 
-def _quantiles(lat: Latencies) -> dict[str, np.ndarray]:
+def _quantiles(lat: Latencies, mask: np.ndarray | None = None) -> dict[str, np.ndarray]:
     out = {}
     for m in METRICS:
         x = getattr(lat, m)
+        if mask is not None:
+            x = x[mask]
         x = x[np.isfinite(x)]
         out[m] = np.quantile(x, QUANTILES) if x.size else np.full(len(QUANTILES), np.nan)
     return out
@@ -127,9 +135,15 @@ def overrides_from(theta: np.ndarray, base_hw: Any) -> dict[str, float]:
     }
 
 
-def compare(measured: Latencies, twin: Latencies) -> dict[str, Any]:
+def _subset(lat: Latencies, mask: np.ndarray | None) -> Latencies:
+    if mask is None:
+        return lat
+    return Latencies(lat.ttft[mask], lat.e2el[mask], lat.output_tokens[mask], lat.ok[mask])
+
+
+def compare(measured: Latencies, twin: Latencies, mask: np.ndarray | None = None) -> dict[str, Any]:
     """p50/p90/p99 of each metric, measured vs twin (ms), with the relative error."""
-    mp, tp = measured.percentiles(), twin.percentiles()
+    mp, tp = _subset(measured, mask).percentiles(), _subset(twin, mask).percentiles()
     out: dict[str, Any] = {}
     for key in mp:
         out[key] = {}
@@ -168,11 +182,11 @@ def calibrate(
     holdout: str | None = None,
     time_scale: float | None = None,
     max_requests: int = 2000,
-    max_evals: int = 80,
+    max_evals: int = 150,
     progress: Any = None,
 ) -> Calibration:
     """Fit the twin to ``run_id`` (see module doc); check it on ``holdout`` when given."""
-    from scipy.optimize import least_squares
+    from scipy.optimize import least_squares, minimize
 
     from burstbench.backends.hardware.profile import load_hardware
 
@@ -181,7 +195,7 @@ def calibrate(
     sched = sched or Sched()
     run = read_run(store, run_id, time_scale=time_scale, max_requests=max_requests)
     base_hw = load_hardware(hardware)
-    target = _quantiles(run.measured)
+    target = _quantiles(run.measured, run.scored)
     log_target = np.concatenate([np.log(target[m]) for m in METRICS])
     valid = np.isfinite(log_target)
     if valid.sum() < len(PARAMS) + 1:
@@ -205,7 +219,7 @@ def calibrate(
         if progress:
             progress(evals, max_evals)
         lat = simulate(theta, run.work)
-        q = _quantiles(lat)
+        q = _quantiles(lat, run.scored)
         r = np.concatenate([np.log(np.maximum(q[m], 1e-9)) for m in METRICS]) - log_target
         r = np.where(np.isfinite(r), r, big)[valid]
         return r
@@ -218,24 +232,56 @@ def calibrate(
             cache[key] = residuals(theta)
         return cache[key]
 
-    def jac(theta: np.ndarray) -> np.ndarray:
-        # Forward differences with a *coarse* step: the schedule makes the loss piecewise
-        # constant at tiny scales (a request lands in one iteration or the next), so
-        # scipy's default step (~1e-8) sees only those jumps. 3% in log space is a
-        # clear signal and still local.
-        f0 = fun(theta)
-        cols = []
-        for i in range(len(theta)):
-            h = JAC_STEP if theta[i] + JAC_STEP <= hi[i] else -JAC_STEP
-            t = theta.copy()
-            t[i] += h
-            cols.append((fun(t) - f0) / h)
-        return np.stack(cols, axis=1)
+    def jac_of(f: Any, upper: np.ndarray) -> Any:
+        def jac(theta: np.ndarray) -> np.ndarray:
+            # Forward differences with a *coarse* step: the schedule makes the loss piecewise
+            # constant at tiny scales (a request lands in one iteration or the next), so
+            # scipy's default step (~1e-8) sees only those jumps. 3% in log space is a
+            # clear signal and still local.
+            f0 = f(theta)
+            cols = []
+            for i in range(len(theta)):
+                h = JAC_STEP if theta[i] + JAC_STEP <= upper[i] else -JAC_STEP
+                t = theta.copy()
+                t[i] += h
+                cols.append((f(t) - f0) / h)
+            return np.stack(cols, axis=1)
 
-    x0 = np.array([0.0, 0.0, 0.0, 0.1])
-    res = least_squares(fun, x0, jac=jac, bounds=(lo, hi), method="trf", x_scale=1.0, loss="soft_l1", f_scale=0.05,
-                        max_nfev=max(2, max_evals // (1 + len(PARAMS))), xtol=1e-3, ftol=1e-4)
+        return jac
+
+    per_iter = 1 + len(PARAMS)
+    # Stage 1: the engine's three coefficients alone (no frontend latency), plain least
+    # squares: from a start 2x off every residual is large, and a robust loss would treat
+    # them all as outliers. Stage 2: all four from there with a robust (soft L1) loss, so
+    # a few noisy tail quantiles of a live run do not drag the fit.
+    def fun3(t3: np.ndarray) -> np.ndarray:
+        return fun(np.append(t3, 0.0))
+
+    s1 = least_squares(fun3, np.zeros(3), jac=jac_of(fun3, hi[:3]), bounds=(lo[:3], hi[:3]), method="trf",
+                       max_nfev=max(2, (max_evals // 2) // per_iter), xtol=1e-5, ftol=1e-6)
+    x0 = np.append(s1.x, 0.05)
+    res = least_squares(fun, x0, jac=jac_of(fun, hi), bounds=(lo, hi), method="trf", loss="soft_l1", f_scale=0.1,
+                        max_nfev=max(2, (max_evals - evals) // per_iter), xtol=1e-5, ftol=1e-6)
     theta = res.x
+    # Stage 3: Nelder-Mead polish. Near the optimum the trust region stops on its coarse
+    # Jacobian while the loss is still ~1% rms; the simplex needs no derivatives.
+    left = max_evals - evals
+    if left >= 10:
+        def total(t: np.ndarray) -> float:
+            t = np.clip(t, lo, hi)
+            r = fun(t)
+            return float(np.sum(2 * (np.sqrt(1 + (r / 0.1) ** 2) - 1)))  # soft L1, f_scale 0.1
+
+        step = np.array([0.05, 0.05, 0.05, 0.05])
+        simplex = np.vstack([theta, *[np.clip(theta + np.eye(4)[i] * step, lo, hi) for i in range(4)]])
+        nm = minimize(total, theta, method="Nelder-Mead",
+                      options={"initial_simplex": simplex, "maxfev": left, "xatol": 1e-3, "fatol": 1e-7})
+        if nm.fun < total(theta):
+            theta = np.clip(nm.x, lo, hi)
+            # the Jacobian at the polished point, for the uncertainty below
+            res.jac = jac_of(fun, hi)(theta)
+            res.fun = fun(theta)
+            res.cost = 0.5 * float(np.sum(res.fun**2))
     m_res, p = int(valid.sum()), len(PARAMS)
     s2 = 2 * res.cost / max(m_res - p, 1)
     jac = res.jac
@@ -257,17 +303,20 @@ def calibrate(
             "at_bound": bool(np.isclose(theta[i], lo[i], atol=1e-3) or np.isclose(theta[i], hi[i], atol=1e-3)),
         }
     overrides = overrides_from(theta, base_hw)
-    fit_cmp = compare(run.measured, simulate(theta, run.work))
+    fit_cmp = compare(run.measured, simulate(theta, run.work), run.scored)
     errors: dict[str, Any] = {
-        "fit": {"run_id": run.run_id, "requests": len(run.work), "percentiles": fit_cmp,
+        "fit": {"run_id": run.run_id, "requests": len(run.work),
+                "scored": int(run.scored.sum()) if run.scored is not None else len(run.work), "percentiles": fit_cmp,
                 "max_abs_rel_err_p50": max_rel_err(fit_cmp, "p50"), "max_abs_rel_err_p99": max_rel_err(fit_cmp, "p99"),
                 "rms_log_quantile_err": float(np.sqrt(np.mean(res.fun**2)))}
     }
     hold = None
     if holdout is not None:
         hold = read_run(store, holdout, time_scale=time_scale, max_requests=max_requests)
-        h_cmp = compare(hold.measured, simulate(theta, hold.work))
-        errors["holdout"] = {"run_id": hold.run_id, "requests": len(hold.work), "percentiles": h_cmp,
+        h_cmp = compare(hold.measured, simulate(theta, hold.work), hold.scored)
+        errors["holdout"] = {"run_id": hold.run_id, "requests": len(hold.work),
+                             "scored": int(hold.scored.sum()) if hold.scored is not None else len(hold.work),
+                             "percentiles": h_cmp,
                              "max_abs_rel_err_p50": max_rel_err(h_cmp, "p50"),
                              "max_abs_rel_err_p99": max_rel_err(h_cmp, "p99")}
     from burstbench import __version__

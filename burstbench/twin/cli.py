@@ -80,8 +80,8 @@ def _sched_opts(max_num_seqs: int | None, max_num_batched_tokens: int | None) ->
                    "default: the run's scenario time_scale (1 for simulated runs).")
 @click.option("--max-requests", type=int, default=2000, show_default=True,
               help="Fit on at most the first N completed requests (each evaluation replays them).")
-@click.option("--max-evals", type=int, default=80, show_default=True,
-              help="Simulation budget of the fit (each optimizer iteration costs 5: one run, four for the Jacobian).")
+@click.option("--max-evals", type=int, default=150, show_default=True,
+              help="Simulation budget of the fit (least squares in two stages, then a Nelder-Mead polish).")
 @click.option("-o", "--out", "out", required=True, type=click.Path(dir_okay=False), help="twin.yaml to write.")
 @click.option("--json", "as_json", is_flag=True, help="Print the twin (with errors) as one JSON object.")
 def calibrate(results: str, run_id: str, model: str, hardware: str, tp: int, replicas: int, max_num_seqs: int,

@@ -1,0 +1,79 @@
+"""Calibration on runs the simulator recorded with a hidden configuration (no noise).
+
+The live-server version of this acceptance is tests/integration/test_calibrate.py.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from burstbench.backends.hardware.profile import load_hardware
+from burstbench.backends.reference.simulator import simulate
+from burstbench.errors import StoreError
+from burstbench.traces.schema import load_trace
+from burstbench.traces.synth import replay
+from burstbench.twin.calibrate import calibrate, compare, read_run
+from burstbench.twin.spec import apply_overrides, build_cost, load_twin
+from burstbench.twin.vsim import Sched, colocated
+
+MODEL, BASE = "llama-3.1-8b", "h100-sxm"
+
+
+@pytest.fixture(scope="module")
+def runs(azure_conv, tmp_path_factory):
+    """Two runs of a hidden engine (efficiencies ~0.55-0.6x, overheads 2x the preset) at two rates."""
+    base = load_hardware(BASE)
+    hidden = apply_overrides(base, {"bandwidth_efficiency_scale": 0.55, "flops_efficiency_scale": 0.6,
+                                    "step_overhead_s": 2 * base.step_overhead_s,
+                                    "layer_overhead_s": 2 * base.layer_overhead_s})
+    sl = replay(load_trace(azure_conv), window=(0, 100))
+    out = tmp_path_factory.mktemp("cal") / "runs.duckdb"
+    fit = simulate(replay(sl, rate=3.0), model=MODEL, hardware=hidden, out=out, label="fit",
+                   enable_prefix_caching=False, record_chunks=False)
+    hold = simulate(replay(sl, rate=5.0), model=MODEL, hardware=hidden, out=out, label="holdout",
+                    enable_prefix_caching=False, record_chunks=False)
+    return out, fit.run_id, hold.run_id
+
+
+def test_recovers_hidden_latencies_on_a_held_out_rate(runs, tmp_path):
+    out, fit_id, hold_id = runs
+    hold = read_run(out, hold_id, max_requests=300)
+    start = compare(hold.measured, colocated(hold.work, build_cost(MODEL, BASE, 1, {}), Sched()))
+    # the preset starting point is far off (so recovering it is not a given)
+    assert max(abs(v["p50"]["rel_err"]) for v in start.values()) > 0.4
+    cal = calibrate(out, fit_id, model=MODEL, hardware=BASE, holdout=hold_id, max_requests=300)
+    h = cal.spec.errors["holdout"]
+    assert h["run_id"] == hold_id
+    for metric, qs in h["percentiles"].items():
+        assert abs(qs["p50"]["rel_err"]) <= 0.05, (metric, qs)
+        assert abs(qs["p99"]["rel_err"]) <= 0.10, (metric, qs)
+    # the written twin reproduces the same numbers
+    p = cal.spec.write(tmp_path / "twin.yaml")
+    tw = load_twin(p)
+    lat = colocated(hold.work, build_cost(tw.model, tw.hardware, tw.tp, tw.overrides), tw.sched(),
+                    frontend_s=tw.frontend_s)
+    again = compare(hold.measured, lat, hold.scored)
+    assert again["e2el_ms"]["p50"]["twin"] == pytest.approx(h["percentiles"]["e2el_ms"]["p50"]["twin"])
+    for name, u in tw.uncertainty.items():
+        assert u["ci95"][0] <= u["value"] <= u["ci95"][1], name
+    assert tw.provenance["run_id"] == fit_id and tw.provenance["evaluations"] <= 150 + 5
+
+
+def test_unknown_run_lists_the_runs(runs):
+    out, fit_id, _ = runs
+    with pytest.raises(StoreError, match="not found") as exc:
+        calibrate(out, "nope", model=MODEL, hardware=BASE)
+    assert fit_id in str(exc.value)
+
+
+def test_missing_store(tmp_path):
+    with pytest.raises(StoreError, match="no such results file"):
+        read_run(tmp_path / "none.duckdb", "x")
+
+
+def test_too_few_requests(tmp_path, azure_conv):
+    out = tmp_path / "tiny.duckdb"
+    r = simulate(replay(load_trace(azure_conv), window=(0, 3)), model=MODEL, hardware=BASE, out=out,
+                 record_chunks=False)
+    with pytest.raises(StoreError, match="at least 20"):
+        read_run(out, r.run_id)
