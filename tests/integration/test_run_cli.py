@@ -105,7 +105,7 @@ def test_run_records_every_request_and_chunk_the_server_sent(tmp_path, capsys):
     assert analyzed["completed"] == summary["completed"]
 
 
-@pytest.mark.parametrize("workers", ["1", "2"])
+@pytest.mark.parametrize("workers", ["1", pytest.param("2", marks=pytest.mark.slow)])
 def test_sigint_stops_sending_keeps_rows_and_marks_the_run_aborted(tmp_path, workers):
     # 200 requests, 20 per second, each streaming for ~2 s: Ctrl-C lands mid-run
     trace = write_parquet(tmp_path / "t.parquet", 200, 0.05, 40)
@@ -221,6 +221,7 @@ async def test_failing_servers_give_error_rows_not_a_crash(tmp_path, fault, erro
     assert len(rows) == 6 and {r[1] for r in rows} == {error_class} and all(r[2] for r in rows)
 
 
+@pytest.mark.slow
 def test_two_workers_against_a_real_server(tmp_path):
     trace = write_parquet(tmp_path / "t.parquet", 60, 0.005, 3)
     out = tmp_path / "r.duckdb"
