@@ -292,16 +292,22 @@ def request_stats(con: duckdb.DuckDBPyConnection, run_id: str, sel: Selection) -
 
 
 def _gap_stats_sql(gaps_cte: str, multi: bool) -> str:
-    """Chunk ITL (and token ITL when chunks carry several tokens) over a CTE named ``gaps``."""
+    """Chunk ITL (and token ITL when chunks carry several tokens) over a CTE named ``gaps``
+    with ``gap_s`` (NULL for a request's first chunk), ``is_first`` and, if ``multi``, ``k``.
+
+    ``expected_pairs`` (rows that are not a first chunk) lets the caller check that
+    every gap was found.
+    """
+    chunk = f"SELECT {_stats_sql('gap_s', 'itl', 'true')}, count(*) FILTER (WHERE NOT is_first) AS expected_pairs FROM gaps"
     if not multi:
-        return gaps_cte + f" SELECT {_stats_sql('gap_s', 'itl', 'true')} FROM gaps"
+        return gaps_cte + " " + chunk
     return gaps_cte + f"""
-    , chunk AS (SELECT {_stats_sql("gap_s", "itl", "true")} FROM gaps),
+    , chunk AS ({chunk}),
     tok AS (
         SELECT {_stats_sql("tv", "itl_token", "true")}
-        FROM (SELECT gap_s / k AS tv FROM gaps WHERE k = 1
+        FROM (SELECT gap_s / k AS tv FROM gaps WHERE k = 1 AND gap_s IS NOT NULL
               UNION ALL
-              SELECT gap_s / k AS tv FROM gaps, range(k) WHERE k > 1)
+              SELECT gap_s / k AS tv FROM gaps, range(k) WHERE k > 1 AND gap_s IS NOT NULL)
     )
     SELECT * FROM chunk, tok
     """
@@ -315,9 +321,9 @@ def chunk_stats(con: duckdb.DuckDBPyConnection, run_id: str, sel: Selection) -> 
     before it. A streaming ``lag() OVER ()`` (no sort) pairs each row with the row
     before; a pair counts only when it is the same request and ``seq - 1``, so every
     gap found is right, and the number found is checked against the number expected
-    (chunks minus first chunks). If any is missing (rows written out of order), the
-    gaps are recomputed the sure way: each request's times collected in ``seq``
-    order and differenced in place.
+    (chunks that are not a request's first). If any is missing (rows written out of
+    order), the gaps are recomputed the sure way: each request's times collected in
+    ``seq`` order and differenced in place.
 
     Token ITL repeats ``gap / tokens`` once per token the chunk carried; when no
     chunk carried more than one token it equals chunk ITL and is not computed twice.
@@ -336,18 +342,13 @@ def chunk_stats(con: duckdb.DuckDBPyConnection, run_id: str, sel: Selection) -> 
                lag(t_s) OVER () AS p_t
         FROM chunks WHERE run_id = ?
     ), gaps AS MATERIALIZED (
-        SELECT a.t_s - a.p_t AS gap_s{k_col}
+        SELECT CASE WHEN a.p_rid = a.request_id AND a.p_seq = a.seq - 1 THEN a.t_s - a.p_t END AS gap_s,
+               a.seq = 0 AS is_first{k_col}
         FROM adj a SEMI JOIN sel ON a.request_id = sel.request_id
-        WHERE a.p_rid = a.request_id AND a.p_seq = a.seq - 1
     )"""
     row = _fetch_dict(con, _gap_stats_sql(fast, multi), [run_id, *params, run_id])
     path = "adjacent rows"
-    expected = con.execute(
-        sel_cte + " SELECT count(*) - count(*) FILTER (WHERE c.seq = 0) FROM chunks c"
-        " SEMI JOIN sel ON c.request_id = sel.request_id WHERE c.run_id = ?",
-        [run_id, *params, run_id],
-    ).fetchone()[0]
-    if int(row.get("itl_n") or 0) != int(expected or 0):
+    if int(row.get("itl_n") or 0) != int(row.get("expected_pairs") or 0):
         k_list = ", list(GREATEST(COALESCE(c.tokens, 1), 1) ORDER BY c.seq) AS tk" if multi else ""
         k_un = ", unnest(tk[2:]) AS k" if multi else ""
         sure = sel_cte + f"""
@@ -357,13 +358,14 @@ def chunk_stats(con: duckdb.DuckDBPyConnection, run_id: str, sel: Selection) -> 
             WHERE c.run_id = ?
             GROUP BY c.request_id HAVING count(*) > 1
         ), gaps AS MATERIALIZED (
-            SELECT unnest(list_transform(range(2, len(ts) + 1), lambda i: ts[i] - ts[i - 1])) AS gap_s{k_un}
+            SELECT unnest(list_transform(range(2, len(ts) + 1), lambda i: ts[i] - ts[i - 1])) AS gap_s,
+                   false AS is_first{k_un}
             FROM l
         )"""
         row = _fetch_dict(con, _gap_stats_sql(sure, multi), [run_id, *params, run_id])
         path = "sorted per request"
     if not multi:
-        for key in list(row):
+        for key in [k for k in row if k.startswith("itl_")]:
             row["itl_token" + key[3:]] = row[key]
     row["gap_path"] = path
     return row
