@@ -178,12 +178,12 @@ def read_vllm(path: Path, data: Mapping[str, Any]) -> tuple[_Run, RunInfo, float
     duration = _num(data.get("duration"), path, "duration", allow_none=False)
     if not duration > 0:
         raise InputError(f"is {duration}; expected the benchmark's positive duration in seconds", path=path, field="duration")
-    t0 = min((_num(s, path, f"start_times[{i}]") for i, s in enumerate(starts)), default=0.0) if starts else 0.0
+    t0 = min((_num(s, path, f"start_times[{i}]", allow_none=False) for i, s in enumerate(starts)), default=0.0) if starts else 0.0
     run = _Run()
     for i in range(n):
         err = errors[i] if errors is not None else None
         ok = not err if errors is not None else bool(ttfts[i]) or bool(itls[i])
-        sent = (_num(starts[i], path, f"start_times[{i}]") - t0) if starts else 0.0
+        sent = (_num(starts[i], path, f"start_times[{i}]", allow_none=False) - t0) if starts else 0.0
         q = _num(queues[i], path, f"queue_times[{i}]") if queues else None
         sched = sent - q if q is not None else None
         if not ok:

@@ -105,6 +105,9 @@ def test_vllm_without_details_or_truncated_is_refused(tmp_path: Path) -> None:
     wrong = dict(VLLM, ttfts=[0.25, "fast", 0.0, 0.1])
     with pytest.raises(InputError, match=r"ttfts\[1\]"):
         import_results(write(tmp_path, "w.json", json.dumps(wrong)), tmp_path / "x.duckdb", fmt="vllm")
+    with pytest.raises(InputError, match=r"start_times\[2\].*missing"):
+        import_results(write(tmp_path, "n.json", json.dumps(dict(VLLM, start_times=[100.0, 100.5, None, 101.0]))),
+                       tmp_path / "x.duckdb", fmt="vllm")
     with pytest.raises(InputError, match="is empty"):
         import_results(write(tmp_path, "e.json", ""), tmp_path / "x.duckdb")
     with pytest.raises(InputError, match=r"t\.json:1.*not valid JSON"):
