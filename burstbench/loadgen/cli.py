@@ -38,6 +38,8 @@ from burstbench.errors import UsageError
 @click.option("--no-scrape", is_flag=True, default=False, help="Do not scrape the server's /metrics.")
 @click.option("--seed", type=int, default=None, help="Seed of the Poisson schedule [0].")
 @click.option("--label", default=None, help="A name for this run in the results file.")
+@click.option("--ray", "ray_address", default=None, metavar="ADDRESS|auto",
+              help="Spread the load over Ray actors of this cluster (extra [distributed]).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object on stdout.")
 @click.option("--quiet", is_flag=True, help="No live progress.")
 def run(trace_path: str, out: str, scenario_file: str | None, as_json: bool, quiet: bool, label: str | None,
@@ -75,7 +77,13 @@ def run(trace_path: str, out: str, scenario_file: str | None, as_json: bool, qui
     }
     scenario = build_scenario(scenario_file, **overrides)
     trace = load_trace(trace_path)
-    result = execute(trace, scenario, out, label=label, progress=not quiet)
+    if flags.get("ray_address"):  # distributed load: burstbench/loadgen/ray_driver.py
+        from burstbench.loadgen.ray_driver import execute_ray
+
+        result = execute_ray(trace, scenario, out, address=str(flags["ray_address"]), label=label,
+                             progress=not quiet)
+    else:
+        result = execute(trace, scenario, out, label=label, progress=not quiet)
     with ResultsStore(out, read_only=True) as store:
         summary = summarize(store, result.run_id)
     click.echo(render_table(summary), err=True)

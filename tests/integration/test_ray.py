@@ -183,3 +183,28 @@ def test_losing_an_actor_mid_run_keeps_the_run_and_marks_its_requests(cluster, t
     # lost requests were later in the schedule than every completed one of that worker
     done_w1 = w1.filter(pl.col("status") == "ok")
     assert done_w1["scheduled_s"].max() < lost["scheduled_s"].max()
+
+
+def test_run_cli_with_ray_flag(cluster, tmp_path, capsys):
+    """``burstbench run --ray ADDRESS`` records into the one results file and says so in --json."""
+    from burstbench.cli import main
+    from burstbench.traces.schema import write_trace
+
+    path = write_trace(_trace(12, 0.01, 3), tmp_path / "t.parquet")
+    out = tmp_path / "cli.duckdb"
+    with live_server(ttft_s=0.005, itl_s=0.002) as srv:
+        capsys.readouterr()
+        rc = main(["run", "--url", srv.url, "--trace", str(path), "-o", str(out), "--ray", cluster.address,
+                   "--quiet", "--json", "--no-scrape"])
+        captured = capsys.readouterr()
+    assert rc in (0, None), captured.err
+    summary = json.loads(captured.out)
+    assert summary["completed"] == 12 and summary["failed"] == 0
+    con = duckdb.connect(str(out), read_only=True)
+    try:
+        (scen,) = con.execute("SELECT scenario FROM runs").fetchone()
+        workers = {r[0] for r in con.execute("SELECT DISTINCT worker_id FROM requests").fetchall()}
+    finally:
+        con.close()
+    assert json.loads(scen)["ray"]["actors"] == 2
+    assert workers == {0, 1}
