@@ -34,6 +34,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import polars as pl
 
 from burstbench.errors import InputError, UsageError
@@ -83,15 +84,20 @@ class _Run:
             self.chunks.append((None, request_id, seq, t, None, False))
 
     def write(self, store: ResultsStore, info: RunInfo, *, duration_s: float, started_at: dt.datetime | None) -> str:
-        rid = store.create_run(info)
-        if started_at is not None:
-            store.con.execute("UPDATE runs SET started_at = ? WHERE run_id = ?", [started_at, rid])
         req = pl.DataFrame(self.requests, schema=list(REQUEST_COLUMNS), orient="row", infer_schema_length=None)
-        store.append_requests(req.with_columns(pl.lit(rid).alias("run_id")))
-        if self.chunks:
-            ch = pl.DataFrame(self.chunks, schema=list(CHUNK_COLUMNS), orient="row", infer_schema_length=None)
-            store.append_chunks(ch.with_columns(pl.lit(rid).alias("run_id")))
-        store.finish_run(rid, status="done", end_reason="imported", duration_s=duration_s)
+        ch = pl.DataFrame(self.chunks, schema=list(CHUNK_COLUMNS), orient="row", infer_schema_length=None) if self.chunks else None
+        rid = store.create_run(info)
+        try:
+            if started_at is not None:
+                store.con.execute("UPDATE runs SET started_at = ? WHERE run_id = ?", [started_at, rid])
+            store.append_requests(req.with_columns(pl.lit(rid).alias("run_id")))
+            if ch is not None:
+                store.append_chunks(ch.with_columns(pl.lit(rid).alias("run_id")))
+            store.finish_run(rid, status="done", end_reason="imported", duration_s=duration_s)
+        except Exception:
+            for table in ("chunks", "requests", "runs"):  # leave no half-imported run behind
+                store.con.execute(f"DELETE FROM {table} WHERE run_id = ?", [rid])
+            raise
         return rid
 
 
@@ -446,6 +452,11 @@ def import_results(src: str | Path, out: str | Path, *, fmt: str | None = None, 
         for run, info, duration, started in parsed:
             if label:
                 info = RunInfo(**{**info.__dict__, "label": label if len(parsed) == 1 else f"{label}:{len(ids)}"})
-            ids.append(run.write(store, info, duration_s=duration, started_at=started))
+            try:
+                ids.append(run.write(store, info, duration_s=duration, started_at=started))
+            except (TypeError, ValueError, pl.exceptions.PolarsError, duckdb.Error) as exc:
+                # a field of the wrong type the readers did not check one by one (ids, turns...)
+                raise InputError(f"holds a value of the wrong type ({type(exc).__name__}: {str(exc)[:200]})",
+                                 path=path) from exc
         store.checkpoint()
     return ids

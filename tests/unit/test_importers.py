@@ -289,3 +289,18 @@ def test_analyze_import_cli(tmp_path: Path, capsys: pytest.CaptureFixture) -> No
     assert main(["analyze", "--import", str(tmp_path / "missing.json"), "-o", str(db)]) == 3
     assert "no such file" in capsys.readouterr().err
     assert main(["analyze", str(db), "--import", str(src), "-o", str(tmp_path / "other.duckdb")]) == 2
+
+
+def test_wrong_types_deep_in_a_record_are_input_errors(tmp_path: Path) -> None:
+    t0 = 1759813207000000000
+    rec = json.loads(aiperf_line(t0, ttft_ms=1.0, icl=[], lat_ms=1.0, osl=1))
+    rec["metadata"]["turn_index"] = "first"
+    db = tmp_path / "x.duckdb"
+    with pytest.raises(InputError, match=r"w\.jsonl.*wrong type"):
+        import_results(write(tmp_path, "w.jsonl", json.dumps(rec)), db)
+    if db.exists():  # no half-imported run left behind
+        con = open_store(db)
+        try:
+            assert con.execute("SELECT count(*) FROM runs").fetchone()[0] == 0
+        finally:
+            con.close()
