@@ -112,6 +112,15 @@ def calibrate(results: str, run_id: str, model: str, hardware: str, tp: int, rep
     if max_evals < 5:
         raise UsageError("--max-evals must be at least 5")
     sched = Sched(**{k: v for k, v in _sched_opts(max_num_seqs, max_num_batched_tokens).items() if v is not None})
+    from burstbench.analysis.metrics import open_store, resolve_run
+
+    store = open_store(results)  # a wrong file or run id fails here, before the progress bar
+    try:
+        for rid in (run_id, holdout):
+            if rid is not None:
+                resolve_run(store, rid)
+    finally:
+        store.close()
     con = _console()
     with Progress(console=con, transient=True) as bar:
         task = bar.add_task("calibrating", total=max_evals)
