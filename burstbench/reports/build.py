@@ -126,10 +126,10 @@ def build_report(
             say("time series")
             w = pd.nice_window(max(pd.run_span(con, r.run_id) for r in runs), rs.WINDOWS)
             att = sm.attainment_series(con, runs, slo_s, w)
-            load, w = rs.load_section(con, runs, view, att)
+            load, w, series = rs.load_section(con, runs, view, att)
             sections.append(load)
             say("client and server health")
-            sections.append(rs.health_section(con, runs, view, w))
+            sections.append(rs.health_section(con, runs, view, w, series))
             server = rs.server_section(con, runs)
             if server:
                 sections.append(server)

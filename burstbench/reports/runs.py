@@ -94,8 +94,12 @@ def load_section(
     runs: Sequence[pd.RunRow],
     view: str,
     attainment: Mapping[str, tuple[list[float], list[float | None]]],
-) -> tuple[Section, float]:
-    """Sent vs completed rate, in-flight, throughput, TTFT and attainment per window."""
+) -> tuple[Section, float, dict[str, pd.WindowSeries]]:
+    """Sent vs completed rate, in-flight, throughput, TTFT and attainment per window.
+
+    Returns the window width and the per-run window series too, which the health
+    section reuses (one pass over a run's requests and chunks, not two).
+    """
     w = _window(con, runs)
     sec = Section(
         "load",
@@ -137,11 +141,15 @@ def load_section(
                        caption="Good requests / requests sent in the window (failures count as misses).")
         fig.layout["yaxis"]["range"] = [0, 102]
         sec.blocks.append(fig)
-    return sec, w
+    return sec, w, ws
 
 
 def health_section(
-    con: duckdb.DuckDBPyConnection, runs: Sequence[pd.RunRow], view: str, window_s: float
+    con: duckdb.DuckDBPyConnection,
+    runs: Sequence[pd.RunRow],
+    view: str,
+    window_s: float,
+    series: Mapping[str, pd.WindowSeries] | None = None,
 ) -> Section:
     """Schedule lag (is the client keeping up?) and the client's own CPU and memory."""
     sec = Section(
@@ -152,7 +160,7 @@ def health_section(
     )
     lag = []
     for i, r in enumerate(runs):
-        s = pd.window_series(con, r.run_id, window_s, view=view)
+        s = (series or {}).get(r.run_id) or pd.window_series(con, r.run_id, window_s, view=view)
         c = fg.color(i)
         lag.append({"name": f"{r.name} p50", "x": s.t, "y": s.lag_p50_ms, "color": c})
         lag.append({"name": f"{r.name} p99", "x": s.t, "y": s.lag_p99_ms, "color": c, "dash": "dot"})
