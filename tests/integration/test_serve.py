@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import os
@@ -352,3 +353,16 @@ def test_serve_cli_bad_flags_fail_cleanly():
     )
     assert out.returncode != 0
     assert "unknown model" in out.stderr and "Traceback" not in out.stderr
+
+
+async def test_stop_with_open_streams_ends_them():
+    srv = ReferenceServer(model=MODEL, hardware=HW, time_scale=1)
+    await srv.start()
+    async with aiohttp.ClientSession() as s:
+        r = await s.post(srv.url + "/v1/completions", json={"prompt": "a b", "max_tokens": 100000, "ignore_eos": True, "stream": True})
+        await r.content.readline()
+        await asyncio.wait_for(srv.stop(), timeout=10)  # hangs (and fails) if streams block shutdown
+        rest = b""
+        with contextlib.suppress(aiohttp.ClientError):
+            rest = await asyncio.wait_for(r.content.read(), timeout=10)
+        assert b"[DONE]" not in rest  # the stream was cut, not completed

@@ -126,7 +126,7 @@ class Histogram:
 class _Stream:
     """Per-request state shared between the replica loop (producer) and the handler."""
 
-    __slots__ = ("deadline", "direct", "event", "pending", "preempted")
+    __slots__ = ("closed", "deadline", "direct", "event", "pending", "preempted")
 
     def __init__(self) -> None:
         self.event = asyncio.Event()
@@ -134,6 +134,7 @@ class _Stream:
         self.deadline = 0.0  # deadline of the oldest unwritten token
         self.preempted = 0
         self.direct: _Ctx | None = None  # set while the replica loop writes this stream itself
+        self.closed = False  # the server is shutting down
 
 
 async def _write_direct(st: _Stream) -> None:
@@ -161,6 +162,16 @@ async def _write_direct(st: _Stream) -> None:
     if ctx.done >= ctx.n_out or ctx.failed:
         st.direct = None
         st.event.set()
+
+
+def _report_crash(task: asyncio.Task[None]) -> None:
+    """A replica loop must never end on its own; if it does, say why instead of hanging silently."""
+    if not task.cancelled() and task.exception() is not None:
+        import sys
+        import traceback
+
+        exc = task.exception()
+        traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
 
 
 class _Replica:
@@ -308,6 +319,7 @@ class ReferenceApp:
         self.app.router.add_get("/metrics", self.metrics)
         self.app.router.add_get("/stats", self.stats_view)
         self.app.on_startup.append(self._start)
+        self.app.on_shutdown.append(self._on_shutdown)
         self.app.on_cleanup.append(self._stop)
 
     def _engine(self) -> EngineCore:
@@ -330,6 +342,18 @@ class ReferenceApp:
         ]
         for r in self.replicas:
             r.task = asyncio.create_task(r.run())
+            r.task.add_done_callback(_report_crash)
+
+    async def _on_shutdown(self, app: web.Application) -> None:
+        """Release every open request so handlers end now instead of at the shutdown timeout."""
+        for r in self.replicas:
+            eng = r.engine
+            for s in [*eng.running, *eng.waiting, *(e[3] for e in eng._wheap)]:
+                st = s.tag
+                if isinstance(st, _Stream):
+                    st.closed = True
+                    st.direct = None
+                    st.event.set()
 
     async def _stop(self, app: web.Application) -> None:
         for r in self.replicas:
@@ -640,6 +664,8 @@ class _Ctx:
         first = True
         while done < self.n_out:
             n = await self._next_tokens()
+            if self.st.closed:
+                return _error(503, "the server is shutting down", etype="server_error", code="shutting_down")
             if first:
                 self.app.stats.ttft.observe(loop.time() - self.t0)
                 first = False
@@ -698,7 +724,7 @@ class _Ctx:
         try:
             while self.done < self.n_out:
                 n = await self._next_tokens()
-                if self.failed:
+                if self.failed or self.st.closed:
                     return resp
                 if n == 0:
                     continue
