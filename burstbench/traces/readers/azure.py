@@ -25,6 +25,9 @@ def matches(src: Source) -> bool:
 
 
 def plan(src: Source) -> Plan:
+    if "TIMESTAMP" not in src.header:  # --format azure forced on another CSV
+        raise src.error("no TIMESTAMP column; an Azure LLM trace starts with TIMESTAMP,ContextTokens,"
+                        "GeneratedTokens (check --format)", line=1, field="TIMESTAMP")
     sample = first_csv_value(src, "TIMESTAMP")
     found = iso_format(sample) if sample is not None else None
     if found is None:
