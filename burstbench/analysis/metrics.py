@@ -48,6 +48,8 @@ REQUEST_METRICS: tuple[str, ...] = (
 )
 # Every metric name of DESIGN section 4 a user may put in --slo or --compare.
 METRIC_NAMES: tuple[str, ...] = (*REQUEST_METRICS, "itl")
+# Row ranges the adjacent-chunk pass is cut into (None: by table size and threads).
+ADJ_PARTS: int | None = None
 
 VIEWS_SQL = """
 CREATE OR REPLACE TEMP VIEW request_metrics AS
@@ -336,17 +338,28 @@ def chunk_stats(con: duckdb.DuckDBPyConnection, run_id: str, sel: Selection) -> 
         WHERE r.run_id = ? AND r.phase = 'measure' AND r.ok{cond}
     )"""
     k_col = ", GREATEST(COALESCE(a.tokens, 1), 1) AS k" if multi else ""
+    # The streaming lag runs on one thread; cut the table into row ranges that overlap
+    # by one row (so each range's first row still sees its predecessor) and let the
+    # ranges run in parallel. The bounds are integers computed here, not user input.
+    n_rows = int(con.execute("SELECT COALESCE(max(rowid) + 1, 0) FROM chunks").fetchone()[0])
+    threads = int(con.execute("SELECT current_setting('threads')").fetchone()[0])
+    parts = ADJ_PARTS or max(1, min(2 * threads, n_rows // 1_000_000))
+    bounds = [(n_rows * i // parts, n_rows * (i + 1) // parts) for i in range(parts)]
+    adj = " UNION ALL ".join(
+        f"""SELECT * FROM (
+            SELECT rowid AS rw, request_id, seq, t_s, tokens, lag(request_id) OVER () AS p_rid,
+                   lag(seq) OVER () AS p_seq, lag(t_s) OVER () AS p_t
+            FROM chunks WHERE run_id = ? AND rowid BETWEEN {max(a - 1, 0)} AND {b - 1}) WHERE rw >= {a}"""
+        for a, b in bounds
+    )
     fast = sel_cte + f"""
-    , adj AS (
-        SELECT request_id, seq, t_s, tokens, lag(request_id) OVER () AS p_rid, lag(seq) OVER () AS p_seq,
-               lag(t_s) OVER () AS p_t
-        FROM chunks WHERE run_id = ?
+    , adj AS ({adj}
     ), gaps AS MATERIALIZED (
         SELECT CASE WHEN a.p_rid = a.request_id AND a.p_seq = a.seq - 1 THEN a.t_s - a.p_t END AS gap_s,
                a.seq = 0 AS is_first{k_col}
         FROM adj a SEMI JOIN sel ON a.request_id = sel.request_id
     )"""
-    row = _fetch_dict(con, _gap_stats_sql(fast, multi), [run_id, *params, run_id])
+    row = _fetch_dict(con, _gap_stats_sql(fast, multi), [run_id, *params, *([run_id] * parts)])
     path = "adjacent rows"
     if int(row.get("itl_n") or 0) != int(row.get("expected_pairs") or 0):
         k_list = ", list(GREATEST(COALESCE(c.tokens, 1), 1) ORDER BY c.seq) AS tk" if multi else ""
