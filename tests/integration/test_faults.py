@@ -34,7 +34,7 @@ from burstbench.loadgen.runner import BackendFactory, execute
 from burstbench.loadgen.scenario import Scenario
 from burstbench.reports.build import build_report
 from burstbench.traces.schema import Trace, conform
-from tests.live_server import live_server
+from live_server import live_server
 
 N = 12
 

@@ -22,7 +22,7 @@ import pytest
 from burstbench.loadgen.runner import run_scenario
 from burstbench.loadgen.scenario import Scenario
 from burstbench.traces.schema import Trace, conform
-from tests.live_server import live_server
+from live_server import live_server
 
 ray = pytest.importorskip("ray")
 cluster_utils = pytest.importorskip("ray.cluster_utils")
