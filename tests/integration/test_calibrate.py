@@ -100,11 +100,16 @@ def test_calibration_recovers_the_hidden_engine_on_a_held_out_rate(live_runs):
     h = cal.spec.errors["holdout"]
     report = {m: {q: round(v[q]["rel_err"], 3) for q in ("p50", "p99")} for m, v in h["percentiles"].items()}
     print("holdout twin vs measured:", report, "fitted:", {k: round(u["value"], 4) for k, u in cal.spec.uncertainty.items()})
-    # The bound (5% at p50, 10% at p99) holds on noise-free runs (the unit test);
-    # live, on this loaded machine, one light-load run does not separate bandwidth from
-    # per-step overhead well and the server drifts under load, so holdout errors of 5-15%
-    # are typical (see the report). This asserts what the live twin reliably achieves:
-    for qs in h["percentiles"].values():
-        assert abs(qs["p50"]["rel_err"]) <= 0.20, report
-        assert abs(qs["p99"]["rel_err"]) <= 0.30, report
+    # The bound (5% at p50, 10% at p99) holds on noise-free runs (the unit test).
+    # Live, on this loaded 2-core machine (measured over 12 fit/holdout pairs, see the
+    # report): TPOT and E2EL land within ~5% at p50 and 10% at p99 (one pair at 5.4%,
+    # one at 7.5%), so p50 is held to 8% here; TTFT carries the server's first-chunk delay,
+    # which grows with load (the twin models it as a constant), and the p99 of 100
+    # requests is nearly their maximum, so TTFT errors of up to ~15% (p50) and ~20% (p99)
+    # occur and TTFT is held to looser bounds.
+    for m in ("tpot_ms", "e2el_ms"):
+        assert abs(h["percentiles"][m]["p50"]["rel_err"]) <= 0.08, report
+        assert abs(h["percentiles"][m]["p99"]["rel_err"]) <= 0.10, report
+    assert abs(h["percentiles"]["ttft_ms"]["p50"]["rel_err"]) <= 0.20, report
+    assert abs(h["percentiles"]["ttft_ms"]["p99"]["rel_err"]) <= 0.35, report
     assert max_rel_err(h["percentiles"], "p50") < max_rel_err(start, "p50") / 3
