@@ -26,12 +26,14 @@ An empty sample gives ``None`` (vLLM prints 0), so "no data" is never read as "f
 from __future__ import annotations
 
 import math
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import duckdb
+import numpy as np
 
 from burstbench.errors import StoreError, UsageError
 
@@ -293,26 +295,79 @@ def request_stats(con: duckdb.DuckDBPyConnection, run_id: str, sel: Selection) -
     return _fetch_dict(con, sql, [run_id, *params])
 
 
-def _gap_stats_sql(gaps_cte: str, multi: bool) -> str:
-    """Chunk ITL (and token ITL when chunks carry several tokens) over a CTE named ``gaps``
-    with ``gap_s`` (NULL for a request's first chunk), ``is_first`` and, if ``multi``, ``k``.
+# Above this many values, percentiles of gaps are found by a histogram pass (parallel)
+# and an exact pick inside the few buckets that hold the asked ranks, instead of one
+# single-threaded selection over every value.
+HIST_MIN_N = 1_000_000
+_BUCKETS = 1 << 16
+_MAX_BUCKET_FETCH = 4_000_000
 
-    ``expected_pairs`` (rows that are not a first chunk) lets the caller check that
-    every gap was found.
+
+def _interp(xs_at: Any, n: int) -> list[float]:
+    """Linear interpolation between order statistics, as ``quantile_cont``/``np.percentile``."""
+    out = []
+    for q in PERCENTILES:
+        h = q * (n - 1)
+        r0 = math.floor(h)
+        r1 = min(r0 + 1, n - 1)
+        x0, x1 = xs_at(r0), xs_at(r1)
+        out.append(x0 + (h - r0) * (x1 - x0))
+    return out
+
+
+def _exact_quantiles(
+    con: duckdb.DuckDBPyConnection, table: str, value: str, weight: str, n: int, lo: float, hi: float,
+    *, histogram: bool = True,
+) -> list[float]:
+    """PERCENTILES of ``value`` counted ``weight`` times each, over ``table``'s non-null gaps.
+
+    Small inputs go to DuckDB's ``quantile_cont`` (on the expanded values when
+    weighted). Large ones: a histogram of 65536 equal-width buckets (bucketing is
+    monotone, so buckets are in value order), cumulative counts locate the bucket of
+    each needed rank, and only those buckets' values are fetched and sorted. The
+    result is the same order statistic, interpolated the same way.
     """
-    chunk = f"SELECT {_stats_sql('gap_s', 'itl', 'true')}, count(*) FILTER (WHERE NOT is_first) AS expected_pairs FROM gaps"
-    if not multi:
-        return gaps_cte + " " + chunk
-    return gaps_cte + f"""
-    , chunk AS ({chunk}),
-    tok AS (
-        SELECT {_stats_sql("tv", "itl_token", "true")}
-        FROM (SELECT gap_s / k AS tv FROM gaps WHERE k = 1 AND gap_s IS NOT NULL
-              UNION ALL
-              SELECT gap_s / k AS tv FROM gaps, range(k) WHERE k > 1 AND gap_s IS NOT NULL)
-    )
-    SELECT * FROM chunk, tok
-    """
+    qs = "[" + ", ".join(str(q) for q in PERCENTILES) + "]"
+    if not histogram or n < HIST_MIN_N or lo == hi:
+        if weight == "1":
+            src = f"SELECT {value} AS v FROM {table} WHERE gap_s IS NOT NULL"
+        else:
+            src = (f"SELECT {value} AS v FROM {table} WHERE gap_s IS NOT NULL AND {weight} = 1 UNION ALL "
+                   f"SELECT {value} AS v FROM {table}, range({weight}) WHERE gap_s IS NOT NULL AND {weight} > 1")
+        return list(con.execute(f"SELECT quantile_cont(v, {qs}) FROM ({src})").fetchone()[0])
+    b_expr = f"LEAST(CAST(floor(({value} - ?) / ? * {_BUCKETS}) AS BIGINT), {_BUCKETS - 1})"
+    hist = con.execute(
+        f"SELECT {b_expr} AS b, sum({weight}) AS w FROM {table} WHERE gap_s IS NOT NULL GROUP BY b ORDER BY b",
+        [lo, hi - lo],
+    ).fetchall()
+    buckets = np.array([h[0] for h in hist], dtype=np.int64)
+    cum = np.cumsum(np.array([h[1] for h in hist], dtype=np.int64))
+    ranks = set()
+    for q in PERCENTILES:
+        h = q * (n - 1)
+        ranks |= {math.floor(h), min(math.floor(h) + 1, n - 1)}
+    where = {r: int(np.searchsorted(cum, r, side="right")) for r in ranks}  # index into buckets
+    need = sorted({where[r] for r in ranks})
+    sizes = [int(cum[i] - (cum[i - 1] if i else 0)) for i in need]
+    if sum(sizes) > _MAX_BUCKET_FETCH:  # values piled into few buckets: let DuckDB select
+        return _exact_quantiles(con, table, value, weight, n, lo, hi, histogram=False)
+    rows = con.execute(
+        f"SELECT {b_expr} AS b, {value} AS v, {weight} AS w FROM {table}"
+        f" WHERE gap_s IS NOT NULL AND list_contains(?, {b_expr})",
+        [lo, hi - lo, [int(buckets[i]) for i in need], lo, hi - lo],
+    ).fetchnumpy()
+    sorted_in: dict[int, np.ndarray] = {}
+    for i in need:
+        m = rows["b"] == buckets[i]
+        v, w = np.asarray(rows["v"][m], dtype=float), np.asarray(rows["w"][m], dtype=np.int64)
+        order = np.argsort(v, kind="stable")
+        sorted_in[i] = np.repeat(v[order], w[order])
+
+    def at(r: int) -> float:
+        i = where[r]
+        return float(sorted_in[i][r - (int(cum[i - 1]) if i else 0)])
+
+    return _interp(at, n)
 
 
 def chunk_stats(con: duckdb.DuckDBPyConnection, run_id: str, sel: Selection) -> dict[str, Any]:
@@ -325,10 +380,13 @@ def chunk_stats(con: duckdb.DuckDBPyConnection, run_id: str, sel: Selection) -> 
     gap found is right, and the number found is checked against the number expected
     (chunks that are not a request's first). If any is missing (rows written out of
     order), the gaps are recomputed the sure way: each request's times collected in
-    ``seq`` order and differenced in place.
+    ``seq`` order and differenced in place. The gaps go to a TEMP table (dropped at
+    the end) that the statistics then read.
 
-    Token ITL repeats ``gap / tokens`` once per token the chunk carried; when no
-    chunk carried more than one token it equals chunk ITL and is not computed twice.
+    Token ITL counts ``gap / tokens`` once per token the chunk carried: its count,
+    mean and spread follow from the chunk rows in closed form (sum of k, sum of gaps,
+    a second centred pass); its percentiles weigh each value by k. When no chunk
+    carried more than one token it equals chunk ITL.
     """
     cond, params = sel.sql()
     multi = con.execute("SELECT COALESCE(bool_or(tokens > 1), false) FROM chunks WHERE run_id = ?", [run_id]).fetchone()[0]
@@ -337,7 +395,6 @@ def chunk_stats(con: duckdb.DuckDBPyConnection, run_id: str, sel: Selection) -> 
         SELECT r.request_id FROM request_metrics r
         WHERE r.run_id = ? AND r.phase = 'measure' AND r.ok{cond}
     )"""
-    k_col = ", GREATEST(COALESCE(a.tokens, 1), 1) AS k" if multi else ""
     # The streaming lag runs on one thread; cut the table into row ranges that overlap
     # by one row (so each range's first row still sees its predecessor) and let the
     # ranges run in parallel. The bounds are integers computed here, not user input.
@@ -352,34 +409,54 @@ def chunk_stats(con: duckdb.DuckDBPyConnection, run_id: str, sel: Selection) -> 
             FROM chunks WHERE run_id = ? AND rowid BETWEEN {max(a - 1, 0)} AND {b - 1}) WHERE rw >= {a}"""
         for a, b in bounds
     )
+    table = f"_bb_gaps_{uuid.uuid4().hex[:12]}"
     fast = sel_cte + f"""
-    , adj AS ({adj}
-    ), gaps AS MATERIALIZED (
-        SELECT CASE WHEN a.p_rid = a.request_id AND a.p_seq = a.seq - 1 THEN a.t_s - a.p_t END AS gap_s,
-               a.seq = 0 AS is_first{k_col}
-        FROM adj a SEMI JOIN sel ON a.request_id = sel.request_id
-    )"""
-    row = _fetch_dict(con, _gap_stats_sql(fast, multi), [run_id, *params, *([run_id] * parts)])
-    path = "adjacent rows"
-    if int(row.get("itl_n") or 0) != int(row.get("expected_pairs") or 0):
-        k_list = ", list(GREATEST(COALESCE(c.tokens, 1), 1) ORDER BY c.seq) AS tk" if multi else ""
-        k_un = ", unnest(tk[2:]) AS k" if multi else ""
-        sure = sel_cte + f"""
-        , l AS (
-            SELECT list(c.t_s ORDER BY c.seq) AS ts{k_list}
-            FROM chunks c SEMI JOIN sel ON c.request_id = sel.request_id
-            WHERE c.run_id = ?
-            GROUP BY c.request_id HAVING count(*) > 1
-        ), gaps AS MATERIALIZED (
+    , adj AS ({adj})
+    SELECT CASE WHEN a.p_rid = a.request_id AND a.p_seq = a.seq - 1 THEN a.t_s - a.p_t END AS gap_s,
+           a.seq = 0 AS is_first, GREATEST(COALESCE(a.tokens, 1), 1) AS k
+    FROM adj a SEMI JOIN sel ON a.request_id = sel.request_id"""
+    tok_cols = (", sum(k) FILTER (WHERE gap_s IS NOT NULL) AS tok_n, max(gap_s / k) AS tok_max,"
+                " min(gap_s / k) AS tok_min") if multi else ""
+    stats_sql = (f"SELECT count(gap_s) AS itl_n, count(*) FILTER (WHERE NOT is_first) AS expected_pairs,"
+                 f" avg(gap_s) AS itl_mean, stddev_pop(gap_s) AS itl_std, max(gap_s) AS itl_max,"
+                 f" min(gap_s) AS itl_min{tok_cols} FROM {table}")
+    try:
+        con.execute(f"CREATE TEMP TABLE {table} AS {fast}", [run_id, *params, *([run_id] * parts)])
+        row = _fetch_dict(con, stats_sql, [])
+        path = "adjacent rows"
+        if int(row["itl_n"] or 0) != int(row["expected_pairs"] or 0):
+            sure = sel_cte + """
+            , l AS (
+                SELECT list(c.t_s ORDER BY c.seq) AS ts, list(GREATEST(COALESCE(c.tokens, 1), 1) ORDER BY c.seq) AS tk
+                FROM chunks c SEMI JOIN sel ON c.request_id = sel.request_id
+                WHERE c.run_id = ?
+                GROUP BY c.request_id HAVING count(*) > 1
+            )
             SELECT unnest(list_transform(range(2, len(ts) + 1), lambda i: ts[i] - ts[i - 1])) AS gap_s,
-                   false AS is_first{k_un}
-            FROM l
-        )"""
-        row = _fetch_dict(con, _gap_stats_sql(sure, multi), [run_id, *params, run_id])
-        path = "sorted per request"
-    if not multi:
-        for key in [k for k in row if k.startswith("itl_")]:
-            row["itl_token" + key[3:]] = row[key]
+                   false AS is_first, unnest(tk[2:]) AS k
+            FROM l"""
+            con.execute(f"DROP TABLE {table}")
+            con.execute(f"CREATE TEMP TABLE {table} AS {sure}", [run_id, *params, run_id])
+            row = _fetch_dict(con, stats_sql, [])
+            path = "sorted per request"
+        n = int(row["itl_n"] or 0)
+        row["itl_q"] = _exact_quantiles(con, table, "gap_s", "1", n, row["itl_min"], row["itl_max"]) if n else None
+        if multi and n:
+            tn = int(row["tok_n"])
+            mean = row["itl_mean"] * n / tn
+            var = con.execute(f"SELECT sum(k * (gap_s / k - ?) * (gap_s / k - ?)) FROM {table} WHERE gap_s IS NOT NULL",
+                              [mean, mean]).fetchone()[0] / tn
+            row.update({
+                "itl_token_n": tn, "itl_token_mean": mean, "itl_token_std": math.sqrt(max(var, 0.0)),
+                "itl_token_max": row["tok_max"],
+                "itl_token_q": _exact_quantiles(con, table, "gap_s / k", "k", tn, row["tok_min"], row["tok_max"]),
+            })
+        else:
+            for key in ("n", "mean", "std", "max", "q"):
+                row[f"itl_token_{key}"] = row[f"itl_{key}"] if n else None
+            row["itl_token_n"] = n
+    finally:
+        con.execute(f"DROP TABLE IF EXISTS {table}")
     row["gap_path"] = path
     return row
 

@@ -489,3 +489,34 @@ def test_adjacent_pass_cut_into_row_ranges_finds_every_gap(tmp_path: Path, monke
     ours = summarize(db, rid)["itl_ms"]
     for stat, v in ref.items():
         assert ours[stat] == pytest.approx(v, rel=1e-9), stat
+
+
+@pytest.mark.parametrize("max_fetch", [4_000_000, 1])
+def test_histogram_percentiles_equal_numpy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, max_fetch: int) -> None:
+    """Large runs find gap percentiles through a histogram and a pick inside few buckets
+    (and fall back to DuckDB's selection when the buckets are too full); forced on a
+    small run, both must equal np.percentile, weighted by tokens for token ITL."""
+    from burstbench.analysis import metrics as M
+
+    monkeypatch.setattr(M, "HIST_MIN_N", 0)
+    monkeypatch.setattr(M, "_MAX_BUCKET_FETCH", max_fetch)
+    reqs = random_run(np.random.default_rng(44), 300)
+    dur = max(r.end for r in reqs) + 0.1
+    db = tmp_path / "h.duckdb"
+    with ResultsStore(db) as st:
+        rid = write_run(st, reqs, duration=dur)
+    s = summarize(db, rid)
+    gaps, tok = [], []
+    for r in reqs:
+        if r.phase == "measure" and r.ok:
+            g = np.diff(r.chunk_times)
+            gaps += list(g)
+            for gap, k in zip(g, r.chunk_tokens[1:], strict=True):
+                tok += [gap / k] * k
+    for name, xs in (("itl_ms", gaps), ("itl_token_ms", tok)):
+        a = np.asarray(xs) * 1000
+        for p in (50, 90, 95, 99):
+            assert s[name][f"p{p}"] == pytest.approx(np.percentile(a, p), rel=1e-9), f"{name} p{p}"
+        assert s[name]["mean"] == pytest.approx(a.mean(), rel=1e-9)
+        assert s[name]["std"] == pytest.approx(a.std(), rel=1e-9)
+        assert s[name]["max"] == pytest.approx(a.max(), rel=1e-12) and s[name]["n"] == len(a)
