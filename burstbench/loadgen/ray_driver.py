@@ -66,6 +66,7 @@ RPC_TIMEOUT_S = 60.0
 START_MARGIN_S = 1.0  # extra time before the start instant: Ray calls are slower than pipes
 NO_PID = 2**31 - 1  # a pid that cannot exist: the supervisor must not sample actors itself
 LOST = "worker_lost"
+LAG_EVERY_S = 0.5  # per-worker schedule-lag p99 telemetry interval (and once at the end)
 
 
 def _ray() -> Any:
@@ -292,7 +293,7 @@ class RayWorkers:
             if self.telemetry_sink is not None and self.start_wall is not None:
                 rows = [(self._run_clock(t, slot), "client", name, value, labels, w) for t, name, value, labels in tele]
                 now_t = time.time() - self.start_wall
-                if slot.lags and now_t - slot.last_lag_t >= 1.0:
+                if slot.lags and (now_t - slot.last_lag_t >= LAG_EVERY_S or slot.done):
                     slot.last_lag_t = now_t
                     lags = np.concatenate(slot.lags)
                     slot.lags.clear()

@@ -28,13 +28,13 @@ import duckdb
 import numpy as np
 import polars as pl
 import pytest
+from live_server import live_server
 
 from burstbench.analysis.metrics import summarize
 from burstbench.loadgen.runner import BackendFactory, execute
 from burstbench.loadgen.scenario import Scenario
 from burstbench.reports.build import build_report
 from burstbench.traces.schema import Trace, conform
-from live_server import live_server
 
 N = 12
 
