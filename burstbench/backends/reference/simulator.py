@@ -439,8 +439,6 @@ def _write(
         return df[name] if name in df.columns else pl.repeat(default, n, eager=True)
 
     with ResultsStore(path) as store:
-        from burstbench.store import RunInfo as _RI  # noqa: F401  (kept for type checkers)
-
         run_id = store.create_run(
             RunInfo(backend="simulate", endpoint=None, model=model_name, label=label, clock="virtual", scenario=scenario)
         )
