@@ -15,7 +15,10 @@ For each concurrency it prints:
   (the baseline: 1.0 means the server kept up with the model);
 - server-side emission lateness (write time minus the token's deadline) at
   p50 / p99 / max, which the issue bounds at 2 ms p99;
-- the server process's CPU use (user+sys seconds per wall second; 1.0 = one core).
+- the server process's CPU use (user+sys seconds per wall second; 1.0 = one core);
+- the baseline: a bare asyncio loop sleeping to absolute 10 ms deadlines in its own
+  process during the same seconds, i.e. the timer and scheduling jitter this machine
+  imposes on any Python server; the server's p99 is printed as a ratio to it.
 
 The issue's bar: >= 5,000 tokens/s with p99 lateness <= 2 ms.
 """
@@ -84,6 +87,26 @@ async def client(url: str, concurrency: int, duration: float) -> dict[str, float
     return {"tokens": tokens, "events": events, "errors": errors, "wall": wall, "tokens_per_s": tokens / wall, "cpu": cpu}
 
 
+async def timer_baseline(duration: float, period: float = 0.01) -> dict[str, float]:
+    """A bare asyncio loop sleeping to absolute deadlines: the machine's own timer jitter.
+
+    Run beside the server in the same period, it shows how much of the server's
+    lateness the OS scheduler and timers cause on this (shared) machine.
+    """
+    loop = asyncio.get_running_loop()
+    late = []
+    t = loop.time()
+    end = t + duration
+    while t < end:
+        t += period
+        d = t - loop.time()
+        if d > 0:
+            await asyncio.sleep(d)
+        late.append(loop.time() - t)
+    late.sort()
+    return {"n": len(late), "p50": late[len(late) // 2], "p99": late[int(0.99 * (len(late) - 1))], "max": late[-1]}
+
+
 def cpu_seconds(pid: int) -> float:
     import psutil
 
@@ -110,12 +133,16 @@ def run_level(concurrency: int, duration: float) -> None:
         url = json.loads(server.stdout.readline())["url"]
         before = get_json(url + "/stats")
         cpu0, t0 = cpu_seconds(server.pid), time.perf_counter()
+        base = subprocess.Popen(
+            [sys.executable, __file__, "--timer-baseline", "--duration", str(duration)], stdout=subprocess.PIPE, text=True
+        )
         out = subprocess.run(
             [sys.executable, __file__, "--client", url, "--concurrency", str(concurrency), "--duration", str(duration)],
             capture_output=True,
             text=True,
             timeout=duration + 120,
         )
+        timer = json.loads(base.communicate(timeout=duration + 60)[0])
         cpu = (cpu_seconds(server.pid) - cpu0) / (time.perf_counter() - t0)
         if out.returncode != 0:
             print(f"C={concurrency}: client failed: {out.stderr.strip()[-500:]}")
@@ -131,6 +158,11 @@ def run_level(concurrency: int, duration: float) -> None:
             f"lateness p50 {lat['p50'] * 1e3:.2f} ms p99 {lat['p99'] * 1e3:.2f} ms max {lat['max'] * 1e3:.1f} ms "
             f"(n={lat['n']}); CPU server {cpu:.2f} / client {res['cpu']:.2f} cores; bar {'met' if ok else 'not met'}"
         )
+        print(
+            f"        bare asyncio timer beside it (same period): lateness p50 {timer['p50'] * 1e3:.2f} ms "
+            f"p99 {timer['p99'] * 1e3:.2f} ms max {timer['max'] * 1e3:.1f} ms; "
+            f"server/timer p99 ratio {lat['p99'] / max(timer['p99'], 1e-6):.1f}"
+        )
     finally:
         server.terminate()
         server.wait(timeout=10)
@@ -141,7 +173,11 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=15.0)
     ap.add_argument("--concurrency", default="32,64,128")
     ap.add_argument("--client", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--timer-baseline", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.timer_baseline:
+        print(json.dumps(asyncio.run(timer_baseline(args.duration))))
+        return
     if args.client:
         conc = int(args.concurrency)
         print(json.dumps(asyncio.run(client(args.client, conc, args.duration))))
