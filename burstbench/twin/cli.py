@@ -154,10 +154,12 @@ def calibrate(results: str, run_id: str, model: str, hardware: str, tp: int, rep
 @click.option("--trace", "trace_path", required=True, type=click.Path(dir_okay=False), help="Trace to replay.")
 @click.option("--hardware", default=None, help="Variant hardware (preset or profile JSON).")
 @click.option("--tp", type=int, default=None, help="Variant tensor parallelism.")
-@click.option("--replicas", type=int, default=None, help="Variant replica count (colocated).")
+@click.option("--replicas", type=int, default=None,
+              help="Variant replica count (colocated); with --layout disagg, the colocated baseline's.")
 @click.option("--max-num-seqs", type=int, default=None, help="Variant scheduler max_num_seqs.")
 @click.option("--max-num-batched-tokens", type=int, default=None, help="Variant token budget.")
-@click.option("--rate-scale", type=float, default=None, help="Variant sees arrivals K times as dense.")
+@click.option("--rate-scale", type=float, default=None,
+              help="Variant sees arrivals K times as dense (with --layout disagg, both sides).")
 @click.option("--layout", type=click.Choice(["colocated", "disagg"]), default="colocated", show_default=True,
               help="disagg: DistServe's prefill/decode pools for the variant.")
 @click.option("--prefill", type=int, default=1, show_default=True, help="Prefill instances (--layout disagg).")
@@ -179,8 +181,11 @@ def whatif(twin_file: str, trace_path: str, hardware: str | None, tp: int | None
 
     Prints SLO attainment, latency percentiles and the max goodput rate (highest rate
     with attainment >= --target, searched in virtual time) for the baseline (the twin
-    as calibrated) and the variant; with --layout disagg, goodput per GPU of the
-    colocated baseline vs DistServe's prefill/decode layout.
+    as calibrated) and the variant (the twin with the flags' changes). With --layout
+    disagg the comparison is DistServe's: the variant is a prefill pool and a decode
+    pool (KV moved over --kv-link-gbps), the baseline a colocated fleet of as many
+    instances (or --replicas) of the same hardware, both on the same trace; goodput
+    per GPU is the figure to compare.
 
     \b
     Examples:

@@ -142,6 +142,9 @@ def whatif(
 
     ``changes``: hardware, tp, replicas, max_num_seqs, max_num_batched_tokens, layout,
     prefill, decode, link_bandwidth. ``rate_scale`` densifies the variant's arrivals.
+    With ``layout='disagg'`` the baseline is instead a colocated fleet with the same changes
+    (hardware, TP, scheduler) and as many instances as the two pools (or ``replicas``),
+    and both sides see the same (rate-scaled) trace: DistServe's comparison.
     """
     if not 0 < target <= 1:
         raise UsageError(f"--target {target}: give a fraction in (0, 1], e.g. 0.9")
@@ -152,9 +155,18 @@ def whatif(
     if max_requests is not None and len(work) > max_requests:
         notes.append(f"used the first {max_requests} of {len(work)} requests (--max-requests)")
         work = work.head(max_requests)
-    base = Deployment.from_twin(twin)
     var = Deployment.from_twin(twin, **changes)
-    var_work = work.scaled(rate_scale) if rate_scale else work
+    if changes.get("layout") == "disagg":
+        # DistServe's comparison: the same trace and SLOs on a colocated fleet of the same
+        # hardware and (unless --replicas says otherwise) the same number of instances
+        keep = {k: v for k, v in changes.items() if k not in ("layout", "prefill", "decode", "link_bandwidth")}
+        keep["replicas"] = keep.get("replicas") or sum(g.count for g in var.groups)
+        base = Deployment.from_twin(twin, **keep)
+        work = work.scaled(rate_scale) if rate_scale else work
+        var_work = work
+    else:
+        base = Deployment.from_twin(twin)
+        var_work = work.scaled(rate_scale) if rate_scale else work
     tmp = None
     if out is None:
         tmp = tempfile.TemporaryDirectory(prefix="burstbench-whatif-")

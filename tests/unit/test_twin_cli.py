@@ -84,7 +84,10 @@ def test_whatif_disagg_reports_goodput_per_gpu(measured, twin_file, capsys):
     v = doc["variant"]
     assert v["deployment"]["layout"] == "disagg" and v["gpus"] == 2
     assert v["goodput_per_gpu"] == pytest.approx(v["max_goodput_rate"] / 2)
-    assert doc["baseline"]["goodput_per_gpu"] == pytest.approx(doc["baseline"]["max_goodput_rate"] / 1)
+    # DistServe's comparison: a colocated fleet of as many GPUs (here --replicas 2) on the same trace
+    assert doc["baseline"]["deployment"]["layout"] == "colocated" and doc["baseline"]["gpus"] == 2
+    assert doc["baseline"]["requests"] == v["requests"]
+    assert doc["baseline"]["goodput_per_gpu"] == pytest.approx(doc["baseline"]["max_goodput_rate"] / 2)
     assert doc["goodput_per_gpu_ratio"] == pytest.approx(v["goodput_per_gpu"] / doc["baseline"]["goodput_per_gpu"])
 
 
