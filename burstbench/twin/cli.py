@@ -265,8 +265,9 @@ def _print_whatif(con: Any, res: dict[str, Any]) -> None:
 @click.option("--hardware", required=True, help="Instance types to consider, e.g. a100-80g,h100-sxm,l40s.")
 @click.option("--price", default=None,
               help="USD per GPU-hour per type, e.g. a100-80g=1.79,h100-sxm=2.99,l40s=0.86. Without it, "
-                   "EXAMPLE prices are used (public on-demand list prices, 2024-25: a100-80g 1.79 and "
-                   "h100-sxm 2.99 [Lambda on-demand], h200 3.79, l40s 0.86); they vary by provider and date.")
+                   "EXAMPLE prices are used, not quotes: a100-80g 1.79 and h100-sxm 2.99 (inside the typical "
+                   "early-2026 on-demand ranges $1.49-2.49 and $2.49-3.99 per GPU-hour listed at "
+                   "pricegpu.pages.dev/blog/h100-vs-a100-cloud-price), h200 3.79 and l40s 0.86 (assumed).")
 @click.option("--target", type=float, default=0.9, show_default=True, help="SLO attainment to meet at the peak.")
 @click.option("--model", default=None, help="Model preset (default: the twin's, else llama-3.1-8b).")
 @click.option("--twin", "twin_file", default=None, type=click.Path(dir_okay=False),

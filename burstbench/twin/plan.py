@@ -14,7 +14,7 @@ The answer is the cheapest fleet that met the target; every evaluated candidate,
 or not, is in ``candidates``.
 
 Prices are inputs (``--price TYPE=USD_PER_GPU_HOUR``); ``EXAMPLE_PRICES`` are examples
-only (public on-demand list prices, which vary by provider, region and date).
+only (see the comment there: two inside published on-demand ranges, two assumed).
 """
 
 from __future__ import annotations
@@ -28,10 +28,11 @@ from burstbench.twin.deploy import Deployment, Group, fits
 from burstbench.twin.vsim import Sched, Workload
 
 EXAMPLE_PRICES: dict[str, float] = {
-    # USD per GPU-hour, EXAMPLES ONLY (on-demand list prices seen publicly in 2024-25;
-    # check your provider): Lambda Cloud on-demand A100 80GB SXM ~1.79, H100 SXM ~2.99;
-    # AWS p5 (8x H100) ~98.32/h = 12.29/GPU before 2025 cuts; L40S on RunPod/others ~0.86;
-    # H200 on Lambda/others ~3.79.
+    # USD per GPU-hour, EXAMPLES ONLY, not quotes. A100 80GB SXM and H100 SXM are inside
+    # the typical on-demand ranges listed for early 2026 ($1.49-2.49 and $2.49-3.99 per
+    # GPU-hour across Lambda, CoreWeave, RunPod, ...; pricegpu.pages.dev/blog/
+    # h100-vs-a100-cloud-price). L40S and H200 are assumed round figures for the
+    # example (no source checked here). Pass your own with --price.
     "a100-80g": 1.79,
     "h100-sxm": 2.99,
     "h200": 3.79,
