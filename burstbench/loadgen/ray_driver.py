@@ -391,10 +391,23 @@ def _alive_nodes(ray: Any) -> list[str]:
     return [n["NodeID"] for n in ray.nodes() if n.get("Alive")]
 
 
+def _reachable(address: str, timeout_s: float = 5.0) -> None:
+    """A plain HOST:PORT must accept a TCP connection: Ray itself retries for minutes."""
+    if address in ("auto", "local") or "://" in address or ":" not in address:
+        return
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout_s).close()
+    except (OSError, ValueError) as exc:
+        raise BackendError(f"--ray {address}: no Ray head answers there ({getattr(exc, 'strerror', None) or exc}); "
+                           "start one with 'ray start --head' or pass its GCS address (HOST:6379) or 'auto'") from None
+
+
 def connect(address: str) -> Any:
     """Attach to a Ray cluster (``auto``, ``host:port``, ``ray://...``) unless already attached."""
     ray = _ray()
     if not ray.is_initialized():
+        _reachable(address)
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         try:
             ray.init(address=None if address == "local" else address, log_to_driver=False,

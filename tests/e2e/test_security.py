@@ -241,7 +241,11 @@ async def _evil_server() -> tuple[web.AppRunner, str]:
 
     app = web.Application()
     app.router.add_post("/v1/completions", handle)
-    app.router.add_get("/v1/models", lambda r: web.json_response({"data": [{"id": PAYLOADS[0]}]}))
+
+    async def models(request: web.Request) -> web.Response:
+        return web.json_response({"data": [{"id": PAYLOADS[0]}]})
+
+    app.router.add_get("/v1/models", models)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)

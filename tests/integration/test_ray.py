@@ -218,3 +218,24 @@ def test_run_cli_with_ray_flag(cluster, tmp_path, capsys):
         con.close()
     assert json.loads(scen)["ray"]["actors"] == 2
     assert workers == {0, 1}
+
+
+def test_unreachable_ray_address_is_a_one_line_error(tmp_path):
+    """A HOST:PORT without a Ray head fails at once (Ray alone would retry for minutes)."""
+    import socket
+    import subprocess
+    import sys
+
+    from burstbench.traces.schema import write_trace
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    path = write_trace(_trace(2, 0.1, 2), tmp_path / "t.parquet")
+    r = subprocess.run([sys.executable, "-m", "burstbench", "run", "--url", "http://127.0.0.1:9", "--trace",
+                        str(path), "-o", str(tmp_path / "r.duckdb"), "--ray", f"127.0.0.1:{port}"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"--ray 127.0.0.1:{port}" in lines[0] and "ray start --head" in lines[0], r.stderr
+    assert not (tmp_path / "r.duckdb").exists()
