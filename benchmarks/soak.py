@@ -25,6 +25,7 @@ object on stdout (figures and verdicts), a human summary on stderr.
 
     python benchmarks/soak.py --minutes 30            # the issue's soak
     python benchmarks/soak.py --minutes 2 --rate 5    # a quick look
+    python benchmarks/soak.py --check-detectors       # the verdicts on synthetic leak/drift series
 """
 
 from __future__ import annotations
@@ -126,7 +127,39 @@ def _lag_windows(con: duckdb.DuckDBPyConnection, run_id: str, duration: float) -
             "n_first": n_first, "n_last": n_last}
 
 
+def memory_verdict(samples: list[tuple[float, float, float]], max_slope: float, min_growth: float) -> bool:
+    """True when client RSS is bounded (see the module docstring for the rule)."""
+    slope, growth = _slope_mib_per_min(samples)
+    return not (slope > max_slope and growth > min_growth)
+
+
+def lag_verdict(p99_first_ms: float, p99_last_ms: float) -> bool:
+    """True when the schedule lag did not drift: last <= 2 x first + 5 ms."""
+    return p99_last_ms <= 2.0 * p99_first_ms + 5.0
+
+
+def check_detectors() -> int:
+    """The verdicts on synthetic series: a leak and a drift must fail, noise must pass."""
+    rng = np.random.default_rng(0)
+    t = np.arange(0, 1800, 5.0)
+    flat = [(x, 250 * 2**20 + rng.normal(0, 2**20), 5.0) for x in t]
+    leak = [(x, 250 * 2**20 + x / 60 * 2 * 2**20 + rng.normal(0, 2**20), 5.0) for x in t]  # 2 MiB/min
+    warm = [(x, (150 + 100 * min(1.0, x / 300)) * 2**20, 5.0) for x in t]  # grows, then flat
+    checks = {
+        "flat RSS passes": memory_verdict(flat, 1.0, 16.0),
+        "2 MiB/min leak fails": not memory_verdict(leak, 1.0, 16.0),
+        "warm-up growth passes": memory_verdict(warm, 1.0, 16.0),
+        "steady lag passes": lag_verdict(3.0, 3.5),
+        "lag x3 fails": not lag_verdict(3.0, 12.0),
+    }
+    for name, ok in checks.items():
+        print(f"{'ok  ' if ok else 'FAIL'} {name}", file=sys.stderr)
+    return 0 if all(checks.values()) else 1
+
+
 def main(argv: list[str] | None = None) -> int:
+    if (argv is None and sys.argv[1:] == ["--check-detectors"]) or argv == ["--check-detectors"]:
+        return check_detectors()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--minutes", type=float, default=30.0, help=f"run length (<= {MAX_MINUTES:g}) [30]")
     ap.add_argument("--rate", type=float, default=8.0, help="Poisson requests/s [8]")
@@ -198,10 +231,10 @@ def main(argv: list[str] | None = None) -> int:
     rss = np.array([s[1] for s in samples]) if samples else np.zeros(1)
     cpu = np.array([s[2] for s in samples]) if samples else np.zeros(1)
     slope, growth = _slope_mib_per_min(samples)
-    mem_ok = not (slope > a.max_slope_mib_per_min and growth > a.min_growth_mib)
+    mem_ok = memory_verdict(samples, a.max_slope_mib_per_min, a.min_growth_mib)
     p_first = lag["lag_p99_first_ms"] or 0.0
     p_last = lag["lag_p99_last_ms"] or 0.0
-    lag_ok = p_last <= 2.0 * p_first + 5.0
+    lag_ok = lag_verdict(p_first, p_last)
     gaps = (max_id + 1 - n_ids) if max_id is not None else 0
     acct_ok = status == "done" and n_dup == 0 and gaps == 0 and n_req > 0
     result = {

@@ -145,6 +145,12 @@ def test_one_fault_every_third_request(tmp_path, fault, expected):
     assert set(zip(bad["status"], bad["error_class"], strict=True)) == {expected}
     if expected[1].startswith("http_"):
         assert set(bad["http_status"]) == {int(expected[1][5:])}
+        # Retry-After is kept in the message when the server sent one, and only then
+        hint = [("Retry-After" in m) for m in bad["error_message"]]
+        if "retry_after" in fault:
+            assert all(f"Retry-After: {fault['retry_after']}" in m for m in bad["error_message"])
+        else:
+            assert not any(hint)
     check_report_shows_failures(out, tmp_path, {expected[1]})
 
 
