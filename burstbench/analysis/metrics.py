@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
-import numpy as np
 
 from burstbench.errors import StoreError, UsageError
 
@@ -295,79 +294,19 @@ def request_stats(con: duckdb.DuckDBPyConnection, run_id: str, sel: Selection) -
     return _fetch_dict(con, sql, [run_id, *params])
 
 
-# Above this many values, percentiles of gaps are found by a histogram pass (parallel)
-# and an exact pick inside the few buckets that hold the asked ranks, instead of one
-# single-threaded selection over every value.
-HIST_MIN_N = 1_000_000
-_BUCKETS = 1 << 16
-_MAX_BUCKET_FETCH = 4_000_000
+def _gap_quantiles(con: duckdb.DuckDBPyConnection, table: str, value: str, weight: str) -> list[float]:
+    """PERCENTILES of ``value`` over ``table``'s gaps, each counted ``weight`` times.
 
-
-def _interp(xs_at: Any, n: int) -> list[float]:
-    """Linear interpolation between order statistics, as ``quantile_cont``/``np.percentile``."""
-    out = []
-    for q in PERCENTILES:
-        h = q * (n - 1)
-        r0 = math.floor(h)
-        r1 = min(r0 + 1, n - 1)
-        x0, x1 = xs_at(r0), xs_at(r1)
-        out.append(x0 + (h - r0) * (x1 - x0))
-    return out
-
-
-def _exact_quantiles(
-    con: duckdb.DuckDBPyConnection, table: str, value: str, weight: str, n: int, lo: float, hi: float,
-    *, histogram: bool = True,
-) -> list[float]:
-    """PERCENTILES of ``value`` counted ``weight`` times each, over ``table``'s non-null gaps.
-
-    Small inputs go to DuckDB's ``quantile_cont`` (on the expanded values when
-    weighted). Large ones: a histogram of 65536 equal-width buckets (bucketing is
-    monotone, so buckets are in value order), cumulative counts locate the bucket of
-    each needed rank, and only those buckets' values are fetched and sorted. The
-    result is the same order statistic, interpolated the same way.
+    (A histogram-and-pick variant was measured slower than DuckDB's own selection
+    on 100 million gaps, 28 s against 18 s of CPU, so DuckDB selects.)
     """
     qs = "[" + ", ".join(str(q) for q in PERCENTILES) + "]"
-    if not histogram or n < HIST_MIN_N or lo == hi:
-        if weight == "1":
-            src = f"SELECT {value} AS v FROM {table} WHERE gap_s IS NOT NULL"
-        else:
-            src = (f"SELECT {value} AS v FROM {table} WHERE gap_s IS NOT NULL AND {weight} = 1 UNION ALL "
-                   f"SELECT {value} AS v FROM {table}, range({weight}) WHERE gap_s IS NOT NULL AND {weight} > 1")
-        return list(con.execute(f"SELECT quantile_cont(v, {qs}) FROM ({src})").fetchone()[0])
-    b_expr = f"LEAST(CAST(floor(({value} - ?) / ? * {_BUCKETS}) AS BIGINT), {_BUCKETS - 1})"
-    hist = con.execute(
-        f"SELECT {b_expr} AS b, sum({weight}) AS w FROM {table} WHERE gap_s IS NOT NULL GROUP BY b ORDER BY b",
-        [lo, hi - lo],
-    ).fetchall()
-    buckets = np.array([h[0] for h in hist], dtype=np.int64)
-    cum = np.cumsum(np.array([h[1] for h in hist], dtype=np.int64))
-    ranks = set()
-    for q in PERCENTILES:
-        h = q * (n - 1)
-        ranks |= {math.floor(h), min(math.floor(h) + 1, n - 1)}
-    where = {r: int(np.searchsorted(cum, r, side="right")) for r in ranks}  # index into buckets
-    need = sorted({where[r] for r in ranks})
-    sizes = [int(cum[i] - (cum[i - 1] if i else 0)) for i in need]
-    if sum(sizes) > _MAX_BUCKET_FETCH:  # values piled into few buckets: let DuckDB select
-        return _exact_quantiles(con, table, value, weight, n, lo, hi, histogram=False)
-    rows = con.execute(
-        f"SELECT {b_expr} AS b, {value} AS v, {weight} AS w FROM {table}"
-        f" WHERE gap_s IS NOT NULL AND list_contains(?, {b_expr})",
-        [lo, hi - lo, [int(buckets[i]) for i in need], lo, hi - lo],
-    ).fetchnumpy()
-    sorted_in: dict[int, np.ndarray] = {}
-    for i in need:
-        m = rows["b"] == buckets[i]
-        v, w = np.asarray(rows["v"][m], dtype=float), np.asarray(rows["w"][m], dtype=np.int64)
-        order = np.argsort(v, kind="stable")
-        sorted_in[i] = np.repeat(v[order], w[order])
-
-    def at(r: int) -> float:
-        i = where[r]
-        return float(sorted_in[i][r - (int(cum[i - 1]) if i else 0)])
-
-    return _interp(at, n)
+    if weight == "1":
+        src = f"SELECT {value} AS v FROM {table} WHERE gap_s IS NOT NULL"
+    else:
+        src = (f"SELECT {value} AS v FROM {table} WHERE gap_s IS NOT NULL AND {weight} = 1 UNION ALL "
+               f"SELECT {value} AS v FROM {table}, range({weight}) WHERE gap_s IS NOT NULL AND {weight} > 1")
+    return list(con.execute(f"SELECT quantile_cont(v, {qs}) FROM ({src})").fetchone()[0])
 
 
 def chunk_stats(con: duckdb.DuckDBPyConnection, run_id: str, sel: Selection) -> dict[str, Any]:
@@ -415,11 +354,10 @@ def chunk_stats(con: duckdb.DuckDBPyConnection, run_id: str, sel: Selection) -> 
     SELECT CASE WHEN a.p_rid = a.request_id AND a.p_seq = a.seq - 1 THEN a.t_s - a.p_t END AS gap_s,
            a.seq = 0 AS is_first, GREATEST(COALESCE(a.tokens, 1), 1) AS k
     FROM adj a SEMI JOIN sel ON a.request_id = sel.request_id"""
-    tok_cols = (", sum(k) FILTER (WHERE gap_s IS NOT NULL) AS tok_n, max(gap_s / k) AS tok_max,"
-                " min(gap_s / k) AS tok_min") if multi else ""
+    tok_cols = ", sum(k) FILTER (WHERE gap_s IS NOT NULL) AS tok_n, max(gap_s / k) AS tok_max" if multi else ""
     stats_sql = (f"SELECT count(gap_s) AS itl_n, count(*) FILTER (WHERE NOT is_first) AS expected_pairs,"
-                 f" avg(gap_s) AS itl_mean, stddev_pop(gap_s) AS itl_std, max(gap_s) AS itl_max,"
-                 f" min(gap_s) AS itl_min{tok_cols} FROM {table}")
+                 f" avg(gap_s) AS itl_mean, stddev_pop(gap_s) AS itl_std, max(gap_s) AS itl_max{tok_cols}"
+                 f" FROM {table}")
     try:
         con.execute(f"CREATE TEMP TABLE {table} AS {fast}", [run_id, *params, *([run_id] * parts)])
         row = _fetch_dict(con, stats_sql, [])
@@ -440,7 +378,7 @@ def chunk_stats(con: duckdb.DuckDBPyConnection, run_id: str, sel: Selection) -> 
             row = _fetch_dict(con, stats_sql, [])
             path = "sorted per request"
         n = int(row["itl_n"] or 0)
-        row["itl_q"] = _exact_quantiles(con, table, "gap_s", "1", n, row["itl_min"], row["itl_max"]) if n else None
+        row["itl_q"] = _gap_quantiles(con, table, "gap_s", "1") if n else None
         if multi and n:
             tn = int(row["tok_n"])
             mean = row["itl_mean"] * n / tn
@@ -449,7 +387,7 @@ def chunk_stats(con: duckdb.DuckDBPyConnection, run_id: str, sel: Selection) -> 
             row.update({
                 "itl_token_n": tn, "itl_token_mean": mean, "itl_token_std": math.sqrt(max(var, 0.0)),
                 "itl_token_max": row["tok_max"],
-                "itl_token_q": _exact_quantiles(con, table, "gap_s / k", "k", tn, row["tok_min"], row["tok_max"]),
+                "itl_token_q": _gap_quantiles(con, table, "gap_s / k", "k"),
             })
         else:
             for key in ("n", "mean", "std", "max", "q"):
