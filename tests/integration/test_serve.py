@@ -366,3 +366,17 @@ async def test_stop_with_open_streams_ends_them():
         with contextlib.suppress(aiohttp.ClientError):
             rest = await asyncio.wait_for(r.content.read(), timeout=10)
         assert b"[DONE]" not in rest  # the stream was cut, not completed
+
+
+async def test_multi_turn_chat_hits_the_cached_answer():
+    async with ReferenceServer(model=MODEL, hardware=HW, time_scale=50) as srv, aiohttp.ClientSession() as s:
+        user1 = " ".join(f"q{i}" for i in range(40))
+        r1 = await (await s.post(srv.url + "/v1/chat/completions", json={"messages": [{"role": "user", "content": user1}], "max_tokens": 40, "ignore_eos": True})).json()
+        answer = r1["choices"][0]["message"]["content"]
+        msgs = [{"role": "user", "content": user1}, {"role": "assistant", "content": answer}, {"role": "user", "content": "and then what"}]
+        r2 = await (await s.post(srv.url + "/v1/chat/completions", json={"messages": msgs, "max_tokens": 5, "ignore_eos": True})).json()
+        # turn 1 put 40 prompt + 39 answer tokens in the KV cache (the last sampled token is
+        # never fed back): 4 full blocks of 16, the 4th filled by decoding, all reusable
+        assert r1["usage"]["prompt_tokens_details"]["cached_tokens"] == 0
+        assert r2["usage"]["prompt_tokens"] == 83
+        assert r2["usage"]["prompt_tokens_details"]["cached_tokens"] == 64

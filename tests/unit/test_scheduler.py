@@ -245,3 +245,14 @@ def test_invariants_hold_without_prefix_caching_under_pressure():
     assert eng.num_preemptions > 0
     assert all(emitted[s.rid] == s.max_out for s in seqs)
     assert eng.pool.num_free() == eng.pool.num_usable
+
+
+def test_blocks_filled_by_decoding_are_cached_when_hashes_cover_the_output():
+    eng = EngineCore(LinearCost(), 100, max_num_batched_tokens=4096)
+    h = chain_hashes(range(8))  # 128 tokens: a 40-token prompt + 88 output tokens
+    a = Seq(rid=0, prompt_len=40, max_out=88, hashes=h)
+    run_to_completion(eng, [a])
+    # a computed 40 + 87 tokens: 7 full blocks, 5 of them filled by decoding
+    b = Seq(rid=1, prompt_len=128, max_out=1, hashes=h)
+    run_to_completion(eng, [b])
+    assert b.cached_tokens == 7 * 16

@@ -57,7 +57,7 @@ class Seq:
     max_out: int
     arrival: float = 0.0
     priority: int = 0
-    hashes: list[int] | None = None  # chained hashes of the prompt's full blocks
+    hashes: list[int] | None = None  # chained hashes of full blocks (prompt, and output when known)
     tag: Any = None  # the caller's payload (server: the stream state)
     # progress (materialised fields; for a decoding request see c0/o0/sync)
     computed: int = 0
@@ -290,7 +290,12 @@ class EngineCore:
         return True
 
     def _cache_full_blocks(self, s: Seq, tokens: int) -> None:
-        """Register the prompt blocks that are full once ``tokens`` are computed (vLLM caches at allocation)."""
+        """Register the blocks that are full once ``tokens`` are computed (vLLM caches at allocation).
+
+        ``s.hashes`` may extend past the prompt (the server knows its output text), so
+        blocks filled by decoding are cached too, and a next turn that repeats this
+        answer hits them, as with vLLM.
+        """
         h = s.hashes
         if not h:
             return
@@ -323,6 +328,8 @@ class EngineCore:
                 continue
             if not self._make_room(s, 1, preempted):
                 continue
+            if s.hashes is not None and len(s.hashes) > s.n_cached:
+                self._cache_full_blocks(s, len(s.blocks) * bs)  # blocks filled by decoding
             s.blocks.extend(pool.allocate(1))
             nxt = s.sync + len(s.blocks) * bs - s.c0
             if nxt <= s.sync + (s.max_out - s.o0) - 1:
@@ -519,6 +526,8 @@ class EngineCore:
                 if top[1] != _BLOCK or not num_free():
                     break
                 heapq.heappop(ev)
+                if s.hashes is not None and len(s.hashes) > s.n_cached:
+                    self._cache_full_blocks(s, len(s.blocks) * bs)
                 s.blocks.extend(pool.allocate(1))
                 nxt = s.sync + len(s.blocks) * bs - s.c0
                 if nxt <= s.sync + (s.max_out - s.o0) - 1:

@@ -557,7 +557,12 @@ class ReferenceApp:
         replica = self.replicas[self.router.pick(self.replicas)]
         rid = self._rid
         self._rid += 1
-        hashes = chain_hashes(text_block_keys(words, c.block_size)) if c.enable_prefix_caching else None
+        hashes = None
+        if c.enable_prefix_caching:
+            # the output text is known in advance: hash prompt + answer, so the blocks the
+            # answer fills are cached and a follow-up turn that repeats it hits them
+            answer = output_text(rid, 0, n_out).split()
+            hashes = chain_hashes(text_block_keys(words + answer, c.block_size))
         st = _Stream()
         loop = asyncio.get_running_loop()
         t0 = loop.time()
