@@ -239,3 +239,20 @@ def test_unreachable_ray_address_is_a_one_line_error(tmp_path):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and f"--ray 127.0.0.1:{port}" in lines[0] and "ray start --head" in lines[0], r.stderr
     assert not (tmp_path / "r.duckdb").exists()
+
+
+def test_closed_loop_on_ray_numbers_requests_without_gaps(cluster, tmp_path):
+    """Closed loop: users split over the actors, ids worker + workers*k, the global limit holds."""
+    from burstbench.loadgen.ray_driver import execute_ray
+
+    with live_server(ttft_s=0.002, itl_s=0.001) as srv:
+        sc = Scenario(url=srv.url, mode="closed", concurrency=4, max_requests=30, scrape_metrics=False)
+        res = execute_ray(_trace(10, 0.0, 2), sc, tmp_path / "closed.duckdb", address=cluster.address,
+                          progress=False)
+        served = len(srv.records())
+    rows = _rows(tmp_path / "closed.duckdb", res.run_id)
+    assert res.status == "done"
+    assert rows["request_id"].to_list() == list(range(30)) and served == 30
+    assert set(rows["status"]) == {"ok"}
+    assert set(rows["worker_id"]) == {0, 1}
+    assert all(rid % 2 == w for rid, w in zip(rows["request_id"], rows["worker_id"], strict=True))
