@@ -560,8 +560,9 @@ class ReferenceApp:
         hashes = None
         if c.enable_prefix_caching:
             # the output text is known in advance: hash prompt + answer, so the blocks the
-            # answer fills are cached and a follow-up turn that repeats it hits them
-            answer = output_text(rid, 0, n_out).split()
+            # answer fills are cached and a follow-up turn that repeats it hits them (the first
+            # 8192 answer tokens: hashing is on the event loop, so bound it)
+            answer = output_text(rid, 0, min(n_out, 8192)).split()
             hashes = chain_hashes(text_block_keys(words + answer, c.block_size))
         st = _Stream()
         loop = asyncio.get_running_loop()
