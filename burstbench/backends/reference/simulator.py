@@ -234,6 +234,11 @@ def simulate(
             t += dt
             ts.append(t)
         if t < until and not e.has_work():
+            # going idle: record the empty engine once, so a time series steps down to zero
+            # instead of holding the last busy sample across the gap
+            if nt <= until and until != float("inf"):
+                sample(r, max(t, nt))
+                nt = until
             t = until
         clocks[r] = t
         next_tel[r] = nt
