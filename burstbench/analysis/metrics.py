@@ -1,8 +1,9 @@
 """DESIGN section 4 as DuckDB SQL over the results store, and the ``analyze`` summary.
 
 Why SQL views rather than Python loops: a store can hold a million requests and a
-hundred million chunks, and DuckDB aggregates those in seconds without loading them
-into Python. The views are TEMP views created on the connection (``install_views``),
+hundred million chunks, and DuckDB aggregates those without loading them into Python
+(about 20 s of CPU for 100 million chunks here, 1.5x less than numpy after loading;
+benchmarks/bench_analysis.py). The views are TEMP views created on the connection (``install_views``),
 so they work on a read-only file and a user can query them too
 (``burstbench analyze results.duckdb --sql "SELECT * FROM request_metrics"``):
 
