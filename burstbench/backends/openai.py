@@ -68,6 +68,7 @@ import os
 import time
 from array import array
 from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import aiohttp
 from aiohttp.client_proto import ResponseHandler
@@ -81,6 +82,20 @@ from burstbench.store import redact_url
 __all__ = ["OpenAIBackend"]
 
 _perf = time.perf_counter
+
+
+def _split_credentials(url: str) -> tuple[str, aiohttp.BasicAuth | None]:
+    """The URL without user:password, and those as Basic auth (sent as a header, so
+    they never travel in a URL that could be logged or stored)."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url, None
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = host if parts.port is None else f"{host}:{parts.port}"
+    auth = aiohttp.BasicAuth(unquote(parts.username or ""), unquote(parts.password or ""))
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment)), auth
 
 
 class _TimedResponseHandler(ResponseHandler):
@@ -166,7 +181,9 @@ class OpenAIBackend:
         ):
             if v is not None and v <= 0:
                 raise UsageError(f"{label} must be positive (or None for no limit), got {v}")
-        root = base_url.rstrip("/")
+        # user:password in the URL become a Basic auth header (an API key, when set, wins),
+        # so credentials never travel in a URL that could be logged or stored
+        root, self._basic_auth = _split_credentials(base_url.rstrip("/"))
         if root.endswith("/v1"):
             root = root[:-3]
         self.base_url = root
@@ -213,6 +230,9 @@ class OpenAIBackend:
         if key:
             headers["Authorization"] = f"Bearer {key}"
             self._secret = key
+        elif self._basic_auth is not None:
+            headers["Authorization"] = self._basic_auth.encode()
+            self._secret = self._basic_auth.password or None
         self._headers = headers
         # keep idle connections less long than servers do (uvicorn, so vLLM: 5 s), so a
         # request is rarely written into a connection the server is closing

@@ -347,10 +347,6 @@ def test_analyze_sql_cli_refusal_is_one_line(store):
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="bug (backends/openai.py): a URL with user:password plus an API key "
-                   "makes aiohttp raise 'Cannot combine AUTHORIZATION header ... credentials encoded in URL' "
-                   "for every request (recorded as error_class 'internal'); it should be refused up front or "
-                   "the URL credentials dropped")
 def test_url_credentials_with_an_api_key_are_handled(tmp_path):
     trace = small_trace(tmp_path / "t.parquet")
     with serve("--api-key", KEY) as (url, _):

@@ -133,3 +133,15 @@ def test_one_token_per_word_in_packaged_vocabularies() -> None:
         assert all(len(enc.encode(w)) == 1 == len(enc.encode(" " + w)) for w in WORDS), name
         for i, n in enumerate((1, 33, 700)):
             assert len(enc.encode(b.prompt(i, n, [1, 2]))) == n
+
+
+def test_url_credentials_become_basic_auth_and_leave_the_url() -> None:
+    import base64
+
+    from burstbench.backends.openai import _split_credentials
+
+    url, auth = _split_credentials("http://alice:p%40ss@127.0.0.1:8000/v1")
+    assert url == "http://127.0.0.1:8000/v1"
+    assert auth is not None and (auth.login, auth.password) == ("alice", "p@ss")
+    assert base64.b64decode(auth.encode().split()[1]) == b"alice:p@ss"
+    assert _split_credentials("http://127.0.0.1:8000") == ("http://127.0.0.1:8000", None)
