@@ -37,7 +37,7 @@ def run_sql(path: str | Path, sql: str, *, max_rows: int = MAX_ROWS_DEFAULT) -> 
         try:
             statements = con.extract_statements(sql)
         except duckdb.Error as exc:
-            raise UsageError(f"--sql does not parse: {exc}") from exc
+            raise UsageError(f"--sql does not parse: {_one_line(exc)}") from exc
         if not statements:
             raise UsageError("--sql holds no statement")
         for i, st in enumerate(statements, start=1):
@@ -50,7 +50,7 @@ def run_sql(path: str | Path, sql: str, *, max_rows: int = MAX_ROWS_DEFAULT) -> 
             try:
                 cur = con.execute(st)
             except duckdb.Error as exc:
-                raise UsageError(f"--sql failed: {exc}") from exc
+                raise UsageError(f"--sql failed: {_one_line(exc)}") from exc
             cols = [d[0] for d in cur.description] if cur.description else []
             rows = cur.fetchmany(max_rows + 1)
             result = {
@@ -74,3 +74,10 @@ def _jsonable(v: Any) -> Any:
     if isinstance(v, dict):
         return {str(k): _jsonable(x) for k, x in v.items()}
     return str(v)
+
+
+def _one_line(exc: Exception) -> str:
+    """DuckDB's message without its LINE/caret excerpt: the CLI prints errors on one line."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    keep = [ln for ln in lines if not ln.startswith("LINE ") and set(ln) != {"^"}]
+    return " ".join(keep) or str(exc)

@@ -340,8 +340,6 @@ def test_analyze_sql_cli_refuses_without_a_traceback(store):
     assert json.loads(ok.stdout)["rows"] == [[1]]
 
 
-@pytest.mark.xfail(strict=True, reason="bug (analysis/sql.py, owner's call): DuckDB's multi-line error "
-                   "(LINE 1 + caret) is passed through, so the CLI error is 4 lines, not one (DESIGN section 6)")
 def test_analyze_sql_cli_refusal_is_one_line(store):
     r = bb("analyze", str(store), "--sql", "SELECT * FROM read_csv('/etc/passwd')")
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
