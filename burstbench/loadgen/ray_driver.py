@@ -246,7 +246,10 @@ class RayWorkers:
                 s.actor.command.remote(cmd)
 
     def alive(self) -> list[bool]:
+        # one entry per worker even before start(): the supervisor counts its workers by it
         with self._lock:
+            if len(self.slots) < len(self.parts):
+                return [True] * len(self.parts)
             return [not (s.lost and not s.done) for s in self.slots]
 
     def join(self, timeout: float) -> None:

@@ -108,8 +108,14 @@ def test_ray_run_records_what_a_single_host_run_records(cluster, tmp_path):
         sc = Scenario(url=srv.url, mode="trace", scrape_metrics=False)
         single = run_scenario(trace, sc, tmp_path / "single.duckdb", progress=False)
         holder = []
+
+        def check(transport):
+            # the supervisor counts its workers by alive() before the actors exist
+            assert transport.alive() == [True, True]
+            holder.append(transport)
+
         res = execute_ray(trace, sc, tmp_path / "ray.duckdb", address=cluster.address, progress=False,
-                          on_transport=holder.append)
+                          on_transport=check)
         server_saw = len(srv.records())
     a, b = _rows(tmp_path / "single.duckdb", single), _rows(tmp_path / "ray.duckdb", res.run_id)
     assert res.status == "done"
