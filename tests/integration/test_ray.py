@@ -89,15 +89,16 @@ def _rows(path, run_id) -> pl.DataFrame:
 def _run(path, run_id) -> dict:
     con = duckdb.connect(str(path), read_only=True)
     try:
-        status, reason, notes = con.execute("SELECT status, end_reason, notes FROM runs WHERE run_id = ?",
-                                            [run_id]).fetchone()
+        status, reason, notes, duration = con.execute(
+            "SELECT status, end_reason, notes, duration_s FROM runs WHERE run_id = ?", [run_id]).fetchone()
         tele = con.execute("SELECT name, worker_id, value FROM telemetry WHERE run_id = ? AND name IN"
                            " ('clock_offset_ms', 'clock_rtt_ms', 'start_skew_ms', 'schedule_lag_p99_ms',"
                            " 'process_rss_bytes')", [run_id]).fetchall()
         n_chunks = con.execute("SELECT count(*) FROM chunks WHERE run_id = ?", [run_id]).fetchone()[0]
     finally:
         con.close()
-    return {"status": status, "reason": reason, "notes": json.loads(notes), "tele": tele, "chunks": n_chunks}
+    return {"status": status, "reason": reason, "notes": json.loads(notes), "tele": tele, "chunks": n_chunks,
+            "duration": duration}
 
 
 def test_ray_run_records_what_a_single_host_run_records(cluster, tmp_path):
@@ -156,8 +157,8 @@ def test_ray_run_records_what_a_single_host_run_records(cluster, tmp_path):
 def test_losing_an_actor_mid_run_keeps_the_run_and_marks_its_requests(cluster, tmp_path):
     from burstbench.loadgen.ray_driver import execute_ray
 
-    n = 60
-    trace = _trace(n, 0.05, 20)  # 3 s of schedule, answers of ~0.2 s
+    n = 120
+    trace = _trace(n, 0.05, 20)  # 6 s of schedule (longer than the driver's 5 s join), answers of ~0.2 s
     holder = []
     killed = threading.Event()
 
@@ -192,6 +193,7 @@ def test_losing_an_actor_mid_run_keeps_the_run_and_marks_its_requests(cluster, t
     assert rows["request_id"].to_list() == list(range(n))
     w0, w1 = rows.filter(pl.col("worker_id") == 0), rows.filter(pl.col("worker_id") == 1)
     assert set(w0["status"]) == {"ok"}, "the surviving actor carried on"
+    assert w0.height == n // 2 and info["duration"] > 5.9, "to the end of the schedule"
     lost = w1.filter(pl.col("error_class") == "worker_lost")
     assert lost.height > 0
     assert set(lost["status"]) <= {"error", "cancelled"}
