@@ -20,6 +20,9 @@ What Ray adds over local processes:
   ``schedule_lag_p99_ms`` every poll), so a report can show them.
 * client CPU/RSS: actors may be on other hosts, so each actor samples its own
   process and the rows arrive with its batches (``source='client'``, worker id).
+* credentials: the API key variable named by the scenario is read on the driver
+  and handed to each actor as a constructor argument (set in the actor's
+  environment only if its host lacks it), never through Ray's ``runtime_env``.
 * a lost actor (node died, ``ray.kill``): the run goes on with the others. The
   driver knows the lost actor's share of the plan and which of its requests it
   has rows for; every other request of that share becomes a row with
@@ -80,7 +83,9 @@ def _ray() -> Any:
 class LoadActor:
     """Runs one worker of the plan inside a Ray actor (threaded: poll and commands overlap)."""
 
-    def __init__(self, plan: Plan, factory: Any, opts: dict[str, Any]) -> None:
+    def __init__(self, plan: Plan, factory: Any, opts: dict[str, Any], env: dict[str, str] | None = None) -> None:
+        for name, value in (env or {}).items():  # the API key, when this host's environment lacks it
+            os.environ.setdefault(name, value)
         self.out: queue.Queue = queue.Queue()
         self.ctl: queue.Queue = queue.Queue()
         self.worker_id = plan.worker_id
@@ -187,12 +192,13 @@ class RayWorkers:
     process = True
 
     def __init__(self, parts: list[Plan], factory: Any, opts: dict[str, Any], *,
-                 nodes: list[str] | None = None) -> None:
+                 nodes: list[str] | None = None, env: dict[str, str] | None = None) -> None:
         self.ray = _ray()
         self.parts = parts
         self.factory = factory
         self.opts = dict(opts, process=False)
         self.nodes = nodes or []
+        self.env = dict(env or {})
         self.out: queue.Queue = queue.Queue()
         self.slots: list[_Slot] = []
         self.notes: list[str] = []
@@ -216,7 +222,7 @@ class RayWorkers:
                 options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(self.nodes[i % len(self.nodes)],
                                                                                 soft=False)
             actor = remote.options(**{k: v for k, v in options.items() if v is not None}).remote(
-                part, self.factory, self.opts)
+                part, self.factory, self.opts, self.env)
             self.slots.append(_Slot(plan=part, actor=actor))
         for slot in self.slots:
             info = ray.get(slot.actor.info.remote(), timeout=RPC_TIMEOUT_S)
@@ -443,7 +449,11 @@ def execute_ray(trace: Trace, scenario: Scenario, out: str | Path, *, address: s
     factory = backend_factory or BackendFactory(sc)
     control = control or RunControl()
     opts = {"grace_s": sc.grace_s, "ignore_eos": sc.ignore_eos, "flush_interval_s": 0.2}
-    transport = RayWorkers(parts, factory, opts, nodes=nodes)
+    # The key travels as an actor constructor argument (never in runtime_env, which Ray
+    # shows in its dashboard and logs), so remote hosts need no copy of the variable.
+    key_var = sc.api_key_env or "OPENAI_API_KEY"
+    env = {key_var: os.environ[key_var]} if os.environ.get(key_var) else {}
+    transport = RayWorkers(parts, factory, opts, nodes=nodes, env=env)
     if on_transport is not None:
         on_transport(transport)
     scen = dict(sc.to_json(), workers=n, ray={"address": address if "://" not in address else redact_url(address),

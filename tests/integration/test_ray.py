@@ -49,6 +49,7 @@ def cluster():
     c.add_node(num_cpus=1, node_ip_address="127.0.0.1")
     c.wait_for_nodes()
     ray.init(address=c.address, log_to_driver=False, logging_level="WARNING", _node_ip_address="127.0.0.1")
+    c.bb_tmp = tmp  # Ray's logs and session files: the credential test greps them
     try:
         yield c
     finally:
@@ -264,3 +265,30 @@ def test_closed_loop_on_ray_numbers_requests_without_gaps(cluster, tmp_path):
     assert set(rows["status"]) == {"ok"}
     assert set(rows["worker_id"]) == {0, 1}
     assert all(rid % 2 == w for rid, w in zip(rows["request_id"], rows["worker_id"], strict=True))
+
+
+def test_api_key_reaches_the_actors_but_no_file(cluster, tmp_path, monkeypatch):
+    """The key, set only in the driver's environment (after the nodes started), is sent by every
+    actor, and appears nowhere in the results file or in Ray's session files and logs."""
+    from pathlib import Path
+
+    from burstbench.loadgen.ray_driver import execute_ray
+
+    key = "sk-rayKEY-5d2f81c0a9e7"
+    monkeypatch.setenv("BB_RAY_TEST_KEY", key)
+    with live_server(ttft_s=0.002, itl_s=0.001) as srv:
+        sc = Scenario(url=srv.url, api_key_env="BB_RAY_TEST_KEY", scrape_metrics=False)
+        res = execute_ray(_trace(8, 0.01, 2), sc, tmp_path / "k.duckdb", address=cluster.address, progress=False)
+        auth = {r.authorization for r in srv.records()}
+    assert res.status == "done"
+    assert auth == {f"Bearer {key}"}, "every actor sent the key"
+    files = [p for p in (*Path(cluster.bb_tmp).rglob("*"), *tmp_path.rglob("*")) if p.is_file()]
+    assert any(p.suffix == ".duckdb" for p in files) and any("logs" in p.parts for p in files)
+    leaks = []
+    for p in files:
+        try:
+            if key.encode() in p.read_bytes():
+                leaks.append(str(p))
+        except OSError:  # sockets and files Ray is rotating
+            continue
+    assert leaks == []
