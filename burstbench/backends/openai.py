@@ -61,13 +61,14 @@ outcome, and any server message that echoes it is redacted.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import functools
 import json
 import os
 import time
 from array import array
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import aiohttp
@@ -84,7 +85,16 @@ __all__ = ["OpenAIBackend"]
 _perf = time.perf_counter
 
 
-def _split_credentials(url: str) -> tuple[str, aiohttp.BasicAuth | None]:
+class _BasicAuth(NamedTuple):
+    login: str
+    password: str
+
+    def encode(self) -> str:
+        raw = f"{self.login}:{self.password}".encode()
+        return "Basic " + base64.b64encode(raw).decode("ascii")
+
+
+def _split_credentials(url: str) -> tuple[str, _BasicAuth | None]:
     """The URL without user:password, and those as Basic auth (sent as a header, so
     they never travel in a URL that could be logged or stored)."""
     parts = urlsplit(url)
@@ -94,7 +104,7 @@ def _split_credentials(url: str) -> tuple[str, aiohttp.BasicAuth | None]:
     if ":" in host:
         host = f"[{host}]"
     netloc = host if parts.port is None else f"{host}:{parts.port}"
-    auth = aiohttp.BasicAuth(unquote(parts.username or ""), unquote(parts.password or ""))
+    auth = _BasicAuth(unquote(parts.username or ""), unquote(parts.password or ""))
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment)), auth
 
 
