@@ -223,7 +223,8 @@ async def _baseline_accuracy(url: str, arrivals: np.ndarray, tokens: int) -> dic
     return out
 
 
-def _compare(client: dict[int, tuple[float, np.ndarray]], server: dict[str, tuple[float, list[float]]]) -> str:
+def _compare(client: dict[int, tuple[float, np.ndarray]],
+             server: dict[str, tuple[float, list[float]]]) -> tuple[str, dict[str, float]]:
     """Client vs server per request (TTFT) and per chunk gap; client times in seconds, any origin."""
     d_ttft, d_gap, c_ttft, s_ttft = [], [], [], []
     for rid, (sent, times) in client.items():
@@ -235,10 +236,12 @@ def _compare(client: dict[int, tuple[float, np.ndarray]], server: dict[str, tupl
         d_ttft.append(c_ttft[-1] - s_ttft[-1])
         d_gap.extend(np.diff(np.asarray(times)) - np.diff(np.asarray(writes)))
     dt, dg = np.asarray(d_ttft) * 1e3, np.asarray(d_gap) * 1e3
+    stats = {"ttft_d_median": float(np.median(dt)), "ttft_d_p99": float(np.percentile(dt, 99)),
+             "gap_d_median": float(np.median(dg)), "gap_absd_p99": float(np.percentile(np.abs(dg), 99))}
     return (f"{len(d_ttft)} requests; TTFT client median {np.median(c_ttft) * 1e3:.2f} ms vs server "
             f"{np.median(s_ttft) * 1e3:.2f} ms, per-request difference median {np.median(dt):+.3f} ms, "
             f"p99 {np.percentile(dt, 99):+.3f} ms | chunk gap - server write gap over {dg.size} gaps: median "
-            f"{np.median(dg):+.3f} ms, p99 {np.percentile(dg, 99):+.3f} ms, p99 |d| {np.percentile(np.abs(dg), 99):.3f} ms")
+            f"{np.median(dg):+.3f} ms, p99 {np.percentile(dg, 99):+.3f} ms, p99 |d| {np.percentile(np.abs(dg), 99):.3f} ms"), stats
 
 
 def accuracy(a: argparse.Namespace) -> None:
@@ -247,7 +250,9 @@ def accuracy(a: argparse.Namespace) -> None:
     print(f"# accuracy: TTFT 50 ms, ITL 20 ms, {a.tokens} tokens, {rate:.0f} req/s (~{a.streams} in flight), "
           f"{n} requests; {load()}")
     trace = make_trace(n, a.tokens, gap=1.0 / rate, unique_models=True)
-    for name in ["baseline"] + [f"burstbench w{w}" for w in a.workers]:
+    results: dict[str, list[dict[str, float]]] = {}
+    names = ["baseline"] + [f"burstbench w{w}" for w in a.workers]
+    for rep, name in [(r, nm) for r in range(a.repeats) for nm in names]:  # alternate, same minutes
         srv = Server("--ttft", "0.05", "--itl", "0.02")
         try:
             if name == "baseline":
@@ -274,8 +279,14 @@ def accuracy(a: argparse.Namespace) -> None:
         finally:
             records = srv.stop()
         server = {m: (recv, w) for m, recv, w in records}
-        print(f"  {name:14s} client CPU {cpu:.1f}s: {_compare(client, server)}", flush=True)
-    print(f"# {load()}")
+        text, stats = _compare(client, server)
+        results.setdefault(name, []).append(stats)
+        print(f"  rep {rep} {name:14s} client CPU {cpu:.1f}s: {text}", flush=True)
+    print(f"# medians over {a.repeats} alternating repeats ({load()}); client - server, ms")
+    for name, rs in results.items():
+        med = {k: float(np.median([r[k] for r in rs])) for k in rs[0]}
+        print(f"  {name:14s} TTFT median {med['ttft_d_median']:+.3f}, TTFT p99 {med['ttft_d_p99']:+.3f}, "
+              f"chunk gap median {med['gap_d_median']:+.3f}, chunk gap p99 |d| {med['gap_absd_p99']:.3f}")
 
 
 async def _baseline_schedule(url: str, rate: float, seconds: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -358,6 +369,7 @@ def main() -> None:
     ac.add_argument("--tokens", type=int, default=50)
     ac.add_argument("--seconds", type=float, default=8.0)
     ac.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    ac.add_argument("--repeats", type=int, default=3)
     s = sub.add_parser("schedule")
     s.add_argument("--rate", type=float, default=1000.0)
     s.add_argument("--seconds", type=float, default=10.0)
