@@ -12,8 +12,6 @@ demo also fails loudly when a piece of the build is missing.
 from __future__ import annotations
 
 import importlib
-import json
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +20,7 @@ from typing import Any
 import click
 
 from burstbench.errors import BurstbenchError, UsageError
+from burstbench.output import emit_json
 
 DEFAULT_SLO = "ttft=250ms,tpot=35ms"
 DEFAULT_MODEL = "llama-3.1-8b"
@@ -208,4 +207,4 @@ def demo(out_dir: Path, requests: int, seed: int, rate: float, model: str, hardw
                   f"goodput {_fmt(h['request_goodput'])} req/s", highlight=False, markup=False)
     console.print(f"done in {h['seconds']:.0f} s; open the report in a browser", highlight=False, markup=False)
     if as_json:
-        sys.stdout.write(json.dumps(h) + "\n")
+        emit_json(h)

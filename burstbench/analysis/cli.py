@@ -5,37 +5,19 @@ Human output (rich tables) goes to stderr; ``--json`` writes one object to stdou
 
 from __future__ import annotations
 
-import json
-import math
-import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
 from burstbench.errors import UsageError
+from burstbench.output import CONTEXT_SETTINGS, console, emit_json
 
-CTX = {"help_option_names": ["-h", "--help"]}
-
-
-def _emit_json(obj: Any) -> None:
-    def clean(v: Any) -> Any:
-        if isinstance(v, float) and not math.isfinite(v):
-            return None
-        if isinstance(v, dict):
-            return {k: clean(x) for k, x in v.items()}
-        if isinstance(v, list | tuple):
-            return [clean(x) for x in v]
-        return v
-
-    sys.stdout.write(json.dumps(clean(obj), default=str) + "\n")
-    sys.stdout.flush()
+CTX = CONTEXT_SETTINGS
 
 
 def _console() -> Any:
-    from rich.console import Console
-
-    return Console(stderr=True)
+    return console()
 
 
 def _fmt(v: Any, digits: int = 2) -> str:
@@ -178,7 +160,7 @@ def analyze(store: str | None, run_id: str | None, slo: str | None, window: floa
 
         res = run_sql(path, sql)
         if as_json:
-            _emit_json(res)
+            emit_json(res)
         else:
             _console().print(_kv_table("query result" + (" (truncated)" if res["truncated"] else ""),
                                        [dict(zip(res["columns"], r, strict=True)) for r in res["rows"]],
@@ -226,7 +208,7 @@ def analyze(store: str | None, run_id: str | None, slo: str | None, window: floa
         status.stop()
         con.close()
     if as_json:
-        _emit_json(result)
+        emit_json(result)
     else:
         c = _console()
         for t in tables:
@@ -316,7 +298,7 @@ def sweep(rates: str | None, concurrencies: str | None, search: str | None, slo:
                               kind="concurrencies", slo=slo_s, target=target, on_step=on_step)
     d = res.to_dict()
     if as_json:
-        _emit_json(d)
+        emit_json(d)
     rows = [{"value": s["value"], "run_id": s["run_id"], "ok": s["completed"], "req/s": s["request_throughput"],
              "ttft p99": s["ttft_p99_ms"], "attainment": s["slo_attainment"]} for s in d["steps"]]
     console.print(_kv_table(f"sweep ({res.mode})", rows, ["value", "run_id", "ok", "req/s", "ttft p99", "attainment"]))

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 
 import click
+
+from burstbench.output import emit_json
 
 
 @click.command("report")
@@ -45,4 +45,4 @@ def report(store: Path, trace: Path | None, out: Path, run_ids: tuple[str, ...],
     console.print(f"wrote {res.path} ({mb:.1f} MB, {res.figures} figures, {len(res.runs)} runs"
                   f"{f', {res.sweep_steps} sweep steps' if res.sweep_steps else ''}) in {res.seconds:.1f} s")
     if as_json:
-        sys.stdout.write(json.dumps(res.to_json()) + "\n")
+        emit_json(res.to_json())

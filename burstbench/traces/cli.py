@@ -6,6 +6,8 @@ from typing import Any
 
 import click
 
+from burstbench.output import emit_json
+
 
 @click.group()
 def trace() -> None:
@@ -55,7 +57,6 @@ def ingest_cmd(src: str, output: str, fmt: str | None, mapping: tuple[str, ...],
           --map arrival=ts:ms,input=usage.prompt_tokens,output=usage.completion_tokens
       burstbench trace ingest BurstGPT_1.csv -o t.parquet --skip-bad --json
     """
-    import json
 
     from rich.console import Console
 
@@ -67,7 +68,7 @@ def ingest_cmd(src: str, output: str, fmt: str | None, mapping: tuple[str, ...],
     info = summary(result) | {"output": str(output)}
     _print_ingest_summary(err, info)
     if as_json:
-        click.echo(json.dumps(info, default=str))
+        emit_json(info)
 
 
 def _print_ingest_summary(console: Any, info: dict[str, Any]) -> None:
@@ -131,7 +132,6 @@ def stats_cmd(trace_path: str, window_s: float, as_json: bool) -> None:
       burstbench trace stats burstbench/data/traces/azure_llm_2023_conv.csv
       burstbench trace stats t.parquet --window 60 --json
     """
-    import json
 
     from rich.console import Console
     from rich.table import Table
@@ -175,7 +175,7 @@ def stats_cmd(trace_path: str, window_s: float, as_json: bool) -> None:
         tab.add_row(k, v)
     con.print(tab)
     if as_json:
-        click.echo(json.dumps(s))
+        emit_json(s)
 
 
 @trace.command("fit")
@@ -198,7 +198,6 @@ def fit_cmd(trace_path: str, output: str | None, window_s: float | None, seed: i
       burstbench trace fit burstbench/data/traces/azure_llm_2023_conv.csv -o spec.yaml
       burstbench trace fit t.parquet --window 600 -o piecewise.yaml --json
     """
-    import json
 
     from rich.console import Console
     from rich.table import Table
@@ -242,7 +241,7 @@ def fit_cmd(trace_path: str, output: str | None, window_s: float | None, seed: i
     if output:
         con.print(f"wrote {output}")
     if as_json:
-        click.echo(json.dumps(res.to_json()))
+        emit_json(res.to_json())
 
 
 def _window_opt(value: str | None) -> tuple[float, float] | None:
@@ -324,7 +323,6 @@ def synth_cmd(
       burstbench trace synth --replay burstbench/data/traces/azure_llm_2023_conv.csv \\
           --rate 20 --window 0:600 -o fast.parquet
     """
-    import json
 
     from rich.console import Console
 
@@ -374,4 +372,4 @@ def synth_cmd(
         f"({_fmt(info['mean_rate'])} req/s) to {output}"
     )
     if as_json:
-        click.echo(json.dumps(info))
+        emit_json(info)

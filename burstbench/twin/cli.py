@@ -5,37 +5,19 @@ Human output (rich tables) goes to stderr; ``--json`` writes one object to stdou
 
 from __future__ import annotations
 
-import json
-import math
-import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
 from burstbench.errors import InputError, UsageError
+from burstbench.output import CONTEXT_SETTINGS, console, emit_json
 
-CTX = {"help_option_names": ["-h", "--help"]}
-
-
-def _emit_json(obj: Any) -> None:
-    def clean(v: Any) -> Any:
-        if isinstance(v, float) and not math.isfinite(v):
-            return None
-        if isinstance(v, dict):
-            return {k: clean(x) for k, x in v.items()}
-        if isinstance(v, list | tuple):
-            return [clean(x) for x in v]
-        return v
-
-    sys.stdout.write(json.dumps(clean(obj), default=str) + "\n")
-    sys.stdout.flush()
+CTX = CONTEXT_SETTINGS
 
 
 def _console() -> Any:
-    from rich.console import Console
-
-    return Console(stderr=True, highlight=False)
+    return console(highlight=False)
 
 
 def _ms(v: float | None) -> str:
@@ -143,7 +125,7 @@ def calibrate(results: str, run_id: str, model: str, hardware: str, tp: int, rep
             con.print("  " + f"{metric:8s} " + "  ".join(
                 f"{q} {_ms(v['measured'])} vs {_ms(v['twin'])} ({_pct(v['rel_err'])})" for q, v in qs.items()))
     if as_json:
-        _emit_json({"twin": str(out), **spec.to_dict()})
+        emit_json({"twin": str(out), **spec.to_dict()})
 
 
 # -- whatif ----------------------------------------------------------------------------------
@@ -220,7 +202,7 @@ def whatif(twin_file: str, trace_path: str, hardware: str | None, tp: int | None
                                                   f"{(s.slo_attainment or 0) * 100:.1f}% attainment"), **changes)
     _print_whatif(con, res)
     if as_json:
-        _emit_json(res)
+        emit_json(res)
 
 
 def _print_whatif(con: Any, res: dict[str, Any]) -> None:
@@ -352,4 +334,4 @@ def plan(trace_path: str, slo: str, hardware: str, price: str | None, target: fl
     for n in res["notes"]:
         con.print(f"note: {n}")
     if as_json:
-        _emit_json(res)
+        emit_json(res)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from burstbench.cli import COMMANDS, main
 from burstbench.errors import BurstbenchError, InputError
 
@@ -41,3 +43,15 @@ def test_burstbench_error_is_one_line_with_exit_code(monkeypatch, capsys) -> Non
 
 def test_unknown_command_is_a_usage_error(capsys) -> None:
     assert main(["no-such-command"]) == 2
+
+
+def test_json_output_is_strict_json_even_with_non_finite_numbers(capsys) -> None:
+    import json
+    import math
+
+    from burstbench.output import emit_json
+
+    emit_json({"p99": math.inf, "rows": [math.nan, 1.5], "ok": True})
+    line = capsys.readouterr().out
+    assert json.loads(line, parse_constant=lambda c: pytest.fail(f"non-strict JSON constant {c}")) == {
+        "p99": None, "rows": [None, 1.5], "ok": True}

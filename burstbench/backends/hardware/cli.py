@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 
 import click
 
 from burstbench.errors import UsageError
+from burstbench.output import emit_json
 
 
 @click.command("profile")
@@ -80,7 +79,7 @@ def profile(output: Path | None, quick: bool, name: str | None, as_json: bool, l
     if output is not None:
         console.print(f"wrote {output}")
     if as_json:
-        sys.stdout.write(json.dumps(hw.to_dict()) + "\n")
+        emit_json(hw.to_dict())
 
 
 def _list_presets(as_json: bool) -> None:
@@ -100,7 +99,7 @@ def _list_presets(as_json: bool) -> None:
             "link_gbps": hw.link_bandwidth / 1e9,
         })
     if as_json:
-        sys.stdout.write(json.dumps({"hardware": rows}) + "\n")
+        emit_json({"hardware": rows})
         return
     table = Table("preset", "bf16 TFLOP/s", "HBM TB/s", "memory GiB", "link GB/s (eff.)")
     for r in rows:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
 import click
 
 from burstbench.errors import UsageError
+from burstbench.output import emit_json
 
 _ENGINE_OPTIONS = [
     click.option("--model", "model", default="llama-3.1-8b", show_default=True, help="Model preset name or a Hugging Face config.json path."),
@@ -74,7 +74,7 @@ def simulate(trace, model, hardware, tp, replicas, router, max_num_seqs, max_num
     )
     d = res.to_dict()
     if as_json:
-        click.echo(json.dumps(d))
+        emit_json(d)
     click.echo(
         f"simulated {res.requests} requests ({res.completed} ok, {res.rejected} rejected, {res.invalid} invalid) "
         f"over {res.duration_s:.1f} virtual s in {res.wall_s:.2f} s wall: {res.iterations} iterations, "
@@ -175,7 +175,7 @@ def serve(model, hardware, tp, replicas, router, max_num_seqs, max_num_batched_t
             err=True,
         )
         # one line on stdout a wrapper script can wait for
-        click.echo(json.dumps({"url": srv.url}))
+        emit_json({"url": srv.url})
         sys.stdout.flush()
 
     try:
