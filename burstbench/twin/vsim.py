@@ -23,13 +23,13 @@ transfer starts), so the two pools run one after the other, each exactly.
 
 from __future__ import annotations
 
-from array import array
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from burstbench.backends.reference.engine import DONE, REJECTED, EngineCore, Seq
+from burstbench.backends.reference import simulator
+from burstbench.backends.reference.engine import REJECTED, EngineCore
 from burstbench.backends.reference.router import Router
 from burstbench.errors import UsageError
 
@@ -158,65 +158,19 @@ def kv_blocks(cost: Any, s: Sched) -> int:
 def run_pool(
     engines: list[EngineCore], router: Router, arrival: np.ndarray, prompt: np.ndarray, out: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Requests through a pool of engines in virtual time (the simulator's event loop).
+    """Requests through a pool of engines in virtual time (the simulator's own event loop).
 
     Returns first-token time, last-token time (NaN when not done) and a status code per
     request: 0 ok, 1 invalid (HTTP 400), 2 rejected (503).
     """
-    n = len(arrival)
-    replicas = len(engines)
-    clocks = [0.0] * replicas
-    times = [array("d") for _ in range(replicas)]
-    seqs: list[Seq | None] = [None] * n
-    rep = np.zeros(n, dtype=np.int64)
-    code = np.zeros(n, dtype=np.int8)
-
-    def advance(r: int, until: float) -> None:
-        e = engines[r]
-        t = clocks[r]
-        ts = times[r]
-        while t < until:
-            t = e.run_decodes(t, until, ts)
-            if t >= until:
-                break
-            dt = e.step()
-            if dt is None:
-                break
-            t += dt
-            ts.append(t)
-        if t < until and not e.has_work():
-            t = until
-        clocks[r] = t
-
-    for i in range(n):
-        ta = float(arrival[i])
-        for r in range(replicas):
-            if clocks[r] < ta:
-                advance(r, ta)
-        r = router.pick(engines)
-        rep[i] = r
-        e = engines[r]
-        p, o = int(prompt[i]), int(out[i])
-        if e.check(p, o) is not None:
+    run = simulator.run_pool(engines, router, arrival, prompt, out)
+    first, last = run.token_bounds()
+    code = np.zeros(len(arrival), dtype=np.int8)
+    for i, s in enumerate(run.seqs):
+        if s is None:
             code[i] = 1
-            continue
-        s = Seq(rid=i, prompt_len=p, max_out=o, arrival=ta)
-        seqs[i] = s
-        if not e.add(s):
+        elif s.state == REJECTED:
             code[i] = 2
-    for r in range(replicas):
-        advance(r, float("inf"))
-    first = np.full(n, np.nan)
-    last = np.full(n, np.nan)
-    arrs = [np.frombuffer(t, dtype=np.float64) if len(t) else np.zeros(0) for t in times]
-    for i, s in enumerate(seqs):
-        if s is None or s.state == REJECTED:
-            continue
-        if s.state != DONE:  # a bug, not a user error
-            raise RuntimeError(f"virtual run ended with request {i} unfinished")
-        ts = arrs[rep[i]]
-        first[i] = ts[s.first_it]
-        last[i] = ts[s.last_it]
     return first, last, code
 
 

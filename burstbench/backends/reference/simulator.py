@@ -198,87 +198,16 @@ def simulate(
     )
     default_share = (reasoning_share if reasoning_share is not None else DEFAULT_REASONING_SHARE) if m.reasoning else 0.0
 
-    seqs: list[Seq | None] = [None] * n
-    invalid_msg: dict[int, str] = {}
-    replica_of = np.zeros(n, dtype=np.int32)
-    clocks = [0.0] * replicas
-    times = [array("d") for _ in range(replicas)]
-    tel: list[tuple[float, int, tuple[float, ...]]] = []
-    next_tel = [0.0] * replicas
-
-    def sample(r: int, t: float) -> None:
-        e = engines[r]
-        u = e.pool.usage()
-        tel.append((t, r, (e.num_running, e.num_waiting, u, u, e.num_preemptions, e.generation_tokens)))
-
-    def advance(r: int, until: float) -> None:
-        e = engines[r]
-        t = clocks[r]
-        ts = times[r]
-        nt = next_tel[r]
-        step = e.step
-        fast = e.run_decodes
-        while t < until:
-            if t >= nt:
-                sample(r, t)
-                nt = t + telemetry_interval_s
-            # decode-only stretches run in a tight loop, up to the next telemetry sample
-            t = fast(t, min(until, nt), ts)
-            if t >= until:
-                break
-            if t >= nt:
-                continue
-            dt = step()
-            if dt is None:
-                break
-            t += dt
-            ts.append(t)
-        if t < until and not e.has_work():
-            # going idle: record the empty engine once, so a time series steps down to zero
-            # instead of holding the last busy sample across the gap
-            if nt <= until and until != float("inf"):
-                sample(r, max(t, nt))
-                nt = until
-            t = until
-        clocks[r] = t
-        next_tel[r] = nt
-
     prog = _Progress(n, enabled=progress)
-    for i in range(n):
-        ta = float(arrivals[i])
-        for r in range(replicas):
-            if clocks[r] < ta:
-                advance(r, ta)
-        r = rt.pick(engines)
-        replica_of[i] = r
-        e = engines[r]
-        p_len = int(inp[i])
-        o_len = int(outp[i])
-        why = e.check(p_len, o_len)
-        if why is not None:
-            invalid_msg[i] = why
-            continue
-        s = Seq(
-            rid=i,
-            prompt_len=p_len,
-            max_out=o_len,
-            arrival=ta,
-            priority=int(prio[i]) if prio is not None else 0,
-            hashes=keys_list[i] if keys_list is not None else None,
-        )
-        seqs[i] = s
-        e.add(s)
-        if (i & 1023) == 0:
-            prog.update(i)
-    for r in range(replicas):
-        advance(r, float("inf"))
+    run = run_pool(
+        engines, rt, arrivals, inp, outp,
+        hashes=keys_list, priority=prio, telemetry_interval_s=telemetry_interval_s, progress=prog,
+    )
     prog.close()
+    seqs, invalid_msg, replica_of, times, tel = run.seqs, run.invalid_msg, run.replica_of, run.times, run.tel
 
     completed = sum(1 for s in seqs if s is not None and s.state == DONE)
     rejected = sum(1 for s in seqs if s is not None and s.state == REJECTED)
-    stuck = [s.rid for s in seqs if s is not None and s.state not in (DONE, REJECTED)]
-    if stuck:  # a bug, not a user error: every accepted request must finish
-        raise RuntimeError(f"simulation ended with {len(stuck)} unfinished requests (first: {stuck[:5]})")
     if invalid_msg:
         notes.append(f"{len(invalid_msg)} requests rejected as invalid (HTTP 400), e.g. row {next(iter(invalid_msg))}: {next(iter(invalid_msg.values()))}")
     if rejected:
@@ -332,6 +261,133 @@ def simulate(
         )
     result.wall_s = time.perf_counter() - wall0
     return result
+
+
+@dataclass
+class PoolRun:
+    """What a pool of engines did with a schedule: the raw material of every result.
+
+    ``times[r]`` holds replica ``r``'s iteration end times; a finished ``Seq`` knows
+    which iterations emitted its tokens, so token times are indices into them."""
+
+    seqs: list[Seq | None]  # None: refused as invalid (HTTP 400), see invalid_msg
+    invalid_msg: dict[int, str]
+    replica_of: np.ndarray
+    times: list[array]
+    tel: list[tuple[float, int, tuple[float, ...]]]
+
+    def token_bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """First and last token time per request (NaN when it did not complete)."""
+        n = len(self.seqs)
+        first = np.full(n, np.nan)
+        last = np.full(n, np.nan)
+        arrs = [np.frombuffer(t, dtype=np.float64) if len(t) else np.zeros(0) for t in self.times]
+        for i, s in enumerate(self.seqs):
+            if s is not None and s.state == DONE:
+                ts = arrs[self.replica_of[i]]
+                first[i] = ts[s.first_it]
+                last[i] = ts[s.last_it]
+        return first, last
+
+
+def run_pool(
+    engines: list[EngineCore],
+    router: Router,
+    arrivals: np.ndarray,
+    prompt: np.ndarray,
+    out: np.ndarray,
+    *,
+    hashes: list[list[int] | None] | None = None,
+    priority: np.ndarray | None = None,
+    telemetry_interval_s: float | None = None,
+    progress: _Progress | None = None,
+) -> PoolRun:
+    """Requests through a pool of engines in virtual time: the one event loop.
+
+    Replicas advance independently; before each arrival is routed every replica is
+    brought up to that time, so a least-outstanding router sees what a real one would.
+    Engine telemetry is sampled every ``telemetry_interval_s`` when given.
+    """
+    n = len(arrivals)
+    replicas = len(engines)
+    seqs: list[Seq | None] = [None] * n
+    invalid_msg: dict[int, str] = {}
+    replica_of = np.zeros(n, dtype=np.int32)
+    clocks = [0.0] * replicas
+    times = [array("d") for _ in range(replicas)]
+    tel: list[tuple[float, int, tuple[float, ...]]] = []
+    interval = telemetry_interval_s if telemetry_interval_s is not None else float("inf")
+    next_tel = [0.0 if telemetry_interval_s is not None else float("inf")] * replicas
+
+    def sample(r: int, t: float) -> None:
+        e = engines[r]
+        u = e.pool.usage()
+        tel.append((t, r, (e.num_running, e.num_waiting, u, u, e.num_preemptions, e.generation_tokens)))
+
+    def advance(r: int, until: float) -> None:
+        e = engines[r]
+        t = clocks[r]
+        ts = times[r]
+        nt = next_tel[r]
+        step = e.step
+        fast = e.run_decodes
+        while t < until:
+            if t >= nt:
+                sample(r, t)
+                nt = t + interval
+            # decode-only stretches run in a tight loop, up to the next telemetry sample
+            t = fast(t, min(until, nt), ts)
+            if t >= until:
+                break
+            if t >= nt:
+                continue
+            dt = step()
+            if dt is None:
+                break
+            t += dt
+            ts.append(t)
+        if t < until and not e.has_work():
+            # going idle: record the empty engine once, so a time series steps down to zero
+            # instead of holding the last busy sample across the gap
+            if nt <= until and until != float("inf"):
+                sample(r, max(t, nt))
+                nt = until
+            t = until
+        clocks[r] = t
+        next_tel[r] = nt
+
+    for i in range(n):
+        ta = float(arrivals[i])
+        for r in range(replicas):
+            if clocks[r] < ta:
+                advance(r, ta)
+        r = router.pick(engines)
+        replica_of[i] = r
+        e = engines[r]
+        p_len = int(prompt[i])
+        o_len = int(out[i])
+        why = e.check(p_len, o_len)
+        if why is not None:
+            invalid_msg[i] = why
+            continue
+        s = Seq(
+            rid=i,
+            prompt_len=p_len,
+            max_out=o_len,
+            arrival=ta,
+            priority=int(priority[i]) if priority is not None else 0,
+            hashes=hashes[i] if hashes is not None else None,
+        )
+        seqs[i] = s
+        e.add(s)
+        if progress is not None and (i & 1023) == 0:
+            progress.update(i)
+    for r in range(replicas):
+        advance(r, float("inf"))
+    stuck = [s.rid for s in seqs if s is not None and s.state not in (DONE, REJECTED)]
+    if stuck:  # a bug, not a user error: every accepted request must finish
+        raise RuntimeError(f"simulation ended with {len(stuck)} unfinished requests (first: {stuck[:5]})")
+    return PoolRun(seqs, invalid_msg, replica_of, times, tel)
 
 
 def _prefix_keys(tr: Trace, block_size: int, inp: np.ndarray) -> list[list[int] | None] | None:
