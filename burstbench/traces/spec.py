@@ -377,7 +377,7 @@ class _Validator:
         d = self.mapping(x, where)
         self.no_unknown(d, {"family", "params"}, where)
         fam = self.required(d, "family", where)
-        if fam not in DIST_PARAMS:
+        if not isinstance(fam, str) or fam not in DIST_PARAMS:  # a list/dict here is not hashable
             self.fail(_join(where, "family"), f"unknown family {fam!r}; use one of {', '.join(DIST_PARAMS)}")
         p = self.params(d.get("params"), _join(where, "params"), DIST_PARAMS[fam])
         pw = _join(where, "params")
