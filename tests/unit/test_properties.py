@@ -42,7 +42,7 @@ from burstbench.traces.schema import read_trace
 from burstbench.traces.spec import WorkloadSpec
 
 TRACES = Path(__file__).resolve().parents[2] / "burstbench" / "data" / "traces"
-SETTINGS = settings(max_examples=40, deadline=None,
+SETTINGS = settings(max_examples=25, deadline=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 
@@ -131,7 +131,7 @@ def test_damaged_real_traces(fmt, suffix, data, forced, skip_bad):
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=10, deadline=None)
 @given(content=st.binary(max_size=300), jsonl=st.booleans())
 def test_every_forced_format_on_random_bytes(fmt, content, jsonl):
     mapping = "arrival=a,input=b,output=c" if fmt in ("csv", "jsonl") else None
@@ -256,6 +256,16 @@ def test_workload_spec_damaged(data):
     _spec_outcome(yaml.safe_dump(data, sort_keys=False))
 
 
+@pytest.mark.parametrize("family", [[], {}, ["zipf"], {"a": 1}, 1.5, None, True])
+def test_workload_spec_family_of_the_wrong_type(family):
+    """Found by test_synth_from_damaged_spec...: a list as a family was a TypeError (unhashable)."""
+    data = yaml.safe_load(PRESET_YAML)
+    data["lengths"]["input"]["family"] = family
+    with pytest.raises(BurstbenchError) as err:
+        WorkloadSpec.from_yaml_text(yaml.safe_dump(data), path="spec.yaml")
+    assert "spec.yaml" in str(err.value) and "family" in str(err.value)
+
+
 @SETTINGS
 @given(st.one_of(json_like.map(lambda v: yaml.safe_dump(v)), st.text(max_size=200)))
 def test_workload_spec_random_yaml(text):
@@ -288,7 +298,7 @@ def test_scenario_yaml(text):
         json.dumps(sc.to_json())  # storable as runs.scenario
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(damaged_spec_dict())
 def test_synth_from_damaged_spec_leaves_nothing_behind(capsys, data):
     from burstbench.cli import main
