@@ -1,4 +1,5 @@
-"""Where worker loops run: one thread in this process, or ``--workers N`` processes.
+"""Where worker loops run: worker processes (the default, one or ``--workers N``), or
+one thread in this process (for in-process backends that cannot be pickled).
 
 Both transports run the same ``worker_main``: build the backend, report ready,
 wait for the shared start instant (a wall-clock time the supervisor picks after
@@ -83,7 +84,7 @@ async def _worker_async(plan: Plan, factory: BackendFactory, out_q: Any, ctl_q: 
 
 
 class ThreadWorkers:
-    """One worker loop in a thread of this process (``--workers 1``)."""
+    """One worker loop in a thread of this process (custom, unpicklable backend factories)."""
 
     process = False
 
