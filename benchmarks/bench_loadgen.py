@@ -111,7 +111,7 @@ def make_trace(n: int, out_tokens: int, gap: float = 0.0, unique_models: bool = 
 def ours(trace: Trace, sc: Scenario, tmp: str, factory=None) -> tuple[str, float, float, Path]:
     out = Path(tmp) / f"r{time.monotonic_ns()}.duckdb"
     c0, t0 = cpu_s(), time.perf_counter()
-    res = execute(trace, sc, out, progress=False, backend_factory=factory)
+    res = execute(trace, sc, out, progress=False, backend_factory=factory, worker_process=True)
     return res.run_id, time.perf_counter() - t0, cpu_s() - c0, out
 
 
