@@ -122,9 +122,11 @@ _ALIASES = {"duration": "duration_s", "requests": "max_requests", "warmup": "war
 
 def _coerce(name: str, value: Any, source: str) -> Any:
     """Cast a YAML/flag value to the field's type, or say which field is wrong."""
-    if value is None:
-        return None
     kind = str(_FIELDS[name].type)
+    if value is None:
+        if "None" in kind:  # optional field: null means "not set"
+            return None
+        raise SpecError("null is not allowed here; give a value or delete the line", path=source, field=name)
     try:
         if "bool" in kind:
             if isinstance(value, bool):
