@@ -298,6 +298,16 @@ def test_scenario_yaml(text):
         json.dumps(sc.to_json())  # storable as runs.scenario
 
 
+@pytest.mark.parametrize("name", ["workers", "time_scale", "warmup_s", "api", "timeout_s", "ignore_eos"])
+def test_scenario_null_in_a_required_field(tmp_path, name):
+    """Found by test_scenario_yaml: 'workers: null' was a TypeError inside validate()."""
+    path = tmp_path / "sc.yaml"
+    path.write_text(f"{name}: null\n")
+    with pytest.raises(BurstbenchError) as err:
+        build_scenario(path, url="http://127.0.0.1:9")
+    assert "sc.yaml" in str(err.value) and name in str(err.value)
+
+
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(damaged_spec_dict())
 def test_synth_from_damaged_spec_leaves_nothing_behind(capsys, data):
