@@ -18,6 +18,7 @@ sent are not rows. Either way what was measured is committed.
 from __future__ import annotations
 
 import inspect
+import json
 import queue
 import signal
 import sys
@@ -293,6 +294,12 @@ class _Supervisor:
         elif kind == "done":
             done.add(msg["worker"])
             self.end_t.append(msg.get("end_t"))
+            if "cpu_s" in msg:
+                t, labels = msg.get("end_t") or self.clock(), json.dumps({"pid": msg["pid"]})
+                self.recorder.add_telemetry([
+                    (t, "client", "process_cpu_seconds_total", msg["cpu_s"], labels, msg["worker"]),
+                    (t, "client", "process_max_rss_bytes", float(msg["maxrss_bytes"]), labels, msg["worker"]),
+                ])
         elif kind == "error":
             self.errors.append(msg["message"])
             self.notes.append(f"worker {msg['worker']} failed: {msg['message']}")

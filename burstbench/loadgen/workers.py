@@ -80,6 +80,13 @@ async def _worker_async(plan: Plan, factory: BackendFactory, out_q: Any, ctl_q: 
         finished.set()
     finally:
         await backend.close()
+    if opts.get("process"):  # the worker's own totals: a short run may end before any sample
+        import resource
+
+        ru = resource.getrusage(resource.RUSAGE_SELF)
+        info["cpu_s"] = ru.ru_utime + ru.ru_stime
+        info["maxrss_bytes"] = ru.ru_maxrss * 1024  # Linux reports KiB
+        info["pid"] = os.getpid()
     out_q.put(info)
 
 
