@@ -92,7 +92,7 @@ def main() -> int:
 
         t = time.perf_counter()
         ray.init(num_cpus=a.workers, include_dashboard=False, _temp_dir=str(tmp / "ray"), log_to_driver=False,
-                 logging_level="WARNING")
+                 logging_level="WARNING", _node_ip_address="127.0.0.1")  # loopback only
         out["ray_init_s"] = time.perf_counter() - t
         t = time.perf_counter()
         res = execute_ray(trace, sc, tmp / "ray.duckdb", address="local", progress=False)

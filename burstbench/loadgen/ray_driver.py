@@ -419,8 +419,11 @@ def connect(address: str) -> Any:
         _reachable(address)
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         try:
+            # a cluster started here (address 'local') listens on loopback only, never on the
+            # host's network interface
+            local = {"include_dashboard": False, "_node_ip_address": "127.0.0.1"} if address == "local" else {}
             ray.init(address=None if address == "local" else address, log_to_driver=False,
-                     logging_level="WARNING", include_dashboard=False if address == "local" else None)
+                     logging_level="WARNING", **local)
         except Exception as exc:  # ConnectionError, RuntimeError, ValueError...
             raise BackendError(f"--ray {redact_url(address) if '://' in address else address}: "
                                f"cannot connect to the Ray cluster ({str(exc).splitlines()[0]}); "
