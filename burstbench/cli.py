@@ -84,7 +84,8 @@ def root() -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the click root, mapping BurstbenchError to one line and an exit code."""
     try:
-        root.main(args=argv, prog_name="burstbench", standalone_mode=False)
+        # without standalone mode click returns ctx.exit()'s code instead of exiting
+        rv = root.main(args=argv, prog_name="burstbench", standalone_mode=False)
     except BurstbenchError as exc:
         click.echo(f"error: {exc}", err=True)
         return exc.exit_code
@@ -96,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except click.exceptions.Exit as exc:
         return exc.exit_code
-    return 0
+    return rv if isinstance(rv, int) else 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
-import sys
-
 import click
 
 from burstbench.errors import UsageError
+from burstbench.output import emit_json
 
 
 @click.command("run", context_settings={"help_option_names": ["-h", "--help"]})
@@ -88,9 +86,6 @@ def run(trace_path: str, out: str, scenario_file: str | None, as_json: bool, qui
         summary = summarize(store, result.run_id)
     click.echo(render_table(summary), err=True)
     if as_json:
-        sys.stdout.write(json.dumps(summary) + "\n")
-        sys.stdout.flush()
+        emit_json(summary)
     if result.status != "done":
-        # sys.exit, not click's Exit: the root runs click with standalone_mode=False,
-        # which turns Exit into a return value that would be lost.
-        sys.exit(130 if "SIGINT" in result.end_reason else 1)
+        click.get_current_context().exit(130 if "SIGINT" in result.end_reason else 1)

@@ -55,3 +55,17 @@ def test_json_output_is_strict_json_even_with_non_finite_numbers(capsys) -> None
     line = capsys.readouterr().out
     assert json.loads(line, parse_constant=lambda c: pytest.fail(f"non-strict JSON constant {c}")) == {
         "p99": None, "rows": [None, 1.5], "ok": True}
+
+
+def test_a_command_exit_code_reaches_the_shell(monkeypatch) -> None:
+    import click
+
+    from burstbench import cli
+
+    @click.command()
+    @click.pass_context
+    def partial(ctx: click.Context) -> None:
+        ctx.exit(3)
+
+    monkeypatch.setattr(cli.LazyGroup, "get_command", lambda self, ctx, name: partial)
+    assert main(["partial"]) == 3
