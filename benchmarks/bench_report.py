@@ -75,6 +75,7 @@ def generate(path: Path, n_requests: int, chunks_per_request: int, rate: float =
                        1, false
                 FROM requests r, range(r.chunk_count) s(seq)
                 WHERE r.run_id = $rid AND r.status = 'ok'
+                ORDER BY r.request_id, s.seq  -- request by request, as the recorder and simulator write
                 """,
                 {"rid": rid},
             )
