@@ -4,8 +4,10 @@ streamed (SSE) or not.
 
 Timing definitions (DESIGN section 4), all on the injected clock:
 
-* ``sent_s``: just before the request is handed to aiohttp (connection set-up
-  included, as in vLLM's benchmark client).
+* ``sent_s``: when the request body was written to the socket (aiohttp's
+  ``on_request_chunk_sent`` trace); if it never was (connection refused), when the
+  request was handed to aiohttp. vLLM's client takes the latter, so its TTFT also
+  holds the client's own request set-up; here that time is schedule lag.
 * A *token-carrying chunk* is an SSE event whose ``choices[0]`` carries output:
   a ``text`` string (completions, even ``""``), or a chat ``delta`` with
   ``content`` / ``reasoning_content`` / ``reasoning`` / ``tool_calls``. vLLM's
@@ -106,6 +108,28 @@ def _split_credentials(url: str) -> tuple[str, _BasicAuth | None]:
     netloc = host if parts.port is None else f"{host}:{parts.port}"
     auth = _BasicAuth(unquote(parts.username or ""), unquote(parts.password or ""))
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment)), auth
+
+
+class _Written:
+    """Where a request's write time goes: its Outcome and the run's clock."""
+
+    __slots__ = ("clock", "out")
+
+    def __init__(self, out: Outcome, clock: Clock) -> None:
+        self.out = out
+        self.clock = clock
+
+
+async def _mark_written(session: Any, ctx: Any, params: Any) -> None:
+    """``sent_s`` := when the request body went to the socket (aiohttp's chunk-sent trace).
+
+    Until then ``sent_s`` is the moment the request was handed to aiohttp; the time in
+    between (building the request, taking a pooled connection) is the client's own work,
+    so it belongs to schedule lag, not to the server's TTFT."""
+    w = ctx.trace_request_ctx
+    if isinstance(w, _Written):
+        w.out.sent_s = w.clock()
+        ctx.trace_request_ctx = None  # a multi-chunk body keeps its first write
 
 
 class _TimedResponseHandler(ResponseHandler):
@@ -258,8 +282,11 @@ class OpenAIBackend:
             connector._factory = functools.partial(  # type: ignore[attr-defined]
                 _TimedResponseHandler, *factory.args, **factory.keywords
             )
+        written = aiohttp.TraceConfig()
+        written.on_request_chunk_sent.append(_mark_written)
         self._session = aiohttp.ClientSession(
             connector=connector,
+            trace_configs=[written],
             timeout=self._timeout,
             read_bufsize=self.read_bufsize,
             max_line_size=1024 * 1024,
@@ -369,10 +396,11 @@ class OpenAIBackend:
             out.error_message = str(e)[:_MESSAGE_MAX]
             out.end_s = out.sent_s
             return out
-        out = Outcome(request.request_id, sent_s=clock())
+        out = Outcome(request.request_id, sent_s=clock())  # refined when the body is written
         try:
             async with session.post(
-                self.url, data=data, headers=self._headers, timeout=self._request_timeout
+                self.url, data=data, headers=self._headers, timeout=self._request_timeout,
+                trace_request_ctx=_Written(out, clock),
             ) as resp:
                 out.http_status = resp.status
                 if resp.status != 200:

@@ -696,3 +696,24 @@ async def test_openai_closing_empty_delta_is_not_a_chunk() -> None:
     async with RawServer(body) as url:
         o = await one(url, api="chat")
     assert o.status == "ok" and len(o.chunk_t) == 1 and o.output_tokens_server == 1
+
+
+async def test_sent_s_is_when_the_body_was_written_not_when_handed_to_aiohttp() -> None:
+    # A counting clock: the hand-off to aiohttp reads 0, so a later reading proves that
+    # sent_s was taken again when the body reached the socket.
+    def counting_clock():
+        ticks = iter(range(1_000_000))
+        return lambda: float(next(ticks))
+
+    async with StreamServer(ttft_s=0.0, itl_s=0.0) as srv, OpenAIBackend(srv.url) as b:
+        o = await b.send(req(), counting_clock())
+    assert o.status == "ok"
+    assert 0.0 < o.sent_s < o.first_token_s
+    # nothing written (connection refused): sent_s stays the hand-off time
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    async with OpenAIBackend(f"http://127.0.0.1:{port}", model="m", discover_model=False) as b:
+        o = await b.send(req(), counting_clock())
+    assert o.status == "error" and o.error_class == "connect"
+    assert o.sent_s == 0.0
