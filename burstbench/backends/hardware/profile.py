@@ -238,10 +238,14 @@ def load_hardware(name_or_path: str | Path) -> HardwareProfile:
             f"unknown hardware '{text}'; use a profile JSON path or one of: "
             + ", ".join(list_hardware())
         )
+    return profile_from_dict(read_json_file(path), path=str(path))
+
+
+def read_json_file(path: Path) -> Any:
+    """A JSON file's value; bad text or JSON is an InputError naming the file and line."""
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as exc:
         raise InputError(f"not UTF-8 text ({exc.reason})", path=path) from exc
     except json.JSONDecodeError as exc:
         raise InputError(f"not valid JSON: {exc.msg}", path=path, line=exc.lineno) from exc
-    return profile_from_dict(raw, path=str(path))

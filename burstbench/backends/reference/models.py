@@ -15,7 +15,6 @@ reasoning flag and the provenance.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, replace
 from functools import cache
@@ -23,6 +22,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from burstbench.backends.hardware.profile import read_json_file
 from burstbench.errors import InputError, UsageError
 
 DTYPE_BYTES: dict[str, float] = {
@@ -147,11 +147,10 @@ class ModelConfig:
     def lm_head_params(self) -> int:
         return 0 if self.tie_word_embeddings else self.vocab_size * self.hidden_size
 
-    @property
-    def total_params(self) -> int:
-        """Every parameter held in memory (all experts), embedding and head included."""
+    def _params(self, experts: int) -> int:
+        """Parameters with ``experts`` routed experts per MoE layer (embedding and head included)."""
         moe = self.num_moe_layers * (
-            (self.num_experts + self.shared_experts) * self.expert_params
+            (experts + self.shared_experts) * self.expert_params
             + self.hidden_size * self.num_experts  # router
             + self.hidden_size
         )
@@ -165,21 +164,14 @@ class ModelConfig:
         )
 
     @property
+    def total_params(self) -> int:
+        """Every parameter held in memory (all experts), embedding and head included."""
+        return self._params(self.num_experts)
+
+    @property
     def active_params(self) -> int:
         """Parameters one token touches (routed experts: ``experts_per_token`` of them)."""
-        moe = self.num_moe_layers * (
-            (self.experts_per_token + self.shared_experts) * self.expert_params
-            + self.hidden_size * self.num_experts
-            + self.hidden_size
-        )
-        return (
-            self.num_layers * self.attention_params_per_layer
-            + self.num_dense_layers * self.dense_mlp_params
-            + moe
-            + self.embedding_params
-            + self.lm_head_params
-            + self.hidden_size
-        )
+        return self._params(self.experts_per_token)
 
     @property
     def weight_bytes(self) -> float:
@@ -316,12 +308,7 @@ def load_model(
                 f"unknown model '{text}'; use a local config.json (or model folder) or one of: "
                 + ", ".join(list_models())
             )
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as exc:
-        raise InputError(f"not UTF-8 text ({exc.reason})", path=path) from exc
-    except json.JSONDecodeError as exc:
-        raise InputError(f"not valid JSON: {exc.msg}", path=path, line=exc.lineno) from exc
+    raw = read_json_file(path)
     if not isinstance(raw, dict):
         raise InputError("expected a JSON object (a Hugging Face config.json)", path=path)
     return parse_hf_config(raw, source=path, weight_dtype=weight_dtype, kv_dtype=kv_dtype)
