@@ -53,9 +53,9 @@ from burstbench.loadgen.runner import (
     BackendFactory,
     RunControl,
     RunResult,
-    _end_reason,
     _Supervisor,
     preflight,
+    supervise,
 )
 from burstbench.loadgen.scenario import Scenario
 from burstbench.loadgen.schedule import Plan, build_plan, partition
@@ -467,39 +467,11 @@ def execute_ray(trace: Trace, scenario: Scenario, out: str | Path, *, address: s
         recorder = Recorder(store, run_id)
         transport.telemetry_sink = recorder.add_telemetry
         sup = _RaySupervisor(sc, plan, transport, recorder, control, progress)
-        try:
-            sup.run()
-        except BaseException as exc:  # a bug or an interrupt in the supervisor: still close the run row
-            sup.errors.append(f"supervisor: {type(exc).__name__}: {exc}")
-            sup.control.stop("supervisor failed", now=True)
-            transport.send(("now", "supervisor failed"))
-            raise
-        finally:
-            # the runner's supervisor API (shutdown, then restore_signals after the commit)
-            getattr(sup, "shutdown", None) and sup.shutdown()
+
+        def add_clock_report(sup: _RaySupervisor) -> None:
             clock_notes, clock_rows = transport.clock_report()
             recorder.add_telemetry(clock_rows)
             sup.notes[:0] = clock_notes
             sup.notes.extend(transport.notes)
-            recorder.flush(checkpoint=True)
-            duration = sup.duration_s()
-            lost_errors = {f"worker {w} exited unexpectedly" for w in transport.lost}
-            errors = [e for e in sup.errors if e not in lost_errors]
-            if errors:
-                status, reason = "aborted", f"error: {errors[0]}"
-            elif sup.stop_reason is not None:
-                status, reason = "aborted", sup.stop_reason
-            else:
-                status, reason = "done", _end_reason(sc, plan, trace)
-            if transport.lost:
-                reason += f" ({len(transport.lost)} of {n} Ray workers lost: {', '.join(map(str, transport.lost))})"
-            measure_end = plan.measure_end_s if plan.measure_end_s is not None else duration
-            store.finish_run(run_id, status=status, end_reason=reason, duration_s=duration,
-                             measure_start_s=min(plan.measure_start_s, duration),
-                             measure_end_s=min(measure_end, duration), notes=sup.notes)
-            store.checkpoint()
-            getattr(sup, "restore_signals", None) and sup.restore_signals()
-        if errors and not sup.ready_all:
-            raise BackendError(f"{redact_url(sc.url)}: the backend could not start: {errors[0]}")
-        return RunResult(run_id, status, reason, duration, sup.notes, recorder.requests_written,
-                         recorder.chunks_written)
+
+        return supervise(store, run_id, sc, plan, trace, transport, sup, on_close=add_clock_report)

@@ -38,7 +38,7 @@ from burstbench.loadgen.scenario import Scenario
 from burstbench.loadgen.schedule import Plan, build_plan, partition
 from burstbench.loadgen.telemetry import ClientSampler, MetricsScraper
 from burstbench.loadgen.workers import ProcessWorkers, ThreadWorkers
-from burstbench.store import ResultsStore, RunInfo
+from burstbench.store import ResultsStore, RunInfo, redact_url
 from burstbench.traces.schema import Trace
 
 COMMIT_INTERVAL_S = 0.5
@@ -173,33 +173,52 @@ def execute(trace: Trace, scenario: Scenario, out: str | Path, *, label: str | N
                                           target_rate=plan.target_rate, scenario=sc.to_json()))
         recorder = Recorder(store, run_id)
         sup = _Supervisor(sc, plan, transport, recorder, control, progress)
-        try:
-            sup.run()
-        except BaseException as exc:  # a bug or an interrupt in the supervisor: still close the run row
-            sup.errors.append(f"supervisor: {type(exc).__name__}: {exc}")
-            sup.control.stop("supervisor failed", now=True)
-            transport.send(("now", "supervisor failed"))
-            raise
-        finally:
-            sup.shutdown()
-            recorder.flush(checkpoint=True)
-            duration = sup.duration_s()
-            if sup.errors:
-                status, reason = "aborted", f"error: {sup.errors[0]}"
-            elif sup.stop_reason is not None:
-                status, reason = "aborted", sup.stop_reason
-            else:
-                status, reason = "done", _end_reason(sc, plan, trace)
-            measure_end = plan.measure_end_s if plan.measure_end_s is not None else duration
-            store.finish_run(run_id, status=status, end_reason=reason, duration_s=duration,
-                             measure_start_s=min(plan.measure_start_s, duration),
-                             measure_end_s=min(measure_end, duration), notes=sup.notes)
-            store.checkpoint()
-            sup.restore_signals()  # only now: a Ctrl-C during the final commit changes nothing
-        if sup.errors and not sup.ready_all:
-            raise BackendError(f"{sc.url}: the backend could not start: {sup.errors[0]}")
-        return RunResult(run_id, status, reason, duration, sup.notes, recorder.requests_written,
-                         recorder.chunks_written)
+        return supervise(store, run_id, sc, plan, trace, transport, sup)
+
+
+def supervise(store: ResultsStore, run_id: str, sc: Scenario, plan: Plan, trace: Trace, transport: Any,
+              sup: _Supervisor, *, on_close: Any = None) -> RunResult:
+    """Run ``sup`` to the end, then close the run row whatever happened.
+
+    Shared by local workers and Ray actors: the run row always ends with a status and
+    a reason, everything recorded is committed, and workers a transport reports as
+    ``lost`` are named in the reason instead of failing the run. ``on_close(sup)`` runs
+    after the workers are shut down and before the final commit."""
+    recorder = sup.recorder
+    try:
+        sup.run()
+    except BaseException as exc:  # a bug or an interrupt in the supervisor: still close the run row
+        sup.errors.append(f"supervisor: {type(exc).__name__}: {exc}")
+        sup.control.stop("supervisor failed", now=True)
+        transport.send(("now", "supervisor failed"))
+        raise
+    finally:
+        sup.shutdown()
+        if on_close is not None:
+            on_close(sup)
+        recorder.flush(checkpoint=True)
+        duration = sup.duration_s()
+        lost = list(getattr(transport, "lost", ()))
+        lost_errors = {f"worker {w} exited unexpectedly" for w in lost}
+        errors = [e for e in sup.errors if e not in lost_errors]
+        if errors:
+            status, reason = "aborted", f"error: {errors[0]}"
+        elif sup.stop_reason is not None:
+            status, reason = "aborted", sup.stop_reason
+        else:
+            status, reason = "done", _end_reason(sc, plan, trace)
+        if lost:
+            reason += f" ({len(lost)} of {sup.n} Ray workers lost: {', '.join(map(str, lost))})"
+        measure_end = plan.measure_end_s if plan.measure_end_s is not None else duration
+        store.finish_run(run_id, status=status, end_reason=reason, duration_s=duration,
+                         measure_start_s=min(plan.measure_start_s, duration),
+                         measure_end_s=min(measure_end, duration), notes=sup.notes)
+        store.checkpoint()
+        sup.restore_signals()  # only now: a Ctrl-C during the final commit changes nothing
+    if errors and not sup.ready_all:
+        raise BackendError(f"{redact_url(sc.url)}: the backend could not start: {errors[0]}")
+    return RunResult(run_id, status, reason, duration, sup.notes, recorder.requests_written,
+                     recorder.chunks_written)
 
 
 class _Supervisor:
