@@ -412,36 +412,15 @@ class StreamServer:
                 usage = _usage(
                     rec.prompt_tokens, done_tokens, rec.cached_tokens, min(done_tokens, n_reason)
                 )
-                ev = (
-                    b"data: "
-                    + _chunk(
-                        rid,
-                        created,
-                        self.model,
-                        chat,
-                        _delta(chat, reasoning, size, empty),
-                        "length" if last else None,
-                        usage,
-                    )
-                    + sep
-                )
+                ev = b"data: " + _chunk(rid, created, self.model, chat, _delta(chat, reasoning, size, empty),
+                                        "length" if last else None, usage) + sep
             else:  # identical chunks are serialised once per request (keeps the server fast)
                 key = (reasoning, size, last, empty)
                 ev = cache.get(key)
                 if ev is None:
-                    ev = (
-                        b"data: "
-                        + _chunk(
-                            rid,
-                            created,
-                            self.model,
-                            chat,
-                            _delta(chat, reasoning, size, empty),
-                            "length" if last else None,
-                        )
-                        + sep
-                    )
-                    cache[key] = ev
+                    ev = cache[key] = b"data: " + _chunk(rid, created, self.model, chat,
+                                                         _delta(chat, reasoning, size, empty),
+                                                         "length" if last else None) + sep
             if s.keepalive:
                 ev = b": ping" + sep + ev
             rec.chunk_tokens.append(size)

@@ -83,12 +83,9 @@ def _fast_dtype(f: Field) -> pl.DataType:
     return pl.String()
 
 
-def _fast(src: Source, fields: list[Field]) -> ReadResult:
-    # Positional schema plus one spare column: polars skips the field-count check for
-    # unselected columns, so a row with an extra field must land somewhere visible.
-    typed = {f.source: _fast_dtype(f) for f in fields}
-    schema = {c: typed.get(c, pl.String()) for c in src.header} | {"_extra0": pl.String()}
-    lf = pl.scan_csv(
+def _scan(src: Source, schema: dict[str, pl.DataType]) -> pl.LazyFrame:
+    """The file's data rows by position (the header is already read), ragged rows kept."""
+    return pl.scan_csv(
         src.path,
         has_header=False,
         skip_rows=1,
@@ -97,6 +94,14 @@ def _fast(src: Source, fields: list[Field]) -> ReadResult:
         truncate_ragged_lines=True,
         raise_if_empty=False,
     )
+
+
+def _fast(src: Source, fields: list[Field]) -> ReadResult:
+    # Positional schema plus one spare column: polars skips the field-count check for
+    # unselected columns, so a row with an extra field must land somewhere visible.
+    typed = {f.source: _fast_dtype(f) for f in fields}
+    schema = {c: typed.get(c, pl.String()) for c in src.header} | {"_extra0": pl.String()}
+    lf = _scan(src, schema)
     exprs = []
     for f in fields:
         col = pl.col(f.source)
@@ -125,15 +130,7 @@ def _fast(src: Source, fields: list[Field]) -> ReadResult:
 def _slow(src: Source, fields: list[Field], *, skip_bad: bool, truncated: str, fast_error: str) -> ReadResult:
     extras = [f"_extra{i}" for i in range(EXTRA_SLOTS)]
     schema = {name: pl.String() for name in [*src.header, *extras]}
-    lf = pl.scan_csv(
-        src.path,
-        has_header=False,
-        skip_rows=1,
-        schema=schema,
-        missing_columns="insert",
-        truncate_ragged_lines=True,
-        raise_if_empty=False,
-    ).with_row_index("_row")
+    lf = _scan(src, schema).with_row_index("_row")
     parsed = {f.target: parse_string_expr(f, pl.col(f.source), strict=False) for f in fields}
     reasons = [string_reason_expr(f, pl.col(f.source), parsed[f.target]) for f in fields]
     reason_fields = [pl.when(r.is_not_null()).then(pl.lit(f.source)) for r, f in zip(reasons, fields, strict=True)]
