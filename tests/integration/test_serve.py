@@ -323,7 +323,7 @@ def test_start_in_thread_serves_sync_clients():
 def test_serve_cli_binds_loopback_and_answers():
     env = dict(os.environ, BURSTBENCH_API_KEY="k1")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "burstbench", "serve", "--port", "0", "--time-scale", "100"],
+        [sys.executable, "-m", "burstbench", "serve", "--port", "0", "--time-scale", "100", "--replicas", "2"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=env,
@@ -341,7 +341,8 @@ def test_serve_cli_binds_loopback_and_answers():
         assert exc.value.code == 401  # the key came from the environment
     finally:
         proc.terminate()
-        proc.wait(timeout=10)
+        _, err = proc.communicate(timeout=10)
+    assert "(tp=1, replicas=2," in err and "API key required" in err and "k1" not in err
 
 
 def test_serve_cli_bad_flags_fail_cleanly():

@@ -32,6 +32,13 @@ def _engine_options(f):  # type: ignore[no-untyped-def]
     return f
 
 
+def _engine_kwargs(options: dict) -> dict:
+    """The shared engine options as the keyword arguments ``simulate`` and ``ServeConfig`` take."""
+    options = dict(options)
+    options["enable_prefix_caching"] = not options.pop("no_prefix_caching")
+    return options
+
+
 @click.command("simulate")
 @click.argument("trace", type=click.Path(dir_okay=False))
 @_engine_options
@@ -41,7 +48,7 @@ def _engine_options(f):  # type: ignore[no-untyped-def]
 @click.option("--reasoning-share", type=float, default=None, help="Share of output tokens that are reasoning (reasoning models; default 0.74).")
 @click.option("--no-chunks", is_flag=True, help="Do not record per-token chunk rows (very large runs).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object on stdout.")
-def simulate(trace, model, hardware, tp, replicas, router, max_num_seqs, max_num_batched_tokens, block_size, gpu_memory_utilization, no_prefix_caching, max_waiting, policy, out, label, seed, reasoning_share, no_chunks, as_json):  # type: ignore[no-untyped-def]
+def simulate(trace, out, label, seed, reasoning_share, no_chunks, as_json, **engine):  # type: ignore[no-untyped-def]
     """Run TRACE through the reference engine in virtual time and write results.
 
     \b
@@ -53,18 +60,7 @@ def simulate(trace, model, hardware, tp, replicas, router, max_num_seqs, max_num
 
     res = run(
         trace,
-        model=model,
-        hardware=hardware,
-        tp=tp,
-        replicas=replicas,
-        router=router,
-        max_num_seqs=max_num_seqs,
-        max_num_batched_tokens=max_num_batched_tokens,
-        block_size=block_size,
-        gpu_memory_utilization=gpu_memory_utilization,
-        enable_prefix_caching=not no_prefix_caching,
-        max_waiting=max_waiting,
-        policy=policy,
+        **_engine_kwargs(engine),
         seed=seed,
         out=out,
         label=label,
@@ -108,7 +104,7 @@ def simulate(trace, model, hardware, tp, replicas, router, max_num_seqs, max_num
 @click.option("--fault-malformed-rate", type=float, default=0.0)
 @click.option("--fault-stream-error-rate", type=float, default=0.0)
 @click.option("--fault-seed", type=int, default=0, show_default=True)
-def serve(model, hardware, tp, replicas, router, max_num_seqs, max_num_batched_tokens, block_size, gpu_memory_utilization, no_prefix_caching, max_waiting, policy, host, port, time_scale, api_key, served_model_name, max_concurrent, max_request_bytes, output_len, reasoning_share, seed, fault_error_rate, fault_error_codes, fault_retry_after, fault_slow_first_byte_rate, fault_slow_first_byte_s, fault_stall_rate, fault_stall_s, fault_disconnect_rate, fault_malformed_rate, fault_stream_error_rate, fault_seed):  # type: ignore[no-untyped-def]
+def serve(host, port, time_scale, api_key, served_model_name, max_concurrent, max_request_bytes, output_len, reasoning_share, seed, fault_error_rate, fault_error_codes, fault_retry_after, fault_slow_first_byte_rate, fault_slow_first_byte_s, fault_stall_rate, fault_stall_s, fault_disconnect_rate, fault_malformed_rate, fault_stream_error_rate, fault_seed, **engine):  # type: ignore[no-untyped-def]
     """Serve the reference engine over an OpenAI-compatible HTTP API.
 
     \b
@@ -141,23 +137,12 @@ def serve(model, hardware, tp, replicas, router, max_num_seqs, max_num_batched_t
     if port < 0 or port > 65535:
         raise UsageError(f"--port must be in 0..65535, got {port}")
     cfg = ServeConfig(
-        model=model,
-        hardware=hardware,
-        tp=tp,
-        replicas=replicas,
-        router=router,
+        **_engine_kwargs(engine),
         host=host,
         port=port,
         time_scale=time_scale,
         api_key=key,
         served_model_name=served_model_name,
-        max_num_seqs=max_num_seqs,
-        max_num_batched_tokens=max_num_batched_tokens,
-        block_size=block_size,
-        gpu_memory_utilization=gpu_memory_utilization,
-        enable_prefix_caching=not no_prefix_caching,
-        max_waiting=max_waiting,
-        policy=policy,
         max_request_bytes=max_request_bytes,
         max_concurrent=max_concurrent,
         output_lengths=OutputLengths.parse(output_len),
@@ -169,7 +154,7 @@ def serve(model, hardware, tp, replicas, router, max_num_seqs, max_num_batched_t
     def ready(srv):  # type: ignore[no-untyped-def]
         app = srv.app
         click.echo(
-            f"serving {app.name} on {app.hardware.name} (tp={tp}, replicas={replicas}, "
+            f"serving {app.name} on {app.hardware.name} (tp={engine['tp']}, replicas={engine['replicas']}, "
             f"{app.num_blocks - 1} KV blocks each, time scale {time_scale}) at {srv.url}"
             + (" (API key required)" if key else ""),
             err=True,
