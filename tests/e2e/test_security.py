@@ -25,6 +25,7 @@ import pytest
 from aiohttp import web
 from chromium_cdp import CHROMIUM, Browser
 from live_server import live_server
+from url_process import url_process
 
 from burstbench.analysis.sql import run_sql
 from burstbench.errors import BurstbenchError
@@ -42,19 +43,9 @@ URL_QUERY_KEY = "qkey-R4t8YpV3nB"
 @contextmanager
 def serve(*args: str) -> Iterator[tuple[str, subprocess.Popen]]:
     """``burstbench serve`` on a free port; yields (url, process) and stops it after."""
-    proc = subprocess.Popen([sys.executable, "-m", "burstbench", "serve", "--port", "0", "--time-scale", "50",
-                             *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
-    try:
-        line = proc.stdout.readline()
-        assert line, f"burstbench serve did not start: {proc.stderr.read() if proc.poll() is not None else ''}"
-        yield json.loads(line)["url"], proc
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+    with url_process("burstbench", "serve", "--port", "0", "--time-scale", "50", *args, env=ENV,
+                     capture_stderr=True) as (url, proc):
+        yield url, proc
 
 
 def bb(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:

@@ -17,9 +17,6 @@ from __future__ import annotations
 
 import json
 import re
-import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -29,6 +26,7 @@ import numpy as np
 import polars as pl
 import pytest
 from live_server import live_server
+from url_process import url_process
 
 from burstbench.analysis.metrics import summarize
 from burstbench.loadgen.runner import BackendFactory, execute
@@ -267,24 +265,12 @@ def test_server_restarts_during_the_run(tmp_path):
 @pytest.fixture
 def fault_engine():
     """``burstbench serve`` with seeded mixed faults, in its own process."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "burstbench", "serve", "--port", "0", "--time-scale", "50",
-         "--fault-error-rate", "0.15", "--fault-error-codes", "429,500,503", "--fault-disconnect-rate", "0.1",
-         "--fault-malformed-rate", "0.1", "--fault-stream-error-rate", "0.1", "--fault-stall-rate", "0.1",
-         "--fault-stall-s", "3", "--fault-slow-first-byte-rate", "0.1", "--fault-slow-first-byte-s", "0.2",
-         "--fault-seed", "7"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    try:
-        line = proc.stdout.readline()
-        assert line, "burstbench serve did not start"
-        yield json.loads(line)["url"]
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+    with url_process("burstbench", "serve", "--port", "0", "--time-scale", "50",
+                     "--fault-error-rate", "0.15", "--fault-error-codes", "429,500,503", "--fault-disconnect-rate", "0.1",
+                     "--fault-malformed-rate", "0.1", "--fault-stream-error-rate", "0.1", "--fault-stall-rate", "0.1",
+                     "--fault-stall-s", "3", "--fault-slow-first-byte-rate", "0.1", "--fault-slow-first-byte-s", "0.2",
+                     "--fault-seed", "7") as (url, _):
+        yield url
 
 
 def test_reference_engine_fault_injection_mixed(fault_engine, tmp_path):

@@ -23,6 +23,7 @@ from pathlib import Path
 import duckdb
 import polars as pl
 import pytest
+from url_process import url_process
 
 from burstbench.traces.schema import Trace, conform, write_trace
 
@@ -31,19 +32,8 @@ ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "120"}
 
 @contextmanager
 def stream_server(*args: str) -> Iterator[str]:
-    proc = subprocess.Popen([sys.executable, "-m", "burstbench.testing.stream_server", "--port", "0", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    try:
-        line = proc.stdout.readline()  # blocks until the server prints its URL (or dies)
-        assert line, "stream server did not start"
-        yield json.loads(line)["url"]
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+    with url_process("burstbench.testing.stream_server", "--port", "0", *args) as (url, _):
+        yield url
 
 
 def server_stats(url: str) -> list[dict]:

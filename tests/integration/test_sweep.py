@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from url_process import url_process
 
 from burstbench.analysis.metrics import open_store
 from burstbench.analysis.sweep import QueueDriver, parse_values, search_max_goodput, sweep_values
@@ -117,7 +118,6 @@ def test_cli_flag_errors(tmp_path: Path, burstgpt_v1: Path, capsys: pytest.Captu
 
 def test_live_sweep_against_a_real_streaming_server(tmp_path: Path) -> None:
     """``burstbench sweep --url`` as a user runs it: a subprocess, a real server, real rows."""
-    import signal
     import subprocess
     import sys
 
@@ -130,14 +130,8 @@ def test_live_sweep_against_a_real_streaming_server(tmp_path: Path) -> None:
     df = pl.DataFrame({"arrival_s": [i * 0.5 for i in range(n)], "input_tokens": [16] * n,
                        "output_tokens": [4] * n})
     trace = write_trace(Trace(conform(df), {"source": "test"}), tmp_path / "t.parquet")
-    server = subprocess.Popen([sys.executable, "-m", "burstbench.testing.stream_server", "--port", "0",
-                               "--ttft", "0.01", "--itl", "0.005"], stdout=subprocess.PIPE,
-                              stderr=subprocess.DEVNULL, text=True)
     out = tmp_path / "live.duckdb"
-    try:
-        line = server.stdout.readline()
-        assert line, "stream server did not start"
-        url = json.loads(line)["url"]
+    with url_process("burstbench.testing.stream_server", "--port", "0", "--ttft", "0.01", "--itl", "0.005") as (url, _):
         proc = subprocess.run([sys.executable, "-m", "burstbench", "sweep", "--rates", "20,40", "--url", url,
                                "--trace", str(trace), "-o", str(out), "--slo", "ttft=2s", "--json"],
                               capture_output=True, text=True, timeout=120)
@@ -148,13 +142,6 @@ def test_live_sweep_against_a_real_streaming_server(tmp_path: Path) -> None:
                               capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, proc.stderr
         conc = json.loads(proc.stdout)
-    finally:
-        server.send_signal(signal.SIGINT)
-        try:
-            server.wait(10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(5)
     assert [s["value"] for s in res["steps"]] == [20.0, 40.0]
     assert all(s["completed"] == n and s["slo_attainment"] == 1.0 for s in res["steps"])
     assert res["max_goodput_rate"] == 40.0
