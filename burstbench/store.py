@@ -236,6 +236,15 @@ class ResultsStore:
         )
         return run_id
 
+    def mark_started(self, run_id: str, wall_s: float) -> None:
+        """Set ``started_at`` to the wall clock of the run's t=0, once workers agree on it.
+
+        ``create_run`` stamps the moment the row was made, which is before workers start
+        (up to seconds earlier); ``started_at + t_s`` must be the wall time of an event
+        for results to line up with server logs and other clocks."""
+        self.con.execute("UPDATE runs SET started_at = ? WHERE run_id = ?",
+                         [dt.datetime.fromtimestamp(wall_s, dt.UTC), run_id])
+
     def finish_run(
         self,
         run_id: str,

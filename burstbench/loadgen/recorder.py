@@ -53,6 +53,11 @@ class Recorder:
         self.chunks_written = 0
         self.seen_ids: set[tuple[int, int]] | None = None
 
+    def mark_started(self, wall_s: float) -> None:
+        """Record the run's t=0 on the wall clock (see ``ResultsStore.mark_started``)."""
+        with self._lock:
+            self.store.mark_started(self.run_id, wall_s)
+
     def add_batch(self, batch: dict[str, Any]) -> None:
         """Take a worker batch (see ``WorkerCore.take_batch``)."""
         with self._lock:

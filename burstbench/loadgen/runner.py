@@ -379,6 +379,7 @@ class _Supervisor:
         start_wall = time.time() + (0.3 if self.transport.process else 0.05)
         self.t0 = time.monotonic() + (start_wall - time.time())
         self.transport.send(("start", start_wall))
+        self.recorder.mark_started(start_wall)
         self.sampler = ClientSampler(pids)
         if self.sc.scrape_metrics:
             self.scraper = MetricsScraper(self.sc.url, self.clock, self.recorder.add_telemetry,

@@ -13,6 +13,7 @@ import asyncio
 import os
 import signal
 import threading
+import time
 from array import array
 
 import duckdb
@@ -327,3 +328,27 @@ def test_closed_loop_over_two_workers_sends_exactly_the_request_limit(tmp_path):
     assert set(req["worker_id"].to_list()) == {0, 1}
     # each id's lengths come from the shared pool: row id % 4
     assert all(r["input_tokens"] == 8 + r["request_id"] % 4 for r in req.iter_rows(named=True))
+
+
+class WallBackend(ClockedBackend):
+    """Also notes the wall time of run time 0 implied at each send: ``time.time() - clock()``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.t0_wall: list[float] = []
+
+    async def send(self, req, clock):
+        self.t0_wall.append(time.time() - clock())
+        return await super().send(req, clock)
+
+
+def test_started_at_is_the_wall_clock_of_run_time_zero(tmp_path):
+    """``started_at + t_s`` is an event's wall time, so results line up with server logs."""
+    backend = WallBackend()
+    res = run_scenario(trace_of(20, 0.01), sc(), tmp_path / "r.duckdb", backend_factory=lambda: backend,
+                       progress=False)
+    con = duckdb.connect(str(tmp_path / "r.duckdb"), read_only=True)
+    started = con.execute("SELECT epoch_us(started_at) / 1e6 FROM runs WHERE run_id = ?", [res]).fetchone()[0]
+    con.close()
+    assert len(backend.t0_wall) == 20
+    assert max(abs(w - started) for w in backend.t0_wall) < 2e-3
