@@ -24,8 +24,14 @@ Free coefficients (four):
   model they add up to one constant per iteration (``step + layers × layer``), so only
   their sum is identifiable; their preset ratio is kept and both are reported.
 
-Scheduler limits (``max_num_seqs``, ``max_num_batched_tokens``) are inputs: give them
-when the endpoint's are known (vLLM's defaults otherwise).
+Scheduler limits (``max_num_seqs``, ``max_num_batched_tokens``) are inputs when the
+endpoint's are known (vLLM's defaults otherwise). When they are not (``fit_limits``),
+each is a discrete choice: the candidates are the values the run allows (for
+``max_num_seqs``, from the peak number of requests seen decoding at once, which it
+cannot be below; for the token budget, vLLM's usual powers of two), each is scored by
+the loss after a short re-fit of the coefficients at that value, and the coefficients
+are fitted again at the chosen limits. A limit the run never reached fits as well at
+any larger value: the given one is kept and the twin says it was not binding.
 
 Uncertainty comes from the fit's Jacobian: ``cov = s² (JᵀJ)⁻¹`` in log-parameter space
 with ``s²`` the residual variance, reported as a 95% interval per coefficient. It is a
@@ -41,7 +47,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -186,79 +192,56 @@ class Calibration:
         return self.spec.to_dict()
 
 
-def calibrate(
-    store: str | Path,
-    run_id: str,
-    *,
-    model: str,
-    hardware: str,
-    tp: int = 1,
-    replicas: int = 1,
-    sched: Sched | None = None,
-    holdout: str | None = None,
-    time_scale: float | None = None,
-    max_requests: int = 2000,
-    max_evals: int = 150,
-    progress: Any = None,
-) -> Calibration:
-    """Fit the twin to ``run_id`` (see module doc); check it on ``holdout`` when given."""
-    from scipy.optimize import least_squares, minimize
+class _Fitter:
+    """The continuous fit of one run under given scheduler limits (see the module doc).
 
-    from burstbench.backends.hardware.profile import load_hardware
+    One object per calibration: it keeps the run's target quantiles, the bounds and a
+    cache of evaluated points per scheduler setting, and counts simulations."""
 
-    if max_requests < 20:
-        raise UsageError("--max-requests must be at least 20")
-    sched = sched or Sched()
-    run = read_run(store, run_id, time_scale=time_scale, max_requests=max_requests)
-    base_hw = load_hardware(hardware)
-    target = _quantiles(run.measured, run.scored)
-    log_target = np.concatenate([np.log(target[m]) for m in METRICS])
-    valid = np.isfinite(log_target)
-    weights = np.concatenate([np.full(len(QUANTILES), METRIC_WEIGHTS[m]) for m in METRICS])
-    if valid.sum() < len(PARAMS) + 1:
-        raise StoreError(f"run '{run.run_id}' has too few multi-token answers to fit TTFT, TPOT and E2EL")
-    # bounds in log space: efficiencies from 1/20 of the preset up to 100% of peak
-    top_bw = max(y for _, y in base_hw.bandwidth_efficiency.points)
-    top_fl = max(y for _, y in base_hw.flops_efficiency.points)
-    lo = np.array([*np.log([0.05, 0.05, 0.02]), 0.0])  # frontend latency: 0 .. 1 s, linear
-    hi = np.array([*np.log([1.0 / top_bw, 1.0 / top_fl, 50.0]), 100.0])
-    evals = 0
-    big = 5.0  # residual for a configuration that cannot serve the run at all
+    def __init__(self, run: MeasuredRun, model: str, base_hw: Any, tp: int, replicas: int,
+                 progress: Any = None) -> None:
+        self.run, self.model, self.base_hw, self.tp, self.replicas = run, model, base_hw, tp, replicas
+        self.progress = progress
+        self.budget = 0  # planned simulations, for the progress bar
+        self.evals = 0
+        target = _quantiles(run.measured, run.scored)
+        self.log_target = np.concatenate([np.log(target[m]) for m in METRICS])
+        self.valid = np.isfinite(self.log_target)
+        self.weights = np.concatenate([np.full(len(QUANTILES), METRIC_WEIGHTS[m]) for m in METRICS])
+        if self.valid.sum() < len(PARAMS) + 1:
+            raise StoreError(f"run '{run.run_id}' has too few multi-token answers to fit TTFT, TPOT and E2EL")
+        # bounds in log space: efficiencies from 1/20 of the preset up to 100% of peak
+        top_bw = max(y for _, y in base_hw.bandwidth_efficiency.points)
+        top_fl = max(y for _, y in base_hw.flops_efficiency.points)
+        self.lo = np.array([*np.log([0.05, 0.05, 0.02]), 0.0])  # frontend latency: 0 .. 1 s, linear
+        self.hi = np.array([*np.log([1.0 / top_bw, 1.0 / top_fl, 50.0]), 100.0])
+        self.cache: dict[tuple[Sched, bytes], np.ndarray] = {}
 
-    def simulate(theta: np.ndarray, work: Workload) -> Latencies:
-        ov = overrides_from(theta, base_hw)
-        cost = build_cost(model, base_hw, tp, ov)
-        return colocated(work, cost, sched, replicas, frontend_s=ov["frontend_latency_s"])
+    def simulate(self, theta: np.ndarray, work: Workload, sched: Sched) -> Latencies:
+        ov = overrides_from(theta, self.base_hw)
+        cost = build_cost(self.model, self.base_hw, self.tp, ov)
+        return colocated(work, cost, sched, self.replicas, frontend_s=ov["frontend_latency_s"])
 
-    def residuals(theta: np.ndarray) -> np.ndarray:
-        nonlocal evals
-        evals += 1
-        if progress:
-            progress(evals, max_evals)
-        lat = simulate(theta, run.work)
-        q = _quantiles(lat, run.scored)
-        r = np.concatenate([np.log(np.maximum(q[m], 1e-9)) for m in METRICS]) - log_target
-        r = (np.where(np.isfinite(r), r, big) * weights)[valid]
-        return r
+    def residuals(self, theta: np.ndarray, sched: Sched) -> np.ndarray:
+        key = (sched, np.asarray(theta, dtype=np.float64).tobytes())
+        if key not in self.cache:
+            self.evals += 1
+            if self.progress:
+                self.progress(self.evals, max(self.budget, self.evals))
+            q = _quantiles(self.simulate(theta, self.run.work, sched), self.run.scored)
+            r = np.concatenate([np.log(np.maximum(q[m], 1e-9)) for m in METRICS]) - self.log_target
+            # 5.0: the residual of a configuration that cannot serve the run at all
+            self.cache[key] = (np.where(np.isfinite(r), r, 5.0) * self.weights)[self.valid]
+        return self.cache[key]
 
-    cache: dict[bytes, np.ndarray] = {}
+    def loss(self, theta: np.ndarray, sched: Sched) -> float:
+        return float(np.sum(self.residuals(np.clip(theta, self.lo, self.hi), sched) ** 2))
 
-    best: list[Any] = [math.inf, None]
-
-    def fun(theta: np.ndarray) -> np.ndarray:
-        key = np.asarray(theta, dtype=np.float64).tobytes()
-        if key not in cache:
-            r = cache[key] = residuals(theta)
-            loss = float(np.sum(r**2))
-            if loss < best[0]:  # the loss is rough at small scales: keep the best point seen
-                best[0], best[1] = loss, np.array(theta, dtype=np.float64)
-        return cache[key]
-
-    def jac_of(f: Any, upper: np.ndarray) -> Any:
+    def _jac(self, f: Any, upper: np.ndarray) -> Any:
         def jac(theta: np.ndarray) -> np.ndarray:
             # Forward differences with a *coarse* step: the schedule makes the loss piecewise
             # constant at tiny scales (a request lands in one iteration or the next), so
-            # scipy's default step (~1e-8) sees only those jumps. 3% in log space is a
+            # scipy's default step (~1e-8) sees only those jumps. 10% in log space is a
             # clear signal and still local.
             f0 = f(theta)
             cols = []
@@ -271,44 +254,171 @@ def calibrate(
 
         return jac
 
-    per_iter = 1 + len(PARAMS)
-    # Stage 1: the engine's three coefficients alone (no frontend latency), plain least
-    # squares: from a start 2x off every residual is large, and a robust loss would treat
-    # them all as outliers. Stage 2: all four from there with a robust (soft L1) loss, so
-    # a few noisy tail quantiles of a live run do not drag the fit.
-    def fun3(t3: np.ndarray) -> np.ndarray:
-        return fun(np.append(t3, 0.0))
+    def polish(self, theta: np.ndarray, sched: Sched, maxfev: int) -> np.ndarray:
+        """Nelder-Mead from ``theta``: near the optimum the trust region stops on its coarse
+        Jacobian while the loss is still ~1% rms; the simplex needs no derivatives."""
+        from scipy.optimize import minimize
 
-    s1 = least_squares(fun3, np.zeros(3), jac=jac_of(fun3, hi[:3]), bounds=(lo[:3], hi[:3]), method="trf",
-                       max_nfev=max(2, (max_evals // 2) // per_iter), xtol=1e-5, ftol=1e-6)
-    x0 = np.append(s1.x, 0.05)
-    res = least_squares(fun, x0, jac=jac_of(fun, hi), bounds=(lo, hi), method="trf",
-                        max_nfev=max(2, (max_evals - evals) // per_iter), xtol=1e-5, ftol=1e-6)
-    theta = res.x
-    # Stage 3: Nelder-Mead polish. Near the optimum the trust region stops on its coarse
-    # Jacobian while the loss is still ~1% rms; the simplex needs no derivatives.
-    left = max_evals - evals
-    if left >= 10:
-        def total(t: np.ndarray) -> float:
-            t = np.clip(t, lo, hi)
-            r = fun(t)
-            return float(np.sum(r**2))
+        lo, hi = self.lo, self.hi
+        step = np.full(len(PARAMS), 0.05)
+        simplex = np.vstack([theta, *[np.clip(theta + np.eye(len(PARAMS))[i] * step, lo, hi)
+                                      for i in range(len(PARAMS))]])
+        nm = minimize(lambda t: self.loss(t, sched), theta, method="Nelder-Mead",
+                      options={"initial_simplex": simplex, "maxfev": maxfev, "xatol": 1e-3, "fatol": 1e-7})
+        best = np.clip(nm.x, lo, hi)
+        return best if self.loss(best, sched) < self.loss(theta, sched) else theta
 
-        step = np.array([0.05, 0.05, 0.05, 0.05])
-        simplex = np.vstack([theta, *[np.clip(theta + np.eye(4)[i] * step, lo, hi) for i in range(4)]])
-        nm = minimize(total, theta, method="Nelder-Mead",
-                      options={"initial_simplex": simplex, "maxfev": left, "xatol": 1e-3, "fatol": 1e-7})
-        if nm.fun < total(theta):
-            theta = np.clip(nm.x, lo, hi)
-            # the Jacobian at the polished point, for the uncertainty below
-            res.jac = jac_of(fun, hi)(theta)
-            res.fun = fun(theta)
-            res.cost = 0.5 * float(np.sum(res.fun**2))
-    if best[1] is not None and len(best[1]) == len(PARAMS) and best[0] < float(np.sum(fun(theta) ** 2)):
-        theta = best[1]
-        res.jac = jac_of(fun, hi)(theta)
+    def fit(self, sched: Sched, max_evals: int, x0: np.ndarray | None = None) -> tuple[np.ndarray, Any]:
+        """Least squares (two stages) then a polish; returns the best point seen and the
+        optimiser's result with its Jacobian at that point."""
+        from scipy.optimize import least_squares
+
+        lo, hi = self.lo, self.hi
+        start = self.evals
+        best: list[Any] = [math.inf, None]
+
+        def fun(theta: np.ndarray) -> np.ndarray:
+            r = self.residuals(theta, sched)
+            loss = float(np.sum(r**2))
+            if loss < best[0]:  # the loss is rough at small scales: keep the best point seen
+                best[0], best[1] = loss, np.array(theta, dtype=np.float64)
+            return r
+
+        per_iter = 1 + len(PARAMS)
+        if x0 is None:
+            # Stage 1: the engine's three coefficients alone (no frontend latency), plain
+            # least squares: from a start 2x off every residual is large.
+            def fun3(t3: np.ndarray) -> np.ndarray:
+                return fun(np.append(t3, 0.0))
+
+            s1 = least_squares(fun3, np.zeros(3), jac=self._jac(fun3, hi[:3]), bounds=(lo[:3], hi[:3]),
+                               method="trf", max_nfev=max(2, (max_evals // 2) // per_iter), xtol=1e-5, ftol=1e-6)
+            x0 = np.append(s1.x, 0.05)
+        # Stage 2: all four from there.
+        res = least_squares(fun, np.clip(x0, lo, hi), jac=self._jac(fun, hi), bounds=(lo, hi), method="trf",
+                            max_nfev=max(2, (max_evals - (self.evals - start)) // per_iter), xtol=1e-5, ftol=1e-6)
+        theta = res.x
+        left = max_evals - (self.evals - start)
+        if left >= 10:
+            theta = self.polish(theta, sched, left)
+        if best[1] is not None and best[0] < self.loss(theta, sched):
+            theta = best[1]
+        res.jac = self._jac(fun, hi)(theta)  # at the point kept, for the uncertainty
         res.fun = fun(theta)
         res.cost = 0.5 * float(np.sum(res.fun**2))
+        return theta, res
+
+
+def _max_overlap(start: np.ndarray, end: np.ndarray) -> int:
+    """Most intervals [start, end] open at once (an interval that ends as another starts
+    does not overlap it)."""
+    times = np.concatenate([start, end])
+    delta = np.concatenate([np.ones(len(start), dtype=np.int64), -np.ones(len(end), dtype=np.int64)])
+    order = np.lexsort((delta, times))  # at equal times, ends (-1) before starts
+    return int(np.cumsum(delta[order]).max())
+
+
+SEQS_SPAN = 8  # candidates max_num_seqs = peak .. peak + SEQS_SPAN (requests still in prefill)
+TOKEN_BUDGETS = (512, 1024, 2048, 4096, 8192, 16384, 32768)  # vLLM's usual max_num_batched_tokens
+LIMIT_POLISH_EVALS = 40  # simulations per candidate limit (a short re-fit of the coefficients)
+LIMITS = ("max_num_seqs", "max_num_batched_tokens")
+
+
+def _limit_candidates(name: str, run: MeasuredRun, sched: Sched) -> tuple[list[int], dict[str, Any]]:
+    """Values of one scheduler limit to try, and what the run says about it."""
+    given = int(getattr(sched, name))
+    if name == "max_num_seqs":
+        # Requests between their first and last token at once ran in one iteration, so the
+        # limit is at least their peak count; when it binds, the count reaches it less the
+        # few requests still in (chunked) prefill. Each interval is trimmed by 1 ms so
+        # timestamps of one iteration split by jitter never overlap (undercounting is safe).
+        arrival, lat = run.work.arrival, run.measured
+        ok = np.isfinite(lat.ttft) & np.isfinite(lat.e2el) & (lat.e2el - lat.ttft > 2e-3)
+        peak = max(_max_overlap(arrival[ok] + lat.ttft[ok] + 1e-3, arrival[ok] + lat.e2el[ok] - 1e-3), 1) \
+            if ok.any() else 1
+        cands = sorted({*range(peak, peak + SEQS_SPAN + 1), *([given] if given > peak + SEQS_SPAN else [])})
+        return cands, {"lower_bound": peak}
+    longest = int(run.work.input_tokens.max()) if len(run.work) else 0
+    cands = sorted({*[v for v in TOKEN_BUDGETS if v >= sched.max_num_seqs], given})
+    return cands, {"longest_prompt": longest}
+
+
+def _pick(losses: dict[int, float], given: int) -> int:
+    """The candidate with the least loss; the given value wins ties (a limit the run never
+    reached cannot be told apart from any larger one, so the run is no evidence against it)."""
+    best = min(losses.values())
+    tie = best * 1.001 + 1e-12
+    if losses.get(given, math.inf) <= tie:
+        return given
+    return min((v for v, loss in losses.items() if loss <= tie), key=lambda v: (losses[v], v))
+
+
+def calibrate(
+    store: str | Path,
+    run_id: str,
+    *,
+    model: str,
+    hardware: str,
+    tp: int = 1,
+    replicas: int = 1,
+    sched: Sched | None = None,
+    fit_limits: tuple[str, ...] = (),
+    holdout: str | None = None,
+    time_scale: float | None = None,
+    max_requests: int = 2000,
+    max_evals: int = 150,
+    progress: Any = None,
+) -> Calibration:
+    """Fit the twin to ``run_id`` (see module doc); check it on ``holdout`` when given.
+
+    ``fit_limits``: scheduler limits the endpoint's operator does not know (``LIMITS``);
+    each is chosen among candidates the run allows (see ``_limit_candidates``) by the
+    loss after a short re-fit of the coefficients at that value, then the coefficients
+    are fitted again at the chosen limits. Without it, ``sched``'s limits are inputs."""
+    from burstbench.backends.hardware.profile import load_hardware
+
+    if max_requests < 20:
+        raise UsageError("--max-requests must be at least 20")
+    unknown = set(fit_limits) - set(LIMITS)
+    if unknown:
+        raise UsageError(f"cannot fit {', '.join(sorted(unknown))}; fit any of {', '.join(LIMITS)}")
+    sched = sched or Sched()
+    run = read_run(store, run_id, time_scale=time_scale, max_requests=max_requests)
+    base_hw = load_hardware(hardware)
+    fitter = _Fitter(run, model, base_hw, tp, replicas, progress)
+    plan = {name: _limit_candidates(name, run, sched) for name in LIMITS if name in fit_limits}
+    fitter.budget = max_evals * (2 if plan else 1) + LIMIT_POLISH_EVALS * sum(len(c) for c, _ in plan.values()) * (
+        2 if len(plan) > 1 else 1)  # at most: each limit scanned twice
+    theta, res = fitter.fit(sched, max_evals)
+    limit_fit: dict[str, Any] = {}
+    pending, scans = list(plan), 0
+    while pending and scans < 2 * len(plan):  # max_num_seqs first: the token budget must cover it
+        name = pending.pop(0)
+        scans += 1
+        cands, facts = plan[name]
+        if name == "max_num_batched_tokens":
+            cands = [v for v in cands if v >= sched.max_num_seqs] or [sched.max_num_batched_tokens]
+        current = int(getattr(sched, name))
+        tried = {v: fitter.polish(theta, replace(sched, **{name: v}), LIMIT_POLISH_EVALS) for v in cands}
+        losses = {v: fitter.loss(t, replace(sched, **{name: v})) for v, t in tried.items()}
+        chosen = _pick(losses, current)
+        theta, sched = tried[chosen], replace(sched, **{name: chosen})
+        if chosen != current:  # the limits interact: look at the others again at this value
+            pending += [other for other in plan if other != name and other not in pending]
+        tie = losses[chosen] * 1.001 + 1e-12
+        limit_fit[name] = {"value": chosen, **facts,
+                           # binding: the largest candidate (in effect no limit) fits worse
+                           "binding": losses[max(cands)] > tie,
+                           # the smallest value that fits as well as the chosen one
+                           "fits_from": min(v for v in cands if losses[v] <= tie),
+                           "loss": {str(v): losses[v] for v in cands}}
+    if plan:
+        theta, res = fitter.fit(sched, max_evals, x0=theta)
+    evals, valid, lo, hi = fitter.evals, fitter.valid, fitter.lo, fitter.hi
+
+    def simulate(theta: np.ndarray, work: Workload) -> Latencies:
+        return fitter.simulate(theta, work, sched)
+
     m_res, p = int(valid.sum()), len(PARAMS)
     s2 = 2 * res.cost / max(m_res - p, 1)
     jac = res.jac
@@ -360,6 +470,7 @@ def calibrate(
             "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "tool_version": __version__,
             "method": "least squares on log-quantile residuals (q10..q99 of TTFT, TPOT, E2EL), log-parameters, "
                       "scipy.optimize.least_squares (trf); CI from the Jacobian",
+            "scheduler_fit": limit_fit,
             "evaluations": evals, "optimizer_status": int(res.status), "optimizer_message": str(res.message),
             "base_hardware": {"step_overhead_s": base_hw.step_overhead_s, "layer_overhead_s": base_hw.layer_overhead_s,
                               "note": "step and layer overheads are collinear for one model; fitted as one scale"},

@@ -37,6 +37,16 @@ def _load_trace(path: str) -> Any:
     return load_trace(p)
 
 
+def _int_or_auto(name: str, value: str) -> int | None:
+    """A scheduler limit from the command line: a positive integer, or None for 'auto'."""
+    if value.strip().lower() == "auto":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise UsageError(f"{name} must be a positive integer or 'auto', got {value!r}") from None
+
+
 def _sched_opts(max_num_seqs: int | None, max_num_batched_tokens: int | None) -> dict[str, Any]:
     for name, v in (("--max-num-seqs", max_num_seqs), ("--max-num-batched-tokens", max_num_batched_tokens)):
         if v is not None and v < 1:
@@ -54,8 +64,10 @@ def _sched_opts(max_num_seqs: int | None, max_num_batched_tokens: int | None) ->
 @click.option("--hardware", required=True, help="Hardware preset or profile JSON to start from.")
 @click.option("--tp", type=int, default=1, show_default=True, help="Tensor parallelism of the endpoint.")
 @click.option("--replicas", type=int, default=1, show_default=True, help="Data-parallel replicas behind the endpoint.")
-@click.option("--max-num-seqs", type=int, default=256, show_default=True, help="The endpoint's scheduler limit.")
-@click.option("--max-num-batched-tokens", type=int, default=8192, show_default=True, help="The endpoint's token budget.")
+@click.option("--max-num-seqs", default="256", show_default=True,
+              help="The endpoint's scheduler limit, or 'auto' to fit it when unknown.")
+@click.option("--max-num-batched-tokens", default="8192", show_default=True,
+              help="The endpoint's token budget, or 'auto' to fit it when unknown.")
 @click.option("--holdout", default=None, help="A second run to check the fit on (not used to fit).")
 @click.option("--time-scale", type=float, default=None,
               help="How many times faster than modelled time the endpoint ran (serve --time-scale); "
@@ -66,15 +78,17 @@ def _sched_opts(max_num_seqs: int | None, max_num_batched_tokens: int | None) ->
               help="Simulation budget of the fit (least squares in two stages, then a Nelder-Mead polish).")
 @click.option("-o", "--out", "out", required=True, type=click.Path(dir_okay=False), help="twin.yaml to write.")
 @click.option("--json", "as_json", is_flag=True, help="Print the twin (with errors) as one JSON object.")
-def calibrate(results: str, run_id: str, model: str, hardware: str, tp: int, replicas: int, max_num_seqs: int,
-              max_num_batched_tokens: int, holdout: str | None, time_scale: float | None, max_requests: int,
+def calibrate(results: str, run_id: str, model: str, hardware: str, tp: int, replicas: int, max_num_seqs: str,
+              max_num_batched_tokens: str, holdout: str | None, time_scale: float | None, max_requests: int,
               max_evals: int, out: str, as_json: bool) -> None:
     """Fit the reference engine to a measured run and write a digital twin (twin.yaml).
 
     The run's own schedule (send times, prompt and output lengths) is replayed in
     virtual time and the cost model's free coefficients (bandwidth and FLOP/s
     efficiency scales, per-step/per-layer overheads, a fixed frontend latency) are fitted
-    so simulated TTFT, TPOT and E2EL quantiles match the measured ones.
+    so simulated TTFT, TPOT and E2EL quantiles match the measured ones. Scheduler
+    limits given as 'auto' are chosen too, among the values the run allows (slower:
+    each candidate is scored after a short re-fit).
 
     \b
     Example:
@@ -93,7 +107,10 @@ def calibrate(results: str, run_id: str, model: str, hardware: str, tp: int, rep
         raise StoreError(f"{results}: no such results file; record a run with 'burstbench run' first")
     if max_evals < 5:
         raise UsageError("--max-evals must be at least 5")
-    sched = Sched(**{k: v for k, v in _sched_opts(max_num_seqs, max_num_batched_tokens).items() if v is not None})
+    limits = {"max_num_seqs": _int_or_auto("--max-num-seqs", max_num_seqs),
+              "max_num_batched_tokens": _int_or_auto("--max-num-batched-tokens", max_num_batched_tokens)}
+    fit_limits = tuple(k for k, v in limits.items() if v is None)
+    sched = Sched(**{k: v for k, v in _sched_opts(**limits).items() if v is not None})
     from burstbench.analysis.metrics import open_store, resolve_run
 
     store = open_store(results)  # a wrong file or run id fails here, before the progress bar
@@ -107,8 +124,8 @@ def calibrate(results: str, run_id: str, model: str, hardware: str, tp: int, rep
     with Progress(console=con, transient=True) as bar:
         task = bar.add_task("calibrating", total=max_evals)
         cal = fit(results, run_id, model=model, hardware=hardware, tp=tp, replicas=replicas, sched=sched,
-                  holdout=holdout, time_scale=time_scale, max_requests=max_requests, max_evals=max_evals,
-                  progress=lambda i, n: bar.update(task, completed=min(i, n)))
+                  fit_limits=fit_limits, holdout=holdout, time_scale=time_scale, max_requests=max_requests, max_evals=max_evals,
+                  progress=lambda i, n: bar.update(task, completed=i, total=n))
     cal.spec.write(out)
     spec = cal.spec
     con.print(f"twin written to {out} ({cal.evaluations} simulations, fit on {len(cal.fit_run.work)} requests "
@@ -116,6 +133,12 @@ def calibrate(results: str, run_id: str, model: str, hardware: str, tp: int, rep
     for name, u in spec.uncertainty.items():
         con.print(f"  {name:28s} {u['value']:.4g}  (95% CI {u['ci95'][0]:.4g} .. {u['ci95'][1]:.4g})"
                   + ("  [at bound]" if u.get("at_bound") else ""))
+    for name, f in spec.provenance.get("scheduler_fit", {}).items():
+        why = (f"at least {f['lower_bound']} requests decoded at once" if "lower_bound" in f
+               else f"longest prompt {f['longest_prompt']} tokens")
+        con.print(f"  {name:28s} {f['value']}  ({why}; "
+                  + ("fitted)" if f["binding"] else
+                     f"not reached in this run: any value from {f['fits_from']} up fits as well)"))
     for part in ("fit", "holdout"):
         e = spec.errors.get(part)
         if not e:

@@ -9,7 +9,7 @@ import pytest
 
 from burstbench.backends.hardware.profile import load_hardware
 from burstbench.backends.reference.simulator import simulate
-from burstbench.errors import StoreError
+from burstbench.errors import StoreError, UsageError
 from burstbench.traces.schema import load_trace
 from burstbench.traces.synth import replay
 from burstbench.twin.calibrate import calibrate, compare, read_run
@@ -77,3 +77,53 @@ def test_too_few_requests(tmp_path, azure_conv):
                  record_chunks=False)
     with pytest.raises(StoreError, match="at least 20"):
         read_run(out, r.run_id)
+
+
+@pytest.fixture(scope="module")
+def limited_runs(azure_conv, tmp_path_factory):
+    """The hidden engine with scheduler limits an operator may not know: 24 sequences and
+    a 2048-token budget (vLLM's defaults are 256 and 8192), at a rate where both bind."""
+    base = load_hardware(BASE)
+    hidden = apply_overrides(base, {"bandwidth_efficiency_scale": 0.55, "flops_efficiency_scale": 0.6,
+                                    "step_overhead_s": 2 * base.step_overhead_s,
+                                    "layer_overhead_s": 2 * base.layer_overhead_s})
+    sl = replay(load_trace(azure_conv), window=(0, 100))
+    out = tmp_path_factory.mktemp("limits") / "runs.duckdb"
+    kw = {"model": MODEL, "hardware": hidden, "out": out, "enable_prefix_caching": False, "record_chunks": False,
+          "max_num_seqs": 24, "max_num_batched_tokens": 2048}
+    fit = simulate(replay(sl, rate=6.0), label="fit", **kw)
+    hold = simulate(replay(sl, rate=4.0), label="holdout", **kw)
+    return out, fit.run_id, hold.run_id
+
+
+@pytest.mark.slow
+def test_unknown_scheduler_limits_are_recovered(limited_runs):
+    out, fit_id, hold_id = limited_runs
+    cal = calibrate(out, fit_id, model=MODEL, hardware=BASE, holdout=hold_id, max_requests=300,
+                    fit_limits=("max_num_seqs", "max_num_batched_tokens"))
+    got = cal.spec.provenance["scheduler_fit"]
+    assert (got["max_num_seqs"]["value"], got["max_num_batched_tokens"]["value"]) == (24, 2048), got
+    assert got["max_num_seqs"]["binding"] and got["max_num_batched_tokens"]["binding"]
+    assert got["max_num_seqs"]["lower_bound"] <= 24  # what the run shows can never exceed the limit
+    assert cal.spec.scheduler["max_num_seqs"] == 24 and cal.spec.sched().max_num_batched_tokens == 2048
+    h = cal.spec.errors["holdout"]["percentiles"]
+    for metric, qs in h.items():
+        assert abs(qs["p50"]["rel_err"]) <= 0.05, (metric, qs)
+        assert abs(qs["p99"]["rel_err"]) <= 0.10, (metric, qs)
+
+
+@pytest.mark.slow
+def test_a_limit_the_run_never_reached_keeps_the_given_value(runs):
+    out, fit_id, _ = runs
+    cal = calibrate(out, fit_id, model=MODEL, hardware=BASE, max_requests=300, fit_limits=("max_num_seqs",),
+                    sched=Sched(max_num_seqs=128))
+    got = cal.spec.provenance["scheduler_fit"]["max_num_seqs"]
+    assert got["value"] == 128 and not got["binding"], got
+    assert got["lower_bound"] <= got["fits_from"] < 128
+    assert "max_num_batched_tokens" not in cal.spec.provenance["scheduler_fit"]
+
+
+def test_fitting_an_unknown_setting_is_a_usage_error(runs):
+    out, fit_id, _ = runs
+    with pytest.raises(UsageError, match="cannot fit block_size"):
+        calibrate(out, fit_id, model=MODEL, hardware=BASE, fit_limits=("block_size",))

@@ -178,3 +178,12 @@ def test_plan_on_an_empty_trace(tmp_path, capsys):
     rc = main(["plan", str(p), "--slo", "ttft=500ms", "--hardware", "l40s", "--price", "l40s=1"])
     assert rc == 3
     assert "empty" in capsys.readouterr().err
+
+
+def test_calibrate_limit_must_be_a_number_or_auto(measured, tmp_path, capsys):
+    _, out, _, fit, _ = measured
+    code = main(["calibrate", str(out), "--run", fit, "--model", "llama-3.1-8b", "--hardware", "l40s",
+                 "--max-num-seqs", "lots", "-o", str(tmp_path / "t.yaml")])
+    assert code == 2
+    assert "--max-num-seqs must be a positive integer or 'auto', got 'lots'" in capsys.readouterr().err
+    assert not (tmp_path / "t.yaml").exists()

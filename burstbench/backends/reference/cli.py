@@ -85,7 +85,7 @@ def simulate(trace, out, label, seed, reasoning_share, no_chunks, as_json, **eng
 @_engine_options
 @click.option("--host", default="127.0.0.1", show_default=True, help="Bind address (loopback by default).")
 @click.option("--port", type=int, default=8000, show_default=True, help="Port (0: any free port).")
-@click.option("--time-scale", type=float, default=1.0, show_default=True, help="Run the model's clock K times faster.")
+@click.option("--time-scale", type=float, default=1.0, show_default=True, help="Run the model's clock K times faster. Wall-clock jitter (loopback, event loop) then counts K times in model time: record runs for `calibrate` at 1.")
 @click.option("--api-key", default=None, help="Require 'Authorization: Bearer KEY'. Prefer the BURSTBENCH_API_KEY environment variable: command lines are visible to other users.")
 @click.option("--served-model-name", default=None, help="Model id clients must send (default: the model's name).")
 @click.option("--max-concurrent", type=int, default=4096, show_default=True, help="Concurrent requests before 429.")
