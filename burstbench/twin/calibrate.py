@@ -7,19 +7,24 @@ measured ones: residuals are log-ratios of quantiles (5th to 99th) of each metri
 2 ms and a 2 s latency count alike, and the least-squares fit is over log-parameters
 (scales stay positive; a factor of 2 off is one step either way).
 
-Search: least squares over the three engine coefficients (frontend latency held at 0),
-then over all four from there, then a Nelder-Mead polish; the Jacobian uses a coarse
-step (the loss is piecewise constant at fine scales: a request lands in one iteration
-or the next) and the best point ever evaluated is kept, since the trust region can stop
-on a rough patch.
+Search: least squares over the three engine coefficients, then a Nelder-Mead polish;
+the Jacobian uses a coarse step (the loss is piecewise constant at fine scales: a
+request lands in one iteration or the next) and the best point ever evaluated is kept,
+since the trust region can stop on a rough patch. The frontend latency is not searched:
+for each engine point it is profiled out (below).
 
-Free coefficients (four):
+Free coefficients (three searched, one profiled):
 
 - ``bandwidth_efficiency_scale``: decode steps are weight- and KV-read bound, so TPOT
   pins it;
 - ``flops_efficiency_scale``: prefills are compute bound, so TTFT of long prompts pins it;
 - ``frontend_latency_s``: a fixed time outside the engine on every token (HTTP, API
-  server), fitted linearly from 0;
+  server). The twin replays the run's own schedule, so each request has a measured and
+  a simulated TTFT; for given engine coefficients the latency is the median of their
+  differences (at least 0). A constant of a millisecond or two is all but invisible in
+  quantiles (as free least-squares parameter it wandered 0.2-3 ms on runs whose true
+  value was 1.5-2 ms, trading against the overheads); paired per request, the median
+  is robust to the few requests that land one iteration apart and pins it to ~0.1 ms;
 - ``overhead_scale`` on the per-step *and* per-layer overheads together: for a single
   model they add up to one constant per iteration (``step + layers × layer``), so only
   their sum is identifiable; their preset ratio is kept and both are reported.
@@ -67,7 +72,7 @@ JAC_STEP = 0.1
 # all within the 5%/10% acceptance at 0.5 and at 1.0 (worst TTFT p99 7.6% and 7.1%).
 METRIC_WEIGHTS = {"ttft": 0.5, "tpot": 1.0, "e2el": 1.0}
 PARAMS = ("bandwidth_efficiency_scale", "flops_efficiency_scale", "overhead_scale", "frontend_latency_s")
-FRONTEND_UNIT_S = 0.01  # the frontend latency is fitted linearly (it can be 0), in units of 10 ms
+ENGINE = 3  # the searched coefficients: PARAMS[:ENGINE]; the frontend latency is profiled
 
 
 @dataclass
@@ -145,15 +150,15 @@ def _quantiles(lat: Latencies, mask: np.ndarray | None = None) -> dict[str, np.n
     return out
 
 
-def overrides_from(theta: np.ndarray, base_hw: Any) -> dict[str, float]:
-    bw, fl, oh = np.exp(theta[:3])
-    fe = max(float(theta[3]), 0.0)
+def overrides_from(theta: np.ndarray, base_hw: Any, frontend_s: float = 0.0) -> dict[str, float]:
+    """The hardware overrides of engine point ``theta`` (log scales) plus a frontend latency."""
+    bw, fl, oh = np.exp(theta[:ENGINE])
     return {
         "bandwidth_efficiency_scale": float(bw),
         "flops_efficiency_scale": float(fl),
         "step_overhead_s": float(base_hw.step_overhead_s * oh),
         "layer_overhead_s": float(base_hw.layer_overhead_s * oh),
-        "frontend_latency_s": fe * FRONTEND_UNIT_S,
+        "frontend_latency_s": float(frontend_s),
     }
 
 
@@ -193,10 +198,11 @@ class Calibration:
 
 
 class _Fitter:
-    """The continuous fit of one run under given scheduler limits (see the module doc).
+    """The fit of one run under given scheduler limits (see the module doc).
 
     One object per calibration: it keeps the run's target quantiles, the bounds and a
-    cache of evaluated points per scheduler setting, and counts simulations."""
+    cache of evaluated points per scheduler setting, and counts simulations. Points
+    ``theta`` are the three engine coefficients in log space."""
 
     def __init__(self, run: MeasuredRun, model: str, base_hw: Any, tp: int, replicas: int,
                  progress: Any = None) -> None:
@@ -213,31 +219,40 @@ class _Fitter:
         # bounds in log space: efficiencies from 1/20 of the preset up to 100% of peak
         top_bw = max(y for _, y in base_hw.bandwidth_efficiency.points)
         top_fl = max(y for _, y in base_hw.flops_efficiency.points)
-        self.lo = np.array([*np.log([0.05, 0.05, 0.02]), 0.0])  # frontend latency: 0 .. 1 s, linear
-        self.hi = np.array([*np.log([1.0 / top_bw, 1.0 / top_fl, 50.0]), 100.0])
-        self.cache: dict[tuple[Sched, bytes], np.ndarray] = {}
+        self.lo = np.log([0.05, 0.05, 0.02])
+        self.hi = np.log([1.0 / top_bw, 1.0 / top_fl, 50.0])
+        self.cache: dict[tuple[Sched, bytes], tuple[np.ndarray, float]] = {}
 
-    def simulate(self, theta: np.ndarray, work: Workload, sched: Sched) -> Latencies:
-        ov = overrides_from(theta, self.base_hw)
-        cost = build_cost(self.model, self.base_hw, self.tp, ov)
-        return colocated(work, cost, sched, self.replicas, frontend_s=ov["frontend_latency_s"])
+    def simulate(self, theta: np.ndarray, work: Workload, sched: Sched, frontend_s: float = 0.0) -> Latencies:
+        cost = build_cost(self.model, self.base_hw, self.tp, overrides_from(theta, self.base_hw))
+        return colocated(work, cost, sched, self.replicas, frontend_s=frontend_s)
 
-    def residuals(self, theta: np.ndarray, sched: Sched) -> np.ndarray:
+    def _eval(self, theta: np.ndarray, sched: Sched) -> tuple[np.ndarray, float]:
+        """Weighted log-quantile residuals at ``theta`` and the frontend latency profiled there."""
         key = (sched, np.asarray(theta, dtype=np.float64).tobytes())
         if key not in self.cache:
             self.evals += 1
             if self.progress:
                 self.progress(self.evals, max(self.budget, self.evals))
-            q = _quantiles(self.simulate(theta, self.run.work, sched), self.run.scored)
+            lat = self.simulate(theta, self.run.work, sched)
+            fe = _paired_offset(self.run.measured, lat, self.run.scored)
+            lat = Latencies(lat.ttft + fe, lat.e2el + fe, lat.output_tokens, lat.ok)
+            q = _quantiles(lat, self.run.scored)
             r = np.concatenate([np.log(np.maximum(q[m], 1e-9)) for m in METRICS]) - self.log_target
             # 5.0: the residual of a configuration that cannot serve the run at all
-            self.cache[key] = (np.where(np.isfinite(r), r, 5.0) * self.weights)[self.valid]
+            self.cache[key] = ((np.where(np.isfinite(r), r, 5.0) * self.weights)[self.valid], fe)
         return self.cache[key]
+
+    def residuals(self, theta: np.ndarray, sched: Sched) -> np.ndarray:
+        return self._eval(theta, sched)[0]
+
+    def frontend(self, theta: np.ndarray, sched: Sched) -> float:
+        return self._eval(theta, sched)[1]
 
     def loss(self, theta: np.ndarray, sched: Sched) -> float:
         return float(np.sum(self.residuals(np.clip(theta, self.lo, self.hi), sched) ** 2))
 
-    def _jac(self, f: Any, upper: np.ndarray) -> Any:
+    def _jac(self, f: Any) -> Any:
         def jac(theta: np.ndarray) -> np.ndarray:
             # Forward differences with a *coarse* step: the schedule makes the loss piecewise
             # constant at tiny scales (a request lands in one iteration or the next), so
@@ -246,7 +261,7 @@ class _Fitter:
             f0 = f(theta)
             cols = []
             for i in range(len(theta)):
-                h = JAC_STEP if theta[i] + JAC_STEP <= upper[i] else -JAC_STEP
+                h = JAC_STEP if theta[i] + JAC_STEP <= self.hi[i] else -JAC_STEP
                 t = theta.copy()
                 t[i] += h
                 cols.append((f(t) - f0) / h)
@@ -260,17 +275,15 @@ class _Fitter:
         from scipy.optimize import minimize
 
         lo, hi = self.lo, self.hi
-        step = np.full(len(PARAMS), 0.05)
-        simplex = np.vstack([theta, *[np.clip(theta + np.eye(len(PARAMS))[i] * step, lo, hi)
-                                      for i in range(len(PARAMS))]])
+        simplex = np.vstack([theta, *[np.clip(theta + np.eye(ENGINE)[i] * 0.05, lo, hi) for i in range(ENGINE)]])
         nm = minimize(lambda t: self.loss(t, sched), theta, method="Nelder-Mead",
                       options={"initial_simplex": simplex, "maxfev": maxfev, "xatol": 1e-3, "fatol": 1e-7})
         best = np.clip(nm.x, lo, hi)
         return best if self.loss(best, sched) < self.loss(theta, sched) else theta
 
     def fit(self, sched: Sched, max_evals: int, x0: np.ndarray | None = None) -> tuple[np.ndarray, Any]:
-        """Least squares (two stages) then a polish; returns the best point seen and the
-        optimiser's result with its Jacobian at that point."""
+        """Least squares then a polish; returns the best point seen and the optimiser's
+        result with its Jacobian at that point."""
         from scipy.optimize import least_squares
 
         lo, hi = self.lo, self.hi
@@ -284,29 +297,39 @@ class _Fitter:
                 best[0], best[1] = loss, np.array(theta, dtype=np.float64)
             return r
 
-        per_iter = 1 + len(PARAMS)
-        if x0 is None:
-            # Stage 1: the engine's three coefficients alone (no frontend latency), plain
-            # least squares: from a start 2x off every residual is large.
-            def fun3(t3: np.ndarray) -> np.ndarray:
-                return fun(np.append(t3, 0.0))
-
-            s1 = least_squares(fun3, np.zeros(3), jac=self._jac(fun3, hi[:3]), bounds=(lo[:3], hi[:3]),
-                               method="trf", max_nfev=max(2, (max_evals // 2) // per_iter), xtol=1e-5, ftol=1e-6)
-            x0 = np.append(s1.x, 0.05)
-        # Stage 2: all four from there.
-        res = least_squares(fun, np.clip(x0, lo, hi), jac=self._jac(fun, hi), bounds=(lo, hi), method="trf",
-                            max_nfev=max(2, (max_evals - (self.evals - start)) // per_iter), xtol=1e-5, ftol=1e-6)
+        # plain least squares: from a start 2x off every residual is large
+        res = least_squares(fun, np.zeros(ENGINE) if x0 is None else np.clip(x0, lo, hi), jac=self._jac(fun),
+                            bounds=(lo, hi), method="trf", max_nfev=max(2, (max_evals * 2 // 3) // (1 + ENGINE)),
+                            xtol=1e-5, ftol=1e-6)
         theta = res.x
         left = max_evals - (self.evals - start)
         if left >= 10:
             theta = self.polish(theta, sched, left)
         if best[1] is not None and best[0] < self.loss(theta, sched):
             theta = best[1]
-        res.jac = self._jac(fun, hi)(theta)  # at the point kept, for the uncertainty
+        res.jac = self._jac(fun)(theta)  # at the point kept, for the uncertainty
         res.fun = fun(theta)
         res.cost = 0.5 * float(np.sum(res.fun**2))
         return theta, res
+
+
+def _median_se(measured: Latencies, twin: Latencies, mask: np.ndarray | None) -> float:
+    """Standard error of ``_paired_offset``: 1.2533 sigma / sqrt(n), sigma from the MAD."""
+    d = measured.ttft - twin.ttft
+    d = (d[mask] if mask is not None else d)
+    d = d[np.isfinite(d)]
+    if d.size < 2:
+        return 0.0
+    return float(1.2533 * 1.4826 * np.median(np.abs(d - np.median(d))) / math.sqrt(d.size))
+
+
+def _paired_offset(measured: Latencies, twin: Latencies, mask: np.ndarray | None) -> float:
+    """Median of measured - simulated TTFT over the same requests, at least 0 (see module doc)."""
+    d = measured.ttft - twin.ttft
+    if mask is not None:
+        d = d[mask]
+    d = d[np.isfinite(d)]
+    return max(float(np.median(d)), 0.0) if d.size else 0.0
 
 
 def _max_overlap(start: np.ndarray, end: np.ndarray) -> int:
@@ -343,14 +366,21 @@ def _limit_candidates(name: str, run: MeasuredRun, sched: Sched) -> tuple[list[i
     return cands, {"longest_prompt": longest}
 
 
-def _pick(losses: dict[int, float], given: int) -> int:
-    """The candidate with the least loss; the given value wins ties (a limit the run never
-    reached cannot be told apart from any larger one, so the run is no evidence against it)."""
-    best = min(losses.values())
-    tie = best * 1.001 + 1e-12
-    if losses.get(given, math.inf) <= tie:
-        return given
-    return min((v for v, loss in losses.items() if loss <= tie), key=lambda v: (losses[v], v))
+LIMIT_EVIDENCE = 3.84  # chi-square(1 dof) at 95%: what one more parameter must buy
+
+
+def _pick(losses: dict[int, float], given: int, n_resid: int) -> tuple[int, float]:
+    """The value to keep and the loss margin within which values fit alike.
+
+    A limit is one more parameter: another value replaces the given one only when it
+    lowers the loss by more than ``LIMIT_EVIDENCE`` residual variances (a likelihood-ratio
+    test), so a limit the run never reached, which fits as well at any larger value,
+    stays as given, and noise between near-perfect fits picks nothing."""
+    best = min(losses, key=lambda v: (losses[v], v))
+    margin = LIMIT_EVIDENCE * losses[best] / max(n_resid - ENGINE - 1, 1) + 1e-12
+    if losses.get(given, math.inf) - losses[best] <= margin:
+        return given, margin
+    return best, margin
 
 
 def calibrate(
@@ -401,45 +431,41 @@ def calibrate(
         current = int(getattr(sched, name))
         tried = {v: fitter.polish(theta, replace(sched, **{name: v}), LIMIT_POLISH_EVALS) for v in cands}
         losses = {v: fitter.loss(t, replace(sched, **{name: v})) for v, t in tried.items()}
-        chosen = _pick(losses, current)
+        chosen, margin = _pick(losses, current, int(fitter.valid.sum()))
         theta, sched = tried[chosen], replace(sched, **{name: chosen})
         if chosen != current:  # the limits interact: look at the others again at this value
             pending += [other for other in plan if other != name and other not in pending]
-        tie = losses[chosen] * 1.001 + 1e-12
+        alike = [v for v in cands if losses[v] - losses[chosen] <= margin]
         limit_fit[name] = {"value": chosen, **facts,
                            # binding: the largest candidate (in effect no limit) fits worse
-                           "binding": losses[max(cands)] > tie,
+                           "binding": max(cands) not in alike,
                            # the smallest value that fits as well as the chosen one
-                           "fits_from": min(v for v in cands if losses[v] <= tie),
+                           "fits_from": min(alike),
                            "loss": {str(v): losses[v] for v in cands}}
     if plan:
         theta, res = fitter.fit(sched, max_evals, x0=theta)
     evals, valid, lo, hi = fitter.evals, fitter.valid, fitter.lo, fitter.hi
 
     def simulate(theta: np.ndarray, work: Workload) -> Latencies:
-        return fitter.simulate(theta, work, sched)
+        return fitter.simulate(theta, work, sched, fitter.frontend(theta, sched))
 
-    m_res, p = int(valid.sum()), len(PARAMS)
+    m_res, p = int(valid.sum()), ENGINE
     s2 = 2 * res.cost / max(m_res - p, 1)
-    jac = res.jac
-    cov = s2 * np.linalg.pinv(jac.T @ jac)
+    cov = s2 * np.linalg.pinv(res.jac.T @ res.jac)
     sd = np.sqrt(np.clip(np.diag(cov), 0, None))
     unc: dict[str, Any] = {}
-    for i, name in enumerate(PARAMS):
-        if name == "frontend_latency_s":  # linear parameter: a normal interval, cut at 0
-            v = float(theta[i]) * FRONTEND_UNIT_S
-            half = 1.96 * float(sd[i]) * FRONTEND_UNIT_S
-            unc[name] = {"value": v, "std": float(sd[i]) * FRONTEND_UNIT_S, "ci95": [max(v - half, 0.0), v + half],
-                         "at_bound": bool(np.isclose(theta[i], lo[i], atol=1e-3))}
-            continue
-        v = float(np.exp(theta[i]))
+    for i, name in enumerate(PARAMS[:ENGINE]):
         unc[name] = {
-            "value": v,
+            "value": float(np.exp(theta[i])),
             "log_std": float(sd[i]),
             "ci95": [float(np.exp(theta[i] - 1.96 * sd[i])), float(np.exp(theta[i] + 1.96 * sd[i]))],
             "at_bound": bool(np.isclose(theta[i], lo[i], atol=1e-3) or np.isclose(theta[i], hi[i], atol=1e-3)),
         }
-    overrides = overrides_from(theta, base_hw)
+    fe = fitter.frontend(theta, sched)
+    fe_sd = _median_se(run.measured, fitter.simulate(theta, run.work, sched), run.scored)
+    unc["frontend_latency_s"] = {"value": fe, "std": fe_sd, "ci95": [max(fe - 1.96 * fe_sd, 0.0), fe + 1.96 * fe_sd],
+                                 "at_bound": fe == 0.0}
+    overrides = overrides_from(theta, base_hw, fe)
     fit_cmp = compare(run.measured, simulate(theta, run.work), run.scored)
     errors: dict[str, Any] = {
         "fit": {"run_id": run.run_id, "requests": len(run.work),
@@ -468,8 +494,9 @@ def calibrate(
             "store": str(store), "run_id": run.run_id, "run_label": run.label, "holdout_run_id": hold.run_id if hold else None,
             "time_scale": run.time_scale, "requests_used": len(run.work), "requests_in_run": run.total,
             "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "tool_version": __version__,
-            "method": "least squares on log-quantile residuals (q10..q99 of TTFT, TPOT, E2EL), log-parameters, "
-                      "scipy.optimize.least_squares (trf); CI from the Jacobian",
+            "method": "least squares on log-quantile residuals (q5..q99 of TTFT, TPOT, E2EL), log-parameters, "
+                      "scipy.optimize.least_squares (trf) then Nelder-Mead; frontend latency = median paired TTFT "
+                      "difference; CI from the Jacobian (frontend: standard error of the median)",
             "scheduler_fit": limit_fit,
             "evaluations": evals, "optimizer_status": int(res.status), "optimizer_message": str(res.message),
             "base_hardware": {"step_overhead_s": base_hw.step_overhead_s, "layer_overhead_s": base_hw.layer_overhead_s,

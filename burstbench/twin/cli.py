@@ -88,7 +88,9 @@ def calibrate(results: str, run_id: str, model: str, hardware: str, tp: int, rep
     efficiency scales, per-step/per-layer overheads, a fixed frontend latency) are fitted
     so simulated TTFT, TPOT and E2EL quantiles match the measured ones. Scheduler
     limits given as 'auto' are chosen too, among the values the run allows (slower:
-    each candidate is scored after a short re-fit).
+    each candidate is scored after a short re-fit). Fit on the busiest run you have and
+    hold out a lighter one: a busy run spans more batch sizes, which is what separates
+    the bandwidth efficiency from the per-step overhead.
 
     \b
     Example:
