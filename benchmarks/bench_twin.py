@@ -4,7 +4,8 @@
    vs ``burstbench simulate`` (``backends.reference.simulator``, which writes every
    token to DuckDB) on the same requests; the ratio is what makes a calibration of
    ~150 passes affordable. Both produce the same latencies (asserted).
-2. A calibration (``twin.calibrate``) on a 400-request run: wall time and passes.
+2. A calibration (``twin.calibrate``) on a 400-request run: wall time and passes; then
+   the same with the scheduler limits unknown (fitted), as a multiple of that time.
 3. ``whatif`` (baseline + variant, each with a max goodput search) and ``plan``.
 
 Figures are wall seconds and CPU seconds (the machine is shared: CPU time is the
@@ -83,6 +84,22 @@ def main() -> None:
     print(f"[2] calibrate on {len(cal.fit_run.work)} requests: {cal.evaluations} passes in {w_cal:.1f} s wall / "
           f"{c_cal:.1f} s CPU ({w_cal / cal.evaluations * 1000:.0f} ms per pass); holdout max |err| "
           f"p50 {h['max_abs_rel_err_p50']:.3f}, p99 {h['max_abs_rel_err_p99']:.3f}")
+
+    # 2b. the same with scheduler limits unknown: the hidden engine runs 24 sequences and a
+    # 2048-token budget (vLLM's defaults: 256, 8192); calibrate fits both ('auto')
+    lim = d / "limits.duckdb"
+    kw = {"model": "llama-3.1-8b", "hardware": hidden, "out": lim, "record_chunks": False,
+          "enable_prefix_caching": False, "max_num_seqs": 24, "max_num_batched_tokens": 2048}
+    l1 = simulate(replay(sub, rate=6.0), **kw)
+    l2 = simulate(replay(sub, rate=4.0), **kw)
+    cl, w_cl, c_cl = timed(lambda: calibrate(lim, l1.run_id, model="llama-3.1-8b", hardware="h100-sxm",
+                                             holdout=l2.run_id, fit_limits=("max_num_seqs", "max_num_batched_tokens")))
+    got = cl.spec.provenance["scheduler_fit"]
+    hl = cl.spec.errors["holdout"]
+    print(f"[2b] calibrate with both limits unknown: {cl.evaluations} passes in {w_cl:.1f} s wall / {c_cl:.1f} s CPU "
+          f"({w_cl / w_cal:.1f}x [2]); found max_num_seqs {got['max_num_seqs']['value']} (hidden 24), "
+          f"max_num_batched_tokens {got['max_num_batched_tokens']['value']} (hidden 2048); holdout max |err| "
+          f"p50 {hl['max_abs_rel_err_p50']:.3f}, p99 {hl['max_abs_rel_err_p99']:.3f}")
 
     # 3. whatif (H200) and plan on the slice
     twin = TwinSpec(model="llama-3.1-8b", hardware="a100-80g")

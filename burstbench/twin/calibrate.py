@@ -34,8 +34,9 @@ endpoint's are known (vLLM's defaults otherwise). When they are not (``fit_limit
 each is a discrete choice: the candidates are the values the run allows (for
 ``max_num_seqs``, from the peak number of requests seen decoding at once, which it
 cannot be below; for the token budget, vLLM's usual powers of two), each is scored by
-the loss after a short re-fit of the coefficients at that value, and the coefficients
-are fitted again at the chosen limits. A limit the run never reached fits as well at
+the loss after a re-fit of the coefficients at that value (a short one for every
+candidate, a longer one for the best three and the current value), and the
+coefficients are fitted again at the chosen limits. A limit the run never reached fits as well at
 any larger value: the given one is kept and the twin says it was not binding.
 
 Uncertainty comes from the fit's Jacobian: ``cov = s² (JᵀJ)⁻¹`` in log-parameter space
@@ -343,7 +344,9 @@ def _max_overlap(start: np.ndarray, end: np.ndarray) -> int:
 
 SEQS_SPAN = 8  # candidates max_num_seqs = peak .. peak + SEQS_SPAN (requests still in prefill)
 TOKEN_BUDGETS = (512, 1024, 2048, 4096, 8192, 16384, 32768)  # vLLM's usual max_num_batched_tokens
-LIMIT_POLISH_EVALS = 40  # simulations per candidate limit (a short re-fit of the coefficients)
+LIMIT_POLISH_EVALS = 40  # simulations of a finalist's re-fit of the coefficients
+LIMIT_SCREEN_EVALS = 20  # ... and of every candidate's first look
+LIMIT_FINALISTS = 3
 LIMITS = ("max_num_seqs", "max_num_batched_tokens")
 
 
@@ -417,8 +420,9 @@ def calibrate(
     base_hw = load_hardware(hardware)
     fitter = _Fitter(run, model, base_hw, tp, replicas, progress)
     plan = {name: _limit_candidates(name, run, sched) for name in LIMITS if name in fit_limits}
-    fitter.budget = max_evals * (2 if plan else 1) + LIMIT_POLISH_EVALS * sum(len(c) for c, _ in plan.values()) * (
-        2 if len(plan) > 1 else 1)  # at most: each limit scanned twice
+    per_scan = [LIMIT_SCREEN_EVALS * len(c) + (LIMIT_POLISH_EVALS - LIMIT_SCREEN_EVALS) * (LIMIT_FINALISTS + 2)
+                for c, _ in plan.values()]
+    fitter.budget = max_evals * (2 if plan else 1) + sum(per_scan) * (2 if len(plan) > 1 else 1)  # at most
     theta, res = fitter.fit(sched, max_evals)
     limit_fit: dict[str, Any] = {}
     pending, scans = list(plan), 0
@@ -429,8 +433,14 @@ def calibrate(
         if name == "max_num_batched_tokens":
             cands = [v for v in cands if v >= sched.max_num_seqs] or [sched.max_num_batched_tokens]
         current = int(getattr(sched, name))
-        tried = {v: fitter.polish(theta, replace(sched, **{name: v}), LIMIT_POLISH_EVALS) for v in cands}
+        # screen every candidate with a short re-fit, then finish the best few and the current
+        tried = {v: fitter.polish(theta, replace(sched, **{name: v}), LIMIT_SCREEN_EVALS) for v in cands}
         losses = {v: fitter.loss(t, replace(sched, **{name: v})) for v, t in tried.items()}
+        # (the largest candidate too: it stands for 'no limit' in the binding test below)
+        for v in {*sorted(cands, key=losses.__getitem__)[:LIMIT_FINALISTS], current, max(cands)} & set(cands):
+            sv = replace(sched, **{name: v})
+            tried[v] = fitter.polish(tried[v], sv, LIMIT_POLISH_EVALS - LIMIT_SCREEN_EVALS)
+            losses[v] = fitter.loss(tried[v], sv)
         chosen, margin = _pick(losses, current, int(fitter.valid.sum()))
         theta, sched = tried[chosen], replace(sched, **{name: chosen})
         if chosen != current:  # the limits interact: look at the others again at this value
