@@ -154,3 +154,46 @@ def make_store(path: Path, *, n: int = 600, xss: bool = False, sweep: bool = Fal
                                     fail_every=0))
         s.checkpoint()
     return runs
+
+
+def make_twin_results(d: Path, trace: Path, *, xss: bool = False) -> list[Path]:
+    """Real outputs of calibrate (twin.yaml), whatif and plan (their --json objects) on a
+    slice of ``trace``, small enough to make in seconds. With ``xss`` the model and
+    hardware names a user could type carry payloads (the files are edited after the
+    commands ran, as a hostile or careless hand could)."""
+    import json
+
+    import yaml
+
+    from burstbench.backends.reference.simulator import simulate
+    from burstbench.traces.schema import load_trace
+    from burstbench.traces.synth import replay
+    from burstbench.twin.calibrate import calibrate
+    from burstbench.twin.plan import plan
+    from burstbench.twin.spec import load_twin
+    from burstbench.twin.whatif import whatif
+
+    sl = replay(load_trace(trace), window=(0, 30))
+    store = d / "twin-runs.duckdb"
+    a = simulate(sl, model="llama-3.1-8b", hardware="l40s", out=store, record_chunks=False)
+    b = simulate(replay(sl, rate=4.0), model="llama-3.1-8b", hardware="l40s", out=store, record_chunks=False)
+    cal = calibrate(store, a.run_id, model="llama-3.1-8b", hardware="l40s", holdout=b.run_id, max_evals=10)
+    twin = cal.spec.write(d / "twin.yaml")
+    slo = {"ttft": 0.5, "tpot": 0.05}
+    wi = whatif(load_twin(twin), sl, slo=slo, hardware="h200", max_requests=200)
+    pl_ = plan(sl, model="llama-3.1-8b", hardware=["l40s", "a100-80g"], prices={"l40s": 0.86, "a100-80g": 1.79},
+               slo=slo, tp_options=(1,), max_requests=200)
+    (d / "whatif.json").write_text(json.dumps(wi))
+    (d / "plan.json").write_text(json.dumps(pl_))
+    if xss:
+        doc = yaml.safe_load(twin.read_text())
+        doc["model"], doc["hardware"] = XSS_SCRIPT, XSS_IMG
+        twin.write_text(yaml.safe_dump(doc))
+        wi["variant"]["name"] = XSS_SVG
+        wi["changes"]["hardware"] = XSS_SCRIPT
+        (d / "whatif.json").write_text(json.dumps(wi))
+        for c in pl_["candidates"]:
+            c["name"] = XSS_IMG
+        pl_["model"] = XSS_SVG
+        (d / "plan.json").write_text(json.dumps(pl_))
+    return [twin, d / "whatif.json", d / "plan.json"]

@@ -71,17 +71,19 @@ def _select_runs(con, run_ids: Sequence[str] | None) -> tuple[list[str], list[st
 
 
 def build_report(
-    store: str | Path,
+    store: str | Path | None,
     out: str | Path,
     *,
     trace: str | Path | None = None,
+    twin: Sequence[str | Path] = (),
     run_ids: Sequence[str] | None = None,
     slo: Mapping[str, float] | str | None = None,
     target: float = DEFAULT_TARGET,
     title: str = "burstbench report",
     progress: Callable[[str], None] | None = None,
 ) -> ReportResult:
-    """Write the report for ``store`` (and ``trace``) to ``out``; see the module doc."""
+    """Write the report for ``store`` (and ``trace``, and the twin's result files ``twin``) to
+    ``out``; see the module doc. Without a store the report holds the trace and twin parts."""
     from burstbench.analysis.metrics import open_store
     from burstbench.analysis.slo import parse_slo
 
@@ -100,55 +102,67 @@ def build_report(
         say(f"reading trace {Path(trace).name}")
         trace_obj = load_trace(trace)
 
-    say(f"opening {Path(store).name}")
-    con = open_store(store)
-    try:
-        view = pd.install_views(con)
-        main_ids, sweep_ids, sel_notes = _select_runs(con, run_ids)
-        runs = pd.runs(con, main_ids)
-        steps = pd.runs(con, sweep_ids)
-        sections: list[Section] = []
-        if runs:
-            say("summarising runs")
-            sums = sm.summaries(con, runs, slo_s)
-            summary = sm.summary_section(runs, sums, slo_s, target)
-            summary.blocks[:0] = [note(n, "warn") for n in sel_notes]
-            summary.blocks.append("<h3>Runs</h3>" + rs.runs_table(runs))
-            summary.blocks.append(sm.latency_table(runs, sums))
-            for block in (sm.tenant_block(con, runs, slo_s), rs.errors_block(con, runs)):
-                if block:
-                    summary.blocks.append(block)
-            sections.append(summary)
-            say("latency distributions")
-            itl_n = {rid: (s.get("itl_ms") or {}).get("n") or 0 for rid, s in sums.items()}
-            sections.append(rs.latency_section(con, runs, view, {k: v * 1000.0 for k, v in (slo_s or {}).items()},
-                                               itl_counts=itl_n))
-            say("time series")
-            w = pd.nice_window(max(pd.run_span(con, r.run_id) for r in runs), rs.WINDOWS)
-            att = sm.attainment_series(con, runs, slo_s, w)
-            load, w, series = rs.load_section(con, runs, view, att)
-            sections.append(load)
-            say("client and server health")
-            sections.append(rs.health_section(con, runs, view, w, series))
-            server = rs.server_section(con, runs)
-            if server:
-                sections.append(server)
-            if len(runs) > 1:
-                say("comparing runs (bootstrap)")
-                cmp_ = sm.compare_section(con, runs, slo_s)
-                if cmp_:
-                    sections.append(cmp_)
-        if steps:
-            say(f"sweep ({len(steps)} steps)")
-            sections.extend(sm.sweep_sections(con, steps, slo_s, target))
-    finally:
-        con.close()
+    if store is None and trace is None and not twin:
+        raise UsageError("nothing to report: give a results store, a trace or --twin files")
+    twin_secs = []
+    if twin:
+        from burstbench.reports.twinsec import twin_sections
+
+        say("digital twin results")
+        twin_secs = twin_sections(twin)  # bad files fail here, before the store is read
+    sections: list[Section] = []
+    runs: list = []
+    steps: list = []
+    if store is not None:
+        say(f"opening {Path(store).name}")
+        con = open_store(store)
+        try:
+            view = pd.install_views(con)
+            main_ids, sweep_ids, sel_notes = _select_runs(con, run_ids)
+            runs = pd.runs(con, main_ids)
+            steps = pd.runs(con, sweep_ids)
+            if runs:
+                say("summarising runs")
+                sums = sm.summaries(con, runs, slo_s)
+                summary = sm.summary_section(runs, sums, slo_s, target)
+                summary.blocks[:0] = [note(n, "warn") for n in sel_notes]
+                summary.blocks.append("<h3>Runs</h3>" + rs.runs_table(runs))
+                summary.blocks.append(sm.latency_table(runs, sums))
+                for block in (sm.tenant_block(con, runs, slo_s), rs.errors_block(con, runs)):
+                    if block:
+                        summary.blocks.append(block)
+                sections.append(summary)
+                say("latency distributions")
+                itl_n = {rid: (s.get("itl_ms") or {}).get("n") or 0 for rid, s in sums.items()}
+                sections.append(rs.latency_section(con, runs, view, {k: v * 1000.0 for k, v in (slo_s or {}).items()},
+                                                   itl_counts=itl_n))
+                say("time series")
+                w = pd.nice_window(max(pd.run_span(con, r.run_id) for r in runs), rs.WINDOWS)
+                att = sm.attainment_series(con, runs, slo_s, w)
+                load, w, series = rs.load_section(con, runs, view, att)
+                sections.append(load)
+                say("client and server health")
+                sections.append(rs.health_section(con, runs, view, w, series))
+                server = rs.server_section(con, runs)
+                if server:
+                    sections.append(server)
+                if len(runs) > 1:
+                    say("comparing runs (bootstrap)")
+                    cmp_ = sm.compare_section(con, runs, slo_s)
+                    if cmp_:
+                        sections.append(cmp_)
+            if steps:
+                say(f"sweep ({len(steps)} steps)")
+                sections.extend(sm.sweep_sections(con, steps, slo_s, target))
+        finally:
+            con.close()
 
     if trace_obj is not None:
         from burstbench.reports.tracesec import trace_section
 
         sections.append(trace_section(trace_obj, Path(trace).name, progress=say))  # type: ignore[arg-type]
 
+    sections.extend(twin_secs)
     say("writing HTML")
     doc = render(title, sections, meta=default_meta(store, trace))
     try:

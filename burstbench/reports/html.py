@@ -227,9 +227,9 @@ def count_figures(sections: Sequence[Section]) -> int:
     return sum(1 for s in sections for b in s.blocks if isinstance(b, Figure))
 
 
-def default_meta(store: str | Path, trace: str | Path | None) -> list[str]:
+def default_meta(store: str | Path | None, trace: str | Path | None) -> list[str]:
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-    items = [f"results: {Path(store).name}"]
+    items = [f"results: {Path(store).name}"] if store is not None else []
     if trace is not None:
         items.append(f"trace: {Path(trace).name}")
     items += [f"generated {now}", f"burstbench {__version__}"]

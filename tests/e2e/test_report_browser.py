@@ -80,3 +80,18 @@ async def test_the_checker_sees_an_executed_payload(tmp_path):
         assert await b.wait_for("typeof window.__pwned !== 'undefined'", timeout=10)
         assert await b.eval(RENDERED_JS) == 0
         assert any(u.endswith("/x") for u in b.requested_urls())
+
+
+async def test_twin_figures_render_and_their_strings_never_execute(tmp_path, azure_conv):
+    """The twin's parts (calibration, what-if, plan) from real command outputs whose model,
+    hardware and fleet names carry payloads."""
+    from report_stores import make_twin_results
+
+    files = make_twin_results(tmp_path, azure_conv, xss=True)
+    res = build_report(None, tmp_path / "twin.html", twin=files)
+    assert res.figures == 3
+    out = await check_report(res.path)
+    assert out["pwned"] == "undefined"
+    assert out["rendered"] == out["expected"] == res.figures
+    assert out["errors"] == []
+    assert _offline(out["urls"], res.path) == []
