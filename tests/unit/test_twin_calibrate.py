@@ -19,13 +19,18 @@ from burstbench.twin.vsim import Sched, colocated
 MODEL, BASE = "llama-3.1-8b", "h100-sxm"
 
 
+def hidden_engine():
+    """The configuration calibration must find: efficiencies 0.55x/0.6x, overheads 2x the preset."""
+    base = load_hardware(BASE)
+    return apply_overrides(base, {"bandwidth_efficiency_scale": 0.55, "flops_efficiency_scale": 0.6,
+                                  "step_overhead_s": 2 * base.step_overhead_s,
+                                  "layer_overhead_s": 2 * base.layer_overhead_s})
+
+
 @pytest.fixture(scope="module")
 def runs(azure_conv, tmp_path_factory):
     """Two runs of a hidden engine (efficiencies ~0.55-0.6x, overheads 2x the preset) at two rates."""
-    base = load_hardware(BASE)
-    hidden = apply_overrides(base, {"bandwidth_efficiency_scale": 0.55, "flops_efficiency_scale": 0.6,
-                                    "step_overhead_s": 2 * base.step_overhead_s,
-                                    "layer_overhead_s": 2 * base.layer_overhead_s})
+    hidden = hidden_engine()
     sl = replay(load_trace(azure_conv), window=(0, 100))
     out = tmp_path_factory.mktemp("cal") / "runs.duckdb"
     fit = simulate(replay(sl, rate=3.0), model=MODEL, hardware=hidden, out=out, label="fit",
@@ -83,10 +88,7 @@ def test_too_few_requests(tmp_path, azure_conv):
 def limited_runs(azure_conv, tmp_path_factory):
     """The hidden engine with scheduler limits an operator may not know: 24 sequences and
     a 2048-token budget (vLLM's defaults are 256 and 8192), at a rate where both bind."""
-    base = load_hardware(BASE)
-    hidden = apply_overrides(base, {"bandwidth_efficiency_scale": 0.55, "flops_efficiency_scale": 0.6,
-                                    "step_overhead_s": 2 * base.step_overhead_s,
-                                    "layer_overhead_s": 2 * base.layer_overhead_s})
+    hidden = hidden_engine()
     sl = replay(load_trace(azure_conv), window=(0, 100))
     out = tmp_path_factory.mktemp("limits") / "runs.duckdb"
     kw = {"model": MODEL, "hardware": hidden, "out": out, "enable_prefix_caching": False, "record_chunks": False,
