@@ -69,7 +69,8 @@ def calibration_section(doc: dict[str, Any], source: str) -> Section:
     prov = doc.get("provenance") or {}
     sec = Section("twin-calibration", f"Digital twin: calibration ({source})", intro=(
         f"{doc.get('model')} on {doc.get('hardware')} (TP {doc.get('tp', 1)}, {doc.get('replicas', 1)} replica(s)), "
-        f"fitted to run {prov.get('run_id')} ({prov.get('requests_used')} requests, time scale "
+        f"fitted to run(s) {', '.join(prov.get('run_ids') or [str(prov.get('run_id'))])} "
+        f"({prov.get('requests_used')} requests, time scale "
         f"{prov.get('time_scale')}); the run's own schedule replayed in virtual time."))
     rows = [(name, _num(u.get("value")), f"{_num((u.get('ci95') or [None])[0])} .. {_num((u.get('ci95') or [None, None])[1])}",
              "at a bound of the search" if u.get("at_bound") else "")
@@ -84,8 +85,9 @@ def calibration_section(doc: dict[str, Any], source: str) -> Section:
         rows.append((name, str(v), "", how))
     sec.blocks.append("<h3>Fitted values (95% interval)</h3>" + table(("coefficient", "value", "95% CI", ""), rows))
     points = []
-    for part in ("fit", "holdout"):
-        e = (doc.get("errors") or {}).get(part)
+    errs = doc.get("errors") or {}
+    for part, e in [("fit", errs.get("fit")), *[("fit", x) for x in errs.get("fit_more") or []],
+                    ("holdout", errs.get("holdout"))]:
         if not e:
             continue
         prow = []

@@ -42,7 +42,10 @@ any larger value: the given one is kept and the twin says it was not binding.
 Uncertainty comes from the fit's Jacobian: ``cov = s² (JᵀJ)⁻¹`` in log-parameter space
 with ``s²`` the residual variance, reported as a 95% interval per coefficient. It is a
 local, optimistic figure: it does not see the bandwidth/overhead trade-off that one
-light-load run leaves open (the holdout error is the honest check). Each
+light-load run leaves open (the holdout error is the honest check). Fitting several runs
+of the endpoint together (``run_id`` a list, e.g. two rates) closes most of it: on six
+pairs of live runs against ``serve`` the joint fits' bandwidth scale spread 0.57-0.58
+where single-run fits spread 0.56-0.61. Each
 evaluation is one virtual-time run of the schedule (milliseconds for a few hundred
 requests); long runs are cut to their first ``max_requests`` requests (a contiguous
 stretch keeps the load the endpoint saw, which a random sample would not).
@@ -53,7 +56,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-from dataclasses import dataclass, replace
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -190,33 +194,41 @@ def max_rel_err(cmp: dict[str, Any], q: str) -> float:
 @dataclass
 class Calibration:
     spec: TwinSpec
-    fit_run: MeasuredRun
+    fit_run: MeasuredRun  # the first of ``fit_runs``
     holdout_run: MeasuredRun | None
     evaluations: int
+    fit_runs: list[MeasuredRun] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return self.spec.to_dict()
 
 
 class _Fitter:
-    """The fit of one run under given scheduler limits (see the module doc).
+    """The fit of one or more runs of one endpoint under given scheduler limits.
 
-    One object per calibration: it keeps the run's target quantiles, the bounds and a
+    One object per calibration: it keeps each run's target quantiles, the bounds and a
     cache of evaluated points per scheduler setting, and counts simulations. Points
-    ``theta`` are the three engine coefficients in log space."""
+    ``theta`` are the three engine coefficients in log space. Several runs (say, two
+    rates) count alike and share one frontend latency: one endpoint, one set of
+    coefficients, more batch sizes seen."""
 
-    def __init__(self, run: MeasuredRun, model: str, base_hw: Any, tp: int, replicas: int,
+    def __init__(self, runs: list[MeasuredRun], model: str, base_hw: Any, tp: int, replicas: int,
                  progress: Any = None) -> None:
-        self.run, self.model, self.base_hw, self.tp, self.replicas = run, model, base_hw, tp, replicas
+        self.runs, self.model, self.base_hw, self.tp, self.replicas = runs, model, base_hw, tp, replicas
         self.progress = progress
         self.budget = 0  # planned simulations, for the progress bar
         self.evals = 0
-        target = _quantiles(run.measured, run.scored)
-        self.log_target = np.concatenate([np.log(target[m]) for m in METRICS])
+        targets = []
+        for run in runs:
+            target = _quantiles(run.measured, run.scored)
+            t = np.concatenate([np.log(target[m]) for m in METRICS])
+            if np.isfinite(t).sum() < len(PARAMS) + 1:
+                raise StoreError(f"run '{run.run_id}' has too few multi-token answers to fit TTFT, TPOT and E2EL")
+            targets.append(t)
+        self.log_target = np.concatenate(targets)
         self.valid = np.isfinite(self.log_target)
-        self.weights = np.concatenate([np.full(len(QUANTILES), METRIC_WEIGHTS[m]) for m in METRICS])
-        if self.valid.sum() < len(PARAMS) + 1:
-            raise StoreError(f"run '{run.run_id}' has too few multi-token answers to fit TTFT, TPOT and E2EL")
+        self.weights = np.tile(np.concatenate([np.full(len(QUANTILES), METRIC_WEIGHTS[m]) for m in METRICS]),
+                               len(runs))
         # bounds in log space: efficiencies from 1/20 of the preset up to 100% of peak
         top_bw = max(y for _, y in base_hw.bandwidth_efficiency.points)
         top_fl = max(y for _, y in base_hw.flops_efficiency.points)
@@ -235,11 +247,13 @@ class _Fitter:
             self.evals += 1
             if self.progress:
                 self.progress(self.evals, max(self.budget, self.evals))
-            lat = self.simulate(theta, self.run.work, sched)
-            fe = _paired_offset(self.run.measured, lat, self.run.scored)
-            lat = Latencies(lat.ttft + fe, lat.e2el + fe, lat.output_tokens, lat.ok)
-            q = _quantiles(lat, self.run.scored)
-            r = np.concatenate([np.log(np.maximum(q[m], 1e-9)) for m in METRICS]) - self.log_target
+            lats = [self.simulate(theta, run.work, sched) for run in self.runs]
+            fe = _paired_offset(self.runs, lats)
+            parts = []
+            for run, lat in zip(self.runs, lats, strict=True):
+                q = _quantiles(Latencies(lat.ttft + fe, lat.e2el + fe, lat.output_tokens, lat.ok), run.scored)
+                parts.append(np.concatenate([np.log(np.maximum(q[m], 1e-9)) for m in METRICS]))
+            r = np.concatenate(parts) - self.log_target
             # 5.0: the residual of a configuration that cannot serve the run at all
             self.cache[key] = ((np.where(np.isfinite(r), r, 5.0) * self.weights)[self.valid], fe)
         return self.cache[key]
@@ -314,22 +328,27 @@ class _Fitter:
         return theta, res
 
 
-def _median_se(measured: Latencies, twin: Latencies, mask: np.ndarray | None) -> float:
+def _paired_diffs(runs: Sequence[MeasuredRun], lats: Sequence[Latencies]) -> np.ndarray:
+    """Measured - simulated TTFT of every scored request of every run."""
+    out = []
+    for run, lat in zip(runs, lats, strict=True):
+        d = run.measured.ttft - lat.ttft
+        d = d[run.scored] if run.scored is not None else d
+        out.append(d[np.isfinite(d)])
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def _median_se(runs: Sequence[MeasuredRun], lats: Sequence[Latencies]) -> float:
     """Standard error of ``_paired_offset``: 1.2533 sigma / sqrt(n), sigma from the MAD."""
-    d = measured.ttft - twin.ttft
-    d = (d[mask] if mask is not None else d)
-    d = d[np.isfinite(d)]
+    d = _paired_diffs(runs, lats)
     if d.size < 2:
         return 0.0
     return float(1.2533 * 1.4826 * np.median(np.abs(d - np.median(d))) / math.sqrt(d.size))
 
 
-def _paired_offset(measured: Latencies, twin: Latencies, mask: np.ndarray | None) -> float:
+def _paired_offset(runs: Sequence[MeasuredRun], lats: Sequence[Latencies]) -> float:
     """Median of measured - simulated TTFT over the same requests, at least 0 (see module doc)."""
-    d = measured.ttft - twin.ttft
-    if mask is not None:
-        d = d[mask]
-    d = d[np.isfinite(d)]
+    d = _paired_diffs(runs, lats)
     return max(float(np.median(d)), 0.0) if d.size else 0.0
 
 
@@ -350,21 +369,23 @@ LIMIT_FINALISTS = 3
 LIMITS = ("max_num_seqs", "max_num_batched_tokens")
 
 
-def _limit_candidates(name: str, run: MeasuredRun, sched: Sched) -> tuple[list[int], dict[str, Any]]:
-    """Values of one scheduler limit to try, and what the run says about it."""
+def _limit_candidates(name: str, runs: Sequence[MeasuredRun], sched: Sched) -> tuple[list[int], dict[str, Any]]:
+    """Values of one scheduler limit to try, and what the runs say about it."""
     given = int(getattr(sched, name))
     if name == "max_num_seqs":
         # Requests between their first and last token at once ran in one iteration, so the
         # limit is at least their peak count; when it binds, the count reaches it less the
         # few requests still in (chunked) prefill. Each interval is trimmed by 1 ms so
         # timestamps of one iteration split by jitter never overlap (undercounting is safe).
-        arrival, lat = run.work.arrival, run.measured
-        ok = np.isfinite(lat.ttft) & np.isfinite(lat.e2el) & (lat.e2el - lat.ttft > 2e-3)
-        peak = max(_max_overlap(arrival[ok] + lat.ttft[ok] + 1e-3, arrival[ok] + lat.e2el[ok] - 1e-3), 1) \
-            if ok.any() else 1
+        peak = 1
+        for run in runs:
+            arrival, lat = run.work.arrival, run.measured
+            ok = np.isfinite(lat.ttft) & np.isfinite(lat.e2el) & (lat.e2el - lat.ttft > 2e-3)
+            if ok.any():
+                peak = max(peak, _max_overlap(arrival[ok] + lat.ttft[ok] + 1e-3, arrival[ok] + lat.e2el[ok] - 1e-3))
         cands = sorted({*range(peak, peak + SEQS_SPAN + 1), *([given] if given > peak + SEQS_SPAN else [])})
         return cands, {"lower_bound": peak}
-    longest = int(run.work.input_tokens.max()) if len(run.work) else 0
+    longest = max((int(run.work.input_tokens.max()) for run in runs if len(run.work)), default=0)
     cands = sorted({*[v for v in TOKEN_BUDGETS if v >= sched.max_num_seqs], given})
     return cands, {"longest_prompt": longest}
 
@@ -388,7 +409,7 @@ def _pick(losses: dict[int, float], given: int, n_resid: int) -> tuple[int, floa
 
 def calibrate(
     store: str | Path,
-    run_id: str,
+    run_id: str | Sequence[str],
     *,
     model: str,
     hardware: str,
@@ -404,6 +425,9 @@ def calibrate(
 ) -> Calibration:
     """Fit the twin to ``run_id`` (see module doc); check it on ``holdout`` when given.
 
+    ``run_id`` may name several runs of the same endpoint (e.g. two rates): they are
+    fitted together, which pins the bandwidth/overhead trade-off one run leaves open.
+
     ``fit_limits``: scheduler limits the endpoint's operator does not know (``LIMITS``);
     each is chosen among candidates the run allows (see ``_limit_candidates``) by the
     loss after a short re-fit of the coefficients at that value, then the coefficients
@@ -416,10 +440,16 @@ def calibrate(
     if unknown:
         raise UsageError(f"cannot fit {', '.join(sorted(unknown))}; fit any of {', '.join(LIMITS)}")
     sched = sched or Sched()
-    run = read_run(store, run_id, time_scale=time_scale, max_requests=max_requests)
+    ids = [run_id] if isinstance(run_id, str) else list(run_id)
+    if not ids:
+        raise UsageError("give at least one run to fit (--run ID)")
+    runs = [read_run(store, rid, time_scale=time_scale, max_requests=max_requests) for rid in ids]
+    if len({r.run_id for r in runs}) < len(runs):
+        raise UsageError("the same run is named twice in --run")
+    run = runs[0]
     base_hw = load_hardware(hardware)
-    fitter = _Fitter(run, model, base_hw, tp, replicas, progress)
-    plan = {name: _limit_candidates(name, run, sched) for name in LIMITS if name in fit_limits}
+    fitter = _Fitter(runs, model, base_hw, tp, replicas, progress)
+    plan = {name: _limit_candidates(name, runs, sched) for name in LIMITS if name in fit_limits}
     per_scan = [LIMIT_SCREEN_EVALS * len(c) + (LIMIT_POLISH_EVALS - LIMIT_SCREEN_EVALS) * (LIMIT_FINALISTS + 2)
                 for c, _ in plan.values()]
     fitter.budget = max_evals * (2 if plan else 1) + sum(per_scan) * (2 if len(plan) > 1 else 1)  # at most
@@ -472,26 +502,23 @@ def calibrate(
             "at_bound": bool(np.isclose(theta[i], lo[i], atol=1e-3) or np.isclose(theta[i], hi[i], atol=1e-3)),
         }
     fe = fitter.frontend(theta, sched)
-    fe_sd = _median_se(run.measured, fitter.simulate(theta, run.work, sched), run.scored)
+    fe_sd = _median_se(runs, [fitter.simulate(theta, r.work, sched) for r in runs])
     unc["frontend_latency_s"] = {"value": fe, "std": fe_sd, "ci95": [max(fe - 1.96 * fe_sd, 0.0), fe + 1.96 * fe_sd],
                                  "at_bound": fe == 0.0}
     overrides = overrides_from(theta, base_hw, fe)
-    fit_cmp = compare(run.measured, simulate(theta, run.work), run.scored)
-    errors: dict[str, Any] = {
-        "fit": {"run_id": run.run_id, "requests": len(run.work),
-                "scored": int(run.scored.sum()) if run.scored is not None else len(run.work), "percentiles": fit_cmp,
-                "max_abs_rel_err_p50": max_rel_err(fit_cmp, "p50"), "max_abs_rel_err_p99": max_rel_err(fit_cmp, "p99"),
-                "rms_log_quantile_err": float(np.sqrt(np.mean(res.fun**2)))}
-    }
+    def errors_on(r: MeasuredRun) -> dict[str, Any]:
+        cmp_ = compare(r.measured, simulate(theta, r.work), r.scored)
+        return {"run_id": r.run_id, "requests": len(r.work),
+                "scored": int(r.scored.sum()) if r.scored is not None else len(r.work), "percentiles": cmp_,
+                "max_abs_rel_err_p50": max_rel_err(cmp_, "p50"), "max_abs_rel_err_p99": max_rel_err(cmp_, "p99")}
+
+    errors: dict[str, Any] = {"fit": {**errors_on(run), "rms_log_quantile_err": float(np.sqrt(np.mean(res.fun**2)))}}
+    if len(runs) > 1:
+        errors["fit_more"] = [errors_on(r) for r in runs[1:]]
     hold = None
     if holdout is not None:
         hold = read_run(store, holdout, time_scale=time_scale, max_requests=max_requests)
-        h_cmp = compare(hold.measured, simulate(theta, hold.work), hold.scored)
-        errors["holdout"] = {"run_id": hold.run_id, "requests": len(hold.work),
-                             "scored": int(hold.scored.sum()) if hold.scored is not None else len(hold.work),
-                             "percentiles": h_cmp,
-                             "max_abs_rel_err_p50": max_rel_err(h_cmp, "p50"),
-                             "max_abs_rel_err_p99": max_rel_err(h_cmp, "p99")}
+        errors["holdout"] = errors_on(hold)
     from burstbench import __version__
 
     spec = TwinSpec(
@@ -501,8 +528,9 @@ def calibrate(
                    "router": sched.router, **({"max_waiting": sched.max_waiting} if sched.max_waiting else {})},
         uncertainty=unc,
         provenance={
-            "store": str(store), "run_id": run.run_id, "run_label": run.label, "holdout_run_id": hold.run_id if hold else None,
-            "time_scale": run.time_scale, "requests_used": len(run.work), "requests_in_run": run.total,
+            "store": str(store), "run_id": run.run_id, "run_ids": [r.run_id for r in runs], "run_label": run.label, "holdout_run_id": hold.run_id if hold else None,
+            "time_scale": run.time_scale, "requests_used": sum(len(r.work) for r in runs),
+            "requests_in_run": sum(r.total for r in runs),
             "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "tool_version": __version__,
             "method": "least squares on log-quantile residuals (q5..q99 of TTFT, TPOT, E2EL), log-parameters, "
                       "scipy.optimize.least_squares (trf) then Nelder-Mead; frontend latency = median paired TTFT "
@@ -514,4 +542,4 @@ def calibrate(
         },
         errors=errors,
     )
-    return Calibration(spec, run, hold, evals)
+    return Calibration(spec, run, hold, evals, runs)

@@ -59,7 +59,9 @@ def _sched_opts(max_num_seqs: int | None, max_num_batched_tokens: int | None) ->
 
 @click.command("calibrate", context_settings=CTX)
 @click.argument("results", type=click.Path(dir_okay=False))
-@click.option("--run", "run_id", required=True, help="The measured run to fit (id or unique prefix).")
+@click.option("--run", "run_ids", required=True, multiple=True,
+              help="The measured run to fit (id or unique prefix); repeat to fit several runs of the endpoint "
+                   "together (e.g. two rates).")
 @click.option("--model", required=True, help="Model preset or config.json the endpoint serves.")
 @click.option("--hardware", required=True, help="Hardware preset or profile JSON to start from.")
 @click.option("--tp", type=int, default=1, show_default=True, help="Tensor parallelism of the endpoint.")
@@ -78,7 +80,7 @@ def _sched_opts(max_num_seqs: int | None, max_num_batched_tokens: int | None) ->
               help="Simulation budget of the fit (least squares in two stages, then a Nelder-Mead polish).")
 @click.option("-o", "--out", "out", required=True, type=click.Path(dir_okay=False), help="twin.yaml to write.")
 @click.option("--json", "as_json", is_flag=True, help="Print the twin (with errors) as one JSON object.")
-def calibrate(results: str, run_id: str, model: str, hardware: str, tp: int, replicas: int, max_num_seqs: str,
+def calibrate(results: str, run_ids: tuple[str, ...], model: str, hardware: str, tp: int, replicas: int, max_num_seqs: str,
               max_num_batched_tokens: str, holdout: str | None, time_scale: float | None, max_requests: int,
               max_evals: int, out: str, as_json: bool) -> None:
     """Fit the reference engine to a measured run and write a digital twin (twin.yaml).
@@ -117,7 +119,7 @@ def calibrate(results: str, run_id: str, model: str, hardware: str, tp: int, rep
 
     store = open_store(results)  # a wrong file or run id fails here, before the progress bar
     try:
-        for rid in (run_id, holdout):
+        for rid in (*run_ids, holdout):
             if rid is not None:
                 resolve_run(store, rid)
     finally:
@@ -125,13 +127,14 @@ def calibrate(results: str, run_id: str, model: str, hardware: str, tp: int, rep
     con = _console()
     with Progress(console=con, transient=True) as bar:
         task = bar.add_task("calibrating", total=max_evals)
-        cal = fit(results, run_id, model=model, hardware=hardware, tp=tp, replicas=replicas, sched=sched,
+        cal = fit(results, list(run_ids), model=model, hardware=hardware, tp=tp, replicas=replicas, sched=sched,
                   fit_limits=fit_limits, holdout=holdout, time_scale=time_scale, max_requests=max_requests, max_evals=max_evals,
                   progress=lambda i, n: bar.update(task, completed=i, total=n))
     cal.spec.write(out)
     spec = cal.spec
-    con.print(f"twin written to {out} ({cal.evaluations} simulations, fit on {len(cal.fit_run.work)} requests "
-              f"of run {cal.fit_run.run_id}, time scale {cal.fit_run.time_scale:g})")
+    fitted_on = ", ".join(f"{len(r.work)} requests of run {r.run_id}" for r in cal.fit_runs)
+    con.print(f"twin written to {out} ({cal.evaluations} simulations, fit on {fitted_on}, "
+              f"time scale {cal.fit_run.time_scale:g})")
     for name, u in spec.uncertainty.items():
         con.print(f"  {name:28s} {u['value']:.4g}  (95% CI {u['ci95'][0]:.4g} .. {u['ci95'][1]:.4g})"
                   + ("  [at bound]" if u.get("at_bound") else ""))
@@ -141,8 +144,9 @@ def calibrate(results: str, run_id: str, model: str, hardware: str, tp: int, rep
         con.print(f"  {name:28s} {f['value']}  ({why}; "
                   + ("fitted)" if f["binding"] else
                      f"not reached in this run: any value from {f['fits_from']} up fits as well)"))
-    for part in ("fit", "holdout"):
-        e = spec.errors.get(part)
+    parts = [("fit", spec.errors.get("fit")), *[("fit", e) for e in spec.errors.get("fit_more", [])],
+             ("holdout", spec.errors.get("holdout"))]
+    for part, e in parts:
         if not e:
             continue
         con.print(f"{part} run {e['run_id']} ({e['requests']} requests): twin vs measured")

@@ -129,3 +129,16 @@ def test_fitting_an_unknown_setting_is_a_usage_error(runs):
     out, fit_id, _ = runs
     with pytest.raises(UsageError, match="cannot fit block_size"):
         calibrate(out, fit_id, model=MODEL, hardware=BASE, fit_limits=("block_size",))
+
+
+def test_several_runs_are_fitted_together(runs):
+    out, fit_id, hold_id = runs
+    cal = calibrate(out, [fit_id, hold_id], model=MODEL, hardware=BASE, max_requests=300)
+    assert cal.spec.provenance["run_ids"] == [fit_id, hold_id] and [r.run_id for r in cal.fit_runs] == [fit_id, hold_id]
+    assert cal.spec.provenance["requests_used"] == sum(len(r.work) for r in cal.fit_runs)
+    (more,) = cal.spec.errors["fit_more"]
+    assert more["run_id"] == hold_id
+    for e in (cal.spec.errors["fit"], more):  # one set of coefficients serves both rates
+        assert e["max_abs_rel_err_p50"] <= 0.05 and e["max_abs_rel_err_p99"] <= 0.10, e
+    with pytest.raises(UsageError, match="named twice"):
+        calibrate(out, [fit_id, fit_id[:-2]], model=MODEL, hardware=BASE)  # the same run by a prefix

@@ -187,3 +187,11 @@ def test_calibrate_limit_must_be_a_number_or_auto(measured, tmp_path, capsys):
     assert code == 2
     assert "--max-num-seqs must be a positive integer or 'auto', got 'lots'" in capsys.readouterr().err
     assert not (tmp_path / "t.yaml").exists()
+
+
+def test_calibrate_on_two_runs(measured, tmp_path, capsys):
+    _, out, _, fit, hold = measured
+    assert main(["calibrate", str(out), "--run", fit, "--run", hold, "--model", "llama-3.1-8b", "--hardware",
+                 "l40s", "--max-evals", "20", "-o", str(tmp_path / "t.yaml"), "--json"]) == 0
+    doc = _json(capsys)
+    assert doc["provenance"]["run_ids"] == [fit, hold] and doc["errors"]["fit_more"][0]["run_id"] == hold
