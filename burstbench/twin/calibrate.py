@@ -21,10 +21,11 @@ Free coefficients (three searched, one profiled):
 - ``frontend_latency_s``: a fixed time outside the engine on every token (HTTP, API
   server). The twin replays the run's own schedule, so each request has a measured and
   a simulated TTFT; for given engine coefficients the latency is the median of their
-  differences (at least 0). A constant of a millisecond or two is all but invisible in
-  quantiles (as free least-squares parameter it wandered 0.2-3 ms on runs whose true
-  value was 1.5-2 ms, trading against the overheads); paired per request, the median
-  is robust to the few requests that land one iteration apart and pins it to ~0.1 ms;
+  differences (at least 0): paired per request, the median is robust to the few
+  requests that land one iteration apart, and its standard error is ~0.1 ms. It still
+  trades against the FLOP/s scale (a slower prefill leaves less to the frontend): on
+  six live runs single-run fits put it at 0.1-2.5 ms where the server's true offset
+  is 1.5-2 ms; fitting two rates together narrowed that to 0.8-1.7 ms;
 - ``overhead_scale`` on the per-step *and* per-layer overheads together: for a single
   model they add up to one constant per iteration (``step + layers × layer``), so only
   their sum is identifiable; their preset ratio is kept and both are reported.
