@@ -40,10 +40,16 @@ candidate, a longer one for the best three and the current value), and the
 coefficients are fitted again at the chosen limits. A limit the run never reached fits as well at
 any larger value: the given one is kept and the twin says it was not binding.
 
-Uncertainty comes from the fit's Jacobian: ``cov = s² (JᵀJ)⁻¹`` in log-parameter space
-with ``s²`` the residual variance, reported as a 95% interval per coefficient. It is a
-local, optimistic figure: it does not see the bandwidth/overhead trade-off that one
-light-load run leaves open (the holdout error is the honest check). Fitting several runs
+Uncertainty is a sandwich around the fit's Jacobian ``J`` in log-parameter space:
+``cov = (JᵀJ)⁻¹ Jᵀ (s² I + Σ) J (JᵀJ)⁻¹``, with ``s²`` the residual variance and ``Σ``
+the covariance of the measured quantiles under a moving-block bootstrap of the run's
+requests (``_Fitter.target_cov``), reported as a 95% interval per coefficient. Without
+``Σ`` (as first written) the intervals only said how well three coefficients bend to
+one run's quantiles: on live runs against ``serve`` two fits of the same endpoint at two
+rates gave bandwidth scales 0.607 [0.600, 0.613] and 0.586 [0.583, 0.589], intervals
+that exclude each other; with it, [0.549, 0.670] and [0.528, 0.650]. The frontend
+latency's interval adds how it moves with the engine coefficients. The holdout error
+remains the honest check. Fitting several runs
 of the endpoint together (``run_id`` a list, e.g. two rates) closes most of it: on six
 pairs of live runs against ``serve`` the joint fits' bandwidth scale spread 0.57-0.58
 where single-run fits spread 0.56-0.61. Each
@@ -236,6 +242,34 @@ class _Fitter:
         self.lo = np.log([0.05, 0.05, 0.02])
         self.hi = np.log([1.0 / top_bw, 1.0 / top_fl, 50.0])
         self.cache: dict[tuple[Sched, bytes], tuple[np.ndarray, float]] = {}
+
+    def target_cov(self, resamples: int = 200, seed: int = 0) -> np.ndarray:
+        """Covariance of the weighted target vector under a moving-block bootstrap of each run.
+
+        The residual left at the optimum says how well three coefficients can bend to the
+        measured quantiles, not how much those quantiles would differ on another run of
+        the same endpoint; that sampling noise is what the interval must carry. Requests
+        are resampled in blocks of ~sqrt(n) consecutive sends, since requests that shared
+        batches are not independent."""
+        rng = np.random.default_rng(seed)
+        parts = []
+        for run in self.runs:
+            m = run.scored if run.scored is not None else np.ones(len(run.work), dtype=bool)
+            ttft, e2el, out = run.measured.ttft[m], run.measured.e2el[m], run.measured.output_tokens[m]
+            n = len(ttft)
+            block = max(1, round(math.sqrt(n)))
+            starts = rng.integers(0, max(n - block, 0) + 1, size=(resamples, -(-n // block)))
+            idx = ((starts[:, :, None] + np.arange(block)).reshape(resamples, -1) % n)[:, :n]
+            rows = []
+            for k in range(resamples):
+                i = idx[k]
+                q = _quantiles(Latencies(ttft[i], e2el[i], out[i], np.ones(n, dtype=bool)))
+                rows.append(np.concatenate([np.log(np.maximum(q[x], 1e-9)) for x in METRICS]))
+            parts.append(np.array(rows))
+        boot = np.concatenate(parts, axis=1) * self.weights
+        boot = boot[:, self.valid]
+        boot = np.where(np.isfinite(boot), boot, np.nan)
+        return np.ma.cov(np.ma.masked_invalid(boot), rowvar=False).filled(0.0)
 
     def simulate(self, theta: np.ndarray, work: Workload, sched: Sched, frontend_s: float = 0.0) -> Latencies:
         cost = build_cost(self.model, self.base_hw, self.tp, overrides_from(theta, self.base_hw))
@@ -492,7 +526,9 @@ def calibrate(
 
     m_res, p = int(valid.sum()), ENGINE
     s2 = 2 * res.cost / max(m_res - p, 1)
-    cov = s2 * np.linalg.pinv(res.jac.T @ res.jac)
+    jtj_inv = np.linalg.pinv(res.jac.T @ res.jac)
+    noise = fitter.target_cov()  # how much the measured quantiles themselves could move
+    cov = s2 * jtj_inv + jtj_inv @ res.jac.T @ noise @ res.jac @ jtj_inv
     sd = np.sqrt(np.clip(np.diag(cov), 0, None))
     unc: dict[str, Any] = {}
     for i, name in enumerate(PARAMS[:ENGINE]):
@@ -503,7 +539,11 @@ def calibrate(
             "at_bound": bool(np.isclose(theta[i], lo[i], atol=1e-3) or np.isclose(theta[i], hi[i], atol=1e-3)),
         }
     fe = fitter.frontend(theta, sched)
-    fe_sd = _median_se(runs, [fitter.simulate(theta, r.work, sched) for r in runs])
+    # its own standard error, plus how it moves with the engine coefficients it trades
+    # against (the points of the last Jacobian: already simulated, no new runs)
+    grad = np.array([(fitter.frontend(theta + JAC_STEP * e, sched) - fe) / JAC_STEP for e in np.eye(ENGINE)])
+    fe_sd = math.hypot(_median_se(runs, [fitter.simulate(theta, r.work, sched) for r in runs]),
+                       math.sqrt(max(float(grad @ cov @ grad), 0.0)))
     unc["frontend_latency_s"] = {"value": fe, "std": fe_sd, "ci95": [max(fe - 1.96 * fe_sd, 0.0), fe + 1.96 * fe_sd],
                                  "at_bound": fe == 0.0}
     overrides = overrides_from(theta, base_hw, fe)
