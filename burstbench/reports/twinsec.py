@@ -129,6 +129,17 @@ def whatif_section(doc: dict[str, Any], source: str) -> Section:
         for q in ("p50", "p99"):
             rows.append((f"{name} {q} (ms)", _ms((b.get(key) or {}).get(q)), _ms((v.get(key) or {}).get(q))))
 
+    bb, vb = b.get("band"), v.get("band")
+    if bb and vb:  # the range over twins drawn from the calibration's uncertainty
+        def span(x: Any, fmt: Any) -> str:
+            return "–" if not x else f"{fmt(x[0])} – {fmt(x[1])}"
+
+        if bb.get("slo_attainment"):
+            rows.append((f"SLO attainment, band of {bb['draws']} draws", span(bb["slo_attainment"], _pct),
+                         span(vb["slo_attainment"], _pct)))
+        for key, name in METRICS:
+            rows.append((f"{name} p99 (ms), band", span(bb[key].get("p99"), _ms), span(vb[key].get("p99"), _ms)))
+
     def rate(x: Any) -> str:
         return "none met the target" if x is None else f"{float(x):.3g} req/s"
 

@@ -577,6 +577,8 @@ def calibrate(
                       "scipy.optimize.least_squares (trf) then Nelder-Mead; frontend latency = median paired TTFT "
                       "difference; CI from the Jacobian (frontend: standard error of the median)",
             "scheduler_fit": limit_fit,
+            # of the log engine scales, for whatif --band (TwinSpec.draws)
+            "covariance": {"params": list(PARAMS[:ENGINE]), "log_cov": cov.tolist()},
             "evaluations": evals, "optimizer_status": int(res.status), "optimizer_message": str(res.message),
             "base_hardware": {"step_overhead_s": base_hw.step_overhead_s, "layer_overhead_s": base_hw.layer_overhead_s,
                               "note": "step and layer overheads are collinear for one model; fitted as one scale"},

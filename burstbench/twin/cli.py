@@ -181,13 +181,15 @@ def calibrate(results: str, run_ids: tuple[str, ...], model: str, hardware: str,
 @click.option("--target", type=float, default=0.9, show_default=True, help="Attainment target of max goodput.")
 @click.option("--max-requests", type=int, default=2000, show_default=True, help="Use at most the first N requests.")
 @click.option("--no-search", is_flag=True, help="Skip the max goodput search (attainment at the trace's rate only).")
+@click.option("--band", type=int, default=0, show_default=True, metavar="N",
+              help="Also run N twins drawn from the calibration's uncertainty and show the range of each figure.")
 @click.option("-o", "--out", "out", default=None, type=click.Path(dir_okay=False),
               help="Results DuckDB to keep every simulated run in (analyze/report can read it).")
 @click.option("--json", "as_json", is_flag=True, help="Print the comparison as one JSON object.")
 def whatif(twin_file: str, trace_path: str, hardware: str | None, tp: int | None, replicas: int | None,
            max_num_seqs: int | None, max_num_batched_tokens: int | None, rate_scale: float | None, layout: str,
            prefill: int, decode: int, kv_link_gbps: float | None, slo: str | None, target: float,
-           max_requests: int, no_search: bool, out: str | None, as_json: bool) -> None:
+           max_requests: int, no_search: bool, band: int, out: str | None, as_json: bool) -> None:
     """Replay a trace through the twin and a changed deployment, side by side.
 
     Prints SLO attainment, latency percentiles and the max goodput rate (highest rate
@@ -211,6 +213,8 @@ def whatif(twin_file: str, trace_path: str, hardware: str | None, tp: int | None
 
     twin = load_twin(twin_file)
     slo_s = parse_slo(slo) if slo is not None else None
+    if band < 0:
+        raise UsageError(f"--band must be >= 0, got {band}")
     for name, v in (("--tp", tp), ("--replicas", replicas), ("--prefill", prefill), ("--decode", decode),
                     ("--max-requests", max_requests)):
         if v is not None and v < 1:
@@ -226,7 +230,7 @@ def whatif(twin_file: str, trace_path: str, hardware: str | None, tp: int | None
                        link_bandwidth=kv_link_gbps * 1e9 if kv_link_gbps else None)
     with con.status("simulating baseline and variant") as status:
         res = run(twin, trace, slo=slo_s, target=target, rate_scale=rate_scale, max_requests=max_requests,
-                  out=out, search=not no_search and slo_s is not None,
+                  out=out, search=not no_search and slo_s is not None, band=band,
                   on_step=lambda s: status.update(f"goodput search: {s.value:.3g} req/s -> "
                                                   f"{(s.slo_attainment or 0) * 100:.1f}% attainment"), **changes)
     _print_whatif(con, res)
@@ -258,6 +262,14 @@ def _print_whatif(con: Any, res: dict[str, Any]) -> None:
     for r in rows:
         t.add_row(*r)
     con.print(t)
+    for side, r in (("baseline", b), ("variant", v)):
+        bd = r.get("band")
+        if bd:
+            att = bd["slo_attainment"]
+            con.print(f"{side} over {bd['draws']} twins drawn from the calibration's uncertainty: "
+                      + (f"attainment {att[0] * 100:.1f}-{att[1] * 100:.1f}%, " if att else "")
+                      + ", ".join(f"{key[:-3].upper()} p99 {_ms(bd[key]['p99'][0])}-{_ms(bd[key]['p99'][1])} ms"
+                                  for key in ("ttft_ms", "tpot_ms", "e2el_ms") if bd[key].get("p99")))
     if "goodput_per_gpu_ratio" in res:
         con.print(f"variant / baseline: max goodput x{res['max_goodput_ratio']:.2f}, "
                   f"per GPU x{res['goodput_per_gpu_ratio']:.2f}")

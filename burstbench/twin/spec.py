@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from burstbench.errors import SpecError
+from burstbench.errors import SpecError, UsageError
 from burstbench.twin.vsim import Sched
 
 FORMAT = "burstbench.twin/1"
@@ -50,6 +50,35 @@ class TwinSpec:
     def sched(self, **changes: Any) -> Sched:
         vals = {**self.scheduler, **{k: v for k, v in changes.items() if v is not None}}
         return Sched(**vals)
+
+    def draws(self, n: int, seed: int = 0) -> list[TwinSpec]:
+        """``n`` twins with coefficients drawn from the calibration's uncertainty.
+
+        The three engine scales come from the fitted covariance (log space, so they stay
+        positive and keep their correlation: a faster bandwidth with a larger overhead);
+        the frontend latency from its own interval, cut at 0. What ``whatif --band``
+        runs to say how much an answer depends on what one run could tell."""
+        import numpy as np
+
+        cov = (self.provenance.get("covariance") or {}).get("log_cov")
+        fe = self.uncertainty.get("frontend_latency_s") or {}
+        if cov is None:
+            raise UsageError("this twin carries no covariance of its coefficients; write it with "
+                             "'burstbench calibrate' to use --band")
+        rng = np.random.default_rng(seed)
+        z = rng.multivariate_normal(np.zeros(3), np.asarray(cov, dtype=float), size=n, method="eigh")
+        e = rng.standard_normal(n) * float(fe.get("std") or 0.0)
+        out = []
+        for k in range(n):
+            f = np.exp(z[k])
+            ov = dict(self.overrides)
+            for key, scale in (("bandwidth_efficiency_scale", f[0]), ("flops_efficiency_scale", f[1]),
+                               ("step_overhead_s", f[2]), ("layer_overhead_s", f[2])):
+                if key in ov:
+                    ov[key] = float(ov[key] * scale)
+            ov["frontend_latency_s"] = max(self.frontend_s + float(e[k]), 0.0)
+            out.append(dataclasses.replace(self, overrides=ov))
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": FORMAT, **dataclasses.asdict(self)}

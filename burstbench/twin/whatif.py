@@ -136,6 +136,7 @@ def whatif(
     out: str | Path | None = None,
     search: bool = True,
     on_step: Callable[[Any], None] | None = None,
+    band: int = 0,
     **changes: Any,
 ) -> dict[str, Any]:
     """Baseline (the twin) vs variant (the twin with ``changes``) on ``trace``; see module doc.
@@ -145,6 +146,11 @@ def whatif(
     With ``layout='disagg'`` the baseline is instead a colocated fleet with the same changes
     (hardware, TP, scheduler) and as many instances as the two pools (or ``replicas``),
     and both sides see the same (rate-scaled) trace: DistServe's comparison.
+
+    ``band``: also run both sides with that many twins drawn from the calibration's
+    uncertainty (``TwinSpec.draws``) and report, per side, the range of attainment and
+    percentiles over the draws: how much the answer depends on what the measured run
+    could pin down (near saturation, a lot). The goodput search runs on the twin alone.
     """
     if not 0 < target <= 1:
         raise UsageError(f"--target {target}: give a fraction in (0, 1], e.g. 0.9")
@@ -155,18 +161,23 @@ def whatif(
     if max_requests is not None and len(work) > max_requests:
         notes.append(f"used the first {max_requests} of {len(work)} requests (--max-requests)")
         work = work.head(max_requests)
-    var = Deployment.from_twin(twin, **changes)
+    def deployments(t: TwinSpec) -> tuple[Deployment, Deployment]:
+        var = Deployment.from_twin(t, **changes)
+        if changes.get("layout") == "disagg":
+            # DistServe's comparison: the same trace and SLOs on a colocated fleet of the same
+            # hardware and (unless --replicas says otherwise) the same number of instances
+            keep = {k: v for k, v in changes.items() if k not in ("layout", "prefill", "decode", "link_bandwidth")}
+            keep["replicas"] = keep.get("replicas") or sum(g.count for g in var.groups)
+            return Deployment.from_twin(t, **keep), var
+        return Deployment.from_twin(t), var
+
+    base, var = deployments(twin)
     if changes.get("layout") == "disagg":
-        # DistServe's comparison: the same trace and SLOs on a colocated fleet of the same
-        # hardware and (unless --replicas says otherwise) the same number of instances
-        keep = {k: v for k, v in changes.items() if k not in ("layout", "prefill", "decode", "link_bandwidth")}
-        keep["replicas"] = keep.get("replicas") or sum(g.count for g in var.groups)
-        base = Deployment.from_twin(twin, **keep)
         work = work.scaled(rate_scale) if rate_scale else work
         var_work = work
     else:
-        base = Deployment.from_twin(twin)
         var_work = work.scaled(rate_scale) if rate_scale else work
+    drawn = twin.draws(band, seed=0) if band else []  # a twin without a covariance fails here
     tmp = None
     if out is None:
         tmp = tempfile.TemporaryDirectory(prefix="burstbench-whatif-")
@@ -188,8 +199,28 @@ def whatif(
     finally:
         if tmp is not None:
             tmp.cleanup()
+    if drawn:
+        rows: dict[str, list[dict[str, Any]]] = {"baseline": [], "variant": []}
+        for t in drawn:
+            for side, dep, w in zip(("baseline", "variant"), deployments(t), (work, var_work), strict=True):
+                lat = dep.run(w)
+                rows[side].append({"slo_attainment": lat.attainment(slo) if slo else None, **lat.percentiles()})
+        for side, rs in rows.items():
+            result[side]["band"] = _band(rs)
     b, v = result["baseline"], result["variant"]
     if b.get("max_goodput_rate") and v.get("max_goodput_rate"):
         result["max_goodput_ratio"] = v["max_goodput_rate"] / b["max_goodput_rate"]
         result["goodput_per_gpu_ratio"] = v["goodput_per_gpu"] / b["goodput_per_gpu"]
     return json.loads(json.dumps(result, default=float))
+
+
+def _band(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Lowest and highest of each figure over the drawn twins."""
+    def span(xs: list[Any]) -> list[float] | None:
+        xs = [x for x in xs if x is not None]
+        return [float(min(xs)), float(max(xs))] if xs else None
+
+    out: dict[str, Any] = {"draws": len(rows), "slo_attainment": span([r["slo_attainment"] for r in rows])}
+    for key in ("ttft_ms", "tpot_ms", "e2el_ms"):
+        out[key] = {q: span([r[key][q] for r in rows]) for q in rows[0][key]}
+    return out

@@ -195,3 +195,24 @@ def test_calibrate_on_two_runs(measured, tmp_path, capsys):
                  "l40s", "--max-evals", "20", "-o", str(tmp_path / "t.yaml"), "--json"]) == 0
     doc = _json(capsys)
     assert doc["provenance"]["run_ids"] == [fit, hold] and doc["errors"]["fit_more"][0]["run_id"] == hold
+
+
+def test_whatif_band_from_the_calibrations_uncertainty(measured, twin_file, capsys, tmp_path):
+    _, _, trace, _, _ = measured
+    assert main(["whatif", str(twin_file), "--trace", str(trace), "--hardware", "h200", "--slo",
+                 "ttft=300ms,tpot=40ms", "--no-search", "--band", "6", "--json"]) == 0
+    doc = _json(capsys)
+    for side in ("baseline", "variant"):
+        bd = doc[side]["band"]
+        assert bd["draws"] == 6 and 0 <= bd["slo_attainment"][0] <= bd["slo_attainment"][1] <= 1
+        lo, hi = bd["tpot_ms"]["p50"]
+        assert lo < hi  # the draws differ: the calibration left some uncertainty
+    (tmp_path / "w.json").write_text(json.dumps(doc))
+    assert main(["report", "--twin", str(tmp_path / "w.json"), "-o", str(tmp_path / "w.html")]) == 0
+    assert "band of 6 draws" in (tmp_path / "w.html").read_text()
+    # a twin written by hand carries no covariance: --band says what to do
+    spec = yaml.safe_load(twin_file.read_text())
+    del spec["provenance"]["covariance"]
+    (tmp_path / "hand.yaml").write_text(yaml.safe_dump(spec))
+    assert main(["whatif", str(tmp_path / "hand.yaml"), "--trace", str(trace), "--band", "4", "--no-search"]) == 2
+    assert "write it with 'burstbench calibrate' to use --band" in capsys.readouterr().err
