@@ -17,6 +17,7 @@ from typing import Any
 from burstbench.errors import InputError
 from burstbench.reports import figures as fg
 from burstbench.reports.html import Section, badge, esc, note, table
+from burstbench.reports.summary import pct
 
 METRICS = (("ttft_ms", "TTFT"), ("tpot_ms", "TPOT"), ("e2el_ms", "E2EL"))
 
@@ -57,8 +58,8 @@ def _ms(v: Any) -> str:
     return "–" if v is None else f"{float(v):,.1f}"
 
 
-def _pct(v: Any, signed: bool = False) -> str:
-    return "–" if v is None else (f"{float(v) * 100:+.1f}%" if signed else f"{float(v) * 100:.1f}%")
+def _signed_pct(v: Any) -> str:
+    return "–" if v is None else f"{float(v) * 100:+.1f}%"
 
 
 def _num(v: Any) -> str:
@@ -93,7 +94,7 @@ def calibration_section(doc: dict[str, Any], source: str) -> Section:
         prow = []
         for key, name in METRICS:
             for q, v in (e.get("percentiles") or {}).get(key, {}).items():
-                prow.append((name, q, _ms(v.get("measured")), _ms(v.get("twin")), _pct(v.get("rel_err"), True)))
+                prow.append((name, q, _ms(v.get("measured")), _ms(v.get("twin")), _signed_pct(v.get("rel_err"))))
                 if v.get("measured") and v.get("twin"):
                     points.append((part, f"{name} {q}", v["measured"], v["twin"]))
         sec.blocks.append(f"<h3>{esc(part)} run {esc(e.get('run_id'))} ({esc(e.get('requests'))} requests): "
@@ -124,7 +125,7 @@ def whatif_section(doc: dict[str, Any], source: str) -> Section:
                                    ("requests ok", f"{b.get('completed')}/{b.get('requests')}",
                                     f"{v.get('completed')}/{v.get('requests')}")]
     if "slo_attainment" in b:
-        rows.append(("SLO attainment", _pct(b["slo_attainment"]), _pct(v.get("slo_attainment"))))
+        rows.append(("SLO attainment", pct(b["slo_attainment"]), pct(v.get("slo_attainment"))))
     for key, name in METRICS:
         for q in ("p50", "p99"):
             rows.append((f"{name} {q} (ms)", _ms((b.get(key) or {}).get(q)), _ms((v.get(key) or {}).get(q))))
@@ -135,8 +136,8 @@ def whatif_section(doc: dict[str, Any], source: str) -> Section:
             return "–" if not x else f"{fmt(x[0])} – {fmt(x[1])}"
 
         if bb.get("slo_attainment"):
-            rows.append((f"SLO attainment, band of {bb['draws']} draws", span(bb["slo_attainment"], _pct),
-                         span(vb["slo_attainment"], _pct)))
+            rows.append((f"SLO attainment, band of {bb['draws']} draws", span(bb["slo_attainment"], pct),
+                         span(vb["slo_attainment"], pct)))
         for key, name in METRICS:
             rows.append((f"{name} p99 (ms), band", span(bb[key].get("p99"), _ms), span(vb[key].get("p99"), _ms)))
 
@@ -191,7 +192,7 @@ def plan_section(doc: dict[str, Any], source: str) -> Section:
     for n in doc.get("notes") or []:
         sec.blocks.append(note(str(n), "warn"))
     cands = sorted(doc.get("candidates") or [], key=lambda c: (c["usd_per_hour"], c["gpus"]))
-    rows = [(c["name"], c["gpus"], f"{c['usd_per_hour']:.2f}", _pct(c["slo_attainment"]), badge(c["meets_target"]),
+    rows = [(c["name"], c["gpus"], f"{c['usd_per_hour']:.2f}", pct(c["slo_attainment"]), badge(c["meets_target"]),
              _ms((c.get("p99_ms") or {}).get("ttft_ms")), _ms((c.get("p99_ms") or {}).get("tpot_ms")))
             for c in cands]
     sec.blocks.append("<h3>Every candidate the search simulated</h3>" + table(

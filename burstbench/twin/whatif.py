@@ -161,6 +161,7 @@ def whatif(
     if max_requests is not None and len(work) > max_requests:
         notes.append(f"used the first {max_requests} of {len(work)} requests (--max-requests)")
         work = work.head(max_requests)
+
     def deployments(t: TwinSpec) -> tuple[Deployment, Deployment]:
         var = Deployment.from_twin(t, **changes)
         if changes.get("layout") == "disagg":
