@@ -11,9 +11,12 @@ import asyncio
 import base64
 import itertools
 import json
+import os
 import shutil
+import signal
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +48,7 @@ class Browser:
             [CHROMIUM, *FLAGS, f"--user-data-dir={self._dir.name}",
              f"--window-size={self.width},{self.height}", "about:blank"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True,  # its helpers share the group, so exit can stop them all
         )
         port_file = Path(self._dir.name) / "DevToolsActivePort"
         loop = asyncio.get_running_loop()
@@ -82,6 +86,16 @@ class Browser:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+        # Chromium's helper processes outlive the browser for a moment and keep writing into
+        # the profile, which made removing it fail now and then ("Directory not empty"):
+        # stop the whole group and wait, bounded, until it is gone before removing the dir.
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                break
+            await asyncio.sleep(0.02)
         self._dir.cleanup()
 
     async def _read(self) -> None:
