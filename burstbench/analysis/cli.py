@@ -108,7 +108,7 @@ def _kv_table(title: str, rows: list[dict[str, Any]], cols: list[str]) -> Any:
 
 @click.command("analyze", context_settings=CTX)
 @click.argument("store", required=False, type=click.Path(dir_okay=False))
-@click.option("--run", "run_id", default=None, help="Run id (a unique prefix works) [latest run].")
+@click.option("--run", "run_id", default=None, help="Run id, unique id prefix or label [latest run].")
 @click.option("--slo", default=None, help="SLOs, e.g. ttft=500ms,tpot=50ms,e2el=10s (<= for latencies).")
 @click.option("--window", type=float, default=None, help="Also show SLO attainment per window of S seconds.")
 @click.option("--time-range", default=None, help="Only requests sent in START:END seconds from run start.")
@@ -116,7 +116,7 @@ def _kv_table(title: str, rows: list[dict[str, Any]], cols: list[str]) -> Any:
 @click.option("--model", default=None, help="Only this model's requests.")
 @click.option("--session", default=None, help="Only this session's requests.")
 @click.option("--tenants", "by_tenant", is_flag=True, help="Per-tenant attainment and Jain's fairness index.")
-@click.option("--compare", "compare_to", default=None, help="Compare --run (A) with this run (B): deltas with CIs.")
+@click.option("--compare", "compare_to", default=None, help="Compare --run (A) with this run (B, id or label): deltas with CIs.")
 @click.option("--metrics", default=None, help="For --compare: e.g. ttft.p99,e2el.mean,slo_attainment.")
 @click.option("--boot", type=int, default=1000, show_default=True, help="Bootstrap replicates for --compare.")
 @click.option("--sql", default=None, help="Run read-only SQL against the store (views: request_metrics, chunk_gaps, token_itl).")

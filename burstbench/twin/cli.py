@@ -60,7 +60,7 @@ def _sched_opts(max_num_seqs: int | None, max_num_batched_tokens: int | None) ->
 @click.command("calibrate", context_settings=CTX)
 @click.argument("results", type=click.Path(dir_okay=False))
 @click.option("--run", "run_ids", required=True, multiple=True,
-              help="The measured run to fit (id or unique prefix); repeat to fit several runs of the endpoint "
+              help="The measured run to fit (id, unique id prefix or label); repeat to fit several runs of the endpoint "
                    "together (e.g. two rates).")
 @click.option("--model", required=True, help="Model preset or config.json the endpoint serves.")
 @click.option("--hardware", required=True, help="Hardware preset or profile JSON to start from.")
@@ -70,7 +70,7 @@ def _sched_opts(max_num_seqs: int | None, max_num_batched_tokens: int | None) ->
               help="The endpoint's scheduler limit, or 'auto' to fit it when unknown.")
 @click.option("--max-num-batched-tokens", default="8192", show_default=True,
               help="The endpoint's token budget, or 'auto' to fit it when unknown.")
-@click.option("--holdout", default=None, help="A second run to check the fit on (not used to fit).")
+@click.option("--holdout", default=None, help="A second run (id, prefix or label) to check the fit on (not used to fit).")
 @click.option("--time-scale", type=float, default=None,
               help="How many times faster than modelled time the endpoint ran (serve --time-scale); "
                    "default: the run's scenario time_scale (1 for simulated runs).")
