@@ -197,6 +197,21 @@ def run_info(con: duckdb.DuckDBPyConnection, run_id: str) -> dict[str, Any]:
     return info
 
 
+def list_runs(store: str | Path | duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
+    """Every run in the store, oldest first, with its label: what ``--run`` can name."""
+    con, owned = _as_con(store)
+    try:
+        cur = con.execute(
+            "SELECT run_id, label, backend, model, CAST(date_trunc('second', started_at) AS VARCHAR) AS started_at,"
+            " (SELECT count(*) FROM requests q WHERE q.run_id = r.run_id) AS requests, status"
+            " FROM runs r ORDER BY r.started_at, r.run_id")
+        cols = [d[0] for d in cur.description]
+        return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
+    finally:
+        if owned:
+            con.close()
+
+
 def require_timeline(info: Mapping[str, Any], what: str) -> None:
     """Refuse ``what`` (a time-resolved view) for a run whose file recorded no send times."""
     if not info["timeline"]:
