@@ -19,7 +19,7 @@ than being invented.
 | ``output_tokens_server`` | ``output_lens[i]`` | ``output_tokens`` / ``output_metrics.total_tokens`` | ``output_sequence_length`` |
 | ``status`` | ``errors[i]`` empty → ok, else error | successful → ok, errored → error, incomplete → cancelled | ``error`` null → ok; ``was_cancelled`` → cancelled; else error |
 | ``http_status`` | from the reason in ``errors[i]`` (``Bad Request`` → 400) | from the error text (``'500 Internal Server Error'``) | ``error.code`` |
-| ``phase`` | measure | measure (GuideLLM drops warm-up/cool-down itself) | ``benchmark_phase``: profiling → measure, warmup → warmup |
+| ``phase`` | measure | measure (GuideLLM drops warm-up/cool-down itself) | ``benchmark_phase``: profiling → measure, warmup/ramp_up/stabilizing → warmup |
 | run duration | ``duration`` | ``duration`` (or end − start) | profiling phase: last ``request_end_ns`` − first ``request_start_ns`` (AIPerf's own) |
 
 The tool's own summary fields (vLLM's ``mean_ttft_ms`` ...) are kept in the run's
@@ -395,6 +395,15 @@ def _aiperf_value(metrics: Mapping[str, Any], name: str, path: Path, line: int, 
     return None if x is None else x * k
 
 
+def _aiperf_phase(value: Any) -> str:
+    """Our phase of an AIPerf ``benchmark_phase``: only profiling is measured (AIPerf's own
+    results count nothing else); warm-up, ramp-up and stabilizing precede it."""
+    name = str(value or "profiling").lower()
+    if name == "profiling":
+        return "measure"
+    return "cooldown" if name.startswith("cool") else "warmup"
+
+
 def read_aiperf(path: Path) -> tuple[_Run, RunInfo, float, dt.datetime | None]:
     """AIPerf ``profile_export.jsonl``: one record (metadata, metrics, error) per line."""
     try:
@@ -436,7 +445,7 @@ def read_aiperf(path: Path) -> tuple[_Run, RunInfo, float, dt.datetime | None]:
         end = (int(end_ns) - t0_ns) / 1e9 if isinstance(end_ns, int | float) else None
         if end is not None:
             ends.append(end)
-        phase = {"profiling": "measure", "warmup": "warmup"}.get(str(md.get("benchmark_phase", "profiling")), "measure")
+        phase = _aiperf_phase(md.get("benchmark_phase"))
         if phase == "measure":
             measured.append((sent, end))
         worker = workers.setdefault(str(md.get("worker_id")), len(workers))

@@ -357,6 +357,7 @@ def test_aiperf_warmup_is_outside_the_duration_and_credits_give_schedule_lag(tmp
         recs.append(rec)
     for r in recs[:5]:
         r["metadata"]["credit_issued_ns"] = r["metadata"]["request_start_ns"]
+    recs[4]["metadata"]["benchmark_phase"] = "ramp_up"  # newer AIPerf: ramp-up precedes profiling too
     src = write(tmp_path, "profile_export.jsonl", "\n".join(json.dumps(r) for r in recs) + "\n")
     db = tmp_path / "a.duckdb"
     (rid,) = import_results(src, db)
