@@ -453,3 +453,4 @@ def test_report_draws_no_timeline_for_a_file_without_start_times(tmp_path: Path)
     res = build_report(db2, tmp_path / "r2.html")
     html2 = (tmp_path / "r2.html").read_text(encoding="utf-8")
     assert "client" not in res.sections and "Not shown over time: old-vllm" in html2
+    assert "None" not in re.sub(r"<script.*?</script>", "", html2, flags=re.S)  # no peak concurrency to show
