@@ -454,3 +454,17 @@ def test_report_draws_no_timeline_for_a_file_without_start_times(tmp_path: Path)
     html2 = (tmp_path / "r2.html").read_text(encoding="utf-8")
     assert "client" not in res.sections and "Not shown over time: old-vllm" in html2
     assert "None" not in re.sub(r"<script.*?</script>", "", html2, flags=re.S)  # no peak concurrency to show
+
+
+def test_no_twin_is_fitted_to_a_timeline_not_in_the_file(tmp_path: Path) -> None:
+    from burstbench.errors import StoreError, UsageError
+    from burstbench.twin.calibrate import read_run
+
+    old = {k: v for k, v in VLLM.items() if k not in ("start_times", "queue_times")}
+    db = tmp_path / "r.duckdb"
+    import_results(write(tmp_path, "old.json", json.dumps(old)), db, label="old")
+    import_results(write(tmp_path, "new.json", json.dumps(VLLM)), db, label="new")
+    with pytest.raises(UsageError, match=r"\(old\) has no timeline.*twin"):
+        read_run(db, "old")
+    with pytest.raises(StoreError, match="at least 20"):  # a timed run passes that check (and is just too small)
+        read_run(db, "new")
