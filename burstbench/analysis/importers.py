@@ -150,7 +150,7 @@ def _list(d: Mapping[str, Any], key: str, path: Path, n: int | None) -> list[Any
 
 
 _PHRASES = {s.phrase.lower(): s.value for s in HTTPStatus}
-_STATUS_IN_TEXT = re.compile(r"(?:^|')([1-5]\d\d) [A-Z]|\b(?:status(?:[ _]code)?|HTTP|code)[\s:=]+([1-5]\d\d)\b",
+_STATUS_IN_TEXT = re.compile(r"(?:^|')([1-5]\d\d) [A-Z]|\b(?:status(?:[ _]code)?|HTTP|code)[\"']?[\s:=]+([1-5]\d\d)\b",
                              re.IGNORECASE)
 
 
@@ -158,8 +158,9 @@ def _http_status(message: Any) -> int | None:
     """The HTTP status an error text names, so imported failures keep it like our own do.
 
     Tools store the status only inside their message: vLLM keeps the bare reason
-    (``response.reason``: "Bad Request"), GuideLLM the httpx text ("Server error
-    '500 Internal Server Error' for url ..."), others "status code: 429".
+    (``response.reason``: "Bad Request") or an in-stream error object as JSON
+    (``{"code": 500, ...}``), GuideLLM the httpx text ("Server error '500 Internal
+    Server Error' for url ..."), others "status code: 429".
     """
     if not isinstance(message, str) or not message.strip():
         return None
@@ -171,7 +172,8 @@ def _http_status(message: Any) -> int | None:
     return int(m.group(1) or m.group(2)) if m else None
 
 
-def _load_json(path: Path) -> Any:
+def _load_json(path: Path) -> list[Any]:
+    """The JSON documents of ``path``: one, or one per line for an appended result file."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -179,9 +181,19 @@ def _load_json(path: Path) -> Any:
     if not text.strip():
         raise InputError("is empty; expected a JSON result file", path=path)
     try:
-        return json.loads(text)
+        return [json.loads(text)]
     except json.JSONDecodeError as exc:
-        raise InputError(f"is not valid JSON ({exc.msg} at column {exc.colno})", path=path, line=exc.lineno) from exc
+        if exc.msg != "Extra data" or exc.lineno < 2:
+            raise InputError(f"is not valid JSON ({exc.msg} at column {exc.colno})", path=path, line=exc.lineno) from exc
+    # several documents, one per line: vLLM's bench serve --append-result adds each run's object
+    docs = []
+    for ln, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            try:
+                docs.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise InputError(f"is not valid JSON ({exc.msg} at column {exc.colno})", path=path, line=ln) from exc
+    return docs
 
 
 # -- vLLM -------------------------------------------------------------------------------------
@@ -196,8 +208,9 @@ def _vllm_date(v: Any) -> dt.datetime | None:
         return None
 
 
-def read_vllm(path: Path, data: Mapping[str, Any]) -> tuple[_Run, RunInfo, float, dt.datetime | None]:
-    """``vllm bench serve --save-result --save-detailed`` (or ``benchmark_serving.py``) JSON."""
+def read_vllm(path: Path, data: Mapping[str, Any], index: int | None = None) -> tuple[_Run, RunInfo, float, dt.datetime | None]:
+    """``vllm bench serve --save-result --save-detailed`` (or ``benchmark_serving.py``) JSON;
+    ``index``: the document's place in an ``--append-result`` file of several runs."""
     ttfts = data.get("ttfts")
     if ttfts is None:
         raise InputError(
@@ -252,7 +265,7 @@ def read_vllm(path: Path, data: Mapping[str, Any]) -> tuple[_Run, RunInfo, float
             " so there is no timeline; peak concurrency and time series are not shown")
     info = RunInfo(
         backend="import:vllm", model=data.get("model_id") if isinstance(data.get("model_id"), str) else None,
-        label=f"vllm:{path.stem}", target_rate=rate_f if rate_f is not None and math.isfinite(rate_f) else None,
+        label=f"vllm:{path.stem}" + (f":{index}" if index is not None else ""), target_rate=rate_f if rate_f is not None and math.isfinite(rate_f) else None,
         scenario={"source": str(path), "format": "vllm", "reported": reported, "timeline": bool(starts)},
     )
     return run, info, duration, _vllm_date(data.get("date"))
@@ -501,9 +514,10 @@ def detect_format(path: Path) -> str:
     """Which importer fits ``path``: by extension, then by the JSON's top-level keys."""
     if path.suffix == ".jsonl":
         return "aiperf"
-    data = _load_json(path)
+    docs = _load_json(path)
+    data = docs[0]
     if isinstance(data, Mapping):
-        if "benchmarks" in data:
+        if "benchmarks" in data and len(docs) == 1:
             return "guidellm"
         if "ttfts" in data or "mean_ttft_ms" in data:
             return "vllm"
@@ -529,10 +543,17 @@ def import_results(src: str | Path, out: str | Path, *, fmt: str | None = None, 
     if fmt == "aiperf":
         parsed = [read_aiperf(path)]
     else:
-        data = _load_json(path)
-        if not isinstance(data, Mapping):
-            raise InputError(f"top level is a {type(data).__name__}, expected an object", path=path)
-        parsed = read_guidellm(path, data) if fmt == "guidellm" else [read_vllm(path, data)]
+        docs = _load_json(path)
+        for ln, data in enumerate(docs, start=1):
+            if not isinstance(data, Mapping):
+                raise InputError(f"top level is a {type(data).__name__}, expected an object", path=path,
+                                 line=ln if len(docs) > 1 else None)
+        if fmt == "guidellm":
+            if len(docs) > 1:
+                raise InputError(f"holds {len(docs)} JSON documents; GuideLLM writes one", path=path)
+            parsed = read_guidellm(path, docs[0])
+        else:
+            parsed = [read_vllm(path, d, i if len(docs) > 1 else None) for i, d in enumerate(docs)]
     ids = []
     with ResultsStore(out) as store:
         for run, info, duration, started in parsed:

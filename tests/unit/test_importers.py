@@ -410,6 +410,8 @@ def test_guidellm_relative_targeted_start_is_not_a_schedule_lag(tmp_path: Path) 
     ("Bad Request", 400), ("Bad Request: prompt too long", 400), ("Too Many Requests", 429),
     ("Client error '422 Unprocessable Entity' for url 'http://x/v1'", 422), ("500 Internal Server Error", 500),
     ("Error code: 429 - rate limited", 429), ("HTTP 502", 502),
+    ('{"message": "boom", "type": "server_error", "param": null, "code": 500}', 500),  # vLLM: an in-stream error
+    ("Never received a valid chunk to calculate TTFT.This response will be marked as failed!", None),
     ("prompt of 500 tokens is too long", None), ("ClientConnectorError: refused", None), ("", None), (None, None),
 ])
 def test_error_rows_keep_their_http_status(message: str | None, status: int | None) -> None:
@@ -468,3 +470,22 @@ def test_no_twin_is_fitted_to_a_timeline_not_in_the_file(tmp_path: Path) -> None
         read_run(db, "old")
     with pytest.raises(StoreError, match="at least 20"):  # a timed run passes that check (and is just too small)
         read_run(db, "new")
+
+
+def test_vllm_append_result_file_is_one_run_per_line(tmp_path: Path) -> None:
+    """``vllm bench serve --append-result`` adds each run's object as one more line of the file."""
+    second = dict(VLLM, date="20250101-130000", request_rate=4.0)
+    src = write(tmp_path, "appended.json", json.dumps(VLLM) + "\n" + json.dumps(second) + "\n")
+    assert detect_format(src) == "vllm"
+    db = tmp_path / "r.duckdb"
+    a, b = import_results(src, db)
+    sa, sb = summarize(db, a), summarize(db, b)
+    assert (sa["label"], sb["label"]) == ("vllm:appended:0", "vllm:appended:1")
+    assert sa["target_rate"] is None and sb["target_rate"] == 4.0
+    assert sa["ttft_ms"]["median"] == sb["ttft_ms"]["median"] == pytest.approx(VLLM["median_ttft_ms"])
+    bad = write(tmp_path, "bad.json", json.dumps(VLLM) + "\n{broken\n")
+    with pytest.raises(InputError, match=r"bad\.json:2.*not valid JSON"):
+        import_results(bad, tmp_path / "x.duckdb")
+    with pytest.raises(InputError, match="2 JSON documents; GuideLLM writes one"):
+        import_results(write(tmp_path, "g.json", json.dumps(GUIDELLM_OLD) + "\n" + json.dumps(GUIDELLM_OLD)),
+                       tmp_path / "x.duckdb", fmt="guidellm")
