@@ -489,3 +489,33 @@ def test_vllm_append_result_file_is_one_run_per_line(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="2 JSON documents; GuideLLM writes one"):
         import_results(write(tmp_path, "g.json", json.dumps(GUIDELLM_OLD) + "\n" + json.dumps(GUIDELLM_OLD)),
                        tmp_path / "x.duckdb", fmt="guidellm")
+
+
+REAL_VLLM = Path(__file__).parent.parent / "data" / "vllm-0.32-bench-serve.json"
+
+
+def test_real_vllm_032_file_reproduces_its_own_summary(tmp_path: Path) -> None:
+    """A file written by vLLM 0.32's bench serve itself (tests/data/README.md says how)."""
+    data = json.loads(REAL_VLLM.read_text(encoding="utf-8"))
+    db = tmp_path / "r.duckdb"
+    said: list[str] = []
+    (rid,) = import_results(REAL_VLLM, db, warn=said.append)
+    s = summarize(db, rid)
+    assert said == [] and s["timeline"] is True
+    assert (s["completed"], s["failed"]) == (data["completed"], data["failed"]) == (20, 4)
+    for key in ("request_throughput", "output_throughput", "total_token_throughput"):
+        assert s[key] == pytest.approx(data[key], rel=1e-9), key
+    for m in ("ttft", "tpot", "itl"):
+        for stat in ("mean", "median", "std", "p99"):
+            assert s[f"{m}_ms"][stat] == pytest.approx(data[f"{stat}_{m}_ms"], rel=1e-9), f"{m}.{stat}"
+    # client queue time (vLLM's queue_times) is our schedule lag
+    ok_q = [q for q, e in zip(data["queue_times"], data["errors"], strict=True) if not e]
+    assert s["schedule_lag_ms"]["max"] == pytest.approx(max(ok_q) * 1000)
+    con = open_store(db)
+    try:
+        rows = con.execute("SELECT http_status, error_message FROM requests WHERE run_id = ? AND status = 'error'"
+                           " ORDER BY request_id", [rid]).fetchall()
+    finally:
+        con.close()
+    phrase = {"Service Unavailable": 503, "Internal Server Error": 500, "Too Many Requests": 429}
+    assert rows == [(phrase[e], e) for e in data["errors"] if e]
