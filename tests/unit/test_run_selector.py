@@ -14,16 +14,16 @@ from burstbench.store import ResultsStore, resolve_run
 
 
 def _store(tmp_path: Path) -> tuple[Path, list[str]]:
-    """Three imported runs (real files): labels 'fit', 'check', and 'check' again."""
+    """Four imported runs (real files): labels 'fit', 'check', 'check' again, and 'hold'."""
     src = tmp_path / "vllm.json"
     src.write_text(json.dumps(VLLM), encoding="utf-8")
     db = tmp_path / "r.duckdb"
-    ids = [import_results(src, db, label=lab)[0] for lab in ("fit", "check", "check")]
+    ids = [import_results(src, db, label=lab)[0] for lab in ("fit", "check", "check", "hold")]
     return db, ids
 
 
 def test_label_id_and_prefix_resolve_in_one_place(tmp_path: Path) -> None:
-    db, (fit, check1, check2) = _store(tmp_path)
+    db, (fit, check1, check2, _hold) = _store(tmp_path)
     with ResultsStore(db) as store:
         con = store.con
         assert resolve_run(con, "fit") == fit
@@ -40,12 +40,15 @@ def test_analyze_and_report_take_a_label(tmp_path: Path, capsys: pytest.CaptureF
     from burstbench.cli import main
     from burstbench.reports.build import _select_runs
 
-    db, (fit, _c1, c2) = _store(tmp_path)
+    db, (fit, _c1, c2, hold) = _store(tmp_path)
     assert main(["analyze", str(db), "--run", "fit", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["run_id"] == fit and out["label"] == "fit"
     assert main(["analyze", str(db), "--run", "check", "--json"]) == 4
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "ambiguous" in err and c2 in err
+    assert main(["analyze", str(db), "--run", "fit", "--compare", "hold", "--boot", "100", "--json"]) == 0
+    cmp = json.loads(capsys.readouterr().out)["compare"]
+    assert (cmp["run_a"], cmp["run_b"]) == (fit, hold)
     with ResultsStore(db) as store:
         assert _select_runs(store.con, ["fit", c2])[0] == [fit, c2]
