@@ -319,13 +319,13 @@ def sweep(rates: str | None, concurrencies: str | None, search: str | None, slo:
     d = res.to_dict()
     if as_json:
         emit_json(d)
-    out = results_console(as_json)  # the table and the answer are the result; step lines were progress
+    result_con = results_console(as_json)  # the table and the answer are the result; step lines were progress
     rows = [{"value": s["value"], "run_id": s["run_id"], "ok": s["completed"], "req/s": s["request_throughput"],
              "ttft p99": s["ttft_p99_ms"], "attainment": s["slo_attainment"]} for s in d["steps"]]
-    out.print(_kv_table(f"sweep ({res.mode})", rows, ["value", "run_id", "ok", "req/s", "ttft p99", "attainment"]))
+    result_con.print(_kv_table(f"sweep ({res.mode})", rows, ["value", "run_id", "ok", "req/s", "ttft p99", "attainment"]))
     if res.max_goodput_rate is not None:
         ci = res.attainment_ci95 or [None, None]
-        out.print(f"max goodput rate: {res.max_goodput_rate:.4g} req/s (attainment {_fmt(res.attainment_at_max, 3)}, "
-                      f"95% CI {_fmt(ci[0], 3)}–{_fmt(ci[1], 3)}; bracket {res.bracket})")
+        result_con.print(f"max goodput rate: {res.max_goodput_rate:.4g} req/s (attainment {_fmt(res.attainment_at_max, 3)}, "
+                         f"95% CI {_fmt(ci[0], 3)}–{_fmt(ci[1], 3)}; bracket {res.bracket})")
     for n in res.notes:
         console.print(f"note: {n}")
