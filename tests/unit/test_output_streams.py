@@ -92,3 +92,15 @@ def test_analyze_result_on_stdout_notes_on_stderr(tmp_path: Path, capsys: pytest
     assert main(["analyze", str(db), "--list", "--json"]) == 0
     (row,) = json.loads(capsys.readouterr().out)["runs"]
     assert row["label"] == "old-vllm" and row["requests"] == 4
+
+
+def test_simulate_and_plan_results_go_to_stdout(burstgpt_v1: Path, azure_conv: Path, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture) -> None:
+    assert main(["simulate", str(burstgpt_v1), "--model", "llama-3.1-8b", "--hardware", "h100-sxm",
+                 "-o", str(tmp_path / "s.duckdb"), "--no-chunks"]) == 0
+    cap = capsys.readouterr()
+    assert cap.out.startswith("simulated ") and "simulated" not in cap.err
+    assert main(["plan", str(azure_conv), "--slo", "ttft=500ms,tpot=50ms", "--hardware", "l40s",
+                 "--price", "l40s=0.86", "--tp", "1", "--max-requests", "100"]) == 0
+    cap = capsys.readouterr()
+    assert "peak:" in cap.out and "candidates (target" in cap.out and "peak:" not in cap.err
