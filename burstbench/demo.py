@@ -20,7 +20,7 @@ from typing import Any
 import click
 
 from burstbench.errors import BurstbenchError, UsageError
-from burstbench.output import emit_json
+from burstbench.output import emit_json, results_console
 
 DEFAULT_SLO = "ttft=250ms,tpot=35ms"
 DEFAULT_MODEL = "llama-3.1-8b"
@@ -193,6 +193,7 @@ def demo(out_dir: Path, requests: int, seed: int, rate: float, model: str, hardw
     h = res.headline()
     att = h["slo_attainment"]
     console.print("")
+    console = results_console(as_json)  # the headline is the result: stdout (stderr beside --json)
     console.print(f"report:   {h['report']}  ({res.report.resolve().as_uri()})", highlight=False, markup=False,
                   soft_wrap=True)
     console.print(f"results:  {h['results']} (run {h['run_id']})", highlight=False, markup=False)

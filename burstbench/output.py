@@ -33,7 +33,38 @@ def emit_json(obj: Any) -> None:
 
 
 def console(**kwargs: Any) -> Any:
-    """A rich console on stderr (imported lazily: ``--help`` must stay instant)."""
+    """A rich console on stderr for progress, notes and warnings (imported lazily: ``--help``
+    must stay instant)."""
     from rich.console import Console
 
     return Console(stderr=True, **kwargs)
+
+
+def results_console(as_json: bool = False, **kwargs: Any) -> Any:
+    """Where a command's result (its table) goes: stdout, so ``burstbench trace stats T > f``
+    keeps it; under ``--json`` stdout holds only the JSON object, so the table goes to stderr.
+
+    Off a terminal rich would wrap tables at 80 columns; a file gets 120 unless
+    ``COLUMNS`` says otherwise, so columns are not cut short with an ellipsis.
+    """
+    import os
+
+    from rich.console import Console
+
+    if as_json:
+        return Console(stderr=True, **kwargs)
+    if not sys.stdout.isatty() and "width" not in kwargs and not os.environ.get("COLUMNS"):
+        kwargs["width"] = 120
+    return Console(file=sys.stdout, **kwargs)
+
+
+def print_whole(console: Any, renderable: Any) -> None:
+    """Print a table at its natural width when it is wider than a non-terminal console, so a
+    file or pipe gets every cell whole (a terminal keeps its own width)."""
+    if console.is_terminal:
+        console.print(renderable)
+        return
+    natural = console.measure(renderable, options=console.options.update_width(100_000)).maximum
+    if natural > console.width:
+        console.width = natural  # print(width=) cannot widen past the console's width
+    console.print(renderable)

@@ -166,6 +166,37 @@ def new_run_id() -> str:
     return f"{now}-{uuid.uuid4().hex[:6]}"
 
 
+def _run_name(run_id: str, label: str | None) -> str:
+    return f"{run_id} ({label})" if label else run_id
+
+
+def resolve_run(con: duckdb.DuckDBPyConnection, ref: str | None, *, where: str | None = None) -> str:
+    """The run ``ref`` names: a run id, a unique prefix of one, or a label; None is the latest run.
+
+    The one place every command (analyze, report, calibrate, compare, ...) turns what a
+    user typed after ``--run`` into a run id, so a label works wherever an id does. An
+    exact id wins; otherwise every run whose id starts with ``ref`` or whose label is
+    ``ref`` is a candidate, and more than one is an error that names them all (a label
+    reused by two runs must be told apart by id, not silently resolved to one of them).
+    """
+    rows = con.execute("SELECT run_id, label FROM runs ORDER BY started_at, run_id").fetchall()
+    at = f"{where}: " if where else ""
+    if not rows:
+        raise StoreError(f"{at}the results store holds no runs; record one with 'burstbench run' or 'burstbench simulate'")
+    if ref is None:
+        return rows[-1][0]
+    if any(rid == ref for rid, _ in rows):
+        return ref
+    matches = [(rid, label) for rid, label in rows if rid.startswith(ref) or label == ref]
+    if len(matches) == 1:
+        return matches[0][0]
+    if matches:
+        names = ", ".join(_run_name(*m) for m in matches[:10]) + (f" and {len(matches) - 10} more" if len(matches) > 10 else "")
+        raise StoreError(f"{at}run '{ref}' is ambiguous: it names {names}; give a longer id")
+    latest = ", ".join(_run_name(*r) for r in rows[-5:])
+    raise StoreError(f"{at}run '{ref}' not found (neither a run id nor a label); latest runs: {latest}")
+
+
 @dataclass(frozen=True)
 class RunInfo:
     """What a writer says about a run when it starts it."""
@@ -274,19 +305,9 @@ class ResultsStore:
     def run_ids(self) -> list[str]:
         return [r[0] for r in self.con.execute("SELECT run_id FROM runs ORDER BY started_at, run_id").fetchall()]
 
-    def resolve_run(self, run_id: str | None) -> str:
-        """The asked run, or the latest one; a clear error when there is none."""
-        ids = self.run_ids()
-        if not ids:
-            raise StoreError(f"{self.path}: holds no runs")
-        if run_id is None:
-            return ids[-1]
-        matches = [r for r in ids if r == run_id or r.startswith(run_id)]
-        if len(matches) != 1:
-            raise StoreError(
-                f"{self.path}: run '{run_id}' {'is ambiguous' if matches else 'not found'}; runs: {', '.join(ids[-5:])}"
-            )
-        return matches[0]
+    def resolve_run(self, ref: str | None) -> str:
+        """The asked run (id, unique id prefix or label), or the latest one."""
+        return resolve_run(self.con, ref, where=str(self.path))
 
     # -- rows -------------------------------------------------------------------------
     def _append(self, table: str, columns: tuple[str, ...], rows: Iterable[Sequence[Any]] | Any) -> None:

@@ -1,6 +1,8 @@
 """``burstbench analyze`` and ``burstbench sweep``: parse flags, call the library, print.
 
-Human output (rich tables) goes to stderr; ``--json`` writes one object to stdout.
+The result (rich tables) goes to stdout, so ``analyze R > f`` keeps it; ``--json``
+writes one object to stdout instead and the tables go to stderr. Progress and notes
+always go to stderr.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from typing import Any
 import click
 
 from burstbench.errors import UsageError
-from burstbench.output import CONTEXT_SETTINGS, console, emit_json
+from burstbench.output import CONTEXT_SETTINGS, console, emit_json, print_whole, results_console
 
 CTX = CONTEXT_SETTINGS
 
@@ -108,7 +110,7 @@ def _kv_table(title: str, rows: list[dict[str, Any]], cols: list[str]) -> Any:
 
 @click.command("analyze", context_settings=CTX)
 @click.argument("store", required=False, type=click.Path(dir_okay=False))
-@click.option("--run", "run_id", default=None, help="Run id (a unique prefix works) [latest run].")
+@click.option("--run", "run_id", default=None, help="Run id, unique id prefix or label [latest run].")
 @click.option("--slo", default=None, help="SLOs, e.g. ttft=500ms,tpot=50ms,e2el=10s (<= for latencies).")
 @click.option("--window", type=float, default=None, help="Also show SLO attainment per window of S seconds.")
 @click.option("--time-range", default=None, help="Only requests sent in START:END seconds from run start.")
@@ -116,7 +118,7 @@ def _kv_table(title: str, rows: list[dict[str, Any]], cols: list[str]) -> Any:
 @click.option("--model", default=None, help="Only this model's requests.")
 @click.option("--session", default=None, help="Only this session's requests.")
 @click.option("--tenants", "by_tenant", is_flag=True, help="Per-tenant attainment and Jain's fairness index.")
-@click.option("--compare", "compare_to", default=None, help="Compare --run (A) with this run (B): deltas with CIs.")
+@click.option("--compare", "compare_to", default=None, help="Compare --run (A) with this run (B, id or label): deltas with CIs.")
 @click.option("--metrics", default=None, help="For --compare: e.g. ttft.p99,e2el.mean,slo_attainment.")
 @click.option("--boot", type=int, default=1000, show_default=True, help="Bootstrap replicates for --compare.")
 @click.option("--sql", default=None, help="Run read-only SQL against the store (views: request_metrics, chunk_gaps, token_itl).")
@@ -124,13 +126,14 @@ def _kv_table(title: str, rows: list[dict[str, Any]], cols: list[str]) -> Any:
               help="Import a vLLM/GuideLLM/AIPerf result file into the store first.")
 @click.option("--format", "import_format", type=click.Choice(["vllm", "guidellm", "aiperf"]), default=None,
               help="Format of --import [detected].")
-@click.option("--label", default=None, help="Label for the imported run.")
+@click.option("--label", default=None, help="Label for the imported run (then --run LABEL selects it).")
+@click.option("--list", "list_runs", is_flag=True, help="List the runs in the store (id, label, backend, ...).")
 @click.option("-o", "--out", default=None, type=click.Path(dir_okay=False), help="Results store (same as STORE).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
 def analyze(store: str | None, run_id: str | None, slo: str | None, window: float | None, time_range: str | None,
             tenant: str | None, model: str | None, session: str | None, by_tenant: bool, compare_to: str | None,
             metrics: str | None, boot: int, sql: str | None, import_file: str | None, import_format: str | None,
-            label: str | None, out: str | None, as_json: bool) -> None:
+            label: str | None, list_runs: bool, out: str | None, as_json: bool) -> None:
     """Metrics, SLO attainment and goodput of a run (vLLM bench serve's formulas).
 
     \b
@@ -139,8 +142,12 @@ def analyze(store: str | None, run_id: str | None, slo: str | None, window: floa
       burstbench analyze results.duckdb --run 2025 --tenant chat --window 60 --json
       burstbench analyze results.duckdb --run A --compare B --slo ttft=1s
       burstbench analyze results.duckdb --sql "SELECT tenant, avg(ttft_s) FROM request_metrics GROUP BY 1"
-      burstbench analyze --import vllm_result.json -o results.duckdb
+      burstbench analyze --import vllm_result.json -o results.duckdb --label vllm-a
+      burstbench analyze results.duckdb --list
+      burstbench analyze results.duckdb --run vllm-a --slo ttft=500ms
     """
+    from rich.text import Text
+
     if store and out and Path(store) != Path(out):
         raise UsageError("give the results store once: as STORE or as -o, not two different files")
     path = store or out
@@ -150,11 +157,22 @@ def analyze(store: str | None, run_id: str | None, slo: str | None, window: floa
     if import_file:
         from burstbench.analysis.importers import import_results
 
-        ids = import_results(import_file, path, fmt=import_format, label=label)
+        err = _console()
+        ids = import_results(import_file, path, fmt=import_format, label=label,
+                             warn=lambda n: err.print(Text(f"note: {n}"), soft_wrap=True))
         con_out["imported"] = ids
         run_id = run_id or ids[-1]
-        if not as_json:
-            _console().print(f"imported {len(ids)} run(s) from {import_file} into {path}: {', '.join(ids)}")
+        err.print(Text(f"imported {len(ids)} run(s) from {import_file} into {path}: {', '.join(ids)}"), soft_wrap=True)
+    if list_runs:
+        from burstbench.analysis.metrics import list_runs as runs_of
+
+        rows = runs_of(path)
+        if as_json:
+            emit_json({"runs": rows})
+        else:
+            print_whole(results_console(), _kv_table(f"runs in {path}", rows, ["run_id", "label", "backend", "model",
+                                                                               "started_at", "requests", "status"]))
+        return
     if sql:
         from burstbench.analysis.sql import run_sql
 
@@ -162,9 +180,9 @@ def analyze(store: str | None, run_id: str | None, slo: str | None, window: floa
         if as_json:
             emit_json(res)
         else:
-            _console().print(_kv_table("query result" + (" (truncated)" if res["truncated"] else ""),
-                                       [dict(zip(res["columns"], r, strict=True)) for r in res["rows"]],
-                                       res["columns"]))
+            rows = [dict(zip(res["columns"], r, strict=True)) for r in res["rows"]]
+            print_whole(results_console(), _kv_table("query result" + (" (truncated)" if res["truncated"] else ""),
+                                                     rows, res["columns"]))
         return
 
     from burstbench.analysis import slo as slo_mod
@@ -210,9 +228,11 @@ def analyze(store: str | None, run_id: str | None, slo: str | None, window: floa
     if as_json:
         emit_json(result)
     else:
-        c = _console()
+        c = results_console()
         for t in tables:
-            c.print(t)
+            print_whole(c, t)
+    for n in s["notes"] if s["run_id"] not in con_out.get("imported", ()) else ():  # imports said them already
+        _console().print(Text(f"note: run {s['run_id']}: {n}"), soft_wrap=True)
 
 
 # -- sweep ---------------------------------------------------------------------------------------
@@ -299,12 +319,13 @@ def sweep(rates: str | None, concurrencies: str | None, search: str | None, slo:
     d = res.to_dict()
     if as_json:
         emit_json(d)
+    result_con = results_console(as_json)  # the table and the answer are the result; step lines were progress
     rows = [{"value": s["value"], "run_id": s["run_id"], "ok": s["completed"], "req/s": s["request_throughput"],
              "ttft p99": s["ttft_p99_ms"], "attainment": s["slo_attainment"]} for s in d["steps"]]
-    console.print(_kv_table(f"sweep ({res.mode})", rows, ["value", "run_id", "ok", "req/s", "ttft p99", "attainment"]))
+    result_con.print(_kv_table(f"sweep ({res.mode})", rows, ["value", "run_id", "ok", "req/s", "ttft p99", "attainment"]))
     if res.max_goodput_rate is not None:
         ci = res.attainment_ci95 or [None, None]
-        console.print(f"max goodput rate: {res.max_goodput_rate:.4g} req/s (attainment {_fmt(res.attainment_at_max, 3)}, "
-                      f"95% CI {_fmt(ci[0], 3)}–{_fmt(ci[1], 3)}; bracket {res.bracket})")
+        result_con.print(f"max goodput rate: {res.max_goodput_rate:.4g} req/s (attainment {_fmt(res.attainment_at_max, 3)}, "
+                         f"95% CI {_fmt(ci[0], 3)}–{_fmt(ci[1], 3)}; bracket {res.bracket})")
     for n in res.notes:
         console.print(f"note: {n}")

@@ -8,8 +8,8 @@ than being invented.
 | ours (requests/chunks) | vLLM ``bench serve --save-result --save-detailed`` | GuideLLM ``benchmarks.json`` | AIPerf ``profile_export.jsonl`` |
 |---|---|---|---|
 | run | one per file, backend ``import:vllm`` | one per entry of ``benchmarks``, ``import:guidellm`` | one per file, ``import:aiperf`` |
-| ``sent_s`` | ``start_times[i]`` − min (0 when absent) | ``request_start`` − benchmark start | ``request_start_ns`` − min |
-| ``scheduled_s`` | ``sent_s`` − ``queue_times[i]`` | ``targeted_start(_time)`` − start | NULL (not recorded) |
+| ``sent_s`` | ``start_times[i]`` − min (0 when absent: no timeline, see below) | ``request_start`` − benchmark start | ``request_start_ns`` − min |
+| ``scheduled_s`` | ``sent_s`` − ``queue_times[i]`` | ``targeted_start(_time)`` − start (NULL when on another clock) | ``credit_issued_ns`` − min |
 | ``first_token_s`` (TTFT) | ``sent_s`` + ``ttfts[i]`` | ``first_token_(time\\|iteration)`` | ``sent_s`` + ``time_to_first_token`` |
 | ``first_visible_s`` (TTFVT) | NULL | ``first_output_token_iteration`` | ``sent_s`` + ``time_to_first_output_token`` |
 | chunks (ITL) | ``first_token_s`` + cumsum(``itls[i]``) | none: only first/last token times; ``chunk_count`` = ``token_iterations`` | ``first_token_s`` + cumsum(``inter_chunk_latency``) |
@@ -18,11 +18,18 @@ than being invented.
 | ``input_tokens`` | ``input_lens[i]`` | ``prompt_tokens`` / ``input_metrics.total_tokens`` | ``input_sequence_length`` (``error_isl``) |
 | ``output_tokens_server`` | ``output_lens[i]`` | ``output_tokens`` / ``output_metrics.total_tokens`` | ``output_sequence_length`` |
 | ``status`` | ``errors[i]`` empty → ok, else error | successful → ok, errored → error, incomplete → cancelled | ``error`` null → ok; ``was_cancelled`` → cancelled; else error |
-| ``phase`` | measure | measure (GuideLLM drops warm-up/cool-down itself) | ``benchmark_phase``: profiling → measure, warmup → warmup |
-| run duration | ``duration`` | ``duration`` (or end − start) | last ``request_end_ns`` − first ``request_start_ns`` |
+| ``http_status`` | from the reason in ``errors[i]`` (``Bad Request`` → 400) | from the error text (``'500 Internal Server Error'``) | ``error.code`` |
+| ``phase`` | measure | measure (GuideLLM drops warm-up/cool-down itself) | ``benchmark_phase``: profiling → measure, warmup/ramp_up/stabilizing → warmup |
+| run duration | ``duration`` | ``duration`` (or end − start) | profiling phase: last ``request_end_ns`` − first ``request_start_ns`` (AIPerf's own) |
 
 The tool's own summary fields (vLLM's ``mean_ttft_ms`` ...) are kept in the run's
 ``scenario`` JSON under ``reported`` so they can be checked against ours.
+
+What a file gets wrong is said, not hidden: each finding becomes a note stored with
+the run (``runs.notes``, shown by analyze and report) and passed to ``warn`` on
+import. A vLLM file without ``start_times`` (older vLLM) has no timeline at all:
+every request sits at t=0, so the run is stored with ``scenario.timeline = false``
+and nothing time-resolved (peak concurrency, windows, time series) is drawn from it.
 """
 
 from __future__ import annotations
@@ -30,7 +37,9 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Callable, Mapping, Sequence
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +58,8 @@ class _Run:
     def __init__(self) -> None:
         self.requests: list[tuple[Any, ...]] = []
         self.chunks: list[tuple[Any, ...]] = []
+        self.notes: list[str] = []  # what the file got wrong, kept with the run (runs.notes)
+        self.measure: tuple[float, float] | None = None  # the tool's measured window, when not 0..duration
 
     def add(
         self,
@@ -93,7 +104,9 @@ class _Run:
             store.append_requests(req.with_columns(pl.lit(rid).alias("run_id")))
             if ch is not None:
                 store.append_chunks(ch.with_columns(pl.lit(rid).alias("run_id")))
-            store.finish_run(rid, status="done", end_reason="imported", duration_s=duration_s)
+            m0, m1 = self.measure or (None, None)
+            store.finish_run(rid, status="done", end_reason="imported", duration_s=duration_s,
+                             measure_start_s=m0, measure_end_s=m1, notes=self.notes)
         except Exception:
             for table in ("chunks", "requests", "runs"):  # leave no half-imported run behind
                 store.con.execute(f"DELETE FROM {table} WHERE run_id = ?", [rid])
@@ -136,7 +149,31 @@ def _list(d: Mapping[str, Any], key: str, path: Path, n: int | None) -> list[Any
     return v
 
 
-def _load_json(path: Path) -> Any:
+_PHRASES = {s.phrase.lower(): s.value for s in HTTPStatus}
+_STATUS_IN_TEXT = re.compile(r"(?:^|')([1-5]\d\d) [A-Z]|\b(?:status(?:[ _]code)?|HTTP|code)[\"']?[\s:=]+([1-5]\d\d)\b",
+                             re.IGNORECASE)
+
+
+def _http_status(message: Any) -> int | None:
+    """The HTTP status an error text names, so imported failures keep it like our own do.
+
+    Tools store the status only inside their message: vLLM keeps the bare reason
+    (``response.reason``: "Bad Request") or an in-stream error object as JSON
+    (``{"code": 500, ...}``), GuideLLM the httpx text ("Server error '500 Internal
+    Server Error' for url ..."), others "status code: 429".
+    """
+    if not isinstance(message, str) or not message.strip():
+        return None
+    text = message.strip()
+    by_phrase = _PHRASES.get(text.split(":", 1)[0].strip().rstrip(".").lower())
+    if by_phrase is not None:
+        return by_phrase
+    m = _STATUS_IN_TEXT.search(text)
+    return int(m.group(1) or m.group(2)) if m else None
+
+
+def _load_json(path: Path) -> list[Any]:
+    """The JSON documents of ``path``: one, or one per line for an appended result file."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -144,9 +181,19 @@ def _load_json(path: Path) -> Any:
     if not text.strip():
         raise InputError("is empty; expected a JSON result file", path=path)
     try:
-        return json.loads(text)
+        return [json.loads(text)]
     except json.JSONDecodeError as exc:
-        raise InputError(f"is not valid JSON ({exc.msg} at column {exc.colno})", path=path, line=exc.lineno) from exc
+        if exc.msg != "Extra data" or exc.lineno < 2:
+            raise InputError(f"is not valid JSON ({exc.msg} at column {exc.colno})", path=path, line=exc.lineno) from exc
+    # several documents, one per line: vLLM's bench serve --append-result adds each run's object
+    docs = []
+    for ln, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            try:
+                docs.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise InputError(f"is not valid JSON ({exc.msg} at column {exc.colno})", path=path, line=ln) from exc
+    return docs
 
 
 # -- vLLM -------------------------------------------------------------------------------------
@@ -161,8 +208,9 @@ def _vllm_date(v: Any) -> dt.datetime | None:
         return None
 
 
-def read_vllm(path: Path, data: Mapping[str, Any]) -> tuple[_Run, RunInfo, float, dt.datetime | None]:
-    """``vllm bench serve --save-result --save-detailed`` (or ``benchmark_serving.py``) JSON."""
+def read_vllm(path: Path, data: Mapping[str, Any], index: int | None = None) -> tuple[_Run, RunInfo, float, dt.datetime | None]:
+    """``vllm bench serve --save-result --save-detailed`` (or ``benchmark_serving.py``) JSON;
+    ``index``: the document's place in an ``--append-result`` file of several runs."""
     ttfts = data.get("ttfts")
     if ttfts is None:
         raise InputError(
@@ -194,7 +242,7 @@ def read_vllm(path: Path, data: Mapping[str, Any]) -> tuple[_Run, RunInfo, float
         sched = sent - q if q is not None else None
         if not ok:
             run.add(request_id=i, sent=sent, scheduled=sched, end=None, input_tokens=_int(input_lens[i], path, f"input_lens[{i}]"),
-                    status="error", error_class="vllm_error", error_message=str(err)[:500])
+                    status="error", http_status=_http_status(err), error_class="vllm_error", error_message=str(err)[:500])
             continue
         ttft = _num(ttfts[i], path, f"ttfts[{i}]", allow_none=False)
         gaps = itls[i]
@@ -211,11 +259,14 @@ def read_vllm(path: Path, data: Mapping[str, Any]) -> tuple[_Run, RunInfo, float
     rate = data.get("request_rate")
     rate_f = _num(rate, path, "request_rate") if rate is not None else None
     reported = {k: v for k, v in data.items() if not isinstance(v, list | dict)}
+    if not starts:
+        run.notes.append(
+            "no start_times in the file (vLLM before start times were saved): every request is placed at t=0,"
+            " so there is no timeline; peak concurrency and time series are not shown")
     info = RunInfo(
         backend="import:vllm", model=data.get("model_id") if isinstance(data.get("model_id"), str) else None,
-        label=f"vllm:{path.stem}", target_rate=rate_f if rate_f is not None and math.isfinite(rate_f) else None,
-        scenario={"source": str(path), "format": "vllm", "reported": reported,
-                  "notes": [] if starts else ["no start_times in the file: every request placed at t=0"]},
+        label=f"vllm:{path.stem}" + (f":{index}" if index is not None else ""), target_rate=rate_f if rate_f is not None and math.isfinite(rate_f) else None,
+        scenario={"source": str(path), "format": "vllm", "reported": reported, "timeline": bool(starts)},
     )
     return run, info, duration, _vllm_date(data.get("date"))
 
@@ -231,6 +282,14 @@ def _g(d: Mapping[str, Any] | None, *keys: str) -> Any:
         if d.get(k) is not None:
             return d[k]
     return None
+
+
+_EPOCH_S = 1e8  # seconds; any Unix time after 1973 is larger, any offset within a benchmark smaller
+
+
+def _same_clock(a: float, b: float) -> bool:
+    """Whether two GuideLLM times are on one clock: both Unix times, or both offsets."""
+    return (abs(a) >= _EPOCH_S) == (abs(b) >= _EPOCH_S)
 
 
 def read_guidellm(path: Path, data: Mapping[str, Any]) -> list[tuple[_Run, RunInfo, float, dt.datetime | None]]:
@@ -268,13 +327,22 @@ def read_guidellm(path: Path, data: Mapping[str, Any]) -> list[tuple[_Run, RunIn
 
         run = _Run()
         ends = []
+        other_clock = 0
         for i, (f, status, r) in enumerate(flat):
             if not isinstance(r, Mapping):
                 raise InputError("is not an object", path=path, field=f)
             start = _num(timing(r, "start_time", "request_start"), path, f"{f}.start_time")
             if start is None:
                 raise InputError("has no start time (start_time / info.timings.request_start)", path=path, field=f)
-            sched_raw = _g(r.get("scheduler_info"), "targeted_start_time") or _g(_g(r.get("info"), "timings"), "targeted_start")
+            sched_raw = _g(r.get("scheduler_info"), "targeted_start_time")
+            if sched_raw is None:
+                sched_raw = _g(_g(r.get("info"), "timings"), "targeted_start")
+            sched = _num(sched_raw, path, f"{f}.targeted_start")
+            if sched is not None and not _same_clock(sched, start):
+                # GuideLLM writes some targeted_start values relative to the benchmark while
+                # request_start is a Unix time; their difference (-1.8e9 s) is no schedule lag.
+                other_clock += 1
+                sched = None
             first = _num(timing(r, "first_token_time", "first_token_iteration"), path, f"{f}.first_token_time")
             last = _num(timing(r, "last_token_time", "last_token_iteration"), path, f"{f}.last_token_time")
             end = _num(timing(r, "end_time", "request_end"), path, f"{f}.end_time")
@@ -286,15 +354,19 @@ def read_guidellm(path: Path, data: Mapping[str, Any]) -> list[tuple[_Run, RunIn
             if end is not None:
                 ends.append(end)
             run.add(
-                request_id=i, sent=start - t0, scheduled=rel(_num(sched_raw, path, f"{f}.targeted_start")),
+                request_id=i, sent=start - t0, scheduled=rel(sched),
                 first=rel(first), visible=rel(visible), last=rel(last), end=rel(end),
                 input_tokens=_int(prompt, path, f"{f}.prompt_tokens"),
                 output_tokens=_int(output, path, f"{f}.output_tokens"),
                 chunk_count=int(iters) if isinstance(iters, int) else None,
-                status=status, error_class="guidellm_error" if err else None,
+                status=status, http_status=_http_status(err), error_class="guidellm_error" if err else None,
                 error_message=str(err)[:500] if err else None,
                 session_id=_g(r.get("info"), "conversation_id"), turn=_g(r.get("info"), "turn_index"),
             )
+        if other_clock:
+            run.notes.append(
+                f"{other_clock} of {len(flat)} requests have a targeted_start on another clock than their"
+                " request_start (GuideLLM wrote it relative, not as a Unix time); their schedule lag is left empty")
         duration = _num(bench.get("duration"), path, f"{where}.duration")
         if duration is None:
             end_b = _num(bench.get("end_time"), path, f"{where}.end_time")
@@ -336,6 +408,15 @@ def _aiperf_value(metrics: Mapping[str, Any], name: str, path: Path, line: int, 
     return None if x is None else x * k
 
 
+def _aiperf_phase(value: Any) -> str:
+    """Our phase of an AIPerf ``benchmark_phase``: only profiling is measured (AIPerf's own
+    results count nothing else); warm-up, ramp-up and stabilizing precede it."""
+    name = str(value or "profiling").lower()
+    if name == "profiling":
+        return "measure"
+    return "cooldown" if name.startswith("cool") else "warmup"
+
+
 def read_aiperf(path: Path) -> tuple[_Run, RunInfo, float, dt.datetime | None]:
     """AIPerf ``profile_export.jsonl``: one record (metadata, metrics, error) per line."""
     try:
@@ -352,28 +433,36 @@ def read_aiperf(path: Path) -> tuple[_Run, RunInfo, float, dt.datetime | None]:
             raise InputError(f"is not valid JSON ({exc.msg})", path=path, line=ln) from exc
         if not isinstance(rec, Mapping) or not isinstance(rec.get("metadata"), Mapping):
             raise InputError("has no 'metadata' object; expected AIPerf's profile_export.jsonl", path=path, line=ln, field="metadata")
-        start = rec["metadata"].get("request_start_ns")
-        if not isinstance(start, int | float) or isinstance(start, bool):
-            raise InputError(f"is {start!r}; expected epoch nanoseconds", path=path, line=ln, field="metadata.request_start_ns")
+        for key in ("request_start_ns", "credit_issued_ns"):
+            v = rec["metadata"].get(key)
+            if (v is not None or key == "request_start_ns") and (not isinstance(v, int | float) or isinstance(v, bool)):
+                raise InputError(f"is {v!r}; expected epoch nanoseconds", path=path, line=ln, field=f"metadata.{key}")
         records.append((ln, rec))
     if not records:
         raise InputError("is empty; expected one JSON record per line (AIPerf profile_export.jsonl)", path=path)
-    t0_ns = min(int(r["metadata"]["request_start_ns"]) for _, r in records)
+    # t=0 is the first event of any record, so warm-up and scheduled (credit) times stay >= 0
+    t0_ns = min(min(int(md["request_start_ns"]), int(md.get("credit_issued_ns") or md["request_start_ns"]))
+                for md in (r["metadata"] for _, r in records))
     run = _Run()
     ends = []
+    measured: list[tuple[float, float | None]] = []
     workers: dict[str, int] = {}
     for i, (ln, rec) in enumerate(records):
         md, metrics, err = rec["metadata"], rec.get("metrics") or {}, rec.get("error")
         if not isinstance(metrics, Mapping):
             raise InputError("is not an object", path=path, line=ln, field="metrics")
         sent = (int(md["request_start_ns"]) - t0_ns) / 1e9
+        credit = md.get("credit_issued_ns")
+        scheduled = (int(credit) - t0_ns) / 1e9 if credit is not None else None
         end_ns = md.get("request_end_ns")
         end = (int(end_ns) - t0_ns) / 1e9 if isinstance(end_ns, int | float) else None
         if end is not None:
             ends.append(end)
-        phase = {"profiling": "measure", "warmup": "warmup"}.get(str(md.get("benchmark_phase", "profiling")), "measure")
+        phase = _aiperf_phase(md.get("benchmark_phase"))
+        if phase == "measure":
+            measured.append((sent, end))
         worker = workers.setdefault(str(md.get("worker_id")), len(workers))
-        common = {"request_id": i, "sent": sent, "end": end, "phase": phase, "worker": worker,
+        common = {"request_id": i, "sent": sent, "scheduled": scheduled, "end": end, "phase": phase, "worker": worker,
                   "session_id": md.get("x_correlation_id") or md.get("conversation_id"), "turn": md.get("turn_index")}
         isl = _aiperf_value(metrics, "input_sequence_length", path, ln, seconds=False)
         if err:
@@ -408,6 +497,11 @@ def read_aiperf(path: Path) -> tuple[_Run, RunInfo, float, dt.datetime | None]:
                                       "metrics.reasoning_token_count", ln),
                 chunk_times=times)
     duration = max(ends) if ends else 0.0
+    if measured and len(measured) < len(records):
+        # AIPerf's benchmark duration is the profiling phase's: its first request start to its
+        # last response. Warm-up requests before it must not stretch the throughput divisor.
+        m_ends = [e for _, e in measured if e is not None]
+        run.measure = (min(s for s, _ in measured), max(m_ends) if m_ends else duration)
     info = RunInfo(backend="import:aiperf", label=f"aiperf:{path.parent.name or path.stem}",
                    scenario={"source": str(path), "format": "aiperf"})
     return run, info, duration, dt.datetime.fromtimestamp(t0_ns / 1e9, dt.UTC)
@@ -420,9 +514,10 @@ def detect_format(path: Path) -> str:
     """Which importer fits ``path``: by extension, then by the JSON's top-level keys."""
     if path.suffix == ".jsonl":
         return "aiperf"
-    data = _load_json(path)
+    docs = _load_json(path)
+    data = docs[0]
     if isinstance(data, Mapping):
-        if "benchmarks" in data:
+        if "benchmarks" in data and len(docs) == 1:
             return "guidellm"
         if "ttfts" in data or "mean_ttft_ms" in data:
             return "vllm"
@@ -432,8 +527,13 @@ def detect_format(path: Path) -> str:
     )
 
 
-def import_results(src: str | Path, out: str | Path, *, fmt: str | None = None, label: str | None = None) -> list[str]:
-    """Import ``src`` into the results store ``out`` (created if needed); returns the new run ids."""
+def import_results(src: str | Path, out: str | Path, *, fmt: str | None = None, label: str | None = None,
+                   warn: Callable[[str], None] | None = None) -> list[str]:
+    """Import ``src`` into the results store ``out`` (created if needed); returns the new run ids.
+
+    ``warn`` receives each note about the file (also stored with its run), prefixed by the
+    run's label, so the CLI can say on stderr what the import could not take at face value.
+    """
     path = Path(src)
     if not path.exists():
         raise InputError("no such file", path=path)
@@ -443,10 +543,17 @@ def import_results(src: str | Path, out: str | Path, *, fmt: str | None = None, 
     if fmt == "aiperf":
         parsed = [read_aiperf(path)]
     else:
-        data = _load_json(path)
-        if not isinstance(data, Mapping):
-            raise InputError(f"top level is a {type(data).__name__}, expected an object", path=path)
-        parsed = read_guidellm(path, data) if fmt == "guidellm" else [read_vllm(path, data)]
+        docs = _load_json(path)
+        for ln, data in enumerate(docs, start=1):
+            if not isinstance(data, Mapping):
+                raise InputError(f"top level is a {type(data).__name__}, expected an object", path=path,
+                                 line=ln if len(docs) > 1 else None)
+        if fmt == "guidellm":
+            if len(docs) > 1:
+                raise InputError(f"holds {len(docs)} JSON documents; GuideLLM writes one", path=path)
+            parsed = read_guidellm(path, docs[0])
+        else:
+            parsed = [read_vllm(path, d, i if len(docs) > 1 else None) for i, d in enumerate(docs)]
     ids = []
     with ResultsStore(out) as store:
         for run, info, duration, started in parsed:
@@ -454,6 +561,8 @@ def import_results(src: str | Path, out: str | Path, *, fmt: str | None = None, 
                 info = RunInfo(**{**info.__dict__, "label": label if len(parsed) == 1 else f"{label}:{len(ids)}"})
             try:
                 ids.append(run.write(store, info, duration_s=duration, started_at=started))
+                for n in run.notes if warn is not None else ():
+                    warn(f"{info.label}: {n}")
             except (TypeError, ValueError, pl.exceptions.PolarsError, duckdb.Error) as exc:
                 # a field of the wrong type the readers did not check one by one (ids, turns...)
                 raise InputError(f"holds a value of the wrong type ({type(exc).__name__}: {str(exc)[:200]})",

@@ -36,6 +36,7 @@ from typing import Any
 import duckdb
 
 from burstbench.errors import StoreError, UsageError
+from burstbench.store import resolve_run  # the one run selector, re-exported
 
 PERCENTILES: tuple[float, ...] = (0.5, 0.9, 0.95, 0.99)
 
@@ -172,31 +173,51 @@ class Selection:
         }
 
 
-def resolve_run(con: duckdb.DuckDBPyConnection, run_id: str | None) -> str:
-    """The asked run (a unique prefix works), or the latest one."""
-    ids = [r[0] for r in con.execute("SELECT run_id FROM runs ORDER BY started_at, run_id").fetchall()]
-    if not ids:
-        raise StoreError("the results store holds no runs; record one with 'burstbench run' or 'burstbench simulate'")
-    if run_id is None:
-        return ids[-1]
-    matches = [r for r in ids if r == run_id or r.startswith(run_id)]
-    if len(matches) != 1:
-        what = "is ambiguous" if matches else "not found"
-        raise StoreError(f"run '{run_id}' {what}; runs in the store: {', '.join(ids[-5:])}")
-    return matches[0]
-
-
 def run_info(con: duckdb.DuckDBPyConnection, run_id: str) -> dict[str, Any]:
+    """The run's row; ``timeline`` is False for a run whose send times are not real (an imported
+    file without them: every request at t=0), ``notes`` what its writer or importer warned."""
+    import json
+
     row = con.execute(
         "SELECT run_id, label, backend, model, clock, target_rate, duration_s, measure_start_s,"
-        " measure_end_s, status FROM runs WHERE run_id = ?",
+        " measure_end_s, status, COALESCE(json_extract(scenario, '$.timeline') <> 'false', true), notes"
+        " FROM runs WHERE run_id = ?",
         [run_id],
     ).fetchone()
     if row is None:
         raise StoreError(f"run '{run_id}' not found")
     keys = ("run_id", "label", "backend", "model", "clock", "target_rate", "duration_s",
-            "measure_start_s", "measure_end_s", "status")
-    return dict(zip(keys, row, strict=True))
+            "measure_start_s", "measure_end_s", "status", "timeline")
+    info = dict(zip(keys, row[:-1], strict=True))
+    try:
+        notes = json.loads(row[-1]) if row[-1] else []
+    except ValueError:
+        notes = []
+    info["notes"] = [str(n) for n in notes] if isinstance(notes, list) else []
+    return info
+
+
+def list_runs(store: str | Path | duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
+    """Every run in the store, oldest first, with its label: what ``--run`` can name."""
+    con, owned = _as_con(store)
+    try:
+        cur = con.execute(
+            "SELECT run_id, label, backend, model, CAST(date_trunc('second', started_at) AS VARCHAR) AS started_at,"
+            " (SELECT count(*) FROM requests q WHERE q.run_id = r.run_id) AS requests, status"
+            " FROM runs r ORDER BY r.started_at, r.run_id")
+        cols = [d[0] for d in cur.description]
+        return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
+    finally:
+        if owned:
+            con.close()
+
+
+def require_timeline(info: Mapping[str, Any], what: str) -> None:
+    """Refuse ``what`` (a time-resolved view) for a run whose file recorded no send times."""
+    if not info["timeline"]:
+        name = f"{info['run_id']} ({info['label']})" if info.get("label") else info["run_id"]
+        raise UsageError(f"run {name} has no timeline (its file recorded no request start times); {what} cannot be"
+                         " computed for it")
 
 
 def measured_window(con: duckdb.DuckDBPyConnection, run_id: str, sel: Selection | None = None) -> tuple[float, float]:
@@ -482,8 +503,11 @@ def summarize(
             "total_token_throughput": per_s(int(rs["total_input"]) + int(rs["total_output"])),
             "target_rate": info["target_rate"],
             "achieved_rate": per_s(int(rs["requests"])),
-            "peak_concurrency": peak_concurrency(con, rid, sel, ok_only=True),
-            "peak_in_flight": peak_concurrency(con, rid, sel, ok_only=False),
+            # without real send times every request overlaps every other: no peak to report
+            "peak_concurrency": peak_concurrency(con, rid, sel, ok_only=True) if info["timeline"] else None,
+            "peak_in_flight": peak_concurrency(con, rid, sel, ok_only=False) if info["timeline"] else None,
+            "timeline": info["timeline"],
+            "notes": info["notes"],
         }
         for m in ("ttft", "tpot"):
             out[f"{m}_ms"] = _stats_obj(rs, m)

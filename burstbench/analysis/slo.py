@@ -28,7 +28,9 @@ from burstbench.analysis.metrics import (
     Selection,
     install_views,
     measured_window,
+    require_timeline,
     resolve_run,
+    run_info,
 )
 from burstbench.errors import UsageError
 
@@ -174,6 +176,7 @@ def attainment_over_time(
     _check(slo)
     install_views(con)
     rid = resolve_run(con, run_id)
+    require_timeline(run_info(con, rid), "SLO attainment over time")
     t0, t1 = measured_window(con, rid)
     good, gparams = good_sql(slo)
     per_metric = [f"count(*) FILTER (WHERE {_meets_sql(m)}) AS m{i}" for i, m in enumerate(slo)]

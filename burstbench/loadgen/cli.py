@@ -46,7 +46,8 @@ def run(trace_path: str, out: str, scenario_file: str | None, as_json: bool, qui
 
     Rows are committed while the run goes; Ctrl-C stops sending and lets in-flight
     requests finish within --grace (a second Ctrl-C cancels them), and the run is
-    marked aborted. The summary table goes to stderr.
+    marked aborted. The summary table goes to stdout (to stderr with --json);
+    progress goes to stderr.
 
     \b
     Examples:
@@ -84,7 +85,7 @@ def run(trace_path: str, out: str, scenario_file: str | None, as_json: bool, qui
         result = execute(trace, scenario, out, label=label, progress=not quiet)
     with ResultsStore(out, read_only=True) as store:
         summary = summarize(store, result.run_id)
-    click.echo(render_table(summary), err=True)
+    click.echo(render_table(summary), err=as_json)  # the result on stdout; under --json, stdout is the JSON
     if as_json:
         emit_json(summary)
     if result.status != "done":

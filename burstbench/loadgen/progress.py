@@ -84,15 +84,16 @@ class ProgressView:
     """A rich Live table on stderr, redrawn a few times a second by the supervisor."""
 
     def __init__(self, *, target_rate: float | None, total: int | None, enabled: bool = True,
-                 send_end_s: float | None = None) -> None:
+                 send_end_s: float | None = None, plain_every_s: float = 5.0) -> None:
         self.target_rate = target_rate
         self.send_end_s = send_end_s  # when sending stops: the achieved rate is over the sending window
         self.total = total
         self.console = Console(stderr=True)
         self.enabled = enabled and self.console.is_terminal
         self.plain = enabled and not self.console.is_terminal
+        self.plain_every_s = plain_every_s
         self._live: Live | None = None
-        self._last_plain = 0.0
+        self._last_plain: float | None = None
 
     def __enter__(self) -> ProgressView:
         if self.enabled:
@@ -108,25 +109,35 @@ class ProgressView:
         if self.enabled or self.plain:
             self.console.print(Text(f"WARNING: {message}", style="bold red"))
 
-    def render(self, t: float, totals: Totals, lag_p99_ms: float, cpu: float) -> Table:
+    def fields(self, t: float, totals: Totals, lag_p99_ms: float, cpu: float) -> list[tuple[str, str]]:
+        """(name, value) of one progress sample; the terminal table and the log line show the same."""
         sent = totals.get("sent")
         window = min(t, self.send_end_s) if self.send_end_s else t
         rate = sent / window if window > 0 else 0.0
-        table = Table(show_header=True, header_style="bold", box=None)
-        for col in ("elapsed", "sent", "completed", "failed", "in flight", "req/s got/target",
-                    "lag p99", "client CPU"):
-            table.add_column(col, justify="right")
         target = f"{self.target_rate:.1f}" if self.target_rate else "-"
         total = f"/{self.total}" if self.total else ""
-        table.add_row(f"{t:.1f}s", f"{sent:.0f}{total}", f"{totals.get('completed'):.0f}",
-                      f"{totals.get('failed'):.0f}", f"{totals.get('in_flight'):.0f}",
-                      f"{rate:.1f}/{target}", f"{lag_p99_ms:.2f} ms" if lag_p99_ms == lag_p99_ms else "-",
-                      f"{cpu:.0f}%")
+        return [
+            ("elapsed", f"{t:.1f}s"), ("sent", f"{sent:.0f}{total}"), ("completed", f"{totals.get('completed'):.0f}"),
+            ("failed", f"{totals.get('failed'):.0f}"), ("in flight", f"{totals.get('in_flight'):.0f}"),
+            ("req/s got/target", f"{rate:.1f}/{target}"),
+            ("lag p99", f"{lag_p99_ms:.2f} ms" if lag_p99_ms == lag_p99_ms else "-"), ("client CPU", f"{cpu:.0f}%"),
+        ]
+
+    def render(self, t: float, totals: Totals, lag_p99_ms: float, cpu: float) -> Table:
+        table = Table(show_header=True, header_style="bold", box=None)
+        row = self.fields(t, totals, lag_p99_ms, cpu)
+        for col, _ in row:
+            table.add_column(col, justify="right")
+        table.add_row(*(v for _, v in row))
         return table
+
+    def line(self, t: float, totals: Totals, lag_p99_ms: float, cpu: float) -> str:
+        """One self-describing line for a log file or CI: no header to repeat, one line per sample."""
+        return "progress: " + ", ".join(f"{k} {v}" for k, v in self.fields(t, totals, lag_p99_ms, cpu))
 
     def update(self, t: float, totals: Totals, lag_p99_ms: float, cpu: float) -> None:
         if self._live is not None:
             self._live.update(self.render(t, totals, lag_p99_ms, cpu), refresh=True)
-        elif self.plain and time.monotonic() - self._last_plain >= 5.0:
+        elif self.plain and (self._last_plain is None or time.monotonic() - self._last_plain >= self.plain_every_s):
             self._last_plain = time.monotonic()
-            self.console.print(self.render(t, totals, lag_p99_ms, cpu))
+            self.console.print(Text(self.line(t, totals, lag_p99_ms, cpu)), soft_wrap=True)

@@ -70,6 +70,29 @@ def _select_runs(con, run_ids: Sequence[str] | None) -> tuple[list[str], list[st
     return main, sweep, notes
 
 
+def _time_sections(con, runs: Sequence, view: str, slo_s: Mapping[str, float] | None) -> list[Section]:
+    """Load over time and client health, for the runs that have a timeline.
+
+    A run imported from a file without send times (vLLM before ``start_times``) has every
+    request at t=0; a time series of it would show a burst that never happened, so it is
+    left out and the section says so.
+    """
+    from burstbench.analysis.metrics import run_info
+
+    timed = [r for r in runs if run_info(con, r.run_id)["timeline"]]
+    skipped = [r.name for r in runs if r not in timed]
+    why = (f"Not shown over time: {', '.join(skipped)} (the imported file recorded no request start times, "
+           "so there is no timeline to draw)." if skipped else None)
+    if not timed:
+        return [Section("load", "Load over time", [note(why or "", "warn")])]
+    w = pd.nice_window(max(pd.run_span(con, r.run_id) for r in timed), rs.WINDOWS)
+    att = sm.attainment_series(con, timed, slo_s, w)
+    load, w, series = rs.load_section(con, timed, view, att)
+    if why:
+        load.blocks.insert(0, note(why, "warn"))
+    return [load, rs.health_section(con, timed, view, w, series)]
+
+
 def build_report(
     store: str | Path | None,
     out: str | Path,
@@ -137,12 +160,7 @@ def build_report(
                 sections.append(rs.latency_section(con, runs, view, {k: v * 1000.0 for k, v in (slo_s or {}).items()},
                                                    itl_counts=itl_n))
                 say("time series")
-                w = pd.nice_window(max(pd.run_span(con, r.run_id) for r in runs), rs.WINDOWS)
-                att = sm.attainment_series(con, runs, slo_s, w)
-                load, w, series = rs.load_section(con, runs, view, att)
-                sections.append(load)
-                say("client and server health")
-                sections.append(rs.health_section(con, runs, view, w, series))
+                sections.extend(_time_sections(con, runs, view, slo_s))
                 server = rs.server_section(con, runs)
                 if server:
                     sections.append(server)

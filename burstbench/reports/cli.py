@@ -15,7 +15,7 @@ from burstbench.output import emit_json
 @click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("report.html"),
               show_default=True, help="HTML file to write.")
 @click.option("--run", "run_ids", multiple=True, metavar="ID",
-              help="Run id (or unique prefix) to include; repeat for several. Default: every run.")
+              help="Run id, unique id prefix or label to include; repeat for several. Default: every run.")
 @click.option("--slo", default=None, metavar="SPEC", help="SLOs, e.g. ttft=500ms,tpot=50ms,e2el=10s.")
 @click.option("--target", type=float, default=0.9, show_default=True,
               help="Attainment a run needs to pass its SLO (fraction).")

@@ -82,7 +82,7 @@ def summary_section(
             ("duration", f"{fmt(s['duration_s'])} s"),
             ("request throughput", f"{fmt(s['request_throughput'])} req/s"),
             ("output throughput", f"{fmt(s['output_throughput'])} tok/s"),
-            ("peak concurrency", str(s.get("peak_concurrency", "–"))),
+            ("peak concurrency", "–" if s.get("peak_concurrency") is None else str(s["peak_concurrency"])),
         ]
         if s.get("target_rate") is not None:
             kv.insert(2, ("offered / achieved", f"{fmt(s['target_rate'])} / {fmt(s.get('achieved_rate'))} req/s"))

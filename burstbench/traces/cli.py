@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from burstbench.output import emit_json
+from burstbench.output import emit_json, results_console
 
 
 @click.group()
@@ -133,13 +133,12 @@ def stats_cmd(trace_path: str, window_s: float, as_json: bool) -> None:
       burstbench trace stats t.parquet --window 60 --json
     """
 
-    from rich.console import Console
     from rich.table import Table
 
     from burstbench.traces.stats import characterise
 
     s = characterise(_load(trace_path), window_s=window_s)
-    con = Console(stderr=True)
+    con = results_console(as_json)
     tab = Table(title=f"{trace_path}", show_header=True)
     tab.add_column("statistic")
     tab.add_column("value", justify="right")
@@ -204,7 +203,8 @@ def fit_cmd(trace_path: str, output: str | None, window_s: float | None, seed: i
 
     from burstbench.traces.fit import fit_trace
 
-    con = Console(stderr=True)
+    con = Console(stderr=True)  # progress and notes
+    out = results_console(as_json)  # the fitted tables
     tr = _load(trace_path)
     with con.status(f"fitting {len(tr):,} requests", spinner="dots"):
         res = fit_trace(tr, window_s=window_s, seed=seed)
@@ -224,7 +224,7 @@ def fit_cmd(trace_path: str, output: str | None, window_s: float | None, seed: i
             )
             star = " *" if c is q.best else ""
             tab.add_row(c.family + star, params, _fmt(c.aic, 8), _fmt(c.bic, 8), _fmt(c.ks, 3))
-        con.print(tab)
+        out.print(tab)
     ties = res.arrivals.notes
     if ties.get("method") not in (None, "none"):
         con.print(
@@ -234,7 +234,7 @@ def fit_cmd(trace_path: str, output: str | None, window_s: float | None, seed: i
         )
     if res.joint is not None:
         j = res.joint
-        con.print(
+        out.print(
             f"input/output Spearman {j.spearman:.3f} (p={j.p_value:.2g}): "
             + ("kept as a Gaussian copula" if j.significant else "treated as independent")
         )

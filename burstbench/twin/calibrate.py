@@ -109,11 +109,12 @@ def read_run(store: str | Path, run_id: str, *, time_scale: float | None = None,
     (``serve --time-scale``); by default the run's scenario ``time_scale`` for live
     runs and 1 for simulated ones. Times are multiplied by it.
     """
-    from burstbench.analysis.metrics import open_store, resolve_run
+    from burstbench.analysis.metrics import open_store, require_timeline, resolve_run, run_info
 
     con = open_store(store)
     try:
         rid = resolve_run(con, run_id)
+        require_timeline(run_info(con, rid), "a twin (which replays the run's send times)")
         clock, scenario, label = con.execute(
             "SELECT clock, scenario, label FROM runs WHERE run_id = ?", [rid]).fetchone()
         rows = con.execute(

@@ -11,13 +11,17 @@ from typing import Any
 import click
 
 from burstbench.errors import InputError, UsageError
-from burstbench.output import CONTEXT_SETTINGS, console, emit_json
+from burstbench.output import CONTEXT_SETTINGS, console, emit_json, results_console
 
 CTX = CONTEXT_SETTINGS
 
 
 def _console() -> Any:
     return console(highlight=False)
+
+
+def _results(as_json: bool) -> Any:
+    return results_console(as_json, highlight=False)
 
 
 def _ms(v: float | None) -> str:
@@ -60,7 +64,7 @@ def _sched_opts(max_num_seqs: int | None, max_num_batched_tokens: int | None) ->
 @click.command("calibrate", context_settings=CTX)
 @click.argument("results", type=click.Path(dir_okay=False))
 @click.option("--run", "run_ids", required=True, multiple=True,
-              help="The measured run to fit (id or unique prefix); repeat to fit several runs of the endpoint "
+              help="The measured run to fit (id, unique id prefix or label); repeat to fit several runs of the endpoint "
                    "together (e.g. two rates).")
 @click.option("--model", required=True, help="Model preset or config.json the endpoint serves.")
 @click.option("--hardware", required=True, help="Hardware preset or profile JSON to start from.")
@@ -70,7 +74,7 @@ def _sched_opts(max_num_seqs: int | None, max_num_batched_tokens: int | None) ->
               help="The endpoint's scheduler limit, or 'auto' to fit it when unknown.")
 @click.option("--max-num-batched-tokens", default="8192", show_default=True,
               help="The endpoint's token budget, or 'auto' to fit it when unknown.")
-@click.option("--holdout", default=None, help="A second run to check the fit on (not used to fit).")
+@click.option("--holdout", default=None, help="A second run (id, prefix or label) to check the fit on (not used to fit).")
 @click.option("--time-scale", type=float, default=None,
               help="How many times faster than modelled time the endpoint ran (serve --time-scale); "
                    "default: the run's scenario time_scale (1 for simulated runs).")
@@ -135,23 +139,24 @@ def calibrate(results: str, run_ids: tuple[str, ...], model: str, hardware: str,
     fitted_on = ", ".join(f"{len(r.work)} requests of run {r.run_id}" for r in cal.fit_runs)
     con.print(f"twin written to {out} ({cal.evaluations} simulations, fit on {fitted_on}, "
               f"time scale {cal.fit_run.time_scale:g})")
+    result_con = _results(as_json)  # the fitted values and errors are the result: stdout
     for name, u in spec.uncertainty.items():
-        con.print(f"  {name:28s} {u['value']:.4g}  (95% CI {u['ci95'][0]:.4g} .. {u['ci95'][1]:.4g})"
-                  + ("  [at bound]" if u.get("at_bound") else ""))
+        result_con.print(f"  {name:28s} {u['value']:.4g}  (95% CI {u['ci95'][0]:.4g} .. {u['ci95'][1]:.4g})"
+                         + ("  [at bound]" if u.get("at_bound") else ""))
     for name, f in spec.provenance.get("scheduler_fit", {}).items():
         why = (f"at least {f['lower_bound']} requests decoded at once" if "lower_bound" in f
                else f"longest prompt {f['longest_prompt']} tokens")
-        con.print(f"  {name:28s} {f['value']}  ({why}; "
-                  + ("fitted)" if f["binding"] else
-                     f"not reached in this run: any value from {f['fits_from']} up fits as well)"))
+        result_con.print(f"  {name:28s} {f['value']}  ({why}; "
+                         + ("fitted)" if f["binding"] else
+                            f"not reached in this run: any value from {f['fits_from']} up fits as well)"))
     parts = [("fit", spec.errors.get("fit")), *[("fit", e) for e in spec.errors.get("fit_more", [])],
              ("holdout", spec.errors.get("holdout"))]
     for part, e in parts:
         if not e:
             continue
-        con.print(f"{part} run {e['run_id']} ({e['requests']} requests): twin vs measured")
+        result_con.print(f"{part} run {e['run_id']} ({e['requests']} requests): twin vs measured")
         for metric, qs in e["percentiles"].items():
-            con.print("  " + f"{metric:8s} " + "  ".join(
+            result_con.print("  " + f"{metric:8s} " + "  ".join(
                 f"{q} {_ms(v['measured'])} vs {_ms(v['twin'])} ({_pct(v['rel_err'])})" for q, v in qs.items()))
     if as_json:
         emit_json({"twin": str(out), **spec.to_dict()})
@@ -233,12 +238,13 @@ def whatif(twin_file: str, trace_path: str, hardware: str | None, tp: int | None
                   out=out, search=not no_search and slo_s is not None, band=band,
                   on_step=lambda s: status.update(f"goodput search: {s.value:.3g} req/s -> "
                                                   f"{(s.slo_attainment or 0) * 100:.1f}% attainment"), **changes)
-    _print_whatif(con, res)
+    _print_whatif(_results(as_json), con, res)
     if as_json:
         emit_json(res)
 
 
-def _print_whatif(con: Any, res: dict[str, Any]) -> None:
+def _print_whatif(result_con: Any, con: Any, res: dict[str, Any]) -> None:
+    """The comparison on ``result_con`` (the result), notes on ``con`` (stderr)."""
     from rich.table import Table
 
     b, v = res["baseline"], res["variant"]
@@ -261,18 +267,18 @@ def _print_whatif(con: Any, res: dict[str, Any]) -> None:
         rows.append(("goodput per GPU", rate(b.get("goodput_per_gpu")), rate(v.get("goodput_per_gpu"))))
     for r in rows:
         t.add_row(*r)
-    con.print(t)
+    result_con.print(t)
     for side, r in (("baseline", b), ("variant", v)):
         bd = r.get("band")
         if bd:
             att = bd["slo_attainment"]
-            con.print(f"{side} over {bd['draws']} twins drawn from the calibration's uncertainty: "
-                      + (f"attainment {att[0] * 100:.1f}-{att[1] * 100:.1f}%, " if att else "")
-                      + ", ".join(f"{key[:-3].upper()} p99 {_ms(bd[key]['p99'][0])}-{_ms(bd[key]['p99'][1])} ms"
-                                  for key in ("ttft_ms", "tpot_ms", "e2el_ms") if bd[key].get("p99")))
+            result_con.print(f"{side} over {bd['draws']} twins drawn from the calibration's uncertainty: "
+                             + (f"attainment {att[0] * 100:.1f}-{att[1] * 100:.1f}%, " if att else "")
+                             + ", ".join(f"{key[:-3].upper()} p99 {_ms(bd[key]['p99'][0])}-{_ms(bd[key]['p99'][1])} ms"
+                                         for key in ("ttft_ms", "tpot_ms", "e2el_ms") if bd[key].get("p99")))
     if "goodput_per_gpu_ratio" in res:
-        con.print(f"variant / baseline: max goodput x{res['max_goodput_ratio']:.2f}, "
-                  f"per GPU x{res['goodput_per_gpu_ratio']:.2f}")
+        result_con.print(f"variant / baseline: max goodput x{res['max_goodput_ratio']:.2f}, "
+                         f"per GPU x{res['goodput_per_gpu_ratio']:.2f}")
     for n in res.get("notes", []):
         con.print(f"note: {n}")
     if res.get("results"):
@@ -357,21 +363,22 @@ def plan(trace_path: str, slo: str, hardware: str, price: str | None, target: fl
                   mixes=not no_mix,
                   on_candidate=lambda c: status.update(f"{c['name']}: {c['slo_attainment'] * 100:.1f}%"), **kw)
     load = res["load"]
-    con.print(f"peak: {load['peak_rate']:.3g} req/s in the {load['window_s']:g} s window at "
-              f"{load['peak_window_start_s']:g} s (mean {load['mean_rate']:.3g} req/s); load = {load['load']}")
+    result_con = _results(as_json)
+    result_con.print(f"peak: {load['peak_rate']:.3g} req/s in the {load['window_s']:g} s window at "
+                     f"{load['peak_window_start_s']:g} s (mean {load['mean_rate']:.3g} req/s); load = {load['load']}")
     t = Table(title=f"candidates (target {target * 100:g}% attainment)")
     for col in ("fleet", "GPUs", "USD/h", "attainment", "meets", "TTFT p99 ms", "TPOT p99 ms"):
         t.add_column(col)
     for c in sorted(res["candidates"], key=lambda c: c["usd_per_hour"]):
         t.add_row(c["name"], str(c["gpus"]), f"{c['usd_per_hour']:.2f}", f"{c['slo_attainment'] * 100:.1f}%",
                   "yes" if c["meets_target"] else "no", _ms(c["p99_ms"]["ttft_ms"]), _ms(c["p99_ms"]["tpot_ms"]))
-    con.print(t)
+    result_con.print(t)
     for s in res["skipped"]:
         con.print(f"skipped {s['hardware']} tp{s['tp']}: {s['reason']}")
     best = res["best"]
     if best:
-        con.print(f"cheapest: {best['name']} at {best['usd_per_hour']:.2f} USD/h "
-                  f"({best['slo_attainment'] * 100:.1f}% attainment at the peak)")
+        result_con.print(f"cheapest: {best['name']} at {best['usd_per_hour']:.2f} USD/h "
+                         f"({best['slo_attainment'] * 100:.1f}% attainment at the peak)")
     for n in res["notes"]:
         con.print(f"note: {n}")
     if as_json:

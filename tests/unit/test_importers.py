@@ -304,3 +304,218 @@ def test_wrong_types_deep_in_a_record_are_input_errors(tmp_path: Path) -> None:
             assert con.execute("SELECT count(*) FROM runs").fetchone()[0] == 0
         finally:
             con.close()
+
+
+# -- what a file gets wrong is said and stored, not drawn -------------------------------------
+
+
+def test_vllm_without_start_times_has_no_timeline(tmp_path: Path) -> None:
+    """Older vLLM files lack start_times: every request sits at t=0. The import says so, the
+    run carries the flag, and nothing time-resolved is computed from a timeline not in the file."""
+    from burstbench.analysis.slo import attainment_over_time
+    from burstbench.errors import UsageError
+
+    n = 300
+    data = dict(VLLM, num_prompts=n, completed=n, failed=0, input_lens=[10] * n, output_lens=[2] * n,
+                ttfts=[0.1 + i / 1000 for i in range(n)], itls=[[0.05]] * n, latencies=[0.2 + i / 1000 for i in range(n)],
+                generated_texts=["a b"] * n, errors=[""] * n, duration=30.0)
+    for k in ("start_times", "queue_times"):
+        data.pop(k)
+    said: list[str] = []
+    db = tmp_path / "r.duckdb"
+    (rid,) = import_results(write(tmp_path, "old-vllm.json", json.dumps(data)), db, warn=said.append)
+    assert len(said) == 1 and "start_times" in said[0] and said[0].startswith("vllm:old-vllm")
+    s = summarize(db, rid)
+    assert s["timeline"] is False and s["notes"] and "start_times" in s["notes"][0]
+    assert s["peak_concurrency"] is None and s["peak_in_flight"] is None  # not 300
+    assert s["completed"] == n and s["ttft_ms"]["max"] == pytest.approx(399.0)  # per-request numbers stay
+    con = open_store(db)
+    try:
+        with pytest.raises(UsageError, match="no timeline"):
+            attainment_over_time(con, rid, {"ttft": 0.5}, 5.0)
+    finally:
+        con.close()
+    # a file with start_times keeps its timeline, and says nothing
+    said.clear()
+    (rid2,) = import_results(write(tmp_path, "vllm.json", json.dumps(VLLM)), db, warn=said.append)
+    s2 = summarize(db, rid2)
+    assert said == [] and s2["timeline"] is True and s2["notes"] == [] and s2["peak_concurrency"] == 2
+
+
+def test_aiperf_warmup_is_outside_the_duration_and_credits_give_schedule_lag(tmp_path: Path) -> None:
+    """AIPerf's throughput divides by the profiling phase only; credit_issued_ns is the scheduled send."""
+    t0 = 1759813207000000000
+    ms = 1_000_000
+    recs = []
+    for k in range(5):  # warm-up: 5 requests over the first 10 s
+        recs.append(json.loads(aiperf_line(t0 + k * 2000 * ms, ttft_ms=5.0, icl=[], lat_ms=5.0, osl=1, phase="warmup")))
+    for k in range(10):  # profiling: 10 requests from 10 s, one every 100 ms, 50 ms each
+        start = t0 + 10_000 * ms + k * 100 * ms
+        rec = json.loads(aiperf_line(start, ttft_ms=20.0, icl=[10.0, 10.0], lat_ms=50.0, osl=3))
+        rec["metadata"]["credit_issued_ns"] = start - (k + 1) * ms  # lag 1..10 ms
+        rec["metadata"]["credit_received_ns"] = start - ms // 2
+        recs.append(rec)
+    for r in recs[:5]:
+        r["metadata"]["credit_issued_ns"] = r["metadata"]["request_start_ns"]
+    recs[4]["metadata"]["benchmark_phase"] = "ramp_up"  # newer AIPerf: ramp-up precedes profiling too
+    src = write(tmp_path, "profile_export.jsonl", "\n".join(json.dumps(r) for r in recs) + "\n")
+    db = tmp_path / "a.duckdb"
+    (rid,) = import_results(src, db)
+    s = summarize(db, rid)
+    # profiling window: first start 10.0 s to last end 10.9 + 0.05 s => 0.95 s for 10 requests
+    assert s["completed"] == 10 and s["duration_s"] == pytest.approx(0.95)
+    assert s["request_throughput"] == pytest.approx(10 / 0.95)
+    assert s["schedule_lag_ms"]["mean"] == pytest.approx(5.5) and s["schedule_lag_ms"]["max"] == pytest.approx(10.0)
+    bad = dict(recs[5], metadata=dict(recs[5]["metadata"], credit_issued_ns="soon"))
+    with pytest.raises(InputError, match=r"b\.jsonl:1.*credit_issued_ns"):
+        import_results(write(tmp_path, "b.jsonl", json.dumps(bad)), tmp_path / "b.duckdb")
+
+
+def test_guidellm_relative_targeted_start_is_not_a_schedule_lag(tmp_path: Path) -> None:
+    """GuideLLM writes a relative targeted_start for some requests while request_start is a Unix
+    time; subtracting them gave a lag of -1.8e12 ms. Those lags stay empty and the import says so."""
+    bench = json.loads(json.dumps(GUIDELLM_NEW["benchmarks"][0]))
+    base = 1_780_000_000.0
+    bench["start_time"], bench["end_time"] = base, base + 2.0
+    reqs = []
+    for k in range(4):
+        t = base + k * 0.25
+        targeted = t - 0.01 if k % 2 == 0 else 0.25 * k  # odd ones: relative (the bug)
+        reqs.append({"type_": "generative_request_stats", "request_id": str(k),
+                     "info": {"timings": {"targeted_start": targeted, "request_start": t, "first_token_iteration": t + 0.1,
+                                          "last_token_iteration": t + 0.3, "token_iterations": 3, "request_end": t + 0.3}},
+                     "input_metrics": {"total_tokens": 64}, "output_metrics": {"total_tokens": 3}})
+    err = {"type_": "generative_request_stats", "request_id": "e",
+           "info": {"error": "Server error '503 Service Unavailable' for url 'http://127.0.0.1:8000/v1/completions'",
+                    "timings": {"targeted_start": base + 1.0, "request_start": base + 1.0, "request_end": base + 1.1}},
+           "input_metrics": {"total_tokens": 64}, "output_metrics": {"total_tokens": None}}
+    bench["requests"] = {"successful": reqs, "errored": [err], "incomplete": []}
+    said: list[str] = []
+    db = tmp_path / "g.duckdb"
+    (rid,) = import_results(write(tmp_path, "benchmarks.json", json.dumps({"benchmarks": [bench]})), db, warn=said.append)
+    s = summarize(db, rid)
+    # lag stats cover successes: the two on one clock (10 ms each); the relative two are left empty
+    assert s["schedule_lag_ms"]["n"] == 2 and s["schedule_lag_ms"]["mean"] == pytest.approx(10.0)
+    assert s["schedule_lag_ms"]["max"] == pytest.approx(10.0)
+    assert len(said) == 1 and "2 of 5 requests" in said[0] and s["notes"] == [said[0].split(": ", 1)[1]]
+    con = open_store(db)
+    try:
+        assert con.execute("SELECT http_status FROM requests WHERE run_id = ? AND status = 'error'",
+                           [rid]).fetchone() == (503,)
+    finally:
+        con.close()
+
+
+@pytest.mark.parametrize(("message", "status"), [
+    ("Bad Request", 400), ("Bad Request: prompt too long", 400), ("Too Many Requests", 429),
+    ("Client error '422 Unprocessable Entity' for url 'http://x/v1'", 422), ("500 Internal Server Error", 500),
+    ("Error code: 429 - rate limited", 429), ("HTTP 502", 502),
+    ('{"message": "boom", "type": "server_error", "param": null, "code": 500}', 500),  # vLLM: an in-stream error
+    ("Never received a valid chunk to calculate TTFT.This response will be marked as failed!", None),
+    ("prompt of 500 tokens is too long", None), ("ClientConnectorError: refused", None), ("", None), (None, None),
+])
+def test_error_rows_keep_their_http_status(message: str | None, status: int | None) -> None:
+    from burstbench.analysis.importers import _http_status
+
+    assert _http_status(message) == status
+
+
+def test_vllm_error_rows_keep_their_http_status(tmp_path: Path) -> None:
+    db = tmp_path / "r.duckdb"
+    (rid,) = import_results(write(tmp_path, "v.json", json.dumps(VLLM)), db)
+    con = open_store(db)
+    try:
+        assert con.execute("SELECT http_status FROM requests WHERE run_id = ? AND status = 'error'",
+                           [rid]).fetchall() == [(400,)]
+    finally:
+        con.close()
+
+
+def test_report_draws_no_timeline_for_a_file_without_start_times(tmp_path: Path) -> None:
+    import re
+
+    from burstbench.reports.build import build_report
+
+    old = {k: v for k, v in VLLM.items() if k not in ("start_times", "queue_times")}
+    db = tmp_path / "r.duckdb"
+    import_results(write(tmp_path, "old.json", json.dumps(old)), db, label="old-vllm")
+    import_results(write(tmp_path, "new.json", json.dumps(VLLM)), db, label="new-vllm")
+    out = tmp_path / "report.html"
+    build_report(db, out, slo="ttft=300ms")
+    html = out.read_text(encoding="utf-8")
+    load = html[html.index("Load over time"):]
+    assert re.search(r"Not shown over time: old-vllm \(the imported file recorded no request start times", load)
+    figs = json.loads(re.search(r'<script type="application/json" id="bb-figures">(.*?)</script>', html, re.S)[1])
+    over_time = [f for f in figs if "time (s)" in json.dumps(f.get("layout", {}))]
+    names = {t.get("name", "") for f in over_time for t in f["data"]}
+    assert over_time and any(n.startswith("new-vllm") for n in names) and not any("old-vllm" in n for n in names)
+    # alone, the run gets the note instead of the time series
+    db2 = tmp_path / "r2.duckdb"
+    import_results(write(tmp_path, "old.json", json.dumps(old)), db2, label="old-vllm")
+    res = build_report(db2, tmp_path / "r2.html")
+    html2 = (tmp_path / "r2.html").read_text(encoding="utf-8")
+    assert "client" not in res.sections and "Not shown over time: old-vllm" in html2
+    assert "None" not in re.sub(r"<script.*?</script>", "", html2, flags=re.S)  # no peak concurrency to show
+
+
+def test_no_twin_is_fitted_to_a_timeline_not_in_the_file(tmp_path: Path) -> None:
+    from burstbench.errors import StoreError, UsageError
+    from burstbench.twin.calibrate import read_run
+
+    old = {k: v for k, v in VLLM.items() if k not in ("start_times", "queue_times")}
+    db = tmp_path / "r.duckdb"
+    import_results(write(tmp_path, "old.json", json.dumps(old)), db, label="old")
+    import_results(write(tmp_path, "new.json", json.dumps(VLLM)), db, label="new")
+    with pytest.raises(UsageError, match=r"\(old\) has no timeline.*twin"):
+        read_run(db, "old")
+    with pytest.raises(StoreError, match="at least 20"):  # a timed run passes that check (and is just too small)
+        read_run(db, "new")
+
+
+def test_vllm_append_result_file_is_one_run_per_line(tmp_path: Path) -> None:
+    """``vllm bench serve --append-result`` adds each run's object as one more line of the file."""
+    second = dict(VLLM, date="20250101-130000", request_rate=4.0)
+    src = write(tmp_path, "appended.json", json.dumps(VLLM) + "\n" + json.dumps(second) + "\n")
+    assert detect_format(src) == "vllm"
+    db = tmp_path / "r.duckdb"
+    a, b = import_results(src, db)
+    sa, sb = summarize(db, a), summarize(db, b)
+    assert (sa["label"], sb["label"]) == ("vllm:appended:0", "vllm:appended:1")
+    assert sa["target_rate"] is None and sb["target_rate"] == 4.0
+    assert sa["ttft_ms"]["median"] == sb["ttft_ms"]["median"] == pytest.approx(VLLM["median_ttft_ms"])
+    bad = write(tmp_path, "bad.json", json.dumps(VLLM) + "\n{broken\n")
+    with pytest.raises(InputError, match=r"bad\.json:2.*not valid JSON"):
+        import_results(bad, tmp_path / "x.duckdb")
+    with pytest.raises(InputError, match="2 JSON documents; GuideLLM writes one"):
+        import_results(write(tmp_path, "g.json", json.dumps(GUIDELLM_OLD) + "\n" + json.dumps(GUIDELLM_OLD)),
+                       tmp_path / "x.duckdb", fmt="guidellm")
+
+
+REAL_VLLM = Path(__file__).parent.parent / "data" / "vllm-0.32-bench-serve.json"
+
+
+def test_real_vllm_032_file_reproduces_its_own_summary(tmp_path: Path) -> None:
+    """A file written by vLLM 0.32's bench serve itself (tests/data/README.md says how)."""
+    data = json.loads(REAL_VLLM.read_text(encoding="utf-8"))
+    db = tmp_path / "r.duckdb"
+    said: list[str] = []
+    (rid,) = import_results(REAL_VLLM, db, warn=said.append)
+    s = summarize(db, rid)
+    assert said == [] and s["timeline"] is True
+    assert (s["completed"], s["failed"]) == (data["completed"], data["failed"]) == (20, 4)
+    for key in ("request_throughput", "output_throughput", "total_token_throughput"):
+        assert s[key] == pytest.approx(data[key], rel=1e-9), key
+    for m in ("ttft", "tpot", "itl"):
+        for stat in ("mean", "median", "std", "p99"):
+            assert s[f"{m}_ms"][stat] == pytest.approx(data[f"{stat}_{m}_ms"], rel=1e-9), f"{m}.{stat}"
+    # client queue time (vLLM's queue_times) is our schedule lag
+    ok_q = [q for q, e in zip(data["queue_times"], data["errors"], strict=True) if not e]
+    assert s["schedule_lag_ms"]["max"] == pytest.approx(max(ok_q) * 1000)
+    con = open_store(db)
+    try:
+        rows = con.execute("SELECT http_status, error_message FROM requests WHERE run_id = ? AND status = 'error'"
+                           " ORDER BY request_id", [rid]).fetchall()
+    finally:
+        con.close()
+    phrase = {"Service Unavailable": 503, "Internal Server Error": 500, "Too Many Requests": 429}
+    assert rows == [(phrase[e], e) for e in data["errors"] if e]

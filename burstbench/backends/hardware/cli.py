@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from burstbench.errors import UsageError
-from burstbench.output import emit_json
+from burstbench.output import emit_json, results_console
 
 
 @click.command("profile")
@@ -36,6 +36,7 @@ def profile(output: Path | None, quick: bool, name: str | None, as_json: bool, l
         return
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.text import Text
 
     from burstbench.backends.hardware.profiler import profile_machine
 
@@ -52,14 +53,20 @@ def profile(output: Path | None, quick: bool, name: str | None, as_json: bool, l
         TimeElapsedColumn(),
         console=console,
         transient=True,
+        disable=not console.is_terminal,
     ) as bar:
         task = bar.add_task("starting", total=1.0)
         phase = {"gemm": 0.0, "bw": 0.0}
+        said: list[str] = []
 
         def progress(desc: str, frac: float) -> None:
             key = "bw" if desc.startswith("bandwidth") else "gemm"
             phase[key] = frac
-            bar.update(task, description=desc, completed=0.6 * phase["gemm"] + 0.4 * phase["bw"])
+            done = 0.6 * phase["gemm"] + 0.4 * phase["bw"]
+            bar.update(task, description=desc, completed=done)
+            if not console.is_terminal and desc not in said:  # a log gets one line per step, not a bar
+                said.append(desc)
+                console.print(Text(f"profile: {desc} ({done:.0%} done)"), soft_wrap=True)
 
         hw = profile_machine(quick=quick, name=name, progress=progress)
     if output is not None:
@@ -67,13 +74,14 @@ def profile(output: Path | None, quick: bool, name: str | None, as_json: bool, l
             hw.write(output)
         except OSError as exc:
             raise UsageError(f"-o {output}: cannot write ({exc.strerror}); choose another path") from exc
-    console.print(
+    out = results_console(as_json)  # the measured figures are the result
+    out.print(
         f"[bold]{hw.name}[/] ({hw.kind}): peak {hw.peak_flops / 1e9:.1f} GFLOP/s, "
         f"memory bandwidth {hw.mem_bandwidth / 1e9:.1f} GB/s "
         f"(η_B {hw.bandwidth_efficiency(1):.2f}), memory {hw.memory_bytes / 2**30:.1f} GiB"
     )
     curve = ", ".join(f"{int(x)}:{y:.2f}" for x, y in hw.flops_efficiency.points)
-    console.print(f"η_F(tokens): {curve}")
+    out.print(f"η_F(tokens): {curve}")
     if hw.kind == "cpu":
         console.print("no GPU measured (torch with CUDA not available); this is the CPU")
     if output is not None:
@@ -83,7 +91,6 @@ def profile(output: Path | None, quick: bool, name: str | None, as_json: bool, l
 
 
 def _list_presets(as_json: bool) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     from burstbench.backends.hardware.profile import list_hardware, load_hardware
@@ -105,4 +112,4 @@ def _list_presets(as_json: bool) -> None:
     for r in rows:
         table.add_row(r["name"], f"{r['peak_tflops']:.0f}", f"{r['mem_bandwidth_tbps']:.2f}",
                       f"{r['memory_gib']:.1f}", f"{r['link_gbps']:.0f}")
-    Console(stderr=True).print(table)
+    results_console().print(table)

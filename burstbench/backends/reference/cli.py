@@ -15,14 +15,16 @@ _ENGINE_OPTIONS = [
     click.option("--hardware", "hardware", default="h100-sxm", show_default=True, help="Hardware preset name or a profile JSON from 'burstbench profile'."),
     click.option("--tp", type=int, default=1, show_default=True, help="Tensor-parallel degree (through the cost model)."),
     click.option("--replicas", type=int, default=1, show_default=True, help="Data-parallel replicas behind a router."),
-    click.option("--router", type=click.Choice(["round_robin", "least_outstanding"]), default="round_robin", show_default=True),
-    click.option("--max-num-seqs", type=int, default=256, show_default=True),
-    click.option("--max-num-batched-tokens", type=int, default=8192, show_default=True),
-    click.option("--block-size", type=int, default=16, show_default=True),
-    click.option("--gpu-memory-utilization", type=float, default=0.9, show_default=True),
+    click.option("--router", type=click.Choice(["round_robin", "least_outstanding"]), default="round_robin", show_default=True,
+                 help="How requests are spread over --replicas."),
+    click.option("--max-num-seqs", type=int, default=256, show_default=True, help="Most sequences in one batch (vLLM's max_num_seqs)."),
+    click.option("--max-num-batched-tokens", type=int, default=8192, show_default=True, help="Token budget of one iteration (vLLM's max_num_batched_tokens)."),
+    click.option("--block-size", type=int, default=16, show_default=True, help="Tokens per paged KV-cache block."),
+    click.option("--gpu-memory-utilization", type=float, default=0.9, show_default=True, help="Share of device memory for weights and KV cache (vLLM's flag)."),
     click.option("--no-prefix-caching", is_flag=True, help="Disable prefix caching."),
     click.option("--max-waiting", type=int, default=None, help="Bound the waiting queue; beyond it requests get 503 + Retry-After."),
-    click.option("--policy", type=click.Choice(["fcfs", "priority"]), default="fcfs", show_default=True),
+    click.option("--policy", type=click.Choice(["fcfs", "priority"]), default="fcfs", show_default=True,
+                 help="Scheduling order of waiting requests (priority: the request's priority field first)."),
 ]
 
 
@@ -44,7 +46,7 @@ def _engine_kwargs(options: dict) -> dict:
 @_engine_options
 @click.option("-o", "--out", "out", required=True, type=click.Path(dir_okay=False), help="Results DuckDB file (created or appended to).")
 @click.option("--label", default=None, help="A name for this run in the results file.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Recorded with the run (the simulation itself is deterministic).")
 @click.option("--reasoning-share", type=float, default=None, help="Share of output tokens that are reasoning (reasoning models; default 0.74).")
 @click.option("--no-chunks", is_flag=True, help="Do not record per-token chunk rows (very large runs).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object on stdout.")
@@ -71,11 +73,11 @@ def simulate(trace, out, label, seed, reasoning_share, no_chunks, as_json, **eng
     d = res.to_dict()
     if as_json:
         emit_json(d)
-    click.echo(
+    click.echo(  # the result: stdout, unless stdout holds the JSON
         f"simulated {res.requests} requests ({res.completed} ok, {res.rejected} rejected, {res.invalid} invalid) "
         f"over {res.duration_s:.1f} virtual s in {res.wall_s:.2f} s wall: {res.iterations} iterations, "
         f"{res.preemptions} preemptions, prefix hit rate {res.prefix_hit_rate:.3f}; run {res.run_id} in {res.store}",
-        err=True,
+        err=as_json,
     )
     for note in res.notes:
         click.echo(f"note: {note}", err=True)
@@ -89,21 +91,21 @@ def simulate(trace, out, label, seed, reasoning_share, no_chunks, as_json, **eng
 @click.option("--api-key", default=None, help="Require 'Authorization: Bearer KEY'. Prefer the BURSTBENCH_API_KEY environment variable: command lines are visible to other users.")
 @click.option("--served-model-name", default=None, help="Model id clients must send (default: the model's name).")
 @click.option("--max-concurrent", type=int, default=4096, show_default=True, help="Concurrent requests before 429.")
-@click.option("--max-request-bytes", type=int, default=4 * 2**20, show_default=True)
+@click.option("--max-request-bytes", type=int, default=4 * 2**20, show_default=True, help="Largest request body accepted (413 beyond).")
 @click.option("--output-len", default="lognormal:256:0.8", show_default=True, help="Output length when the client does not set ignore_eos: KIND[:MEAN[:SIGMA]].")
-@click.option("--reasoning-share", type=float, default=0.74, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--reasoning-share", type=float, default=0.74, show_default=True, help="Share of output tokens that are reasoning (reasoning models, chat API).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of output lengths drawn when the client does not set ignore_eos.")
 @click.option("--fault-error-rate", type=float, default=0.0, help="Share of requests answered with an HTTP error.")
-@click.option("--fault-error-codes", default="429,500,503", show_default=True)
-@click.option("--fault-retry-after", type=float, default=1.0, show_default=True)
-@click.option("--fault-slow-first-byte-rate", type=float, default=0.0)
-@click.option("--fault-slow-first-byte-s", type=float, default=2.0, show_default=True)
-@click.option("--fault-stall-rate", type=float, default=0.0)
-@click.option("--fault-stall-s", type=float, default=5.0, show_default=True)
-@click.option("--fault-disconnect-rate", type=float, default=0.0)
-@click.option("--fault-malformed-rate", type=float, default=0.0)
-@click.option("--fault-stream-error-rate", type=float, default=0.0)
-@click.option("--fault-seed", type=int, default=0, show_default=True)
+@click.option("--fault-error-codes", default="429,500,503", show_default=True, help="HTTP codes the injected errors draw from.")
+@click.option("--fault-retry-after", type=float, default=1.0, show_default=True, help="Retry-After seconds sent with injected errors.")
+@click.option("--fault-slow-first-byte-rate", type=float, default=0.0, help="Share of requests whose response starts --fault-slow-first-byte-s late.")
+@click.option("--fault-slow-first-byte-s", type=float, default=2.0, show_default=True, help="Delay of a slow first byte (s).")
+@click.option("--fault-stall-rate", type=float, default=0.0, help="Share of streams that pause --fault-stall-s at a random token.")
+@click.option("--fault-stall-s", type=float, default=5.0, show_default=True, help="Length of a stall (s).")
+@click.option("--fault-disconnect-rate", type=float, default=0.0, help="Share of streams cut off at a random token.")
+@click.option("--fault-malformed-rate", type=float, default=0.0, help="Share of streams with one unparseable SSE event.")
+@click.option("--fault-stream-error-rate", type=float, default=0.0, help="Share of streams ended by an in-stream error event.")
+@click.option("--fault-seed", type=int, default=0, show_default=True, help="Seed of the fault draws.")
 def serve(host, port, time_scale, api_key, served_model_name, max_concurrent, max_request_bytes, output_len, reasoning_share, seed, fault_error_rate, fault_error_codes, fault_retry_after, fault_slow_first_byte_rate, fault_slow_first_byte_s, fault_stall_rate, fault_stall_s, fault_disconnect_rate, fault_malformed_rate, fault_stream_error_rate, fault_seed, **engine):  # type: ignore[no-untyped-def]
     """Serve the reference engine over an OpenAI-compatible HTTP API.
 
