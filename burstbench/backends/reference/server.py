@@ -19,20 +19,22 @@ Endpoints: ``/v1/completions``, ``/v1/chat/completions`` (streaming or not,
 (Prometheus text, vLLM metric names), ``/stats`` (JSON, for benchmarks).
 With an API key, ``/v1/*`` and ``/stats`` need ``Authorization: Bearer KEY``
 (compared in constant time); ``/health`` and ``/metrics`` stay open, as in vLLM.
+
+The wire format (request validation, bodies, SSE chunk shapes, error bodies) is
+``protocol``; the exported measurements are ``stats``. This module is the
+engine's HTTP face: routes, streaming against the engine's schedule, auth,
+faults.
 """
 
 from __future__ import annotations
 
 import asyncio
-import bisect
 import contextlib
 import hmac
 import itertools
-import json
 import threading
 import time
 import uuid
-from array import array
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,7 +43,21 @@ from aiohttp import web
 from burstbench.backends.reference.engine import DONE, EngineCore, Seq
 from burstbench.backends.reference.faults import NO_FAULTS, FaultConfig, FaultInjector, FaultPlan
 from burstbench.backends.reference.kvcache import chain_hashes, text_block_keys
+from burstbench.backends.reference.protocol import (
+    DONE_EVENT,
+    MALFORMED_EVENT,
+    STREAM_ERROR_EVENT,
+    BadRequest,
+    ChunkShape,
+    choice,
+    error,
+    parse_body,
+    parse_generation,
+    response_body,
+    usage,
+)
 from burstbench.backends.reference.router import Router
+from burstbench.backends.reference.stats import ServerStats
 from burstbench.backends.reference.tokens import (
     DEFAULT_REASONING_SHARE,
     OutputLengths,
@@ -50,11 +66,6 @@ from burstbench.backends.reference.tokens import (
     request_seed,
 )
 from burstbench.errors import UsageError
-
-TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0)
-E2E_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0)
-LATENESS_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0)
-LATENESS_KEEP = 200_000
 
 
 @dataclass
@@ -95,32 +106,6 @@ class ServeConfig:
             raise UsageError("--max-concurrent must be >= 1")
         if not 0 <= self.reasoning_share <= 1:
             raise UsageError("--reasoning-share must be in [0, 1]")
-
-
-class Histogram:
-    """A Prometheus histogram (cumulative buckets, sum, count)."""
-
-    def __init__(self, buckets: tuple[float, ...]) -> None:
-        self.buckets = buckets
-        self.counts = [0] * (len(buckets) + 1)
-        self.sum = 0.0
-        self.count = 0
-
-    def observe(self, v: float) -> None:
-        self.counts[bisect.bisect_left(self.buckets, v)] += 1
-        self.sum += v
-        self.count += 1
-
-    def render(self, name: str, labels: str) -> list[str]:
-        out = []
-        acc = 0
-        for b, c in zip(self.buckets, self.counts, strict=False):
-            acc += c
-            out.append(f'{name}_bucket{{{labels},le="{b}"}} {acc}')
-        out.append(f'{name}_bucket{{{labels},le="+Inf"}} {self.count}')
-        out.append(f"{name}_sum{{{labels}}} {self.sum}")
-        out.append(f"{name}_count{{{labels}}} {self.count}")
-        return out
 
 
 class _Stream:
@@ -177,7 +162,7 @@ def _report_crash(task: asyncio.Task[None]) -> None:
 class _Replica:
     """One engine and the real-time loop that drives it."""
 
-    def __init__(self, engine: EngineCore, scale: float, stats: _Stats, spin_s: float = 0.001) -> None:
+    def __init__(self, engine: EngineCore, scale: float, stats: ServerStats, spin_s: float = 0.001) -> None:
         self.engine = engine
         self.scale = scale
         self.spin_s = spin_s
@@ -235,52 +220,6 @@ class _Replica:
             start = deadline
 
 
-class _Stats:
-    def __init__(self) -> None:
-        self.iterations = 0
-        self.tokens_written = 0
-        self.lateness = array("d")
-        self.lateness_hist = Histogram(LATENESS_BUCKETS)
-        self.ttft = Histogram(TTFT_BUCKETS)
-        self.e2e = Histogram(E2E_BUCKETS)
-        self.success: dict[str, int] = {}
-        self.rejected = 0
-        self.aborted = 0
-
-    def late(self, v: float) -> None:
-        self.lateness_hist.observe(v)
-        if len(self.lateness) < LATENESS_KEEP:
-            self.lateness.append(v)
-
-
-def _error(status: int, message: str, *, etype: str = "invalid_request_error", param: str | None = None, code: Any = None, headers: dict[str, str] | None = None) -> web.Response:
-    body = {"error": {"message": message, "type": etype, "param": param, "code": code}}
-    return web.json_response(body, status=status, headers=headers)
-
-
-class _BadRequest(Exception):
-    def __init__(self, message: str, param: str | None = None, code: str | None = None) -> None:
-        super().__init__(message)
-        self.param = param
-        self.code = code
-
-
-def _text_of(content: Any, where: str) -> str:
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        parts = []
-        for p in content:
-            if isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str):
-                parts.append(p["text"])
-            elif isinstance(p, str):
-                parts.append(p)
-        return " ".join(parts)
-    raise _BadRequest(f"{where} must be a string or a list of content parts", param=where)
-
-
 class ReferenceApp:
     """The aiohttp application and the replicas behind it."""
 
@@ -304,7 +243,7 @@ class ReferenceApp:
         )
         self.name = c.served_model_name or self.model.name
         self.router = Router(c.router, c.replicas)
-        self.stats = _Stats()
+        self.stats = ServerStats()
         self.faults = FaultInjector(c.faults)
         self._key = c.api_key.encode() if c.api_key else None
         self._rid = 0
@@ -369,7 +308,7 @@ class ReferenceApp:
             got = request.headers.get("Authorization", "")
             token = got[7:].encode() if got.startswith("Bearer ") else b""
             if not hmac.compare_digest(token, self._key):
-                return _error(401, "Incorrect API key provided.", code="invalid_api_key")
+                return error(401, "Incorrect API key provided.", code="invalid_api_key")
         return await handler(request)
 
     # -- simple endpoints -----------------------------------------------------------------
@@ -393,64 +332,12 @@ class ReferenceApp:
         )
 
     async def stats_view(self, request: web.Request) -> web.Response:
-        lat = sorted(self.stats.lateness)
-
-        def q(p: float) -> float | None:
-            if not lat:
-                return None
-            return lat[min(len(lat) - 1, int(p * (len(lat) - 1) + 0.5))]
-
         engines = [r.engine for r in self.replicas]
-        return web.json_response(
-            {
-                "iterations": self.stats.iterations,
-                "tokens_written": self.stats.tokens_written,
-                "lateness_s": {"n": len(lat), "p50": q(0.5), "p99": q(0.99), "max": lat[-1] if lat else None},
-                "preemptions": sum(e.num_preemptions for e in engines),
-                "generation_tokens": sum(e.generation_tokens for e in engines),
-                "rejected": self.stats.rejected,
-                "aborted": self.stats.aborted,
-                "faults": dict(self.faults.counts),
-                "kv_blocks_per_replica": self.num_blocks - 1,
-            }
-        )
+        return web.json_response(self.stats.to_json(engines, dict(self.faults.counts), self.num_blocks - 1))
 
     async def metrics(self, request: web.Request) -> web.Response:
-        lines: list[str] = []
-        name = self.name.replace('"', "")
-
-        def family(metric: str, kind: str, doc: str, rows: list[tuple[str, float]]) -> None:
-            lines.append(f"# HELP {metric} {doc}")
-            lines.append(f"# TYPE {metric} {kind}")
-            for labels, v in rows:
-                lines.append(f"{metric}{{{labels}}} {v}")
-
-        per = [(f'model_name="{name}",engine="{i}"', r.engine) for i, r in enumerate(self.replicas)]
-        family("vllm:num_requests_running", "gauge", "Requests in model execution batches.", [(lab, e.num_running) for lab, e in per])
-        family("vllm:num_requests_waiting", "gauge", "Requests waiting to be processed.", [(lab, e.num_waiting) for lab, e in per])
-        family("vllm:kv_cache_usage_perc", "gauge", "KV-cache usage. 1 means 100 percent usage.", [(lab, e.kv_usage()) for lab, e in per])
-        family("vllm:gpu_cache_usage_perc", "gauge", "GPU KV-cache usage (older name).", [(lab, e.kv_usage()) for lab, e in per])
-        family("vllm:num_preemptions_total", "counter", "Cumulative number of preemptions.", [(lab, e.num_preemptions) for lab, e in per])
-        family("vllm:prompt_tokens_total", "counter", "Number of prefill tokens processed.", [(lab, e.prompt_tokens) for lab, e in per])
-        family("vllm:generation_tokens_total", "counter", "Number of generation tokens processed.", [(lab, e.generation_tokens) for lab, e in per])
-        family("vllm:prefix_cache_queries_total", "counter", "Prefix cache queries, in tokens.", [(lab, e.prefix_queries) for lab, e in per])
-        family("vllm:prefix_cache_hits_total", "counter", "Prefix cache hits, in tokens.", [(lab, e.prefix_hits) for lab, e in per])
-        base = f'model_name="{name}"'
-        family(
-            "vllm:request_success_total",
-            "counter",
-            "Count of successfully processed requests.",
-            [(f'{base},finished_reason="{k}"', v) for k, v in sorted(self.stats.success.items())] or [(f'{base},finished_reason="length"', 0)],
-        )
-        for metric, doc, hist in (
-            ("vllm:time_to_first_token_seconds", "Histogram of time to first token in seconds.", self.stats.ttft),
-            ("vllm:e2e_request_latency_seconds", "Histogram of end to end request latency in seconds.", self.stats.e2e),
-            ("burstbench:token_emission_lateness_seconds", "How late token writes are against the model's schedule.", self.stats.lateness_hist),
-        ):
-            lines.append(f"# HELP {metric} {doc}")
-            lines.append(f"# TYPE {metric} histogram")
-            lines.extend(hist.render(metric, base))
-        return web.Response(text="\n".join(lines) + "\n", content_type="text/plain", charset="utf-8")
+        text = self.stats.prometheus(self.name, [r.engine for r in self.replicas])
+        return web.Response(text=text, content_type="text/plain", charset="utf-8")
 
     # -- generation ---------------------------------------------------------------------------
     async def completions(self, request: web.Request) -> web.StreamResponse:
@@ -459,85 +346,23 @@ class ReferenceApp:
     async def chat(self, request: web.Request) -> web.StreamResponse:
         return await self._generate(request, chat=True)
 
-    async def _parse(self, request: web.Request) -> dict[str, Any]:
-        if request.content_length is not None and request.content_length > self.config.max_request_bytes:
-            raise web.HTTPRequestEntityTooLarge(max_size=self.config.max_request_bytes, actual_size=request.content_length)
-        raw = await request.read()
-        try:
-            body = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise _BadRequest(f"request body is not valid JSON ({exc})") from exc
-        if not isinstance(body, dict):
-            raise _BadRequest("request body must be a JSON object")
-        return body
-
-    def _prompt(self, body: dict[str, Any], chat: bool) -> tuple[int, list[str]]:
-        """Prompt tokens and words (words feed the prefix-cache hashes)."""
-        if chat:
-            msgs = body.get("messages")
-            if not isinstance(msgs, list) or not msgs:
-                raise _BadRequest("'messages' must be a non-empty list", param="messages")
-            words: list[str] = []
-            for i, m in enumerate(msgs):
-                if not isinstance(m, dict):
-                    raise _BadRequest(f"messages[{i}] must be an object", param="messages")
-                words.extend(_text_of(m.get("content"), f"messages[{i}].content").split())
-            return len(words), words
-        prompt = body.get("prompt")
-        if isinstance(prompt, list):
-            if len(prompt) == 0:
-                raise _BadRequest("'prompt' must not be empty", param="prompt")
-            if all(isinstance(x, int) for x in prompt):
-                return len(prompt), [str(x) for x in prompt]
-            if len(prompt) != 1:
-                raise _BadRequest("batched prompts are not supported; send one prompt per request", param="prompt")
-            prompt = prompt[0]
-        if not isinstance(prompt, str):
-            raise _BadRequest("'prompt' must be a string", param="prompt")
-        words = prompt.split()
-        return len(words), words
-
     async def _generate(self, request: web.Request, *, chat: bool) -> web.StreamResponse:
         c = self.config
         try:
-            body = await self._parse(request)
-            model = body.get("model")
-            if model is not None and model != self.name:
-                return _error(404, f"The model `{model}` does not exist.", etype="invalid_request_error", param="model", code="model_not_found")
-            n_prompt, words = self._prompt(body, chat)
-            stream = body.get("stream", False)
-            if not isinstance(stream, bool):
-                raise _BadRequest("'stream' must be a boolean", param="stream")
-            if body.get("n", 1) != 1:
-                raise _BadRequest("only n=1 is supported", param="n")
-            field_name = "max_completion_tokens" if chat and body.get("max_completion_tokens") is not None else "max_tokens"
-            max_tokens = body.get(field_name)
-            eng0 = self.replicas[0].engine
-            if max_tokens is None:
-                max_tokens = eng0.max_context - n_prompt
-            elif isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
-                raise _BadRequest(f"'{field_name}' must be an integer >= 1, got {max_tokens!r}", param=field_name)
-            if n_prompt < 1:
-                raise _BadRequest("the prompt must contain at least one token (word)", param="messages" if chat else "prompt")
-            if n_prompt + max_tokens > eng0.max_context:
-                raise _BadRequest(
-                    f"This model's maximum context length is {eng0.max_context} tokens. However, you requested "
-                    f"{n_prompt + max_tokens} tokens ({n_prompt} in the messages, {max_tokens} in the completion). "
-                    "Please reduce the length of the messages or completion.",
-                    param=field_name,
-                    code="context_length_exceeded",
-                )
-            ignore_eos = bool(body.get("ignore_eos", False))
-            include_usage = bool((body.get("stream_options") or {}).get("include_usage", False)) if stream else True
-        except _BadRequest as exc:
-            return _error(400, str(exc), param=exc.param, code=exc.code)
+            if request.content_length is not None and request.content_length > c.max_request_bytes:
+                raise web.HTTPRequestEntityTooLarge(max_size=c.max_request_bytes, actual_size=request.content_length)
+            body = parse_body(await request.read())
+            req = parse_generation(body, chat=chat, name=self.name, max_context=self.replicas[0].engine.max_context)
+        except BadRequest as exc:
+            return error(exc.status, str(exc), param=exc.param, code=exc.code)
         except web.HTTPRequestEntityTooLarge:
-            return _error(413, f"request body larger than {c.max_request_bytes} bytes", code="request_too_large")
+            return error(413, f"request body larger than {c.max_request_bytes} bytes", code="request_too_large")
+        n_prompt, words, max_tokens, ignore_eos = req.n_prompt, req.words, req.max_tokens, req.ignore_eos
 
         if ignore_eos:
             n_out = max_tokens
         else:
-            seed = body.get("seed")
+            seed = req.seed
             n_out = min(max_tokens, c.output_lengths.draw(request_seed(c.seed, seed, " ".join(words[-64:]), n_prompt) if seed is None else request_seed(c.seed, seed)))
         finish_reason = "length" if n_out >= max_tokens else "stop"
 
@@ -545,9 +370,9 @@ class ReferenceApp:
         if plan.error is not None:
             headers = {"Retry-After": str(int(max(1, round(c.faults.retry_after_s))))} if plan.error in (429, 503) else None
             etype = "rate_limit_error" if plan.error == 429 else "server_error"
-            return _error(plan.error, f"injected fault: HTTP {plan.error}", etype=etype, code=plan.error, headers=headers)
+            return error(plan.error, f"injected fault: HTTP {plan.error}", etype=etype, code=plan.error, headers=headers)
         if self._active >= c.max_concurrent:
-            return _error(
+            return error(
                 429,
                 f"too many concurrent requests (limit {c.max_concurrent}); retry later",
                 etype="rate_limit_error",
@@ -568,12 +393,10 @@ class ReferenceApp:
         loop = asyncio.get_running_loop()
         t0 = loop.time()
         seq = Seq(rid=rid, prompt_len=n_prompt, max_out=n_out, arrival=t0, hashes=hashes, tag=st)
-        prio = body.get("priority", 0)
-        if isinstance(prio, int) and not isinstance(prio, bool):
-            seq.priority = prio
+        seq.priority = req.priority
         if not replica.engine.add(seq):
             self.stats.rejected += 1
-            return _error(
+            return error(
                 503,
                 "The server is overloaded: the waiting queue is full. Retry later.",
                 etype="server_error",
@@ -583,11 +406,11 @@ class ReferenceApp:
         replica.wake.set()
         self._active += 1
         reasoning_n = reasoning_split(n_out, c.reasoning_share) if (self.model.reasoning and chat) else 0
-        ctx = _Ctx(self, request, seq, st, rid, chat, n_prompt, n_out, reasoning_n, finish_reason, include_usage, plan, t0, replica)
+        ctx = _Ctx(self, request, seq, st, rid, chat, n_prompt, n_out, reasoning_n, finish_reason, req.include_usage, plan, t0, replica)
         try:
             if plan.slow_first_byte_s > 0:
                 await asyncio.sleep(plan.slow_first_byte_s)
-            if stream:
+            if req.stream:
                 return await ctx.stream()
             return await ctx.whole()
         finally:
@@ -620,35 +443,15 @@ class _Ctx:
         self.id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         self.created = int(time.time())
         self.model = app.name
-        # Pre-built JSON fragments: the hot path only splices the text in.
-        if chat:
-            self._head = f'data: {{"id":"{self.id}","object":"chat.completion.chunk","created":{self.created},"model":{json.dumps(self.model)},"choices":[{{"index":0,"delta":{{'
-            self._tail = '},"logprobs":null,"finish_reason":null}]}\n\n'
-            self._tail_fin = self._tail.replace('"finish_reason":null', f'"finish_reason":"{finish_reason}"')
-        else:
-            self._head = f'data: {{"id":"{self.id}","object":"text_completion","created":{self.created},"model":{json.dumps(self.model)},"choices":[{{"index":0,"text":'
-            self._tail = ',"logprobs":null,"finish_reason":null}]}\n\n'
-            self._tail_fin = self._tail.replace('"finish_reason":null', f'"finish_reason":"{finish_reason}"')
+        self.shape = ChunkShape(self.id, self.created, self.model, chat, finish_reason)
 
     def usage(self) -> dict[str, Any]:
-        u: dict[str, Any] = {
-            "prompt_tokens": self.n_prompt,
-            "completion_tokens": self.n_out,
-            "total_tokens": self.n_prompt + self.n_out,
-            "prompt_tokens_details": {"cached_tokens": max(self.seq.cached_tokens, 0)},
-        }
-        if self.reasoning_n:
-            u["completion_tokens_details"] = {"reasoning_tokens": self.reasoning_n}
-        return u
+        return usage(self.n_prompt, self.n_out, cached=max(self.seq.cached_tokens, 0), reasoning=self.reasoning_n)
 
     def _event(self, start: int, count: int) -> str:
         """One SSE event with tokens [start, start+count); the last one carries finish_reason (as vLLM's)."""
         text = output_text(self.rid, start, count)
-        tail = self._tail_fin if start + count >= self.n_out else self._tail
-        if not self.chat:
-            return self._head + json.dumps(text) + tail
-        key = "reasoning_content" if start < self.reasoning_n else "content"
-        return self._head + f'"{key}":' + json.dumps(text) + tail
+        return self.shape.event(text, reasoning=start < self.reasoning_n, finish=start + count >= self.n_out)
 
     async def _next_tokens(self) -> int:
         """Wait for the engine to release tokens; returns how many are ready."""
@@ -671,7 +474,7 @@ class _Ctx:
         while done < self.n_out:
             n = await self._next_tokens()
             if self.st.closed:
-                return _error(503, "the server is shutting down", etype="server_error", code="shutting_down")
+                return error(503, "the server is shutting down", etype="server_error", code="shutting_down")
             if first:
                 self.app.stats.ttft.observe(loop.time() - self.t0)
                 first = False
@@ -679,19 +482,13 @@ class _Ctx:
         if self.plan.stall_at is not None:
             await asyncio.sleep(self.app.config.faults.stall_s)
         self._record_done(loop)
-        text = output_text(self.rid, self.reasoning_n, self.n_out - self.reasoning_n)
         if self.chat:
-            msg: dict[str, Any] = {"role": "assistant", "content": text}
-            if self.reasoning_n:
-                msg["reasoning_content"] = output_text(self.rid, 0, self.reasoning_n)
-            choice: dict[str, Any] = {"index": 0, "message": msg, "logprobs": None, "finish_reason": self.finish_reason}
-            obj = "chat.completion"
+            text = output_text(self.rid, self.reasoning_n, self.n_out - self.reasoning_n)
+            reasoning = output_text(self.rid, 0, self.reasoning_n) if self.reasoning_n else None
+            ch = choice(True, text, self.finish_reason, reasoning=reasoning)
         else:
-            choice = {"index": 0, "text": output_text(self.rid, 0, self.n_out), "logprobs": None, "finish_reason": self.finish_reason}
-            obj = "text_completion"
-        return web.json_response(
-            {"id": self.id, "object": obj, "created": self.created, "model": self.model, "choices": [choice], "usage": self.usage()}
-        )
+            ch = choice(False, output_text(self.rid, 0, self.n_out), self.finish_reason)
+        return web.json_response(response_body(self.id, self.created, self.model, self.chat, [ch], self.usage()))
 
     def render(self, n: int, deadline: float) -> bytes:
         """SSE bytes for the next ``n`` tokens (role chunk first, split at the reasoning boundary)."""
@@ -703,7 +500,7 @@ class _Ctx:
         if done == 0:
             stats.ttft.observe(now - self.t0)
             if self.chat:
-                parts.append(self._head + '"role":"assistant","content":""' + self._tail)
+                parts.append(self.shape.role())
         end = done + n
         r = self.reasoning_n
         if done < r < end:
@@ -743,7 +540,7 @@ class _Ctx:
                 if done == 0:
                     stats.ttft.observe(loop.time() - self.t0)
                     if self.chat:
-                        parts.append(self._head + '"role":"assistant","content":""' + self._tail)
+                        parts.append(self.shape.role())
                 # split at the reasoning boundary and at injected faults
                 end = done + n
                 cuts = sorted({done, end, *(x for x in (self.reasoning_n, plan.stall_at, plan.disconnect_at, plan.malformed_at, plan.stream_error_at) if x is not None and done < x < end)})
@@ -753,12 +550,12 @@ class _Ctx:
                         self._disconnect()
                         return resp
                     if plan.stream_error_at is not None and a == plan.stream_error_at:
-                        parts.append('data: {"error": {"message": "injected fault: in-stream error", "type": "server_error", "param": null, "code": 500}}\n\n')
-                        parts.append("data: [DONE]\n\n")
+                        parts.append(STREAM_ERROR_EVENT)
+                        parts.append(DONE_EVENT)
                         await self._flush(resp, parts)
                         return resp
                     if plan.malformed_at is not None and a == plan.malformed_at:
-                        parts.append('data: {"id": "malformed", "choices": [\n\n')
+                        parts.append(MALFORMED_EVENT)
                     if plan.stall_at is not None and a == plan.stall_at:
                         await self._flush(resp, parts)
                         await asyncio.sleep(app.config.faults.stall_s)
@@ -767,18 +564,8 @@ class _Ctx:
                 stats.late(late)
                 stats.tokens_written += n
                 self.done = end
-            tail = ""
-            if self.include_usage:
-                usage = {
-                    "id": self.id,
-                    "object": "chat.completion.chunk" if self.chat else "text_completion",
-                    "created": self.created,
-                    "model": self.model,
-                    "choices": [],
-                    "usage": self.usage(),
-                }
-                tail += "data: " + json.dumps(usage) + "\n\n"
-            tail += "data: [DONE]\n\n"
+            tail = self.shape.usage_event(self.usage()) if self.include_usage else ""
+            tail += DONE_EVENT
             await resp.write(tail.encode())
             self._record_done(loop)
             await resp.write_eof()
