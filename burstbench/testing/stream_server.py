@@ -45,7 +45,7 @@ from typing import Any
 
 from aiohttp import web
 
-from burstbench.backends.reference.protocol import usage as usage_obj
+from burstbench.backends.reference.responses import usage as usage_obj
 
 __all__ = ["ServerRecord", "StreamServer", "StreamSettings", "main"]
 
