@@ -132,8 +132,8 @@ def test_serve_cli_refuses_bad_settings_in_one_line(args, env, needle):
         timeout=60,
         env={**os.environ, **env},
     )
-    assert out.returncode != 0
-    assert "Traceback" not in out.stderr and needle in out.stderr
+    assert out.returncode != 0, out.stderr
+    assert "Traceback" not in out.stderr and needle in out.stderr, out.stderr
     assert len(out.stderr.strip().splitlines()) == 1, out.stderr
 
 

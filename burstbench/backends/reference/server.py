@@ -14,16 +14,24 @@ words (chat: the words of all message text parts; ``prompt`` given as a list of
 token ids counts its ids), and the output's text has exactly one word per
 token. See ``tokens`` for output lengths and reasoning content.
 
-Endpoints: ``/v1/completions``, ``/v1/chat/completions`` (streaming or not,
-``stream_options.include_usage``), ``/v1/models``, ``/health``, ``/metrics``
-(Prometheus text, vLLM metric names), ``/stats`` (JSON, for benchmarks).
-With an API key, ``/v1/*`` and ``/stats`` need ``Authorization: Bearer KEY``
-(compared in constant time); ``/health`` and ``/metrics`` stay open, as in vLLM.
+Endpoints: ``/v1/completions``, ``/v1/chat/completions`` (streaming or not; the
+request fields vLLM takes, see ``protocol``), ``/v1/models`` and
+``/v1/models/{id}``, ``/tokenize``, ``/detokenize``, ``/version``, ``/health``,
+``/metrics`` (Prometheus text, vLLM metric names), ``/stats`` (JSON, for
+benchmarks); any other route answers ``{"detail": "Not Found"}`` as vLLM's
+FastAPI server does. With an API key, ``/v1/*`` and ``/stats`` need
+``Authorization: Bearer KEY`` (compared in constant time); the rest stays open,
+as in vLLM.
 
-The wire format (request validation, bodies, SSE chunk shapes, error bodies) is
-``protocol``; the exported measurements are ``stats``. This module is the
-engine's HTTP face: routes, streaming against the engine's schedule, auth,
-faults.
+Connections are bounded: request headers must arrive within
+``header_timeout_s`` (aiohttp's keep-alive timer, which runs from the moment a
+connection opens), a body within ``body_timeout_s`` (else 408 and close), and at
+most ``max_connections`` are open at once (past that: 503 and close).
+
+Modules: ``protocol`` (what a request may say), ``responses`` (what goes back),
+``realtime`` (the replica loops), ``writers`` (one request's stream or body),
+``stats`` (what is exported). This module is the HTTP face: routes, auth,
+admission, faults.
 """
 
 from __future__ import annotations
@@ -376,13 +384,17 @@ class ReferenceApp:
         t0 = loop.time()
         choices: list[Choice] = []
         shared = asyncio.Event()  # n choices: one wake-up collects them all
+        # the output text is known in advance: hash prompt + answer, so the blocks the answer
+        # fills are cached and a follow-up turn that repeats it hits them (the first 8192
+        # answer tokens: hashing is on the event loop, so bound it); the prompt's full blocks
+        # are hashed once for all n choices
+        full = req.n_prompt // c.block_size * c.block_size
+        prompt_keys = text_block_keys(req.words[:full], c.block_size) if c.enable_prefix_caching else []
         for i, a in enumerate(answers):
             hashes = None
             if c.enable_prefix_caching:
-                # the output text is known in advance: hash prompt + answer, so the blocks the
-                # answer fills are cached and a follow-up turn that repeats it hits them (the first
-                # 8192 answer tokens: hashing is on the event loop, so bound it)
-                hashes = chain_hashes(text_block_keys(req.words + a.text(0, min(a.n, 8192)).split(), c.block_size))
+                tail = req.words[full:] + a.text(0, min(a.n, 8192)).split()
+                hashes = chain_hashes(prompt_keys + text_block_keys(tail, c.block_size))
             st = Stream()
             if len(answers) > 1:
                 st.event = shared

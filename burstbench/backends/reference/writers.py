@@ -6,7 +6,9 @@ keeps up; injected stream faults (stall, disconnect, malformed event, in-stream
 error) happen here. ``MultiWriter`` serves everything else vLLM's API offers on
 top: ``n`` choices, logprobs, ``echo``, stop strings, per-chunk usage
 (``continuous_usage_stats``); its events are built as dicts, one per engine
-iteration, with every choice that moved in it.
+iteration, with every choice that moved in it. Injected stream faults (stall,
+disconnect, malformed, in-stream error) apply to single-choice plain streams
+only; HTTP-error and slow-first-byte faults apply to every request.
 """
 
 from __future__ import annotations
