@@ -45,6 +45,7 @@ from typing import Any
 
 from aiohttp import web
 
+from burstbench.backends.reference.responses import error_body
 from burstbench.backends.reference.responses import usage as usage_obj
 
 __all__ = ["ServerRecord", "StreamServer", "StreamSettings", "main"]
@@ -266,10 +267,7 @@ class StreamServer:
         try:
             body = await request.json(loads=json.loads)
         except ValueError:
-            return web.json_response(
-                {"error": {"message": "body is not JSON", "type": "BadRequestError", "code": 400}},
-                status=400,
-            )
+            return web.json_response(error_body("body is not JSON", etype="BadRequestError", code=400), status=400)
         received = _perf()
         self.seq += 1
         s = self.settings
@@ -312,15 +310,7 @@ class StreamServer:
                 s.status, "InternalServerError"
             )
             return web.json_response(
-                {
-                    "error": {
-                        "message": f"simulated HTTP {s.status}",
-                        "type": kind,
-                        "code": s.status,
-                    }
-                },
-                status=s.status,
-                headers=headers,
+                error_body(f"simulated HTTP {s.status}", etype=kind, code=s.status), status=s.status, headers=headers
             )
         n_out = _int(body.get("max_tokens") or body.get("max_completion_tokens"))
         if n_out is None or n_out <= 0:
