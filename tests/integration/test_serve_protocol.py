@@ -368,3 +368,28 @@ def test_the_official_openai_client_talks_to_it():
         assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices).split().__len__() == 3
         with pytest.raises(openai.BadRequestError):
             client.completions.create(model=MODEL, prompt="a", max_tokens=2, temperature=-1)
+
+
+async def test_chat_echo_prepends_the_last_assistant_message():
+    async with server() as srv, aiohttp.ClientSession() as s:
+        msgs = [{"role": "user", "content": "name a colour"}, {"role": "assistant", "content": "Sure, it is"}]
+        body = {"messages": msgs, "max_tokens": 3, "ignore_eos": True, "echo": True}
+        _, out = await post(s, srv.url, body, "/v1/chat/completions")
+        content = out["choices"][0]["message"]["content"]
+        assert content.startswith("Sure, it is") and len(content.split()) == 6
+        chunks = await sse(s, srv.url, {**body, "stream": True}, "/v1/chat/completions")
+        assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+        streamed = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks)
+        assert streamed.startswith("Sure, it is") and len(streamed.split()) == 6
+        # echo repeats only an assistant turn, as vLLM's
+        _, plain = await post(s, srv.url, {**body, "messages": msgs[:1]}, "/v1/chat/completions")
+        assert len(plain["choices"][0]["message"]["content"].split()) == 3
+
+
+def test_default_connection_cap_stays_within_the_open_file_limit():
+    import resource
+
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    cfg = ServeConfig(max_concurrent=100_000)
+    assert cfg.max_connections is not None and (soft <= 0 or cfg.max_connections <= soft - 64)
+    assert ServeConfig(max_concurrent=10).max_connections == min(1034, soft - 64 if soft > 0 else 1034)

@@ -112,7 +112,7 @@ class ServeConfig:
     spin_s: float = 0.001  # yield-spin this long before each deadline (timer precision; 0: off)
     header_timeout_s: float = 10.0  # a connection's request headers (and keep-alive idle) within this
     body_timeout_s: float = 30.0  # a request body within this
-    max_connections: int | None = None  # open connections at once (default: max_concurrent + 1024)
+    max_connections: int | None = None  # open connections at once (default: max_concurrent + 1024, within the fd limit)
 
     def __post_init__(self) -> None:
         check_setting("--time-scale", self.time_scale, 0, math.inf, lo_open=True)
@@ -122,10 +122,21 @@ class ServeConfig:
         check_setting("--body-timeout", self.body_timeout_s, 0, 86400, lo_open=True)
         check_setting("retry_after_s", self.retry_after_s, 0, 86400)
         if self.max_connections is None:
-            self.max_connections = self.max_concurrent + 1024
+            self.max_connections = max(1, min(self.max_concurrent + 1024, _fd_limit() - 64))
         check_setting("--max-connections", self.max_connections, 1, 10**7)
         if self.api_key is not None and not self.api_key.strip():
             raise UsageError("--api-key (or BURSTBENCH_API_KEY) is empty: give a non-empty key, or leave both unset to serve without one")
+
+
+def _fd_limit() -> int:
+    """This process's open-file limit: connections past it would fail in accept(), unanswered."""
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, OSError, ValueError):
+        return 1 << 30
+    return soft if soft > 0 else 1 << 30
 
 
 def url_of(host: str, port: int) -> str:
