@@ -77,6 +77,7 @@ async def sse(s: aiohttp.ClientSession, url: str, body, path: str = "/v1/complet
         ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "hi"}], "top_logprobs": 2}', "top_logprobs"),
         ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "hi"}], "logprobs": true, "top_logprobs": 50}', "top_logprobs"),
         ("/v1/chat/completions", b'{"messages": [{"role": "wizard", "content": "hi"}]}', "messages[0].role"),
+        ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "hi"}, {"content": "no role"}]}', "messages[1].role"),
         ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function", "function": {"name": "f"}}]}', "tool_choice"),
         ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "hi"}], "tool_choice": "required"}', "tool_choice"),
         ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": 1.5}', "max_completion_tokens"),

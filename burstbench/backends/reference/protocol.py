@@ -73,7 +73,8 @@ def chat_prompt(body: dict[str, Any]) -> Prompt:
     for i, m in enumerate(msgs):
         if not isinstance(m, dict):
             raise BadRequest(f"messages[{i}] must be an object", param="messages")
-        Fields(m, f"messages[{i}].").enum("role", ROLES)
+        if Fields(m, f"messages[{i}].").enum("role", ROLES) is None:
+            raise BadRequest(f"messages[{i}].role is required (one of {', '.join(ROLES)})", param=f"messages[{i}].role")
         text = _text_of(m.get("content"), f"messages[{i}].content")
         words.extend(text.split())
         last = text if m.get("role") == "assistant" else ""
