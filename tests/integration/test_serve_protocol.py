@@ -123,6 +123,8 @@ def test_settings_refuse_nan_and_empty_keys():
         (["--api-key", ""], {}, "--api-key"),
         ([], {"BURSTBENCH_API_KEY": ""}, "BURSTBENCH_API_KEY"),
         (["--header-timeout", "0"], {}, "--header-timeout"),
+        (["--body-timeout", "inf"], {}, "--body-timeout"),
+        (["--max-request-bytes", "-1"], {}, "--max-request-bytes"),
     ],
 )
 def test_serve_cli_refuses_bad_settings_in_one_line(args, env, needle):

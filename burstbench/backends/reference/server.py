@@ -121,6 +121,8 @@ class ServeConfig:
         check_setting("--header-timeout", self.header_timeout_s, 0, 86400, lo_open=True)
         check_setting("--body-timeout", self.body_timeout_s, 0, 86400, lo_open=True)
         check_setting("retry_after_s", self.retry_after_s, 0, 86400)
+        check_setting("--max-request-bytes", self.max_request_bytes, 1, 2**30)
+        check_setting("spin_s", self.spin_s, 0, 1)
         if self.max_connections is None:
             self.max_connections = max(1, min(self.max_concurrent + 1024, _fd_limit() - 64))
         check_setting("--max-connections", self.max_connections, 1, 10**7)
