@@ -302,6 +302,11 @@ async def test_seed_repeats_the_answer_and_temperature_zero_is_greedy():
         assert g[0] == g[1]
         r = [(await post(s, srv.url, {**base, "max_tokens": 8, "ignore_eos": True}))[1]["choices"][0]["text"] for _ in range(2)]
         assert r[0] != r[1]  # unseeded sampling differs per request
+        # greedy choices are one answer n times (length too); sampled ones differ
+        _, greedy = await post(s, srv.url, {**base, "max_tokens": 2000, "temperature": 0, "n": 3})
+        assert len({c["text"] for c in greedy["choices"]}) == 1
+        _, sampled = await post(s, srv.url, {**base, "seed": 7, "n": 3})
+        assert len({c["text"] for c in sampled["choices"]}) == 3
 
 
 async def test_continuous_usage_stats_put_usage_on_every_chunk():

@@ -356,7 +356,8 @@ class ReferenceApp:
             if req.ignore_eos:
                 n_out = req.max_tokens
             else:
-                n_out = min(req.max_tokens, max(req.min_tokens, c.output_lengths.draw(base if i == 0 else request_seed(base, i))))
+                greedy_or_first = i == 0 or req.temperature == 0  # greedy choices are all the same answer
+                n_out = min(req.max_tokens, max(req.min_tokens, c.output_lengths.draw(base if greedy_or_first else request_seed(base, i))))
             finish = "length" if n_out >= req.max_tokens else "stop"
             if req.temperature == 0:
                 key = request_seed("greedy", c.seed, tail, req.n_prompt) & KEY_MASK
