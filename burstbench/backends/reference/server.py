@@ -509,6 +509,12 @@ class ReferenceServer:
         self.port = sockets[0].getsockname()[1] if sockets else self.config.port
         self.url = url_of(self.config.host, self.port)
 
+    @property
+    def open_connections(self) -> int:
+        """Connections open now (what ``max_connections`` caps)."""
+        server = self._runner.server if self._runner is not None else None
+        return len(server.connections) if server is not None else 0
+
     async def stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
