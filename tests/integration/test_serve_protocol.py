@@ -158,6 +158,22 @@ async def test_ipv6_url_is_bracketed():
             assert r.status == 200
 
 
+@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback on this machine")
+def test_serve_cli_prints_a_bracketed_ipv6_url():
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "burstbench", "serve", "--host", "::1", "--port", "0", "--time-scale", "100"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        url = json.loads(proc.stdout.readline())["url"]
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    assert url.startswith("http://[::1]:") and url in err
+
+
 async def _closed_by_server(reader: asyncio.StreamReader, timeout: float) -> bytes:
     """Everything the server sends until it closes the connection (fails if it never does)."""
     return await asyncio.wait_for(reader.read(), timeout)
