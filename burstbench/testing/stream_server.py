@@ -45,6 +45,9 @@ from typing import Any
 
 from aiohttp import web
 
+from burstbench.backends.reference.responses import error_body
+from burstbench.backends.reference.responses import usage as usage_obj
+
 __all__ = ["ServerRecord", "StreamServer", "StreamSettings", "main"]
 
 _perf = time.perf_counter
@@ -264,10 +267,7 @@ class StreamServer:
         try:
             body = await request.json(loads=json.loads)
         except ValueError:
-            return web.json_response(
-                {"error": {"message": "body is not JSON", "type": "BadRequestError", "code": 400}},
-                status=400,
-            )
+            return web.json_response(error_body("body is not JSON", etype="BadRequestError", code=400), status=400)
         received = _perf()
         self.seq += 1
         s = self.settings
@@ -310,15 +310,7 @@ class StreamServer:
                 s.status, "InternalServerError"
             )
             return web.json_response(
-                {
-                    "error": {
-                        "message": f"simulated HTTP {s.status}",
-                        "type": kind,
-                        "code": s.status,
-                    }
-                },
-                status=s.status,
-                headers=headers,
+                error_body(f"simulated HTTP {s.status}", etype=kind, code=s.status), status=s.status, headers=headers
             )
         n_out = _int(body.get("max_tokens") or body.get("max_completion_tokens"))
         if n_out is None or n_out <= 0:
@@ -409,8 +401,8 @@ class StreamServer:
             reasoning = chat and done_tokens <= n_reason
             empty = s.empty_every > 0 and (i + 1) % s.empty_every == 0 and not reasoning
             if usage_mode == "continuous":
-                usage = _usage(
-                    rec.prompt_tokens, done_tokens, rec.cached_tokens, min(done_tokens, n_reason)
+                usage = usage_obj(
+                    rec.prompt_tokens, done_tokens, cached=rec.cached_tokens, reasoning=min(done_tokens, n_reason)
                 )
                 ev = b"data: " + _chunk(rid, created, self.model, chat, _delta(chat, reasoning, size, empty),
                                         "length" if last else None, usage) + sep
@@ -445,7 +437,7 @@ class StreamServer:
                 "created": created,
                 "model": self.model,
                 "choices": [],
-                "usage": _usage(rec.prompt_tokens, done_tokens, rec.cached_tokens, n_reason),
+                "usage": usage_obj(rec.prompt_tokens, done_tokens, cached=rec.cached_tokens, reasoning=n_reason),
             }
             tail += b"data: " + json.dumps(final).encode() + sep
         if not s.omit_done:
@@ -491,7 +483,7 @@ class StreamServer:
                 "created": created,
                 "model": self.model,
                 "choices": [choice],
-                "usage": _usage(rec.prompt_tokens, n_out, rec.cached_tokens, n_reason),
+                "usage": usage_obj(rec.prompt_tokens, n_out, cached=rec.cached_tokens, reasoning=n_reason),
             }
         )
 
@@ -551,19 +543,6 @@ def _prompt_words(body: dict[str, Any], chat: bool) -> list[str]:
     if isinstance(p, list):  # token ids or several prompts
         return [w for x in p for w in (x.split() if isinstance(x, str) else [str(x)])]
     return []
-
-
-def _usage(prompt: int, completion: int, cached: int | None, reasoning: int) -> dict[str, Any]:
-    u: dict[str, Any] = {
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion,
-    }
-    if cached is not None:
-        u["prompt_tokens_details"] = {"cached_tokens": cached}
-    if reasoning:
-        u["completion_tokens_details"] = {"reasoning_tokens": reasoning}
-    return u
 
 
 def _delta(chat: bool, reasoning: bool, size: int, empty: bool = False) -> dict[str, Any]:

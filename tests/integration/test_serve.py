@@ -147,7 +147,7 @@ async def test_api_key_required_and_checked():
         ("/v1/completions", {"prompt": "x " * 10, "max_tokens": 131070}, 400, "max_tokens", "context_length_exceeded"),
         ("/v1/completions", {"prompt": "", "max_tokens": 3}, 400, "prompt", None),
         ("/v1/completions", {"prompt": ["a", "b"], "max_tokens": 3}, 400, "prompt", None),
-        ("/v1/completions", {"prompt": "x", "n": 2}, 400, "n", None),
+        ("/v1/completions", {"prompt": "x", "n": 0}, 400, "n", None),
         ("/v1/completions", {"model": "gpt-4", "prompt": "x"}, 404, "model", "model_not_found"),
         ("/v1/chat/completions", {"messages": "hi"}, 400, "messages", None),
         ("/v1/chat/completions", {"messages": [{"role": "user", "content": 5}]}, 400, None, None),

@@ -106,7 +106,10 @@ def simulate(trace, out, label, seed, reasoning_share, no_chunks, as_json, **eng
 @click.option("--fault-malformed-rate", type=float, default=0.0, help="Share of streams with one unparseable SSE event.")
 @click.option("--fault-stream-error-rate", type=float, default=0.0, help="Share of streams ended by an in-stream error event.")
 @click.option("--fault-seed", type=int, default=0, show_default=True, help="Seed of the fault draws.")
-def serve(host, port, time_scale, api_key, served_model_name, max_concurrent, max_request_bytes, output_len, reasoning_share, seed, fault_error_rate, fault_error_codes, fault_retry_after, fault_slow_first_byte_rate, fault_slow_first_byte_s, fault_stall_rate, fault_stall_s, fault_disconnect_rate, fault_malformed_rate, fault_stream_error_rate, fault_seed, **engine):  # type: ignore[no-untyped-def]
+@click.option("--header-timeout", type=float, default=10.0, show_default=True, help="Seconds a connection may take to send a request's headers (and stay idle between requests).")
+@click.option("--body-timeout", type=float, default=30.0, show_default=True, help="Seconds a request body may take to arrive (then 408).")
+@click.option("--max-connections", type=int, default=None, help="Open connections at once; past it a connection gets 503 and is closed (default: --max-concurrent + 1024, within the open-file limit).")
+def serve(host, port, time_scale, api_key, served_model_name, max_concurrent, max_request_bytes, output_len, reasoning_share, seed, fault_error_rate, fault_error_codes, fault_retry_after, fault_slow_first_byte_rate, fault_slow_first_byte_s, fault_stall_rate, fault_stall_s, fault_disconnect_rate, fault_malformed_rate, fault_stream_error_rate, fault_seed, header_timeout, body_timeout, max_connections, **engine):  # type: ignore[no-untyped-def]
     """Serve the reference engine over an OpenAI-compatible HTTP API.
 
     \b
@@ -122,7 +125,8 @@ def serve(host, port, time_scale, api_key, served_model_name, max_concurrent, ma
 
     if host not in ("127.0.0.1", "localhost", "::1"):
         click.echo(f"warning: binding {host}: the server is reachable from other machines", err=True)
-    key = api_key or os.environ.get("BURSTBENCH_API_KEY") or None
+    # an empty key (flag or variable) is refused by ServeConfig, not taken as "no key"
+    key = api_key if api_key is not None else os.environ.get("BURSTBENCH_API_KEY")
     faults = FaultConfig(
         error_rate=fault_error_rate,
         error_codes=parse_codes(fault_error_codes),
@@ -151,6 +155,9 @@ def serve(host, port, time_scale, api_key, served_model_name, max_concurrent, ma
         reasoning_share=reasoning_share,
         seed=seed,
         faults=faults,
+        header_timeout_s=header_timeout,
+        body_timeout_s=body_timeout,
+        max_connections=max_connections,
     )
 
     def ready(srv):  # type: ignore[no-untyped-def]

@@ -18,6 +18,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from burstbench.backends.reference.fields import check_setting
 from burstbench.errors import UsageError
 
 
@@ -37,12 +38,9 @@ class FaultConfig:
 
     def __post_init__(self) -> None:
         for name in ("error_rate", "slow_first_byte_rate", "stall_rate", "disconnect_rate", "malformed_rate", "stream_error_rate"):
-            v = getattr(self, name)
-            if not 0.0 <= v <= 1.0:
-                raise UsageError(f"--fault-{name.replace('_', '-')} must be in [0, 1], got {v}")
-        for name in ("retry_after_s", "slow_first_byte_s", "stall_s"):
-            if getattr(self, name) < 0:
-                raise UsageError(f"--fault-{name.replace('_', '-')} must be >= 0")
+            check_setting(f"--fault-{name.replace('_', '-')}", getattr(self, name), 0.0, 1.0)
+        for name, flag in (("retry_after_s", "--fault-retry-after"), ("slow_first_byte_s", "--fault-slow-first-byte-s"), ("stall_s", "--fault-stall-s")):
+            check_setting(flag, getattr(self, name), 0.0, 86400.0)
         if not self.error_codes or any(not 400 <= c <= 599 for c in self.error_codes):
             raise UsageError(f"--fault-error-codes must be HTTP error codes (400-599), got {self.error_codes}")
 

@@ -111,3 +111,105 @@ class OutputLengths:
         except ValueError as exc:
             raise UsageError(f"--output-len '{spec}': expected KIND[:MEAN[:SIGMA]], e.g. lognormal:256:0.8") from exc
         return cls(kind, mean, sigma)
+
+
+# -- token ids (``/tokenize``, ``/detokenize``, prompts given as ids) ------------------------
+
+_WORD_ID = {w: i for i, w in enumerate(dict.fromkeys(WORDS))}
+
+
+def word_id(word: str, vocab_size: int) -> int:
+    """A word's token id: its place in ``WORDS``, ``tokN`` for N, else a stable id from its hash."""
+    i = _WORD_ID.get(word)
+    if i is not None:
+        return i
+    if word.startswith("tok") and word[3:].isdigit() and len(word) < 16 and len(_WORD_ID) <= int(word[3:]) < vocab_size:
+        return int(word[3:])
+    span = max(1, vocab_size - len(_WORD_ID))
+    return len(_WORD_ID) + request_seed("word", word) % span
+
+
+def id_word(token_id: int) -> str:
+    """The word of a token id (inverse of ``word_id`` on the vocabulary and on ``tokN``)."""
+    return WORDS[token_id] if token_id < len(WORDS) and _WORD_ID[WORDS[token_id]] == token_id else f"tok{token_id}"
+
+
+# -- one answer: stop strings and logprobs ----------------------------------------------------
+
+
+def token_logprob(key: int, index: int) -> float:
+    """The synthetic log-probability of output token ``index`` (stable, in (-5, 0])."""
+    return -((key * 2654435761 + index * 40503) % 1000) / 200.0
+
+
+def top_alternatives(key: int, index: int, k: int) -> list[tuple[str, float]]:
+    """The ``k`` most likely tokens at ``index``, sampled one first (it is always the most likely)."""
+    lp = token_logprob(key, index)
+    out = [(token_text(key, index), lp)]
+    n = len(WORDS)
+    base = key * 7919 + index * 104729
+    seen = {out[0][0]}
+    j = 1
+    while len(out) < k and j < n:
+        tok = " " + WORDS[(base + j * 13) % n]
+        if tok not in seen:
+            seen.add(tok)
+            out.append((tok, lp - 0.5 * len(out) - 0.25))
+        j += 1
+    return out[:k]
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What one choice generates: ``n`` tokens of text ``key``, the first ``reasoning`` of them reasoning.
+
+    A stop string ends the answer at the token that completes it (vLLM checks
+    stop strings on the text as it is detokenized), and the client sees the
+    visible text up to the stop string (through it with
+    ``include_stop_str_in_output``): token ``cut_token`` shows its first
+    ``cut_chars`` characters, later tokens show nothing.
+    """
+
+    key: int
+    n: int
+    reasoning: int = 0
+    finish_reason: str = "length"
+    stop_reason: str | None = None
+    cut_token: int | None = None
+    cut_chars: int = 0
+
+    @classmethod
+    def make(cls, key: int, n: int, reasoning: int, finish_reason: str, stop: tuple[str, ...] = (), include_stop: bool = False) -> Answer:
+        if not stop:
+            return cls(key, n, reasoning, finish_reason)
+        text = output_text(key, reasoning, n - reasoning)
+        found = [(p, s) for s in stop if (p := text.find(s)) >= 0]
+        if not found:
+            return cls(key, n, reasoning, finish_reason)
+        pos, s = min(found, key=lambda x: (x[0] + len(x[1]), x[0]))
+        end = pos + len(s)  # the token holding character end-1 completes the match
+        cut = end if include_stop else pos
+        chars = tokens = 0
+        cut_token, cut_chars = None, 0
+        while chars < end:
+            width = len(token_text(key, reasoning + tokens))
+            if cut_token is None and chars + width > cut:
+                cut_token, cut_chars = reasoning + tokens, cut - chars
+            chars += width
+            tokens += 1
+        if cut_token is None:  # the cut is at the end of the last token
+            cut_token, cut_chars = reasoning + tokens, 0
+        return cls(key, reasoning + tokens, reasoning, "stop", s, cut_token, cut_chars)
+
+    def text(self, start: int, count: int) -> str:
+        """Visible text of tokens ``start .. start+count-1`` (clipped at the stop string)."""
+        ct = self.cut_token
+        if ct is None or start + count <= ct:
+            return output_text(self.key, start, count)
+        if start > ct:
+            return ""
+        return output_text(self.key, start, ct - start) + token_text(self.key, ct)[: self.cut_chars]
+
+    def token(self, index: int) -> str:
+        """Visible text of one token (for logprobs)."""
+        return self.text(index, 1)
