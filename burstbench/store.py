@@ -103,6 +103,14 @@ TELEMETRY_COLUMNS: tuple[str, ...] = (
     "worker_id",  # INTEGER?
 )
 
+META_COLUMNS: tuple[str, ...] = ("key", "value")
+
+# Every table of a results store and its columns (what ``ResultsStore`` accepts to write to).
+TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
+    "meta": META_COLUMNS, "runs": RUN_COLUMNS, "requests": REQUEST_COLUMNS,
+    "chunks": CHUNK_COLUMNS, "telemetry": TELEMETRY_COLUMNS,
+}
+
 DDL = """
 CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR);
 CREATE TABLE IF NOT EXISTS runs (
@@ -191,19 +199,61 @@ class ResultsStore:
         self.path = Path(path)
         if read_only and not self.path.exists():
             raise StoreError(f"{self.path}: no such results file; create it with 'burstbench run' or 'burstbench simulate'")
+        if not read_only:
+            # before DuckDB opens it: a FIFO would hang the open, a device would be written,
+            # and DuckDB opens a Parquet or CSV file as an empty in-memory database
+            from burstbench.outfile import check_output
+
+            check_output(self.path, kind="duckdb")
         try:
             self.con = duckdb.connect(str(self.path), read_only=read_only)
         except duckdb.Error as exc:
             raise StoreError(f"{self.path}: cannot open as a results store ({exc})") from exc
+        try:
+            tables = self._check_schema(write=not read_only)
+        except BaseException:
+            self.con.close()
+            raise
         if not read_only:
             self.con.execute(DDL)
-            self.con.execute(
-                "INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)]
-            )
-        else:
-            tables = {r[0] for r in self.con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
-            if "requests" not in tables or "runs" not in tables:
-                raise StoreError(f"{self.path}: not a burstbench results store (no runs/requests tables)")
+            self.con.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
+        elif "requests" not in tables or "runs" not in tables:
+            self.con.close()
+            raise StoreError(f"{self.path}: not a burstbench results store (no runs/requests tables)")
+
+    def _check_schema(self, *, write: bool) -> set[str]:
+        """The file's table names, once it is known to be a store this code can use.
+
+        Runs before anything is written, so a refused file is left exactly as it was (a
+        foreign ``requests`` table once got our other tables and a ``running`` row before
+        the first insert failed, and a newer store was re-stamped as schema 1). Reading
+        refuses only a newer or unknown schema; writing also refuses tables that are not
+        ours or that have other columns than ours."""
+        columns: dict[str, set[str]] = {}
+        for table, column in self.con.execute(
+            "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = 'main'"
+        ).fetchall():
+            columns.setdefault(table, set()).add(column)
+        if "meta" in columns and columns["meta"] == set(TABLE_COLUMNS["meta"]):
+            row = self.con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            version = row[0] if row else None
+            if version is not None and version != str(SCHEMA_VERSION):
+                newer = version.isdigit() and int(version) > SCHEMA_VERSION
+                raise StoreError(
+                    f"{self.path}: results schema {version!r} is {'newer than' if newer else 'not'} the one this "
+                    f"burstbench {__version__} knows ({SCHEMA_VERSION}); "
+                    + ("upgrade burstbench to use it" if newer else "it was not written by burstbench")
+                    + ("" if not write else ", or write to a new file")
+                )
+        if write:
+            foreign = sorted(t for t, cols in columns.items()
+                             if t not in TABLE_COLUMNS or cols != set(TABLE_COLUMNS[t]))
+            if foreign:
+                raise StoreError(
+                    f"{self.path}: holds tables that are not a burstbench results store's "
+                    f"({', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''}); write results to a new file"
+                )
+        return set(columns)
 
     def __enter__(self) -> ResultsStore:
         return self

@@ -149,7 +149,9 @@ def analyze(store: str | None, run_id: str | None, slo: str | None, window: floa
     con_out: dict[str, Any] = {}
     if import_file:
         from burstbench.analysis.importers import import_results
+        from burstbench.outfile import check_output
 
+        check_output(path, kind="duckdb", inputs=[import_file])
         ids = import_results(import_file, path, fmt=import_format, label=label)
         con_out["imported"] = ids
         run_id = run_id or ids[-1]
@@ -269,7 +271,10 @@ def sweep(rates: str | None, concurrencies: str | None, search: str | None, slo:
     if concurrencies and simulate:
         raise UsageError("--concurrencies needs a live --url; the simulator replays arrivals (use --rates)")
     slo_s = parse_slo(slo) if slo else None
+    from burstbench.outfile import check_output
     from burstbench.traces.schema import load_trace
+
+    check_output(out, kind="duckdb", inputs=[trace_path])
 
     trace = load_trace(trace_path)
     outp = Path(out)
