@@ -15,12 +15,14 @@ passed through ``redact_url`` first, which ``ResultsStore.create_run`` does.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
+import os
 import platform
 import socket
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -263,6 +265,45 @@ class ResultsStore:
 
     def close(self) -> None:
         self.con.close()
+
+    @contextlib.contextmanager
+    def reserve(self, nbytes: int) -> Iterator[None]:
+        """Hold ``nbytes`` of disk in a hidden file beside the store while a run writes.
+
+        When the disk fills, ``release_reserve`` frees it so the run row can still be
+        closed ('aborted', with the reason): on a full disk even that one-row UPDATE
+        cannot be committed. The bytes are written, not allocated sparsely, so the
+        blocks are really held. No room for the reserve at all is not an error."""
+        path = self.path.with_name(f".{self.path.name}.reserve")
+        try:
+            with open(path, "wb") as f:
+                f.write(bytes(nbytes))
+                f.flush()
+                os.fsync(f.fileno())
+            self._reserve: Path | None = path
+        except OSError:
+            path.unlink(missing_ok=True)
+            self._reserve = None
+        try:
+            yield
+        finally:
+            self.release_reserve()
+
+    def release_reserve(self) -> None:
+        """Free the space ``reserve`` holds (a no-op without one)."""
+        path = getattr(self, "_reserve", None)
+        if path is not None:
+            path.unlink(missing_ok=True)
+            self._reserve = None
+
+    def reopen(self) -> None:
+        """A fresh connection to the same file (after a fatal DuckDB error invalidated this one)."""
+        with contextlib.suppress(duckdb.Error):
+            self.con.close()
+        try:
+            self.con = duckdb.connect(str(self.path))
+        except duckdb.Error as exc:
+            raise StoreError(f"{self.path}: cannot reopen the results store ({exc})") from exc
 
     # -- runs -------------------------------------------------------------------------
     def create_run(self, info: RunInfo, *, run_id: str | None = None) -> str:
