@@ -17,8 +17,9 @@ writes through ``atomic_path`` (or ``write_text_atomic``), so that:
   leaves the old file as it was).
 
 A results store is the exception to replacing: it is appended to, never replaced,
-so ``kind="duckdb"`` accepts only a DuckDB file or a new path, with or without
-``--force`` (``ResultsStore`` applies the same check when it opens a file to write).
+so ``kind="duckdb"`` accepts only a DuckDB file or a new path (``ResultsStore`` applies
+the same check when it opens a file to write); the commands that append to one have no
+``--force``.
 """
 
 from __future__ import annotations
@@ -142,9 +143,10 @@ def check_output(
 
     ``kind`` is what the command writes (a key of ``KIND_NAMES``; None skips the kind
     check); ``inputs`` are every file the command reads (None entries are skipped);
-    ``force`` lets a file of another kind be replaced (never an input, a device or,
-    for ``kind="duckdb"``, anything but a results store). Call it before any work, so a
-    refusal costs nothing."""
+    ``force`` lets a file of another kind be replaced (never an input or a device); the
+    results stores that are appended to (``ResultsStore``, and so run, simulate, sweep,
+    whatif, analyze --import) never pass it, only a caller that replaces the whole file
+    (demo). Call it before any work, so a refusal costs nothing."""
     out = Path(path)
     st = refuse_special(out, flag=flag)
     if st is None:
@@ -162,7 +164,7 @@ def check_output(
     found = sniff(out)
     if found is None or found == kind:
         return out
-    if kind == "duckdb":
+    if kind == "duckdb" and not force:
         raise OutputError(f"{flag} {out}: holds {KIND_NAMES.get(found, found)}, not a DuckDB results store; "
                           "results are appended to a DuckDB file from 'burstbench run' or 'simulate', "
                           "or to a new path")

@@ -216,3 +216,22 @@ def test_a_newer_schema_is_refused_and_not_restamped(tmp_path: Path, store: Path
     assert con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("99",)
     assert con.execute("SELECT count(*) FROM runs").fetchone() == runs_before
     con.close()
+
+
+# -- demo: it replaces its own three files only ----------------------------------------------------
+
+
+def test_demo_never_deletes_a_users_store_or_trace(tmp_path: Path, store: Path, csv_trace: Path, capsys) -> None:
+    """'demo --out DIR' deleted DIR/results.duckdb and DIR/trace.parquet whatever they were."""
+    work = tmp_path / "work"
+    work.mkdir()
+    users_store = Path(shutil.copy(store, work / "results.duckdb"))  # a simulate run, not the demo's
+    before = _digest(users_store)
+    rc, err = _cli(capsys, "demo", "--out", str(work), "--requests", "5")
+    _refused(rc, err, "results.duckdb holds 1 runs the demo did not make", "--force")
+    assert _digest(users_store) == before
+    users_store.unlink()
+    log = Path(shutil.copy(csv_trace, work / "trace.parquet"))  # a CSV log under the demo's name
+    rc, err = _cli(capsys, "demo", "--out", str(work), "--requests", "5")
+    _refused(rc, err, "trace.parquet: holds a text file (CSV, log, ...), not a Parquet trace")
+    assert _digest(log) == _digest(csv_trace)
