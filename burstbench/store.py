@@ -189,6 +189,29 @@ class RunInfo:
     scenario: Mapping[str, Any] | None = None
 
 
+def check_schema_version(con: duckdb.DuckDBPyConnection, path: str | Path, *, write: bool = False) -> None:
+    """Refuse a store whose ``meta.schema_version`` is newer than, or other than, this code's.
+
+    Every open of a store goes through here (``ResultsStore`` and the analysis reader):
+    reading a newer layout with this code's SQL could give wrong numbers silently, and
+    writing to it used to re-stamp it as ours. A store without the stamp is older than
+    the stamp and is ours."""
+    try:
+        row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    except duckdb.Error:  # no meta table (or not ours): other checks judge the tables
+        return
+    version = str(row[0]) if row and row[0] is not None else None
+    if version is None or version == str(SCHEMA_VERSION):
+        return
+    newer = version.isdigit() and int(version) > SCHEMA_VERSION
+    raise StoreError(
+        f"{path}: results schema {version!r} is {'newer than' if newer else 'not'} the one this "
+        f"burstbench {__version__} knows ({SCHEMA_VERSION}); "
+        + ("upgrade burstbench to use it" if newer else "it was not written by burstbench")
+        + (", or write to a new file" if write else "")
+    )
+
+
 class ResultsStore:
     """A results file opened for reading and writing.
 
@@ -236,17 +259,7 @@ class ResultsStore:
             "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = 'main'"
         ).fetchall():
             columns.setdefault(table, set()).add(column)
-        if "meta" in columns and columns["meta"] == set(TABLE_COLUMNS["meta"]):
-            row = self.con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-            version = row[0] if row else None
-            if version is not None and version != str(SCHEMA_VERSION):
-                newer = version.isdigit() and int(version) > SCHEMA_VERSION
-                raise StoreError(
-                    f"{self.path}: results schema {version!r} is {'newer than' if newer else 'not'} the one this "
-                    f"burstbench {__version__} knows ({SCHEMA_VERSION}); "
-                    + ("upgrade burstbench to use it" if newer else "it was not written by burstbench")
-                    + ("" if not write else ", or write to a new file")
-                )
+        check_schema_version(self.con, self.path, write=write)
         if write:
             foreign = sorted(t for t, cols in columns.items()
                              if t not in TABLE_COLUMNS or cols != set(TABLE_COLUMNS[t]))

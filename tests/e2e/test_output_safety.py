@@ -138,7 +138,7 @@ def test_fit_refuses_a_results_store_but_replaces_its_own_yaml(csv_trace: Path, 
     assert "arrivals" in spec.read_text()
 
 
-@pytest.mark.parametrize("command", ["simulate", "run", "import"])
+@pytest.mark.parametrize("command", ["simulate", "run", "import", "sweep", "whatif"])
 def test_results_go_only_to_a_duckdb_file(tmp_path: Path, parquet_trace: Path, capsys, command: str) -> None:
     """DuckDB opens a Parquet or CSV file as an empty in-memory database: 'simulate' and
     'analyze --import' printed success and wrote nothing, 'run' failed with DuckDB's words."""
@@ -150,6 +150,9 @@ def test_results_go_only_to_a_duckdb_file(tmp_path: Path, parquet_trace: Path, c
         "simulate": ["simulate", str(parquet_trace), "-o", str(target)],
         "run": ["run", "--url", "http://127.0.0.1:9", "--trace", str(parquet_trace), "-o", str(target)],
         "import": ["analyze", "--import", str(src), "-o", str(target)],
+        "sweep": ["sweep", "--rates", "1", "--simulate", "--model", "llama-3.1-8b", "--hardware", "h100-sxm",
+                  "--trace", str(parquet_trace), "-o", str(target)],
+        "whatif": ["whatif", str(src), "--trace", str(parquet_trace), "-o", str(target)],
     }[command]
     rc, err = _cli(capsys, *args)
     _refused(rc, err, "holds a Parquet trace, not a DuckDB results store", "new path")
@@ -216,6 +219,16 @@ def test_a_newer_schema_is_refused_and_not_restamped(tmp_path: Path, store: Path
     assert con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("99",)
     assert con.execute("SELECT count(*) FROM runs").fetchone() == runs_before
     con.close()
+    rc = main(["analyze", str(store)])  # nor read with this code's SQL
+    err = capsys.readouterr().err
+    assert rc == 4 and "results schema '99' is newer than" in err and "write to a new file" not in err, err
+
+
+def test_profile_refuses_to_replace_a_trace(parquet_trace: Path, tmp_path: Path, capsys) -> None:
+    target = Path(shutil.copy(parquet_trace, tmp_path / "hw.json"))
+    rc, err = _cli(capsys, "profile", "--quick", "-o", str(target))
+    _refused(rc, err, "holds a Parquet trace, not a JSON file", "--force")
+    assert _digest(target) == _digest(parquet_trace)
 
 
 # -- demo: it replaces its own three files only ----------------------------------------------------
