@@ -161,7 +161,11 @@ def check_output(
                               "choose another output path")
     if kind is None:
         return out
-    found = sniff(out)
+    try:
+        found = sniff(out)
+    except OSError as exc:
+        raise OutputError(f"{flag} {out}: cannot read it to see what it holds ({exc.strerror}); "
+                          "choose another output path") from exc
     if found is None or found == kind:
         return out
     if kind == "duckdb" and not force:
