@@ -175,14 +175,15 @@ def _check_outputs(out: Path, force: bool) -> None:
 
         con = duckdb.connect(str(path), read_only=True)
         try:
-            (theirs,) = con.execute("SELECT count(*) FROM runs WHERE label IS DISTINCT FROM 'demo'").fetchone()
+            (n,) = con.execute("SELECT count(*) FROM runs WHERE label IS DISTINCT FROM 'demo'").fetchone()
+            theirs = f"{n} runs the demo did not make" if n else None
         except duckdb.Error:
-            theirs = "unknown"  # not a results store at all
+            theirs = "a DuckDB database that is not a results store"
         finally:
             con.close()
         if theirs:
-            raise UsageError(f"--out {out}: {name} holds {theirs} runs the demo did not make; choose another "
-                             "--out folder, or add --force to replace it")
+            raise UsageError(f"--out {out}: {name} holds {theirs}; choose another --out folder, "
+                             "or add --force to replace it")
 
 
 def _fmt(v: float | None, unit: str = "") -> str:
