@@ -84,4 +84,9 @@ def test_an_empty_file_is_replaced_but_never_taken_for_a_store(tmp_path: Path) -
     empty.touch()
     assert check_output(empty, kind="parquet") == empty
     with pytest.raises(OutputError, match="holds an empty file, not a DuckDB results store"):
-        check_output(empty, kind="duckdb", force=True)
+        check_output(empty, kind="duckdb")
+    from burstbench.store import ResultsStore
+
+    with pytest.raises(OutputError, match="not a DuckDB results store"):  # DuckDB cannot open it either
+        ResultsStore(empty)
+    assert empty.stat().st_size == 0
