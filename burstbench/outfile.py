@@ -156,7 +156,7 @@ def check_output(
             continue
         ist = _stat(inp)
         if ist is not None and (ist.st_dev, ist.st_ino) == (st.st_dev, st.st_ino):
-            same = "" if os.path.realpath(inp) == os.path.realpath(out) else f" (the same file as {out})"
+            same = "" if os.path.realpath(inp) == os.path.realpath(out) else " (the same file under another name)"
             raise OutputError(f"{flag} {out}: is the input {inp}{same}; writing it would destroy the input: "
                               "choose another output path")
     if kind is None:
