@@ -20,12 +20,14 @@ from typing import Any
 import click
 
 from burstbench.errors import BurstbenchError, UsageError
+from burstbench.outfile import force_option
 from burstbench.output import emit_json, results_console
 
 DEFAULT_SLO = "ttft=250ms,tpot=35ms"
 DEFAULT_MODEL = "llama-3.1-8b"
 DEFAULT_HARDWARE = "l40s"
 OUTPUT_FILES = ("results.duckdb", "trace.parquet", "report.html")
+OUTPUT_KINDS = ("duckdb", "parquet", "html")
 
 
 class MissingPieceError(BurstbenchError):
@@ -103,6 +105,7 @@ def run_demo(
     slo: str = DEFAULT_SLO,
     progress: bool = True,
     say: Any = None,
+    force: bool = False,
 ) -> DemoResult:
     """Synthesise, serve, send, analyse, report; see the module doc."""
     t0 = time.perf_counter()
@@ -130,6 +133,7 @@ def run_demo(
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UsageError(f"--out {out}: cannot create the folder ({exc.strerror}); pick a writable folder") from exc
+    _check_outputs(out, force)
     for name in OUTPUT_FILES:  # a demo starts fresh; only our own files are replaced
         for p in (out / name, out / f"{name}.wal"):
             p.unlink(missing_ok=True)
@@ -158,6 +162,30 @@ def run_demo(
                       time.perf_counter() - t0)
 
 
+def _check_outputs(out: Path, force: bool) -> None:
+    """Refuse to delete what is not a demo's own: the demo replaces its three files, and a
+    user's results store or trace may carry the same name (``--out .`` in a work folder)."""
+    from burstbench.outfile import check_output
+
+    for name, kind in zip(OUTPUT_FILES, OUTPUT_KINDS, strict=True):
+        path = check_output(out / name, kind=kind, force=force, flag="--out")
+        if kind != "duckdb" or force or not path.is_file() or path.stat().st_size == 0:
+            continue
+        import duckdb
+
+        con = duckdb.connect(str(path), read_only=True)
+        try:
+            (n,) = con.execute("SELECT count(*) FROM runs WHERE label IS DISTINCT FROM 'demo'").fetchone()
+            theirs = f"{n} runs the demo did not make" if n else None
+        except duckdb.Error:
+            theirs = "a DuckDB database that is not a results store"
+        finally:
+            con.close()
+        if theirs:
+            raise UsageError(f"--out {out}: {name} holds {theirs}; choose another --out folder, "
+                             "or add --force to replace it")
+
+
 def _fmt(v: float | None, unit: str = "") -> str:
     return "–" if v is None else f"{v:,.1f}{unit}"
 
@@ -175,8 +203,9 @@ def _fmt(v: float | None, unit: str = "") -> str:
               help="Run the engine and the replay this many times faster (SLOs shrink to match).")
 @click.option("--slo", default=DEFAULT_SLO, show_default=True, help="SLOs for the verdicts.")
 @click.option("--json", "as_json", is_flag=True, help="Print the headline numbers as one JSON object.")
+@force_option
 def demo(out_dir: Path, requests: int, seed: int, rate: float, model: str, hardware: str,
-         time_scale: float, slo: str, as_json: bool) -> None:
+         time_scale: float, slo: str, as_json: bool, force: bool) -> None:
     """Run the whole pipeline on the bundled reference engine and write an HTML report.
 
     \b
@@ -188,7 +217,7 @@ def demo(out_dir: Path, requests: int, seed: int, rate: float, model: str, hardw
 
     console = Console(stderr=True)
     res = run_demo(out_dir, requests=requests, seed=seed, rate=rate, model=model, hardware=hardware,
-                   time_scale=time_scale, slo=slo, progress=True,
+                   time_scale=time_scale, slo=slo, progress=True, force=force,
                    say=lambda m: console.print(m, highlight=False, markup=False, soft_wrap=True))
     h = res.headline()
     att = h["slo_attainment"]

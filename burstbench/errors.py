@@ -23,6 +23,11 @@ class UsageError(BurstbenchError):
     exit_code = 2
 
 
+class OutputError(UsageError):
+    """An output path would destroy something: it is an input, a device or FIFO, or a
+    file of another kind (see ``burstbench.outfile``)."""
+
+
 class InputError(BurstbenchError):
     """An input file is missing, empty or malformed.
 

@@ -15,12 +15,14 @@ passed through ``redact_url`` first, which ``ResultsStore.create_run`` does.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
+import os
 import platform
 import socket
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -102,6 +104,14 @@ TELEMETRY_COLUMNS: tuple[str, ...] = (
     "labels",  # VARCHAR?, JSON object of labels
     "worker_id",  # INTEGER?
 )
+
+META_COLUMNS: tuple[str, ...] = ("key", "value")
+
+# Every table of a results store and its columns (what ``ResultsStore`` accepts to write to).
+TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
+    "meta": META_COLUMNS, "runs": RUN_COLUMNS, "requests": REQUEST_COLUMNS,
+    "chunks": CHUNK_COLUMNS, "telemetry": TELEMETRY_COLUMNS,
+}
 
 DDL = """
 CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR);
@@ -210,6 +220,29 @@ class RunInfo:
     scenario: Mapping[str, Any] | None = None
 
 
+def check_schema_version(con: duckdb.DuckDBPyConnection, path: str | Path, *, write: bool = False) -> None:
+    """Refuse a store whose ``meta.schema_version`` is newer than, or other than, this code's.
+
+    Every open of a store goes through here (``ResultsStore`` and the analysis reader):
+    reading a newer layout with this code's SQL could give wrong numbers silently, and
+    writing to it used to re-stamp it as ours. A store without the stamp is older than
+    the stamp and is ours."""
+    try:
+        row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    except duckdb.Error:  # no meta table (or not ours): other checks judge the tables
+        return
+    version = str(row[0]) if row and row[0] is not None else None
+    if version is None or version == str(SCHEMA_VERSION):
+        return
+    newer = version.isdigit() and int(version) > SCHEMA_VERSION
+    raise StoreError(
+        f"{path}: results schema {version!r} is {'newer than' if newer else 'not'} the one this "
+        f"burstbench {__version__} knows ({SCHEMA_VERSION}); "
+        + ("upgrade burstbench to use it" if newer else "it was not written by burstbench")
+        + (", or write to a new file" if write else "")
+    )
+
+
 class ResultsStore:
     """A results file opened for reading and writing.
 
@@ -222,19 +255,51 @@ class ResultsStore:
         self.path = Path(path)
         if read_only and not self.path.exists():
             raise StoreError(f"{self.path}: no such results file; create it with 'burstbench run' or 'burstbench simulate'")
+        if not read_only:
+            # before DuckDB opens it: a FIFO would hang the open, a device would be written,
+            # and DuckDB opens a Parquet or CSV file as an empty in-memory database
+            from burstbench.outfile import check_output
+
+            check_output(self.path, kind="duckdb")
         try:
             self.con = duckdb.connect(str(self.path), read_only=read_only)
         except duckdb.Error as exc:
             raise StoreError(f"{self.path}: cannot open as a results store ({exc})") from exc
+        try:
+            tables = self._check_schema(write=not read_only)
+        except BaseException:
+            self.con.close()
+            raise
         if not read_only:
             self.con.execute(DDL)
-            self.con.execute(
-                "INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)]
-            )
-        else:
-            tables = {r[0] for r in self.con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
-            if "requests" not in tables or "runs" not in tables:
-                raise StoreError(f"{self.path}: not a burstbench results store (no runs/requests tables)")
+            self.con.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
+        elif "requests" not in tables or "runs" not in tables:
+            self.con.close()
+            raise StoreError(f"{self.path}: not a burstbench results store (no runs/requests tables)")
+
+    def _check_schema(self, *, write: bool) -> set[str]:
+        """The file's table names, once it is known to be a store this code can use.
+
+        Runs before anything is written, so a refused file is left exactly as it was (a
+        foreign ``requests`` table once got our other tables and a ``running`` row before
+        the first insert failed, and a newer store was re-stamped as schema 1). Reading
+        refuses only a newer or unknown schema; writing also refuses tables that are not
+        ours or that have other columns than ours."""
+        columns: dict[str, set[str]] = {}
+        for table, column in self.con.execute(
+            "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = 'main'"
+        ).fetchall():
+            columns.setdefault(table, set()).add(column)
+        check_schema_version(self.con, self.path, write=write)
+        if write:
+            foreign = sorted(t for t, cols in columns.items()
+                             if t not in TABLE_COLUMNS or cols != set(TABLE_COLUMNS[t]))
+            if foreign:
+                raise StoreError(
+                    f"{self.path}: holds tables that are not a burstbench results store's "
+                    f"({', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''}); write results to a new file"
+                )
+        return set(columns)
 
     def __enter__(self) -> ResultsStore:
         return self
@@ -244,6 +309,45 @@ class ResultsStore:
 
     def close(self) -> None:
         self.con.close()
+
+    @contextlib.contextmanager
+    def reserve(self, nbytes: int) -> Iterator[None]:
+        """Hold ``nbytes`` of disk in a hidden file beside the store while a run writes.
+
+        When the disk fills, ``release_reserve`` frees it so the run row can still be
+        closed ('aborted', with the reason): on a full disk even that one-row UPDATE
+        cannot be committed. The bytes are written, not allocated sparsely, so the
+        blocks are really held. No room for the reserve at all is not an error."""
+        path = self.path.with_name(f".{self.path.name}.reserve")
+        try:
+            with open(path, "wb") as f:
+                f.write(bytes(nbytes))
+                f.flush()
+                os.fsync(f.fileno())
+            self._reserve: Path | None = path
+        except OSError:
+            path.unlink(missing_ok=True)
+            self._reserve = None
+        try:
+            yield
+        finally:
+            self.release_reserve()
+
+    def release_reserve(self) -> None:
+        """Free the space ``reserve`` holds (a no-op without one)."""
+        path = getattr(self, "_reserve", None)
+        if path is not None:
+            path.unlink(missing_ok=True)
+            self._reserve = None
+
+    def reopen(self) -> None:
+        """A fresh connection to the same file (after a fatal DuckDB error invalidated this one)."""
+        with contextlib.suppress(duckdb.Error):
+            self.con.close()
+        try:
+            self.con = duckdb.connect(str(self.path))
+        except duckdb.Error as exc:
+            raise StoreError(f"{self.path}: cannot reopen the results store ({exc})") from exc
 
     # -- runs -------------------------------------------------------------------------
     def create_run(self, info: RunInfo, *, run_id: str | None = None) -> str:

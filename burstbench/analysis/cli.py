@@ -156,7 +156,9 @@ def analyze(store: str | None, run_id: str | None, slo: str | None, window: floa
     con_out: dict[str, Any] = {}
     if import_file:
         from burstbench.analysis.importers import import_results
+        from burstbench.outfile import check_output
 
+        check_output(path, kind="duckdb", inputs=[import_file])
         err = _console()
         ids = import_results(import_file, path, fmt=import_format, label=label,
                              warn=lambda n: err.print(Text(f"note: {n}"), soft_wrap=True))
@@ -289,7 +291,10 @@ def sweep(rates: str | None, concurrencies: str | None, search: str | None, slo:
     if concurrencies and simulate:
         raise UsageError("--concurrencies needs a live --url; the simulator replays arrivals (use --rates)")
     slo_s = parse_slo(slo) if slo else None
+    from burstbench.outfile import check_output
     from burstbench.traces.schema import load_trace
+
+    check_output(out, kind="duckdb", inputs=[trace_path])
 
     trace = load_trace(trace_path)
     outp = Path(out)

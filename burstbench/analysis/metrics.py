@@ -36,7 +36,10 @@ from typing import Any
 import duckdb
 
 from burstbench.errors import StoreError, UsageError
-from burstbench.store import resolve_run  # the one run selector, re-exported
+from burstbench.store import (
+    check_schema_version,
+    resolve_run,  # the one run selector, re-exported
+)
 
 PERCENTILES: tuple[float, ...] = (0.5, 0.9, 0.95, 0.99)
 
@@ -110,6 +113,11 @@ def open_store(path: str | Path, *, lock: bool = False) -> duckdb.DuckDBPyConnec
     if not {"runs", "requests", "chunks"} <= tables:
         con.close()
         raise StoreError(f"{p}: not a burstbench results store (no runs/requests/chunks tables)")
+    try:
+        check_schema_version(con, p)
+    except StoreError:
+        con.close()
+        raise
     install_views(con)
     if lock:
         con.execute("SET enable_external_access = false")

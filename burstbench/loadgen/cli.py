@@ -58,6 +58,7 @@ def run(trace_path: str, out: str, scenario_file: str | None, as_json: bool, qui
     from burstbench.loadgen.runner import execute
     from burstbench.loadgen.scenario import build_scenario
     from burstbench.loadgen.summary import render_table, summarize
+    from burstbench.outfile import check_output
     from burstbench.store import ResultsStore
     from burstbench.traces.schema import load_trace
 
@@ -74,6 +75,7 @@ def run(trace_path: str, out: str, scenario_file: str | None, as_json: bool, qui
         "api_key_env": flags["api_key_env"], "seed": flags["seed"],
         "ignore_eos": False if no_ignore_eos else None, "scrape_metrics": False if no_scrape else None,
     }
+    check_output(out, kind="duckdb", inputs=[trace_path, scenario_file])
     scenario = build_scenario(scenario_file, **overrides)
     trace = load_trace(trace_path)
     if flags.get("ray_address"):  # distributed load: burstbench/loadgen/ray_driver.py

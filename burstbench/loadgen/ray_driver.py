@@ -50,6 +50,7 @@ import numpy as np
 from burstbench.errors import BackendError, UsageError
 from burstbench.loadgen.recorder import Recorder
 from burstbench.loadgen.runner import (
+    STORE_RESERVE_BYTES,
     BackendFactory,
     RunControl,
     RunResult,
@@ -461,7 +462,7 @@ def execute_ray(trace: Trace, scenario: Scenario, out: str | Path, *, address: s
         on_transport(transport)
     scen = dict(sc.to_json(), workers=n, ray={"address": address if "://" not in address else redact_url(address),
                                               "actors": n, "nodes": len(nodes)})
-    with ResultsStore(out) as store:
+    with ResultsStore(out) as store, store.reserve(STORE_RESERVE_BYTES):
         run_id = store.create_run(RunInfo(backend=sc.backend, endpoint=sc.url, model=sc.model, label=label,
                                           target_rate=plan.target_rate, scenario=scen))
         recorder = Recorder(store, run_id)

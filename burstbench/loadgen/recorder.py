@@ -7,6 +7,11 @@ Python object each. Each ``flush`` is a committed transaction (DuckDB autocommit
 durable in the WAL), and a CHECKPOINT folds the WAL into the file every two
 seconds (readers replay a long WAL on every open), so a killed process loses at
 most the rows of the last flush interval.
+
+When the store stops taking rows (a full disk: DuckDB fails the commit, or the
+checkpoint, with "No space left on device"), ``flush`` does not raise: it records why
+in ``failed`` and from then on counts the rows it drops, so the supervisor can stop
+sending and still close the run row with the reason (see ``runner.supervise``).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from array import array
 from collections.abc import Sequence
 from typing import Any
 
+import duckdb
 import numpy as np
 import pyarrow as pa
 
@@ -52,6 +58,8 @@ class Recorder:
         self.requests_written = 0
         self.chunks_written = 0
         self.seen_ids: set[tuple[int, int]] | None = None
+        self.failed: str | None = None  # why the store stopped taking rows
+        self.rows_dropped = 0
 
     def mark_started(self, wall_s: float) -> None:
         """Record the run's t=0 on the wall clock (see ``ResultsStore.mark_started``)."""
@@ -107,16 +115,27 @@ class Recorder:
             reqs, self._requests = self._requests, []
             chunks, self._chunks = self._chunks, []
             tele, self._telemetry = self._telemetry, []
-        if reqs:
-            self.store.append_requests(self._request_table(reqs))
-            self.requests_written += len(reqs)
-        if chunks:
-            table = self._chunk_table(chunks)
-            self.store.append_chunks(table)
-            self.chunks_written += table.num_rows
-        if tele:
-            self.store.append_telemetry(self._telemetry_table(tele))
-        now = time.monotonic()
-        if checkpoint or (checkpoint is None and now - self._last_checkpoint >= self.checkpoint_every_s):
-            self.store.checkpoint()
-            self._last_checkpoint = now
+        pending = [len(reqs), sum(len(c[2]) for c in chunks), len(tele)]
+        if self.failed is not None:
+            self.rows_dropped += sum(pending)
+            return
+        try:
+            if reqs:
+                self.store.append_requests(self._request_table(reqs))
+                self.requests_written += len(reqs)
+                pending[0] = 0
+            if chunks:
+                table = self._chunk_table(chunks)
+                self.store.append_chunks(table)
+                self.chunks_written += table.num_rows
+                pending[1] = 0
+            if tele:
+                self.store.append_telemetry(self._telemetry_table(tele))
+                pending[2] = 0
+            now = time.monotonic()
+            if checkpoint or (checkpoint is None and now - self._last_checkpoint >= self.checkpoint_every_s):
+                self.store.checkpoint()
+                self._last_checkpoint = now
+        except duckdb.Error as exc:  # committed rows stay; what this flush held is lost
+            self.failed = " ".join(str(exc).split())
+            self.rows_dropped += sum(pending)

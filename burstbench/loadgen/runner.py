@@ -42,6 +42,8 @@ from burstbench.store import ResultsStore, RunInfo, redact_url
 from burstbench.traces.schema import Trace
 
 COMMIT_INTERVAL_S = 0.5
+# Disk held beside the store during a run, freed to close the run row if the disk fills.
+STORE_RESERVE_BYTES = 256 * 1024
 READY_TIMEOUT_S = 120.0
 
 
@@ -168,7 +170,7 @@ def execute(trace: Trace, scenario: Scenario, out: str | Path, *, label: str | N
     use_processes = len(parts) > 1 or worker_process
     transport = ProcessWorkers(parts, factory, opts) if use_processes else ThreadWorkers(parts, factory, opts)
 
-    with ResultsStore(out) as store:
+    with ResultsStore(out) as store, store.reserve(STORE_RESERVE_BYTES):
         run_id = store.create_run(RunInfo(backend=sc.backend, endpoint=sc.url, model=sc.model, label=label,
                                           target_rate=plan.target_rate, scenario=sc.to_json()))
         recorder = Recorder(store, run_id)
@@ -197,6 +199,8 @@ def supervise(store: ResultsStore, run_id: str, sc: Scenario, plan: Plan, trace:
         if on_close is not None:
             on_close(sup)
         recorder.flush(checkpoint=True)
+        sup.check_store()
+        sup.store_note()
         duration = sup.duration_s()
         lost = list(getattr(transport, "lost", ()))
         lost_errors = {f"worker {w} exited unexpectedly" for w in lost}
@@ -210,15 +214,43 @@ def supervise(store: ResultsStore, run_id: str, sc: Scenario, plan: Plan, trace:
         if lost:
             reason += f" ({len(lost)} of {sup.n} Ray workers lost: {', '.join(map(str, lost))})"
         measure_end = plan.measure_end_s if plan.measure_end_s is not None else duration
-        store.finish_run(run_id, status=status, end_reason=reason, duration_s=duration,
-                         measure_start_s=min(plan.measure_start_s, duration),
-                         measure_end_s=min(measure_end, duration), notes=sup.notes)
-        store.checkpoint()
+        finish = {"status": status, "end_reason": reason, "duration_s": duration,
+                  "measure_start_s": min(plan.measure_start_s, duration),
+                  "measure_end_s": min(measure_end, duration), "notes": sup.notes}
+        if recorder.failed is None:
+            store.finish_run(run_id, **finish)
+            store.checkpoint()
+        else:
+            _finish_failed_store(store, run_id, recorder.failed, finish)
         sup.restore_signals()  # only now: a Ctrl-C during the final commit changes nothing
     if errors and not sup.ready_all:
         raise BackendError(f"{redact_url(sc.url)}: the backend could not start: {errors[0]}")
     return RunResult(run_id, status, reason, duration, sup.notes, recorder.requests_written,
                      recorder.chunks_written)
+
+
+def _finish_failed_store(store: ResultsStore, run_id: str, why: str, finish: dict[str, Any]) -> None:
+    """Close the run row of a store that stopped taking rows (a full disk), without a checkpoint.
+
+    The space ``ResultsStore.reserve`` held is freed first, so the one-row UPDATE fits in
+    the WAL; a fatal DuckDB error (a failed checkpoint) invalidates the
+    connection, so it is tried once more on a fresh one. If even that fails the user is
+    told which run is left 'running' and why, in one line."""
+    import duckdb
+
+    from burstbench.errors import StoreError
+
+    store.release_reserve()
+    for attempt in range(2):
+        try:
+            if attempt:
+                store.reopen()
+            store.finish_run(run_id, **finish)
+            return
+        except duckdb.Error as exc:
+            last = " ".join(str(exc).split())
+    raise StoreError(f"{store.path}: the results store stopped taking rows ({why}); run {run_id} is left "
+                     f"'running' ({last}): free space, then analyze what was committed")
 
 
 class _Supervisor:
@@ -294,6 +326,21 @@ class _Supervisor:
 
     def clock(self) -> float:
         return time.monotonic() - self.t0 if self.t0 is not None else 0.0
+
+    def check_store(self) -> None:
+        """Once the store stops taking rows (a full disk), stop sending at once: nothing
+        measured from then on can be kept. The reason becomes the run's end reason."""
+        why = self.recorder.failed
+        if why is None or any(e.startswith("results store") for e in self.errors):
+            return
+        self.errors.insert(0, f"results store stopped taking rows: {why}")
+        self.control.stop("results store failed", now=True)
+
+    def store_note(self) -> None:
+        """Say how many rows were lost after the store failed (once, at the end)."""
+        if self.recorder.failed is not None and self.recorder.rows_dropped:
+            self.notes.append(f"{self.recorder.rows_dropped} rows received after the results store failed were "
+                              "not written")
 
     def duration_s(self) -> float:
         ends = [t for t in self.end_t if t is not None]
@@ -416,6 +463,7 @@ class _Supervisor:
             if now - last_commit >= COMMIT_INTERVAL_S:
                 last_commit = now
                 self.recorder.flush()
+                self.check_store()
             if now - last_tick >= 1.0:
                 last_tick = now
                 t = self.clock()

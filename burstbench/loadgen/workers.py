@@ -10,7 +10,10 @@ results file, so N processes never contend for DuckDB's single writer.
 Commands go the other way on a per-worker control queue: ``("start", wall)``,
 ``("stop", reason)`` (stop sending, finish in-flight within the grace period),
 ``("now", reason)`` (cancel in-flight). Worker processes ignore SIGINT (the
-supervisor owns Ctrl-C) and stop at once if the supervisor dies.
+supervisor owns Ctrl-C) and exit on their own once the supervisor is gone
+(``_exit_when_orphaned``): whatever they would measure next has no writer, and a worker
+blocked on its control queue would otherwise live forever, with multiprocessing's
+resource tracker beside it.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ def worker_main(plan: Plan, factory: BackendFactory, out_q: Any, ctl_q: Any, opt
     """Body of a worker thread or process."""
     if opts.get("process"):
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        _exit_when_orphaned(opts["parent_pid"])
     try:
         asyncio.run(_worker_async(plan, factory, out_q, ctl_q, opts))
     except BaseException as exc:  # report, never die silently
@@ -60,16 +64,12 @@ async def _worker_async(plan: Plan, factory: BackendFactory, out_q: Any, ctl_q: 
         core = WorkerCore(plan, backend, out_q.put, t0=t0, flush_interval_s=opts.get("flush_interval_s", 0.25),
                           drain_timeout_s=opts.get("grace_s", 10.0), ignore_eos=opts.get("ignore_eos", True))
         finished = threading.Event()
-        parent = os.getppid() if opts.get("process") else None
 
         def watch() -> None:
             while not finished.is_set():
                 try:
                     cmd = ctl_q.get(timeout=0.1)
                 except queue.Empty:
-                    if parent is not None and os.getppid() != parent:
-                        # the only writer is gone: nothing this worker measures can be kept
-                        os._exit(70)
                     continue
                 if cmd[0] in ("stop", "now"):
                     loop.call_soon_threadsafe(lambda c=cmd: core.request_stop(c[1], now=c[0] == "now"))
@@ -88,6 +88,26 @@ async def _worker_async(plan: Plan, factory: BackendFactory, out_q: Any, ctl_q: 
         info["maxrss_bytes"] = ru.ru_maxrss * 1024  # Linux reports KiB
         info["pid"] = os.getpid()
     out_q.put(info)
+
+
+ORPHAN_POLL_S = 0.2
+
+
+def _exit_when_orphaned(parent_pid: int) -> None:
+    """Exit this worker process (status 70) within ``ORPHAN_POLL_S`` of its supervisor's death.
+
+    A daemon thread, so it acts wherever the worker is: starting its backend, blocked
+    on the control queue before the start instant, sending, or flushing its queue at
+    exit. The supervisor's pid is passed in rather than read here, so a supervisor that
+    died before this process started is noticed too (``getppid`` is then already init's).
+    ``os._exit``: the only writer of the results is gone, nothing is left to flush."""
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(ORPHAN_POLL_S)
+        os._exit(70)
+
+    threading.Thread(target=watch, name="burstbench-orphan-watch", daemon=True).start()
 
 
 class ThreadWorkers:
@@ -124,7 +144,7 @@ class ProcessWorkers:
         ctx = mp.get_context("spawn")
         self.out = ctx.Queue()
         self.ctls = [ctx.Queue() for _ in parts]
-        popts = dict(opts, process=True)
+        popts = dict(opts, process=True, parent_pid=os.getpid())
         self.procs = [ctx.Process(target=worker_main, args=(part, factory, self.out, ctl, popts),
                                   name=f"burstbench-worker-{part.worker_id}", daemon=True)
                       for part, ctl in zip(parts, self.ctls, strict=True)]

@@ -9,14 +9,13 @@ everything. Writes are atomic (temporary file, then rename).
 
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from burstbench.errors import StoreError, UsageError
+from burstbench.outfile import write_text_atomic
 from burstbench.reports import plotdata as pd
 from burstbench.reports import runs as rs
 from burstbench.reports import summary as sm
@@ -183,21 +182,7 @@ def build_report(
     sections.extend(twin_secs)
     say("writing HTML")
     doc = render(title, sections, meta=default_meta(store, trace))
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    except OSError as exc:
-        raise UsageError(f"-o {out}: cannot write there ({exc.strerror}); pick a writable path") from exc
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(doc)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; a report is meant to be shared
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(out, doc)
     return ReportResult(
         path=out, bytes=out.stat().st_size, figures=count_figures(sections),
         sections=[s.key for s in sections], runs=[r.run_id for r in runs],

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from burstbench.outfile import check_output, force_option
 from burstbench.output import emit_json
 
 
@@ -23,8 +24,9 @@ from burstbench.output import emit_json
               help="A twin.yaml from calibrate, or the --json output of whatif or plan; repeat for several.")
 @click.option("--title", default="burstbench report", show_default=True, help="Report title.")
 @click.option("--json", "as_json", is_flag=True, help="Print what was written as one JSON object.")
+@force_option
 def report(store: Path | None, trace: Path | None, out: Path, run_ids: tuple[str, ...], slo: str | None,
-           target: float, twin: tuple[Path, ...], title: str, as_json: bool) -> None:
+           target: float, twin: tuple[Path, ...], title: str, as_json: bool, force: bool) -> None:
     """Write a self-contained HTML report (works offline) for a results store, a trace and
     the digital twin's results.
 
@@ -40,6 +42,7 @@ def report(store: Path | None, trace: Path | None, out: Path, run_ids: tuple[str
 
     from burstbench.reports.build import build_report
 
+    check_output(out, kind="html", inputs=[store, trace, *twin], force=force)
     console = Console(stderr=True)
     with console.status("building report") as status:
         res = build_report(

@@ -6,6 +6,7 @@ from typing import Any
 
 import click
 
+from burstbench.outfile import check_output, force_option
 from burstbench.output import emit_json, results_console
 
 
@@ -44,7 +45,9 @@ from burstbench.traces.readers import FORMATS as INGEST_FORMATS  # noqa: E402  (
 )
 @click.option("--skip-bad", is_flag=True, help="Drop malformed rows (counted per reason) instead of failing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object on stdout.")
-def ingest_cmd(src: str, output: str, fmt: str | None, mapping: tuple[str, ...], skip_bad: bool, as_json: bool) -> None:
+@force_option
+def ingest_cmd(src: str, output: str, fmt: str | None, mapping: tuple[str, ...], skip_bad: bool, as_json: bool,
+               force: bool) -> None:
     """Convert a raw trace (BurstGPT, Azure, Mooncake, Bailian, OpenAI logs, any CSV/JSONL)
     into a Parquet Trace: arrivals rebased to 0 s and sorted, metadata recording the
     source, timestamp unit and resolution, tied arrivals and dropped rows.
@@ -62,6 +65,7 @@ def ingest_cmd(src: str, output: str, fmt: str | None, mapping: tuple[str, ...],
 
     from burstbench.traces.ingest import ingest_file, summary
 
+    check_output(output, kind="parquet", inputs=[src], force=force)
     err = Console(stderr=True)
     with err.status(f"ingesting {src}", spinner="dots"):
         result = ingest_file(src, output, fmt, mapping=",".join(mapping) or None, skip_bad=skip_bad)
@@ -183,7 +187,9 @@ def stats_cmd(trace_path: str, window_s: float, as_json: bool) -> None:
 @click.option("--window", "window_s", type=float, default=None, help="Also fit each window of S seconds (piecewise spec).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the tie-breaking jitter.")
 @click.option("--json", "as_json", is_flag=True, help="Print the fits as one JSON object on stdout.")
-def fit_cmd(trace_path: str, output: str | None, window_s: float | None, seed: int, as_json: bool) -> None:
+@force_option
+def fit_cmd(trace_path: str, output: str | None, window_s: float | None, seed: int, as_json: bool,
+            force: bool) -> None:
     """Fit arrival gaps (exponential, gamma, Weibull, lognormal) and lengths
     (lognormal, gamma, Weibull, Zipf, empirical) by maximum likelihood; best by AIC.
 
@@ -203,6 +209,8 @@ def fit_cmd(trace_path: str, output: str | None, window_s: float | None, seed: i
 
     from burstbench.traces.fit import fit_trace
 
+    if output:
+        check_output(output, kind="yaml", inputs=[trace_path], force=force)
     con = Console(stderr=True)  # progress and notes
     out = results_console(as_json)  # the fitted tables
     tr = _load(trace_path)
@@ -277,6 +285,7 @@ def _window_opt(value: str | None) -> tuple[float, float] | None:
 @click.option("--tenant", default=None, help="Replay: keep one tenant.")
 @click.option("--sample", type=float, default=None, help="Replay: keep a fraction (0-1) or a count (>=1) of requests.")
 @click.option("--json", "as_json", is_flag=True, help="Print a summary as one JSON object on stdout.")
+@force_option
 def synth_cmd(
     spec_path: str | None,
     preset: str | None,
@@ -293,6 +302,7 @@ def synth_cmd(
     tenant: str | None,
     sample: float | None,
     as_json: bool,
+    force: bool,
 ) -> None:
     """Synthesise a trace from a WorkloadSpec or a preset, or replay a real one transformed.
 
@@ -333,6 +343,7 @@ def synth_cmd(
     given = [x for x in (spec_path, preset, replay_path) if x]
     if len(given) != 1:
         raise UsageError("give exactly one of SPEC, --preset NAME or --replay TRACE")
+    check_output(output, kind="parquet", inputs=[spec_path, replay_path], force=force)
     replay_opts = {"time_scale": time_scale, "window": window, "model": model, "tenant": tenant, "sample": sample}
     if replay_path is None and any(v is not None for v in replay_opts.values()):
         raise UsageError("--time-scale, --window, --model, --tenant and --sample apply to --replay only")

@@ -216,9 +216,9 @@ def ingest_file(
     skip_bad: bool = False,
 ) -> Trace:
     """``ingest`` then ``write_trace`` (atomic: a failure leaves no partial output)."""
-    out = Path(output)
-    if out.resolve() == Path(path).resolve():
-        raise UsageError("output path equals the source; choose another -o")
+    from burstbench.outfile import check_output
+
+    out = check_output(output, kind=None, inputs=[path])  # also through links (the CLI checks the kind)
     trace = ingest(path, fmt, mapping=mapping, skip_bad=skip_bad)
     try:
         write_trace(trace, out)

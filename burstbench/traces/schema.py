@@ -10,8 +10,6 @@ it atomically (temporary name, then rename) so a failed write leaves nothing.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,12 +78,11 @@ def write_trace(trace: Trace, path: str | Path) -> Path:
     pyarrow's here, which matters at BurstGPT's millions of rows; pyarrow stays the
     fallback for a polars too old to take key-value ``metadata``.
     """
+    from burstbench.outfile import atomic_path
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     meta_json = json.dumps(trace.meta, default=str)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         try:
             trace.df.write_parquet(tmp, compression="zstd", compression_level=1,
                                    metadata={METADATA_KEY: meta_json})
@@ -97,14 +94,6 @@ def write_trace(trace: Trace, path: str | Path) -> Path:
                 {**(table.schema.metadata or {}), METADATA_KEY.encode(): meta_json.encode()}
             )
             pq.write_table(table, tmp, compression="zstd")
-        # mkstemp makes the file private; a trace is an ordinary output file
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 

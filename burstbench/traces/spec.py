@@ -211,12 +211,9 @@ class WorkloadSpec:
         return yaml.safe_dump(_plain(self.to_dict()), sort_keys=False, default_flow_style=None, width=100)
 
     def to_yaml(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(self.to_yaml_text())
-        tmp.replace(path)
-        return path
+        from burstbench.outfile import write_text_atomic
+
+        return write_text_atomic(path, self.to_yaml_text())
 
     @classmethod
     def from_yaml_text(cls, text: str, *, path: str | Path | None = None) -> WorkloadSpec:

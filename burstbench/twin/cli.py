@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from burstbench.errors import InputError, UsageError
+from burstbench.outfile import check_output, force_option
 from burstbench.output import CONTEXT_SETTINGS, console, emit_json, results_console
 
 CTX = CONTEXT_SETTINGS
@@ -84,9 +85,10 @@ def _sched_opts(max_num_seqs: int | None, max_num_batched_tokens: int | None) ->
               help="Simulation budget of the fit (least squares in two stages, then a Nelder-Mead polish).")
 @click.option("-o", "--out", "out", required=True, type=click.Path(dir_okay=False), help="twin.yaml to write.")
 @click.option("--json", "as_json", is_flag=True, help="Print the twin (with errors) as one JSON object.")
+@force_option
 def calibrate(results: str, run_ids: tuple[str, ...], model: str, hardware: str, tp: int, replicas: int, max_num_seqs: str,
               max_num_batched_tokens: str, holdout: str | None, time_scale: float | None, max_requests: int,
-              max_evals: int, out: str, as_json: bool) -> None:
+              max_evals: int, out: str, as_json: bool, force: bool) -> None:
     """Fit the reference engine to a measured run and write a digital twin (twin.yaml).
 
     The run's own schedule (send times, prompt and output lengths) is replayed in
@@ -115,6 +117,7 @@ def calibrate(results: str, run_ids: tuple[str, ...], model: str, hardware: str,
         raise StoreError(f"{results}: no such results file; record a run with 'burstbench run' first")
     if max_evals < 5:
         raise UsageError("--max-evals must be at least 5")
+    check_output(out, kind="yaml", inputs=[results], force=force)
     limits = {"max_num_seqs": _int_or_auto("--max-num-seqs", max_num_seqs),
               "max_num_batched_tokens": _int_or_auto("--max-num-batched-tokens", max_num_batched_tokens)}
     fit_limits = tuple(k for k, v in limits.items() if v is None)
@@ -216,6 +219,8 @@ def whatif(twin_file: str, trace_path: str, hardware: str | None, tp: int | None
     from burstbench.twin.spec import load_twin
     from burstbench.twin.whatif import whatif as run
 
+    if out is not None:
+        check_output(out, kind="duckdb", inputs=[twin_file, trace_path])
     twin = load_twin(twin_file)
     slo_s = parse_slo(slo) if slo is not None else None
     if band < 0:

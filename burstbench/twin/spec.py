@@ -86,9 +86,9 @@ class TwinSpec:
     def write(self, path: str | Path) -> Path:
         import yaml
 
-        p = Path(path)
-        p.write_text(yaml.safe_dump(_plain(self.to_dict()), sort_keys=False), encoding="utf-8")
-        return p
+        from burstbench.outfile import write_text_atomic
+
+        return write_text_atomic(path, yaml.safe_dump(_plain(self.to_dict()), sort_keys=False))
 
 
 def _plain(x: Any) -> Any:

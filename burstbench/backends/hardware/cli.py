@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from burstbench.errors import UsageError
+from burstbench.outfile import check_output, force_option
 from burstbench.output import emit_json, results_console
 
 
@@ -18,7 +19,9 @@ from burstbench.output import emit_json, results_console
 @click.option("--json", "as_json", is_flag=True, help="Print the profile as one JSON object on stdout.")
 @click.option("--list", "list_presets", is_flag=True,
               help="List the bundled hardware presets instead of measuring.")
-def profile(output: Path | None, quick: bool, name: str | None, as_json: bool, list_presets: bool) -> None:
+@force_option
+def profile(output: Path | None, quick: bool, name: str | None, as_json: bool, list_presets: bool,
+            force: bool) -> None:
     """Measure GEMM throughput and memory bandwidth of this machine.
 
     Derives the efficiency curves the reference engine's cost model uses and writes a
@@ -41,8 +44,7 @@ def profile(output: Path | None, quick: bool, name: str | None, as_json: bool, l
     from burstbench.backends.hardware.profiler import profile_machine
 
     if output is not None:
-        if output.exists() and output.is_dir():
-            raise UsageError(f"-o {output}: is a directory; give a file name")
+        check_output(output, kind="json", force=force)
         if not output.parent.exists():
             raise UsageError(f"-o {output}: folder {output.parent} does not exist")
     console = Console(stderr=True)

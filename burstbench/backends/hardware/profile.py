@@ -136,9 +136,9 @@ class HardwareProfile:
         return {"format": FORMAT, **out}
 
     def write(self, path: str | Path) -> Path:
-        p = Path(path)
-        p.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
-        return p
+        from burstbench.outfile import write_text_atomic
+
+        return write_text_atomic(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
 
 _NUMBERS = {

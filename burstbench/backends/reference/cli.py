@@ -59,7 +59,9 @@ def simulate(trace, out, label, seed, reasoning_share, no_chunks, as_json, **eng
           --model llama-3.1-8b --hardware h100-sxm -o sim.duckdb --json
     """
     from burstbench.backends.reference.simulator import simulate as run
+    from burstbench.outfile import check_output
 
+    check_output(out, kind="duckdb", inputs=[trace])
     res = run(
         trace,
         **_engine_kwargs(engine),
