@@ -15,6 +15,7 @@ import click
 
 from burstbench import __version__
 from burstbench.errors import BurstbenchError
+from burstbench.output import error_line
 
 # name -> ("module:attribute", short help shown by --help without importing the module)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         # without standalone mode click returns ctx.exit()'s code instead of exiting
         rv = root.main(args=argv, prog_name="burstbench", standalone_mode=False)
     except BurstbenchError as exc:
-        click.echo(f"error: {exc}", err=True)
+        click.echo(error_line(exc), err=True)
         return exc.exit_code
     except click.exceptions.Abort:
         click.echo("aborted", err=True)

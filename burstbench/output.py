@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sys
 from typing import Any
+
+from burstbench.limits import MAX_ERROR_CHARS
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}
 
@@ -32,8 +35,55 @@ def emit_json(obj: Any) -> None:
     sys.stdout.flush()
 
 
+# C0/C1 control characters (ESC starts a terminal escape sequence) and the Unicode
+# bidi overrides that reorder what a terminal shows; tab and newline included, since
+# one value must stay on its line or cell.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def _escape(m: re.Match[str]) -> str:
+    c = ord(m.group())
+    return f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}"
+
+
+def clean(value: Any) -> str:
+    """``value`` as text safe for a terminal: control characters shown as ``\\x1b`` escapes.
+
+    Trace fields, run labels, SQL results and server messages reach the terminal;
+    an escape sequence in one of them would recolour, retitle or rewrite the user's
+    screen. Escaping (rather than dropping) keeps the value readable and nothing lost.
+    """
+    return _CONTROL.sub(_escape, str(value))
+
+
+def shorten(text: str, limit: int = MAX_ERROR_CHARS) -> str:
+    """``text`` cut to ``limit`` characters, saying how much was left out."""
+    if len(text) <= limit:
+        return text
+    return f"{text[: limit - 40]} ... [{len(text) - limit + 40:,} more characters]"
+
+
+def error_line(exc: BaseException) -> str:
+    """The one line the CLI prints for a user's error: cleaned and cut to a readable length."""
+    return "error: " + shorten(clean(exc))
+
+
 def console(**kwargs: Any) -> Any:
-    """A rich console on stderr (imported lazily: ``--help`` must stay instant)."""
+    """A rich console (on stderr unless ``stderr=False``) that prints data as text.
+
+    Every command prints through this: strings are never read as rich markup (a
+    tenant named ``[/x]`` raised MarkupError) and control characters are escaped
+    (see ``clean``), in ``print`` arguments and table cells alike, because both pass
+    through ``render_str``. Imported lazily: ``--help`` must stay instant.
+    """
     from rich.console import Console
 
-    return Console(stderr=True, **kwargs)
+    class SafeConsole(Console):
+        def render_str(self, text: str, **kw: Any) -> Any:
+            kw["markup"] = False
+            kw["emoji"] = False
+            return super().render_str(clean(text), **kw)
+
+    kwargs.setdefault("stderr", True)
+    kwargs.setdefault("highlight", False)
+    return SafeConsole(**kwargs)

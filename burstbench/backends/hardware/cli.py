@@ -34,17 +34,17 @@ def profile(output: Path | None, quick: bool, name: str | None, as_json: bool, l
     if list_presets:
         _list_presets(as_json)
         return
-    from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from burstbench.backends.hardware.profiler import profile_machine
+    from burstbench.output import console as make_console
 
     if output is not None:
         if output.exists() and output.is_dir():
             raise UsageError(f"-o {output}: is a directory; give a file name")
         if not output.parent.exists():
             raise UsageError(f"-o {output}: folder {output.parent} does not exist")
-    console = Console(stderr=True)
+    console = make_console()
     with Progress(
         TextColumn("[bold]profile[/]"),
         TextColumn("{task.description}"),
@@ -68,7 +68,7 @@ def profile(output: Path | None, quick: bool, name: str | None, as_json: bool, l
         except OSError as exc:
             raise UsageError(f"-o {output}: cannot write ({exc.strerror}); choose another path") from exc
     console.print(
-        f"[bold]{hw.name}[/] ({hw.kind}): peak {hw.peak_flops / 1e9:.1f} GFLOP/s, "
+        f"{hw.name} ({hw.kind}): peak {hw.peak_flops / 1e9:.1f} GFLOP/s, "
         f"memory bandwidth {hw.mem_bandwidth / 1e9:.1f} GB/s "
         f"(η_B {hw.bandwidth_efficiency(1):.2f}), memory {hw.memory_bytes / 2**30:.1f} GiB"
     )
@@ -83,10 +83,10 @@ def profile(output: Path | None, quick: bool, name: str | None, as_json: bool, l
 
 
 def _list_presets(as_json: bool) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     from burstbench.backends.hardware.profile import list_hardware, load_hardware
+    from burstbench.output import console
 
     rows = []
     for preset in list_hardware():
@@ -105,4 +105,4 @@ def _list_presets(as_json: bool) -> None:
     for r in rows:
         table.add_row(r["name"], f"{r['peak_tflops']:.0f}", f"{r['mem_bandwidth_tbps']:.2f}",
                       f"{r['memory_gib']:.1f}", f"{r['link_gbps']:.0f}")
-    Console(stderr=True).print(table)
+    console().print(table)

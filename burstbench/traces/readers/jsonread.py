@@ -20,8 +20,9 @@ from typing import Any
 
 import polars as pl
 
+from burstbench.limits import MAX_TIMESTAMP, MAX_TOKENS
 from burstbench.traces.readers.csvread import ReadResult
-from burstbench.traces.readers.plan import TRUE_WORDS, Field, Plan
+from burstbench.traces.readers.plan import REASONS, TRUE_WORDS, Field, Plan, limit_checks
 from burstbench.traces.readers.source import Source
 
 INFER_ROWS = 1000
@@ -162,12 +163,18 @@ def _check_value(f: Field, value: Any) -> tuple[Any, str | None]:
             value = int(value)
         if f.kind == "count" and value < 0:
             return None, "negative"
+        if f.kind == "count" and value > MAX_TOKENS:
+            return None, "too_large"
+        if f.kind == "time" and abs(value) > MAX_TIMESTAMP:
+            return None, "out_of_range"
         if not -(2**63) <= value < 2**63:
             return None, "non_numeric"
         return value, None
     if f.kind == "float" or (f.kind == "time" and f.unit != "iso8601"):
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
             return None, "non_numeric"
+        if f.kind == "time" and abs(value) > MAX_TIMESTAMP:
+            return None, "out_of_range"
         return float(value), None
     if f.kind == "time":
         return (value, None) if isinstance(value, str) else (None, "bad_timestamp")
@@ -252,6 +259,7 @@ def _has_bad_values(df: pl.DataFrame, fields: list[Field]) -> bool:
         for f in fields
         if df.schema[f.target] == pl.Float64
     ]
+    checks += limit_checks(fields, df.schema)
     return bool(checks) and any(df.select(checks).row(0))
 
 
@@ -323,6 +331,8 @@ def _parse_line(src: Source, fields: list[Field], raw: bytes, lineno: int) -> di
                 "bad_timestamp": f"{shown} is not a timestamp string",
                 "bad_hashes": f"{shown} is not a list of non-negative integers",
                 "not_boolean": f"{shown} is not true/false",
+                "too_large": f"{shown} {REASONS['too_large']}, far beyond any real trace",
+                "out_of_range": f"{shown} {REASONS['out_of_range']}, far beyond any real trace",
             }[reason]
             return reason, f.source, f"{words}; {hint}"
         out[f.target] = parsed

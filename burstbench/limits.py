@@ -1,0 +1,72 @@
+"""Every bound on a size that comes from input, in one place, each with its reason.
+
+A value in a trace, a flag or a server's answer decides how much memory or time a
+command spends: a token count becomes a prompt, a span divided by a window becomes
+an array, a replica count becomes a fleet. Each such value is checked against the
+named limit here *before* anything is allocated, and the check raises a one-line
+``BurstbenchError`` naming the row, flag or field. The limits sit far beyond any
+real workload, so they only ever stop a typo, a wrong unit or a hostile file.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from burstbench.errors import BurstbenchError, UsageError
+
+YEAR_S = 365.25 * 86400.0
+
+# Tokens in one request (prompt or response). The longest context windows in 2026
+# are ~10M tokens; a larger count is a wrong column or a corrupt value (2^63-1 made
+# `run` build a 24 GB prompt).
+MAX_TOKENS = 10_000_000
+
+# Span of a trace's arrivals. Public traces cover days to months (BurstGPT 121 days);
+# ten years is already a wrong time unit (ms read as s), and the span sizes every
+# per-window and per-second array downstream (stats, fit, plan).
+MAX_SPAN_S = 10 * YEAR_S
+
+# Magnitude of a raw timestamp in its unit. Int64 nanoseconds end at 9.2e18 (year
+# 2262); subtracting two values near the ends overflows, so anything past this is
+# refused before it is rebased.
+MAX_TIMESTAMP = 4e18
+
+# Windows a stats/fit pass may cut a trace into (arrays of this length are built).
+# A year at a one-minute window is 525,960.
+MAX_WINDOWS = 2_000_000
+
+# Replicas in a twin deployment (whatif/plan): each one is a simulated engine.
+MAX_REPLICAS = 10_000
+
+# Twins drawn by `whatif --band` (each one a full replay) and bootstrap resamples.
+MAX_BAND = 1_000
+MAX_BOOT = 100_000
+
+# One line of a CSV or JSONL trace (and one CSV field). Real records are < 1 MiB
+# even with prompt text; a longer one is not a trace and would be read whole.
+MAX_LINE_BYTES = 16 << 20
+
+# Nesting of JSON/YAML values we parse. Real records nest a handful of levels;
+# Python's parsers recurse, so a deep value would end in RecursionError.
+MAX_NESTING = 200
+
+# One SSE event (or one unterminated chunk of a stream) from a server. A real
+# token delta is < 1 KiB; a hostile server sending 64 MiB chunks cost 843 MB.
+MAX_SSE_EVENT_BYTES = 1 << 20
+
+# DuckDB memory for a user's `--sql` query: it may join anything with anything.
+SQL_MEMORY_LIMIT = "2GB"
+
+# Characters of an error message printed on the one error line; a quoted value in
+# it (a 200 KB field) is cut so the line stays readable.
+MAX_ERROR_CHARS = 600
+
+
+def check_count(value: int | float, limit: int | float, what: str, *, error: type[BurstbenchError] = UsageError,
+                **where: Any) -> None:
+    """Raise ``error`` naming ``what`` when ``value`` exceeds ``limit``.
+
+    ``where`` passes ``path``/``line``/``field`` through to an ``InputError``.
+    """
+    if value > limit:
+        raise error(f"{what} is {value:,.6g}, over the limit of {limit:,.6g}", **where)
