@@ -35,12 +35,21 @@ MAX_TIMESTAMP = 4e18
 # A year at a one-minute window is 525,960.
 MAX_WINDOWS = 2_000_000
 
+# Windows `trace fit --window` fits one by one (each a maximum-likelihood fit).
+MAX_FIT_WINDOWS = 10_000
+
 # Replicas in a twin deployment (whatif/plan): each one is a simulated engine.
 MAX_REPLICAS = 10_000
 
-# Twins drawn by `whatif --band` (each one a full replay) and bootstrap resamples.
+# (checked by the router every fleet goes through, and by a twin Deployment before
+# it builds any engine: `whatif --replicas 1000000` asked for 24 GB.)
+
+# Twins drawn by `whatif --band` (each one a full replay of the trace, so it is time
+# that grows: 1,000 twins of a short trace are already tens of minutes).
 MAX_BAND = 1_000
-MAX_BOOT = 100_000
+# Bootstrap replicates for `analyze --compare --boot` (a (boot x stats) array and one
+# weighted pass over the run per replicate; 1e9 asked for 29.8 GiB).
+MAX_BOOT = 10_000
 
 # One line of a CSV or JSONL trace (and one CSV field). Real records are < 1 MiB
 # even with prompt text; a longer one is not a trace and would be read whole.
