@@ -28,7 +28,6 @@ The tool's own summary fields (vLLM's ``mean_ttft_ms`` ...) are kept in the run'
 from __future__ import annotations
 
 import datetime as dt
-import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -38,6 +37,7 @@ import duckdb
 import polars as pl
 
 from burstbench.errors import InputError, UsageError
+from burstbench.infile import check_input, loads_json, read_text
 from burstbench.store import CHUNK_COLUMNS, REQUEST_COLUMNS, ResultsStore, RunInfo
 
 FORMATS = ("vllm", "guidellm", "aiperf")
@@ -136,17 +136,14 @@ def _list(d: Mapping[str, Any], key: str, path: Path, n: int | None) -> list[Any
     return v
 
 
+_EXPECTED = "a vLLM bench serve JSON, GuideLLM benchmarks.json or AIPerf profile_export.jsonl"
+
+
 def _load_json(path: Path) -> Any:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise InputError(f"cannot read ({exc.strerror})", path=path) from exc
+    text = read_text(path, expected=_EXPECTED)
     if not text.strip():
         raise InputError("is empty; expected a JSON result file", path=path)
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InputError(f"is not valid JSON ({exc.msg} at column {exc.colno})", path=path, line=exc.lineno) from exc
+    return loads_json(text, path=path)
 
 
 # -- vLLM -------------------------------------------------------------------------------------
@@ -338,18 +335,12 @@ def _aiperf_value(metrics: Mapping[str, Any], name: str, path: Path, line: int, 
 
 def read_aiperf(path: Path) -> tuple[_Run, RunInfo, float, dt.datetime | None]:
     """AIPerf ``profile_export.jsonl``: one record (metadata, metrics, error) per line."""
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise InputError(f"cannot read ({exc.strerror})", path=path) from exc
+    lines = read_text(path, expected=_EXPECTED).splitlines()
     records = []
     for ln, text in enumerate(lines, start=1):
         if not text.strip():
             continue
-        try:
-            rec = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"is not valid JSON ({exc.msg})", path=path, line=ln) from exc
+        rec = loads_json(text, path=path, line=ln)
         if not isinstance(rec, Mapping) or not isinstance(rec.get("metadata"), Mapping):
             raise InputError("has no 'metadata' object; expected AIPerf's profile_export.jsonl", path=path, line=ln, field="metadata")
         start = rec["metadata"].get("request_start_ns")
@@ -434,9 +425,7 @@ def detect_format(path: Path) -> str:
 
 def import_results(src: str | Path, out: str | Path, *, fmt: str | None = None, label: str | None = None) -> list[str]:
     """Import ``src`` into the results store ``out`` (created if needed); returns the new run ids."""
-    path = Path(src)
-    if not path.exists():
-        raise InputError("no such file", path=path)
+    path = check_input(src)
     fmt = fmt or detect_format(path)
     if fmt not in FORMATS:
         raise UsageError(f"--format {fmt}: use one of {', '.join(FORMATS)}")

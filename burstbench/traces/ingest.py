@@ -24,6 +24,7 @@ import polars as pl
 
 from burstbench import __version__
 from burstbench.errors import InputError, TraceFormatError, UsageError
+from burstbench.infile import check_input
 from burstbench.limits import MAX_SPAN_S, YEAR_S
 from burstbench.traces.readers import FORMATS, azure, bailian, burstgpt, generic, mooncake
 from burstbench.traces.readers.csvread import read_csv
@@ -242,6 +243,7 @@ def ingest_file(
 ) -> Trace:
     """``ingest`` then ``write_trace`` (atomic: a failure leaves no partial output)."""
     out = Path(output)
+    check_input(path)  # a symlink loop makes resolve() raise RuntimeError
     if out.resolve() == Path(path).resolve():
         raise UsageError("output path equals the source; choose another -o")
     trace = ingest(path, fmt, mapping=mapping, skip_bad=skip_bad)

@@ -20,6 +20,7 @@ from typing import Any
 import polars as pl
 
 from burstbench.errors import InputError
+from burstbench.infile import check_input
 from burstbench.limits import MAX_SPAN_S, MAX_TOKENS, YEAR_S
 
 TRACE_SCHEMA: dict[str, pl.DataType] = {
@@ -144,9 +145,7 @@ def read_trace(path: str | Path) -> Trace:
     """Read a Trace written by ``write_trace`` (or any Parquet with the required columns)."""
     import pyarrow.parquet as pq
 
-    path = Path(path)
-    if not path.exists():
-        raise InputError("no such file", path=path)
+    path = check_input(path)
     try:
         pf = pq.ParquetFile(path)
         raw = (pf.metadata.metadata or {}).get(METADATA_KEY.encode())

@@ -85,7 +85,7 @@ def _last_line_is_json(src: Source) -> bool:
         last = fh.read().rsplit(b"\n", 1)[-1]
     try:
         json.loads(last)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
         return False
     return True
 
@@ -315,6 +315,8 @@ def _parse_line(src: Source, fields: list[Field], raw: bytes, lineno: int) -> di
             )
         what = exc.msg if isinstance(exc, json.JSONDecodeError) else "not UTF-8"
         return "malformed_json", None, f"not a valid JSON object ({what}); {hint}"
+    except RecursionError:  # Python's parser recurses per level; no real record nests ~1,000 deep
+        return "malformed_json", None, f"not a usable JSON object (nested over 900 levels deep); {hint}"
     if not isinstance(obj, dict):
         return "malformed_json", None, f"holds a JSON {type(obj).__name__}, not an object; {hint}"
     out = {}
