@@ -15,7 +15,7 @@ import click
 
 from burstbench import __version__
 from burstbench.errors import BurstbenchError
-from burstbench.output import error_line
+from burstbench.output import clean, error_line, shorten
 
 # name -> ("module:attribute", short help shown by --help without importing the module)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -94,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         click.echo("aborted", err=True)
         return 130
     except click.ClickException as exc:
+        exc.message = shorten(clean(exc.message))  # it may quote a flag's value back
         exc.show()
         return exc.exit_code
     except click.exceptions.Exit as exc:

@@ -59,9 +59,10 @@ MAX_LINE_BYTES = 16 << 20
 # Python's parsers recurse, so a deep value would end in RecursionError.
 MAX_NESTING = 200
 
-# One SSE event (or one unterminated chunk of a stream) from a server. A real
-# token delta is < 1 KiB; a hostile server sending 64 MiB chunks cost 843 MB.
-MAX_SSE_EVENT_BYTES = 1 << 20
+# One SSE event (or one unterminated line of a stream) from a server. A token
+# delta is < 1 KiB and a final event echoing a 128k-token prompt ~1 MiB; a hostile
+# server sending 64 MiB events cost 843 MB and was recorded as ok.
+MAX_SSE_EVENT_BYTES = 4 << 20
 
 # DuckDB memory for a user's `--sql` query: it may join anything with anything.
 SQL_MEMORY_LIMIT = "2GB"

@@ -28,6 +28,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from burstbench.backends.base import check_url
 from burstbench.errors import SpecError, UsageError
 from burstbench.infile import load_yaml, read_text
 
@@ -71,8 +72,8 @@ class Scenario:
 
         if not self.url:
             raise bad("url", "is required: pass --url http://HOST:PORT (or set url: in the scenario file)")
-        if not (self.url.startswith("http://") or self.url.startswith("https://")):
-            raise bad("url", f"must start with http:// or https:// (got {self.url!r})")
+        if why := check_url(self.url):
+            raise bad("url", why)
         if self.api not in APIS:
             raise bad("api", f"must be one of {', '.join(APIS)} (got {self.api!r})")
         if self.mode not in MODES:
