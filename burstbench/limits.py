@@ -34,6 +34,9 @@ MAX_TIMESTAMP = 4e18
 # Windows a stats/fit pass may cut a trace into (arrays of this length are built).
 # A year at a one-minute window is 525,960.
 MAX_WINDOWS = 2_000_000
+# The shortest window: 1 ns, the finest unit a trace is read in; a rate over a
+# shorter one overflows a float (1 / 1e-320 is inf).
+MIN_WINDOW_S = 1e-9
 
 # Windows `trace fit --window` fits one by one (each a maximum-likelihood fit).
 MAX_FIT_WINDOWS = 10_000

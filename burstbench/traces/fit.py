@@ -43,7 +43,7 @@ import polars as pl
 from scipy import special
 
 from burstbench.errors import InputError
-from burstbench.limits import MAX_FIT_WINDOWS
+from burstbench.limits import MAX_FIT_WINDOWS, MIN_WINDOW_S
 from burstbench.traces.schema import Trace
 from burstbench.traces.spec import (
     ArrivalSpec,
@@ -743,8 +743,8 @@ def fit_sessions(df: pl.DataFrame, ok: pl.DataFrame, *, seed: int = 0, resolutio
 
 def fit_windows(t: np.ndarray, window_s: float, *, seed: int = 0) -> list[WindowFit]:
     """Fit each window's gaps on their own (a piecewise process for non-stationary traces)."""
-    if not (window_s > 0 and math.isfinite(window_s)):
-        raise InputError(f"window must be a finite number > 0 s, got {window_s}", field="--window")
+    if not (window_s >= MIN_WINDOW_S and math.isfinite(window_s)):
+        raise InputError(f"window must be a finite number >= {MIN_WINDOW_S:g} s, got {window_s}", field="--window")
     t = np.sort(np.asarray(t, dtype=np.float64))
     t = t - t[0]
     # multiplied, not divided: span / 1e-320 is inf, which math.floor cannot take

@@ -20,7 +20,7 @@ import numpy as np
 import polars as pl
 
 from burstbench.errors import InputError
-from burstbench.limits import MAX_WINDOWS
+from burstbench.limits import MAX_WINDOWS, MIN_WINDOW_S
 from burstbench.traces.schema import Trace
 
 RESOLUTION_CANDIDATES = (3600.0, 60.0, 1.0, 0.1, 0.01, 1e-3, 1e-4, 1e-5, 1e-6)
@@ -93,8 +93,8 @@ def window_count(span: float, window_s: float) -> int:
     Every per-window pass (stats, fit, plan) sizes its arrays by this count, so it
     is checked here, before any of them is allocated.
     """
-    if not (window_s > 0 and math.isfinite(window_s)):
-        raise InputError(f"window must be a finite number > 0 s, got {window_s}", field="--window")
+    if not (window_s >= MIN_WINDOW_S and math.isfinite(window_s)):
+        raise InputError(f"window must be a finite number >= {MIN_WINDOW_S:g} s, got {window_s}", field="--window")
     nwin = max(1, math.ceil(span / window_s)) if span > 0 else 1
     if nwin > MAX_WINDOWS:
         raise InputError(
