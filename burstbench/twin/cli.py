@@ -350,8 +350,9 @@ def plan(trace_path: str, slo: str, hardware: str, price: str | None, target: fl
         raise UsageError(f"--tp '{tp_text}': give positive whole numbers, e.g. 1,2,4")
     if max_instances < 1 or max_requests < 1 or not window > 0:
         raise UsageError("--max-instances, --max-requests and --window must be positive")
-    if max_instances > MAX_REPLICAS:
-        raise UsageError(f"--max-instances {max_instances:,} is over the limit of {MAX_REPLICAS:,}")
+    if max_instances > MAX_REPLICAS // 2:  # a mix of two types may hold up to twice as many
+        raise UsageError(f"--max-instances {max_instances:,} is over the limit of {MAX_REPLICAS // 2:,} per type "
+                         f"(a mixed fleet of two types stays within {MAX_REPLICAS:,} instances)")
     prices = parse_prices(price, types)
     kw: dict[str, Any] = {}
     if twin_file:
