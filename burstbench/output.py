@@ -68,6 +68,13 @@ def error_line(exc: BaseException) -> str:
     return "error: " + shorten(clean(exc))
 
 
+def say(text: str, *, err: bool = True) -> None:
+    """Print plain text (stderr by default), each line cleaned: notes may quote a server's words."""
+    stream = sys.stderr if err else sys.stdout
+    stream.write("\n".join(clean(line) for line in str(text).split("\n")) + "\n")
+    stream.flush()
+
+
 def console(**kwargs: Any) -> Any:
     """A rich console (on stderr unless ``stderr=False``) that prints data as text.
 
@@ -77,12 +84,24 @@ def console(**kwargs: Any) -> Any:
     through ``render_str``. Imported lazily: ``--help`` must stay instant.
     """
     from rich.console import Console
+    from rich.text import Text
+
+    def as_text(value: Any) -> Any:
+        return Text(clean(value)) if isinstance(value, str) else value
 
     class SafeConsole(Console):
         def render_str(self, text: str, **kw: Any) -> Any:
             kw["markup"] = False
             kw["emoji"] = False
             return super().render_str(clean(text), **kw)
+
+        def status(self, status: Any, **kw: Any) -> Any:
+            # a spinner reads a str as markup itself (a file named 'x[/y].csv' raised
+            # MarkupError); hand it Text, now and on every update
+            st = super().status(as_text(status), **kw)
+            update = st.update
+            st.update = lambda status=None, **k: update(as_text(status), **k)  # type: ignore[method-assign]
+            return st
 
     kwargs.setdefault("stderr", True)
     kwargs.setdefault("highlight", False)

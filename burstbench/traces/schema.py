@@ -149,7 +149,7 @@ def read_trace(path: str | Path) -> Trace:
     try:
         pf = pq.ParquetFile(path)
         raw = (pf.metadata.metadata or {}).get(METADATA_KEY.encode())
-        df = pl.read_parquet(path)
+        df = pl.read_parquet(path, glob=False)
     except Exception as exc:  # pyarrow raises several unrelated types for a bad file
         raise InputError(f"not a readable Parquet file ({exc})", path=path) from exc
     meta: dict[str, Any] = json.loads(raw) if raw else {}

@@ -200,3 +200,22 @@ def test_a_malformed_url_is_one_line(tmp_path, capsys, url, words):
     err = _one_line_error(capsys)
     assert "field 'url'" in err and words in err
     assert not (tmp_path / "r.duckdb").exists()
+
+
+@pytest.mark.parametrize("suffix", ["csv", "jsonl"])
+def test_markup_and_glob_characters_in_a_file_name(tmp_path, capsys, suffix):
+    # the path 'd[/x].csv' holds a closing tag (the spinner read it as markup: MarkupError)
+    # and glob brackets (polars expanded them: 'invalid glob pattern')
+    (tmp_path / "d[").mkdir()
+    src = tmp_path / "d[" / f"x].{suffix}"
+    if suffix == "csv":
+        _csv(src)
+        args = []
+    else:
+        src.write_text('{"a": 0, "b": 1, "c": 2}\n{"a": 1, "b": 3, "c": 4}\n')
+        args = ["--map", "arrival=a,input=b,output=c"]
+    out = tmp_path / "o[1].parquet"
+    assert main(["trace", "ingest", str(src), *args, "-o", str(out), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["rows"] == 2
+    assert main(["trace", "stats", str(out), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["requests"] == 2

@@ -94,6 +94,7 @@ def _scan(src: Source, schema: dict[str, pl.DataType]) -> pl.LazyFrame:
     """The file's data rows by position (the header is already read), ragged rows kept."""
     return pl.scan_csv(
         src.path,
+        glob=False,  # a file named 'runs[1].csv' is that file, not a pattern
         has_header=False,
         skip_rows=1,
         schema=schema,

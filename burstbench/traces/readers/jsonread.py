@@ -66,7 +66,10 @@ def resolve_fields(src: Source, plan: Plan) -> list[Field]:
 
 def read_jsonl(src: Source, plan: Plan, *, skip_bad: bool) -> ReadResult:
     fields = resolve_fields(src, plan)
-    if src.ends_with_newline or _last_line_is_json(src):
+    # scan_ndjson expands glob characters in the path and has no switch to stop it:
+    # a file named 'runs[1].jsonl' goes straight to the chunked path, which opens it itself
+    literal = not any(c in str(src.path) for c in "*?[")
+    if literal and (src.ends_with_newline or _last_line_is_json(src)):
         try:
             return _fast(src, fields)
         except _NeedsSlowPath:
