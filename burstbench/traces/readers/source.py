@@ -100,29 +100,36 @@ def check_line_lengths(path: Path, shown: Path) -> None:
     """Refuse a line longer than ``MAX_LINE_BYTES`` before any parser reads the file.
 
     Polars holds a whole line in memory to parse it: a 2 GB one-line CSV took 112 s
-    and 10.9 GB to be refused. Only the gaps between newlines that span a whole
-    chunk are measured (``find``/``rfind`` run at memchr speed), so a clean
-    multi-gigabyte trace costs one fast read; a long line is named by its number.
+    and 10.9 GB to be refused. Per 4 MiB read only the first and last newline are
+    looked up (the lines between are shorter than the read), so a clean trace costs
+    one read at memory speed; the line number is counted only for the error.
     """
-    chunk_bytes = 4 << 20
-    since_newline = 0  # bytes of the current line read so far
-    lines_before = 0
+    buf = bytearray(4 << 20)
+    pos = 0  # file offset of the current read
+    line_start = 0  # file offset where the current line began
     with path.open("rb") as fh:
-        while chunk := fh.read(chunk_bytes):
-            first = chunk.find(b"\n")
-            run = since_newline + (len(chunk) if first < 0 else first)
-            if run > MAX_LINE_BYTES:
+        while n := fh.readinto(buf):
+            first = buf.find(b"\n", 0, n)
+            if (pos + n if first < 0 else pos + first) - line_start > MAX_LINE_BYTES:
                 raise TraceFormatError(
                     f"line is longer than {MAX_LINE_BYTES >> 20} MiB (no trace record is); the file is not a "
                     "line-per-request trace or a newline is missing",
                     path=shown,
-                    line=lines_before + 1,
+                    line=_line_at(path, line_start),
                 )
-            if first < 0:
-                since_newline = run
-                continue
-            lines_before += chunk.count(b"\n")
-            since_newline = len(chunk) - chunk.rfind(b"\n") - 1
+            if first >= 0:
+                line_start = pos + buf.rfind(b"\n", 0, n) + 1
+            pos += n
+
+
+def _line_at(path: Path, offset: int) -> int:
+    """1-based number of the line that starts at byte ``offset``."""
+    lines = 1
+    with path.open("rb") as fh:
+        while offset > 0 and (chunk := fh.read(min(offset, 1 << 22))):
+            lines += chunk.count(b"\n")
+            offset -= len(chunk)
+    return lines
 
 
 def _refuse_binary(path: Path, head: bytes) -> None:
