@@ -10,14 +10,10 @@ real workload, so they only ever stop a typo, a wrong unit or a hostile file.
 
 from __future__ import annotations
 
-from typing import Any
-
-from burstbench.errors import BurstbenchError, UsageError
-
 YEAR_S = 365.25 * 86400.0
 
-# Tokens in one request (prompt or response). The longest context windows in 2026
-# are ~10M tokens; a larger count is a wrong column or a corrupt value (2^63-1 made
+# Tokens in one request (prompt or response). The longest context windows offered
+# are ~10M tokens (Llama 4 Scout); more is a wrong column or a corrupt value (2^63-1 made
 # `run` build a 24 GB prompt).
 MAX_TOKENS = 10_000_000
 
@@ -44,11 +40,10 @@ MAX_FIT_WINDOWS = 10_000
 # Replicas in a fleet (serve, simulate, whatif, plan): each one is an engine with its
 # own KV-cache model, ~0.65 MB on an L40S (measured: 1,000 replicas 830 MB RSS,
 # 10,000 over 6 GB), more on larger GPUs. 1,000 instances (8,000 GPUs at tp 8) is
-# beyond any deployment one twin answers for.
+# beyond any deployment one twin answers for. Checked by the router every fleet goes
+# through and by a twin Deployment before it builds any engine (`whatif --replicas
+# 1000000` asked for 24 GB).
 MAX_REPLICAS = 1_000
-
-# (checked by the router every fleet goes through, and by a twin Deployment before
-# it builds any engine: `whatif --replicas 1000000` asked for 24 GB.)
 
 # Twins drawn by `whatif --band` (each one a full replay of the trace, so it is time
 # that grows: 1,000 twins of a short trace are already tens of minutes).
@@ -77,12 +72,3 @@ SQL_MEMORY_LIMIT = "2GB"
 # it (a 200 KB field) is cut so the line stays readable.
 MAX_ERROR_CHARS = 600
 
-
-def check_count(value: int | float, limit: int | float, what: str, *, error: type[BurstbenchError] = UsageError,
-                **where: Any) -> None:
-    """Raise ``error`` naming ``what`` when ``value`` exceeds ``limit``.
-
-    ``where`` passes ``path``/``line``/``field`` through to an ``InputError``.
-    """
-    if value > limit:
-        raise error(f"{what} is {value:,.6g}, over the limit of {limit:,.6g}", **where)
