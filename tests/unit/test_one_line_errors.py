@@ -219,3 +219,13 @@ def test_markup_and_glob_characters_in_a_file_name(tmp_path, capsys, suffix):
     assert json.loads(capsys.readouterr().out)["rows"] == 2
     assert main(["trace", "stats", str(out), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["requests"] == 2
+
+
+def test_every_console_is_the_shared_safe_one():
+    # the class of bug is fixed in one place only while every printer goes through it
+    import burstbench
+
+    root = Path(burstbench.__file__).parent
+    makers = [str(p.relative_to(root)) for p in root.rglob("*.py")
+              if p.name != "output.py" and "Console(" in p.read_text(encoding="utf-8")]
+    assert makers == [], f"use burstbench.output.console() instead of rich's Console in {makers}"
