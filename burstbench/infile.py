@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from burstbench.errors import InputError
-from burstbench.limits import MAX_LINE_BYTES, MAX_NESTING
+from burstbench.limits import MAX_LINE_BYTES, MAX_NESTING, MAX_TEXT_FILE_BYTES
 
 _MAGIC = {b"PAR1": "a Parquet file", b"\x1f\x8b": "gzip-compressed", b"PK\x03\x04": "a zip archive",
           b"DUCK": "a DuckDB file"}
@@ -53,9 +53,9 @@ def kind_of(head: bytes) -> str | None:
     return None
 
 
-def read_text(path: str | Path, *, expected: str, max_bytes: int | None = None,
+def read_text(path: str | Path, *, expected: str, max_bytes: int = MAX_TEXT_FILE_BYTES,
               error: type[InputError] = InputError) -> str:
-    """The UTF-8 text of ``path``; a binary, Parquet or oversized file is refused by name.
+    """The UTF-8 text of ``path``, read whole; a binary, Parquet or oversized file is refused by name.
 
     ``expected`` says what the file should be ("a vLLM/GuideLLM result JSON"), for the message.
     """
@@ -64,7 +64,7 @@ def read_text(path: str | Path, *, expected: str, max_bytes: int | None = None,
     except InputError as exc:
         raise error(str(exc).removeprefix(f"{path}: "), path=path) from exc
     size = p.stat().st_size
-    if max_bytes is not None and size > max_bytes:
+    if size > max_bytes:
         raise error(f"is {size:,} bytes, over the {max_bytes:,} read whole here; expected {expected}", path=p)
     try:
         data = p.read_bytes()
@@ -86,9 +86,10 @@ def loads_json(text: str | bytes, *, path: str | Path | None = None, line: int |
     Python's decoder recurses once per level and ends in ``RecursionError`` near
     1,000; no real record nests more than a few levels, so the depth is checked
     (cheaply, on the parsed value) and the recursion caught at the same place.
+    With ``line`` the text is one line of a JSON Lines file, bounded by ``MAX_LINE_BYTES``.
     """
-    if len(text) > MAX_LINE_BYTES:
-        raise InputError(f"a JSON value of {len(text):,} bytes is over the limit of {MAX_LINE_BYTES:,}",
+    if line is not None and len(text) > MAX_LINE_BYTES:
+        raise InputError(f"line of {len(text):,} bytes is over the limit of {MAX_LINE_BYTES:,}",
                          path=path, line=line)
     try:
         value = json.loads(text)

@@ -56,6 +56,11 @@ MAX_BOOT = 10_000
 # even with prompt text; a longer one is not a trace and would be read whole.
 MAX_LINE_BYTES = 16 << 20
 
+# A file read whole as text (result files to --import, YAML and JSON configs): the
+# largest real ones are vLLM --save-detailed results with generated texts (~200 MB
+# for 100k requests); parsed into Python objects a file costs several times its size.
+MAX_TEXT_FILE_BYTES = 1 << 30
+
 # Nesting of JSON/YAML values we parse. Real records nest a handful of levels;
 # Python's parsers recurse, so a deep value would end in RecursionError.
 MAX_NESTING = 200

@@ -251,3 +251,20 @@ def test_csv_field_over_128_kib_is_read(tmp_path, capsys):
     src.write_text(HEADER + f'0,ChatGPT,5,10,15,"{big}"\n' + "2,ChatGPT,7,10,15,Conv\n")
     assert main(["trace", "ingest", str(src), "--map", "arrival=Timestamp,input=Request tokens,"
                  "output=Response tokens,tenant=Log Type", "-o", str(tmp_path / "t.parquet")]) == 0
+
+
+# -- files read whole ----------------------------------------------------------------------------
+
+
+def test_whole_json_files_are_bounded_by_size_and_lines_by_line_length(tmp_path):
+    from burstbench.errors import InputError
+    from burstbench.infile import loads_json, read_text
+
+    p = tmp_path / "result.json"
+    p.write_text(json.dumps({"ttfts": [0.25] * (limits.MAX_LINE_BYTES // 5)}))  # a big result file, one line
+    assert p.stat().st_size > limits.MAX_LINE_BYTES
+    assert len(loads_json(read_text(p, expected="a result"), path=p)["ttfts"]) == limits.MAX_LINE_BYTES // 5
+    with pytest.raises(InputError, match=r"result\.json:7: line of .* over the limit"):
+        loads_json(p.read_text(), path=p, line=7)  # the same text as one line of a JSON Lines file
+    with pytest.raises(InputError, match=r"over the 1,000 read whole here; expected a result"):
+        read_text(p, expected="a result", max_bytes=1000)
