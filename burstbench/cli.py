@@ -15,6 +15,7 @@ import click
 
 from burstbench import __version__
 from burstbench.errors import BurstbenchError
+from burstbench.output import clean, error_line, shorten
 
 # name -> ("module:attribute", short help shown by --help without importing the module)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -87,12 +88,13 @@ def main(argv: list[str] | None = None) -> int:
         # without standalone mode click returns ctx.exit()'s code instead of exiting
         rv = root.main(args=argv, prog_name="burstbench", standalone_mode=False)
     except BurstbenchError as exc:
-        click.echo(f"error: {exc}", err=True)
+        click.echo(error_line(exc), err=True)
         return exc.exit_code
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         return 130
     except click.ClickException as exc:
+        exc.message = shorten(clean(exc.message))  # it may quote a flag's value back
         exc.show()
         return exc.exit_code
     except click.exceptions.Exit as exc:

@@ -213,9 +213,9 @@ def demo(out_dir: Path, requests: int, seed: int, rate: float, model: str, hardw
       burstbench demo
       burstbench demo --out /tmp/demo --requests 100 --seed 7
     """
-    from rich.console import Console
+    from burstbench.output import console as make_console
 
-    console = Console(stderr=True)
+    console = make_console()
     res = run_demo(out_dir, requests=requests, seed=seed, rate=rate, model=model, hardware=hardware,
                    time_scale=time_scale, slo=slo, progress=True, force=force,
                    say=lambda m: console.print(m, highlight=False, markup=False, soft_wrap=True))

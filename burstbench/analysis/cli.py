@@ -49,6 +49,7 @@ def _time_range(text: str | None) -> tuple[float, float] | None:
 def summary_table(s: dict[str, Any]) -> Any:
     """vLLM's ``bench serve`` result block as a rich table, plus our extra metrics."""
     from rich.table import Table
+    from rich.text import Text
 
     t = Table(title=f"Serving Benchmark Result — run {s['run_id']}" + (f" ({s['label']})" if s.get("label") else ""),
               show_header=False, title_justify="left")
@@ -88,7 +89,7 @@ def summary_table(s: dict[str, Any]) -> Any:
         if st["mean"] is None:
             continue
         t.add_section()
-        t.add_row(f"[bold]{title}[/bold]", "")
+        t.add_row(Text(title, style="bold"), "")
         for stat in ("mean", "median", "p90", "p99"):
             row(f"{stat.capitalize() if stat in ('mean', 'median') else stat.upper()} {short} (ms):", st[stat])
     return t

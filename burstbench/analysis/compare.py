@@ -23,6 +23,7 @@ import numpy as np
 from burstbench.analysis.metrics import REQUEST_METRICS, install_views, resolve_run
 from burstbench.analysis.slo import good_sql
 from burstbench.errors import UsageError
+from burstbench.limits import MAX_BOOT
 
 _COLUMNS = {**{m: f"{m}_s" for m in REQUEST_METRICS}, "itl": "itl_s"}
 STATS = ("mean", "p50", "p90", "p95", "p99")
@@ -132,6 +133,11 @@ def compare_runs(
     """
     if n_boot < 100:
         raise UsageError(f"n_boot={n_boot}: use at least 100 bootstrap replicates")
+    if n_boot > MAX_BOOT:
+        raise UsageError(
+            f"--boot {n_boot:,} is over the limit of {MAX_BOOT:,} replicates (each one a pass over the run); "
+            "a 95% interval is stable to a few percent at 2,000"
+        )
     install_views(con)
     ra, rb = resolve_run(con, run_a), resolve_run(con, run_b)
     specs = list(metrics) if metrics else list(DEFAULT_METRICS) + (["slo_attainment"] if slo else [])

@@ -35,7 +35,6 @@ and nothing time-resolved (peak concurrency, windows, time series) is drawn from
 from __future__ import annotations
 
 import datetime as dt
-import json
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -47,6 +46,7 @@ import duckdb
 import polars as pl
 
 from burstbench.errors import InputError, UsageError
+from burstbench.infile import check_input, loads_json, read_text
 from burstbench.store import CHUNK_COLUMNS, REQUEST_COLUMNS, ResultsStore, RunInfo
 
 FORMATS = ("vllm", "guidellm", "aiperf")
@@ -172,28 +172,24 @@ def _http_status(message: Any) -> int | None:
     return int(m.group(1) or m.group(2)) if m else None
 
 
+_EXPECTED = "a vLLM bench serve JSON, GuideLLM benchmarks.json or AIPerf profile_export.jsonl"
+
+
 def _load_json(path: Path) -> list[Any]:
-    """The JSON documents of ``path``: one, or one per line for an appended result file."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise InputError(f"cannot read ({exc.strerror})", path=path) from exc
+    """The JSON documents of ``path``: one, or one per line for an appended result file.
+
+    Read through ``infile`` so size, encoding and nesting are bounded like every input."""
+    text = read_text(path, expected=_EXPECTED)
     if not text.strip():
         raise InputError("is empty; expected a JSON result file", path=path)
     try:
-        return [json.loads(text)]
-    except json.JSONDecodeError as exc:
-        if exc.msg != "Extra data" or exc.lineno < 2:
-            raise InputError(f"is not valid JSON ({exc.msg} at column {exc.colno})", path=path, line=exc.lineno) from exc
+        return [loads_json(text, path=path)]
+    except InputError as exc:
+        if "Extra data" not in str(exc) or (exc.line or 1) < 2:
+            raise
     # several documents, one per line: vLLM's bench serve --append-result adds each run's object
-    docs = []
-    for ln, line in enumerate(text.splitlines(), start=1):
-        if line.strip():
-            try:
-                docs.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise InputError(f"is not valid JSON ({exc.msg} at column {exc.colno})", path=path, line=ln) from exc
-    return docs
+    return [loads_json(line, path=path, line=ln) for ln, line in enumerate(text.splitlines(), start=1)
+            if line.strip()]
 
 
 # -- vLLM -------------------------------------------------------------------------------------
@@ -419,18 +415,12 @@ def _aiperf_phase(value: Any) -> str:
 
 def read_aiperf(path: Path) -> tuple[_Run, RunInfo, float, dt.datetime | None]:
     """AIPerf ``profile_export.jsonl``: one record (metadata, metrics, error) per line."""
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise InputError(f"cannot read ({exc.strerror})", path=path) from exc
+    lines = read_text(path, expected=_EXPECTED).splitlines()
     records = []
     for ln, text in enumerate(lines, start=1):
         if not text.strip():
             continue
-        try:
-            rec = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"is not valid JSON ({exc.msg})", path=path, line=ln) from exc
+        rec = loads_json(text, path=path, line=ln)
         if not isinstance(rec, Mapping) or not isinstance(rec.get("metadata"), Mapping):
             raise InputError("has no 'metadata' object; expected AIPerf's profile_export.jsonl", path=path, line=ln, field="metadata")
         for key in ("request_start_ns", "credit_issued_ns"):
@@ -534,9 +524,7 @@ def import_results(src: str | Path, out: str | Path, *, fmt: str | None = None, 
     ``warn`` receives each note about the file (also stored with its run), prefixed by the
     run's label, so the CLI can say on stderr what the import could not take at face value.
     """
-    path = Path(src)
-    if not path.exists():
-        raise InputError("no such file", path=path)
+    path = check_input(src)
     fmt = fmt or detect_format(path)
     if fmt not in FORMATS:
         raise UsageError(f"--format {fmt}: use one of {', '.join(FORMATS)}")

@@ -99,7 +99,9 @@ def install_views(con: duckdb.DuckDBPyConnection) -> None:
 def open_store(path: str | Path, *, lock: bool = False) -> duckdb.DuckDBPyConnection:
     """Open a results file read-only with the metric views installed.
 
-    With ``lock`` the connection can read nothing outside the file and its
+    With ``lock`` the connection can read nothing outside the file, may use at
+    most ``SQL_MEMORY_LIMIT`` (a user's query may join anything with anything; it
+    fails with DuckDB's out-of-memory error instead of taking the machine), and its
     configuration cannot be changed any more (what ``--sql`` uses).
     """
     p = Path(path)
@@ -120,6 +122,9 @@ def open_store(path: str | Path, *, lock: bool = False) -> duckdb.DuckDBPyConnec
         raise
     install_views(con)
     if lock:
+        from burstbench.limits import SQL_MEMORY_LIMIT
+
+        con.execute(f"SET memory_limit = '{SQL_MEMORY_LIMIT}'")
         con.execute("SET enable_external_access = false")
         con.execute("SET lock_configuration = true")
     return con

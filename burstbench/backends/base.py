@@ -106,3 +106,24 @@ def get_backend(name: str) -> type:
         raise UsageError(f"unknown backend '{name}'; available: {', '.join(sorted(targets))}")
     module, attr = targets[name].split(":")
     return getattr(importlib.import_module(module), attr)
+
+
+def check_url(url: str) -> str:
+    """Why ``url`` is not a usable http(s) endpoint, in one line; ``""`` when it is.
+
+    ``urlsplit`` raises ValueError for ``http://[::1`` and its ``port`` for
+    ``:99999``; every place that takes ``--url`` (scenario validation, the OpenAI
+    backend) asks here first, so neither reaches a socket or a traceback.
+    """
+    from urllib.parse import urlsplit
+
+    if not url.startswith(("http://", "https://")):
+        return f"must start with http:// or https:// (got {url!r})"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not 0..65535
+    except ValueError as exc:
+        return f"is not a valid URL ({exc}; got {url!r}); e.g. http://127.0.0.1:8000 or http://[::1]:8000"
+    if not parts.hostname:
+        return f"has no host (got {url!r}); e.g. http://127.0.0.1:8000"
+    return ""

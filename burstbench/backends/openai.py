@@ -76,7 +76,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 import aiohttp
 from aiohttp.client_proto import ResponseHandler
 
-from burstbench.backends.base import Clock, Outcome, Request
+from burstbench.backends.base import Clock, Outcome, Request, check_url
 from burstbench.backends.prompts import PromptBuilder
 from burstbench.backends.sse import DONE, SSEError, SSEParser
 from burstbench.errors import BackendError, UsageError
@@ -206,8 +206,8 @@ class OpenAIBackend:
     ) -> None:
         if api not in ("completions", "chat"):
             raise UsageError(f"--api must be 'completions' or 'chat', got '{api}'")
-        if not base_url.startswith(("http://", "https://")):
-            raise UsageError(f"--url must start with http:// or https://, got '{base_url}'")
+        if why := check_url(base_url):
+            raise UsageError(f"--url {why}")
         for label, v in (
             ("timeout_s", timeout_s),
             ("connect_timeout_s", connect_timeout_s),

@@ -16,13 +16,17 @@ ends the event; fields other than ``data`` (``event``, ``id``, ``retry``) are
 ignored. Being lenient where servers are sloppy, ``finish()`` also returns an
 event whose final blank line (or final newline) never came.
 
-The only error it raises is ``SSEError``: a line longer than ``max_line_bytes``
-(a runaway or non-SSE body), so a broken server cannot grow memory unbounded.
+The only error it raises is ``SSEError``: a line, or an event's joined ``data``
+lines, longer than ``max_line_bytes`` (a runaway, hostile or non-SSE body), so a
+broken server cannot grow memory unbounded; the backend records the request as
+an error (``sse_malformed``), never as ok.
 Payload bytes are not validated here; invalid UTF-8 or JSON surfaces where the
 payload is decoded.
 """
 
 from __future__ import annotations
+
+from burstbench.limits import MAX_SSE_EVENT_BYTES
 
 __all__ = ["DONE", "SSEError", "SSEParser", "parse_all"]
 
@@ -38,12 +42,14 @@ class SSEParser:
     """Feed raw bytes with ``feed``; get complete ``data`` payloads back.
 
     Not thread-safe; one parser per response. ``max_line_bytes`` bounds the
-    buffered partial line (default 64 MiB: a long-context event still fits).
+    buffered partial line and an event's data (default ``MAX_SSE_EVENT_BYTES``:
+    a token delta is bytes, a final event with a long echoed prompt still fits;
+    64 MiB events let a hostile server cost 843 MB across a run).
     """
 
     __slots__ = ("_buf", "_data", "_skip_lf", "_started", "max_line_bytes")
 
-    def __init__(self, max_line_bytes: int = 64 * 1024 * 1024) -> None:
+    def __init__(self, max_line_bytes: int = MAX_SSE_EVENT_BYTES) -> None:
         self._buf = b""
         self._data: list[bytes] = []
         self._skip_lf = False
@@ -75,7 +81,8 @@ class SSEParser:
         if end < 0:
             if len(buf) > self.max_line_bytes:
                 raise SSEError(
-                    f"SSE line longer than {self.max_line_bytes} bytes without a line end"
+                    f"SSE line longer than {self.max_line_bytes:,} bytes without a line end "
+                    "(limit of one event; no real token delta is that long)"
                 )
             self._buf = buf
             return []
@@ -83,6 +90,8 @@ class SSEParser:
         if len(self._buf) > self.max_line_bytes:
             raise SSEError(f"SSE line longer than {self.max_line_bytes} bytes without a line end")
         block = buf[: end + 1]
+        if end > self.max_line_bytes and max(map(len, block.split(b"\n"))) > self.max_line_bytes:
+            raise SSEError(f"SSE line longer than {self.max_line_bytes:,} bytes (limit of one event)")
         if not self._data:
             fast = _fast_events(block)
             if fast is not None:
@@ -116,7 +125,10 @@ class SSEParser:
         for line in lines:
             if not line:
                 if data:
-                    events.append(data[0] if len(data) == 1 else b"\n".join(data))
+                    ev = data[0] if len(data) == 1 else b"\n".join(data)
+                    if len(ev) > self.max_line_bytes:
+                        raise SSEError(f"SSE event's data exceeds {self.max_line_bytes:,} bytes (limit of one event)")
+                    events.append(ev)
                     data = []
                 continue
             if line[:5] == b"data:":
@@ -128,6 +140,8 @@ class SSEParser:
                 data.append(b"")
             # other fields (event, id, retry, unknown) are ignored
         self._data = data
+        if len(data) > 1 and sum(map(len, data)) > self.max_line_bytes:
+            raise SSEError(f"SSE event's data lines exceed {self.max_line_bytes:,} bytes (limit of one event)")
         return events
 
 

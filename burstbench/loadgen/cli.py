@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from burstbench.errors import UsageError
-from burstbench.output import emit_json
+from burstbench.output import emit_json, say
 
 
 @click.command("run", context_settings={"help_option_names": ["-h", "--help"]})
@@ -87,7 +87,7 @@ def run(trace_path: str, out: str, scenario_file: str | None, as_json: bool, qui
         result = execute(trace, scenario, out, label=label, progress=not quiet)
     with ResultsStore(out, read_only=True) as store:
         summary = summarize(store, result.run_id)
-    click.echo(render_table(summary), err=as_json)  # the result on stdout; under --json, stdout is the JSON
+    say(render_table(summary), err=as_json)  # the result on stdout (under --json, stdout is the JSON); its notes may quote a server's error text
     if as_json:
         emit_json(summary)
     if result.status != "done":

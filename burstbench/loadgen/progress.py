@@ -17,10 +17,11 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
+
+from burstbench.output import clean, console
 
 
 @dataclass
@@ -88,7 +89,7 @@ class ProgressView:
         self.target_rate = target_rate
         self.send_end_s = send_end_s  # when sending stops: the achieved rate is over the sending window
         self.total = total
-        self.console = Console(stderr=True)
+        self.console = console()
         self.enabled = enabled and self.console.is_terminal
         self.plain = enabled and not self.console.is_terminal
         self.plain_every_s = plain_every_s
@@ -107,7 +108,7 @@ class ProgressView:
 
     def warn(self, message: str) -> None:
         if self.enabled or self.plain:
-            self.console.print(Text(f"WARNING: {message}", style="bold red"))
+            self.console.print(Text(clean(f"WARNING: {message}"), style="bold red"))
 
     def fields(self, t: float, totals: Totals, lag_p99_ms: float, cpu: float) -> list[tuple[str, str]]:
         """(name, value) of one progress sample; the terminal table and the log line show the same."""

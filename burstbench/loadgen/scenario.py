@@ -28,7 +28,9 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from burstbench.backends.base import check_url
 from burstbench.errors import SpecError, UsageError
+from burstbench.infile import load_yaml, read_text
 
 MODES = ("trace", "rate", "closed")
 APIS = ("completions", "chat")
@@ -70,8 +72,8 @@ class Scenario:
 
         if not self.url:
             raise bad("url", "is required: pass --url http://HOST:PORT (or set url: in the scenario file)")
-        if not (self.url.startswith("http://") or self.url.startswith("https://")):
-            raise bad("url", f"must start with http:// or https:// (got {self.url!r})")
+        if why := check_url(self.url):
+            raise bad("url", why)
         if self.api not in APIS:
             raise bad("api", f"must be one of {', '.join(APIS)} (got {self.api!r})")
         if self.mode not in MODES:
@@ -152,17 +154,12 @@ def _coerce(name: str, value: Any, source: str) -> Any:
 
 def load_scenario_file(path: str | Path) -> dict[str, Any]:
     """Read a scenario YAML into field -> value (unknown keys are an error, not ignored)."""
-    import yaml
 
     path = Path(path)
     if not path.exists():
         raise SpecError("no such scenario file", path=path)
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise SpecError(f"not valid YAML ({getattr(exc, 'problem', exc)})", path=path,
-                        line=(mark.line + 1) if mark else None) from exc
+    text = read_text(path, expected="a scenario YAML", error=SpecError)
+    data = load_yaml(text, path=path, error=SpecError) or {}
     if not isinstance(data, Mapping):
         raise SpecError("a scenario file must be a mapping of field: value", path=path)
     out: dict[str, Any] = {}

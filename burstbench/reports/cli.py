@@ -38,12 +38,11 @@ def report(store: Path | None, trace: Path | None, out: Path, run_ids: tuple[str
       burstbench whatif twin.yaml --trace T.parquet --hardware h200 --slo ttft=500ms --json > whatif.json
       burstbench report results.duckdb --twin twin.yaml --twin whatif.json -o report.html
     """
-    from rich.console import Console
-
+    from burstbench.output import console as make_console
     from burstbench.reports.build import build_report
 
     check_output(out, kind="html", inputs=[store, trace, *twin], force=force)
-    console = Console(stderr=True)
+    console = make_console()
     with console.status("building report") as status:
         res = build_report(
             store, out, trace=trace, twin=twin, run_ids=run_ids or None, slo=slo, target=target, title=title,

@@ -24,15 +24,13 @@ METRICS = (("ttft_ms", "TTFT"), ("tpot_ms", "TPOT"), ("e2el_ms", "E2EL"))
 
 def load_twin_result(path: str | Path) -> tuple[str, dict[str, Any]]:
     """(kind, content) of a twin.yaml or a ``whatif``/``plan`` ``--json`` output."""
-    import yaml
 
     p = Path(path)
     if not p.exists():
         raise InputError("no such file; give a twin.yaml or the --json output of whatif or plan", path=p)
-    try:
-        doc = yaml.safe_load(p.read_text(encoding="utf-8"))  # JSON is YAML
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise InputError(f"not YAML or JSON ({type(exc).__name__})", path=p) from None
+    from burstbench.infile import load_yaml, read_text
+
+    doc = load_yaml(read_text(p, expected="a twin.yaml or whatif/plan --json output"), path=p)  # JSON is YAML
     if isinstance(doc, dict):
         if "uncertainty" in doc and "errors" in doc:
             return "calibration", doc

@@ -61,12 +61,11 @@ def ingest_cmd(src: str, output: str, fmt: str | None, mapping: tuple[str, ...],
       burstbench trace ingest BurstGPT_1.csv -o t.parquet --skip-bad --json
     """
 
-    from rich.console import Console
-
+    from burstbench.output import console
     from burstbench.traces.ingest import ingest_file, summary
 
     check_output(output, kind="parquet", inputs=[src], force=force)
-    err = Console(stderr=True)
+    err = console()
     with err.status(f"ingesting {src}", spinner="dots"):
         result = ingest_file(src, output, fmt, mapping=",".join(mapping) or None, skip_bad=skip_bad)
     info = summary(result) | {"output": str(output)}
@@ -78,7 +77,7 @@ def ingest_cmd(src: str, output: str, fmt: str | None, mapping: tuple[str, ...],
 def _print_ingest_summary(console: Any, info: dict[str, Any]) -> None:
     dropped = info["rows_dropped"]
     lines = [
-        f"[bold]{info['rows']:,}[/] requests from {info['source_format']} ({info['source_variant']}) "
+        f"{info['rows']:,} requests from {info['source_format']} ({info['source_variant']}) "
         f"-> {info['output']}",
         f"  span {info['span_s']:,.3f} s; "
         + (
@@ -100,9 +99,9 @@ def _print_ingest_summary(console: Any, info: dict[str, Any]) -> None:
         + (f"; prefix block size {info['block_size']}" if info["block_size"] else ""),
     ]
     lines += [f"  note: {n}" for n in info["notes"]]
-    lines += [f"  [yellow]warning:[/] {w}" for w in info["warnings"]]
+    lines += [f"  warning: {w}" for w in info["warnings"]]
     for line in lines:
-        console.print(line, highlight=False, markup=True, soft_wrap=True)
+        console.print(line, soft_wrap=True)
 
 
 # --- stats / fit / synth (owned by the analytics work) ---------------------------------
@@ -204,14 +203,14 @@ def fit_cmd(trace_path: str, output: str | None, window_s: float | None, seed: i
       burstbench trace fit t.parquet --window 600 -o piecewise.yaml --json
     """
 
-    from rich.console import Console
     from rich.table import Table
 
+    from burstbench.output import console
     from burstbench.traces.fit import fit_trace
 
     if output:
         check_output(output, kind="yaml", inputs=[trace_path], force=force)
-    con = Console(stderr=True)  # progress and notes
+    con = console()  # progress and notes
     out = results_console(as_json)  # the fitted tables
     tr = _load(trace_path)
     with con.status(f"fitting {len(tr):,} requests", spinner="dots"):
@@ -334,12 +333,11 @@ def synth_cmd(
           --rate 20 --window 0:600 -o fast.parquet
     """
 
-    from rich.console import Console
-
     from burstbench.errors import UsageError
+    from burstbench.output import console
     from burstbench.traces.schema import write_trace
 
-    con = Console(stderr=True)
+    con = console()
     given = [x for x in (spec_path, preset, replay_path) if x]
     if len(given) != 1:
         raise UsageError("give exactly one of SPEC, --preset NAME or --replay TRACE")

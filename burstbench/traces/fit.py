@@ -43,6 +43,7 @@ import polars as pl
 from scipy import special
 
 from burstbench.errors import InputError
+from burstbench.limits import MAX_FIT_WINDOWS, MIN_WINDOW_S
 from burstbench.traces.schema import Trace
 from burstbench.traces.spec import (
     ArrivalSpec,
@@ -742,16 +743,19 @@ def fit_sessions(df: pl.DataFrame, ok: pl.DataFrame, *, seed: int = 0, resolutio
 
 def fit_windows(t: np.ndarray, window_s: float, *, seed: int = 0) -> list[WindowFit]:
     """Fit each window's gaps on their own (a piecewise process for non-stationary traces)."""
-    if not window_s > 0:
-        raise InputError(f"window must be > 0 s, got {window_s}", field="--window")
+    if not (window_s >= MIN_WINDOW_S and math.isfinite(window_s)):
+        raise InputError(f"window must be a finite number >= {MIN_WINDOW_S:g} s, got {window_s}", field="--window")
     t = np.sort(np.asarray(t, dtype=np.float64))
     t = t - t[0]
-    nwin = math.floor(t[-1] / window_s) + 1
-    if nwin > 10_000:
+    # multiplied, not divided: span / 1e-320 is inf, which math.floor cannot take
+    if t[-1] >= MAX_FIT_WINDOWS * window_s:
         raise InputError(
-            f"--window {window_s} s gives {nwin} windows over {t[-1]:.0f} s; use a larger window",
+            f"--window {window_s:g} s cuts {t[-1]:,.0f} s into more windows than the "
+            f"limit of {MAX_FIT_WINDOWS:,} per-window fits; use --window {math.ceil(t[-1] / MAX_FIT_WINDOWS):,} "
+            "or more",
             field="--window",
         )
+    nwin = math.floor(t[-1] / window_s) + 1
     edges = np.searchsorted(t, np.arange(nwin + 1) * window_s, side="left")
     out = []
     for i in range(nwin):

@@ -24,10 +24,12 @@ import polars as pl
 
 from burstbench import __version__
 from burstbench.errors import InputError, TraceFormatError, UsageError
+from burstbench.infile import check_input
+from burstbench.limits import MAX_SPAN_S, YEAR_S
 from burstbench.traces.readers import FORMATS, azure, bailian, burstgpt, generic, mooncake
 from burstbench.traces.readers.csvread import read_csv
 from burstbench.traces.readers.jsonread import read_jsonl
-from burstbench.traces.readers.plan import Plan
+from burstbench.traces.readers.plan import UNIT_SECONDS, Plan
 from burstbench.traces.readers.source import Source, is_gzip, open_source
 from burstbench.traces.readers.timecols import human_seconds, rebase, tied_share, unit_warnings
 from burstbench.traces.schema import Trace, conform, write_trace
@@ -164,6 +166,7 @@ def _ingest_source(
     if unit == "epoch":
         unit = generic.resolve_epoch(df, plan)
     unit_for_rebase = "s" if unit == "iso8601" else unit
+    _check_span(src, df, unit_for_rebase, plan)
     df, tinfo = rebase(df, "_t", unit_for_rebase)
     try:
         df = finish(df, plan)
@@ -207,6 +210,29 @@ def _ingest_source(
     return Trace(df, meta)
 
 
+def _check_span(src: Source, df: pl.DataFrame, unit: str, plan: Plan) -> None:
+    """Refuse arrivals spanning more than ``MAX_SPAN_S``, naming the two rows at the ends.
+
+    Checked on the raw values (in float, which cannot overflow) before the rebase
+    subtracts them in Int64; the span sizes every per-window array downstream.
+    """
+    t = df["_t"]
+    vals = t.dt.epoch("ns") if t.dtype == pl.Datetime else t
+    scale = 1e-9 if t.dtype == pl.Datetime else UNIT_SECONDS.get(unit, 1.0)
+    lo, hi = vals.arg_min(), vals.arg_max()
+    if lo is None or hi is None:
+        return
+    span = (float(vals[hi]) - float(vals[lo])) * scale
+    if span > MAX_SPAN_S:
+        shown = "datetime" if t.dtype == pl.Datetime else unit
+        raise src.error(
+            f"arrivals span {span / YEAR_S:,.3g} years (data row {hi + 1} is at {t[hi]} {shown}, data row "
+            f"{lo + 1} at {t[lo]}), over the limit of {MAX_SPAN_S / YEAR_S:.0f} years: the column is in a "
+            f"finer unit than {shown} (re-ingest with --map arrival=COL:ms, us or ns) or a row is corrupt",
+            field=plan.time.source,
+        )
+
+
 def ingest_file(
     path: str | Path,
     output: str | Path,
@@ -218,6 +244,7 @@ def ingest_file(
     """``ingest`` then ``write_trace`` (atomic: a failure leaves no partial output)."""
     from burstbench.outfile import check_output
 
+    check_input(path)  # a symlink loop makes resolve() raise RuntimeError
     out = check_output(output, kind=None, inputs=[path])  # also through links (the CLI checks the kind)
     trace = ingest(path, fmt, mapping=mapping, skip_bad=skip_bad)
     try:

@@ -18,6 +18,8 @@ from typing import Any
 import polars as pl
 
 from burstbench.errors import InputError
+from burstbench.infile import check_input
+from burstbench.limits import MAX_SPAN_S, MAX_TOKENS, YEAR_S
 
 TRACE_SCHEMA: dict[str, pl.DataType] = {
     "arrival_s": pl.Float64(),
@@ -68,7 +70,38 @@ def conform(df: pl.DataFrame, *, keep_extra: bool = True) -> pl.DataFrame:
         else:
             exprs.append(pl.lit(None, dtype=dtype).alias(name))
     extra = [pl.col(c) for c in df.columns if c not in TRACE_SCHEMA] if keep_extra else []
-    return df.select(exprs + extra).sort("arrival_s", maintain_order=True)
+    out = df.select(exprs + extra).sort("arrival_s", maintain_order=True)
+    check_bounds(out)
+    return out
+
+
+def check_bounds(df: pl.DataFrame) -> None:
+    """Refuse a trace whose values would size memory beyond any real workload.
+
+    Every trace passes here (ingest, Parquet, synth), so a token count of 2^63-1 or
+    a span of 54 years stops at the row that carries it, before ``run`` builds the
+    prompt or ``stats``/``plan`` build per-second arrays over the span. The readers
+    check the same limits per line first, so a raw log's error names its line.
+    """
+    for col in ("input_tokens", "output_tokens"):
+        big = df[col] > MAX_TOKENS
+        if big.any():
+            i = int(big.arg_true()[0])
+            raise InputError(
+                f"row {i + 1} (by arrival) has {df[col][i]:,} tokens, over the limit of {MAX_TOKENS:,} "
+                "per request; the column is wrong or the value corrupt: fix or drop that row",
+                field=col,
+            )
+    if df.height:
+        t = df["arrival_s"]
+        lo, hi = t.min(), t.max()
+        if lo is not None and hi is not None and not hi - lo <= MAX_SPAN_S:  # type: ignore[operator]
+            raise InputError(
+                f"arrivals span {(hi - lo) / YEAR_S:.3g} years (row {df.height} by arrival is at "  # type: ignore[operator]
+                f"{hi:.6g} s, row 1 at {lo:.6g} s), over the limit of {MAX_SPAN_S / YEAR_S:.0f} years; "
+                "the time column is probably in a finer unit (ms, us, ns) or holds a corrupt value",
+                field="arrival_s",
+            )
 
 
 def write_trace(trace: Trace, path: str | Path) -> Path:
@@ -101,13 +134,11 @@ def read_trace(path: str | Path) -> Trace:
     """Read a Trace written by ``write_trace`` (or any Parquet with the required columns)."""
     import pyarrow.parquet as pq
 
-    path = Path(path)
-    if not path.exists():
-        raise InputError("no such file", path=path)
+    path = check_input(path)
     try:
         pf = pq.ParquetFile(path)
         raw = (pf.metadata.metadata or {}).get(METADATA_KEY.encode())
-        df = pl.read_parquet(path)
+        df = pl.read_parquet(path, glob=False)
     except Exception as exc:  # pyarrow raises several unrelated types for a bad file
         raise InputError(f"not a readable Parquet file ({exc})", path=path) from exc
     meta: dict[str, Any] = json.loads(raw) if raw else {}

@@ -217,22 +217,18 @@ class WorkloadSpec:
 
     @classmethod
     def from_yaml_text(cls, text: str, *, path: str | Path | None = None) -> WorkloadSpec:
-        import yaml
+        from burstbench.infile import load_yaml
 
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            line = mark.line + 1 if mark is not None else None
-            raise SpecError(f"not valid YAML ({getattr(exc, 'problem', exc)}); fix the syntax", path=path, line=line) from exc
-        return cls.from_dict(data, path=path)
+        return cls.from_dict(load_yaml(text, path=path, error=SpecError), path=path)
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> WorkloadSpec:
         path = Path(path)
         if not path.exists():
             raise SpecError("no such spec file; write one with `burstbench trace fit T -o spec.yaml`", path=path)
-        text = path.read_text()
+        from burstbench.infile import read_text
+
+        text = read_text(path, expected="a WorkloadSpec YAML", error=SpecError)
         if not text.strip():
             raise SpecError("spec file is empty; it needs at least 'arrivals' and 'lengths'", path=path)
         return cls.from_yaml_text(text, path=path)

@@ -20,6 +20,7 @@ import numpy as np
 import polars as pl
 
 from burstbench.errors import InputError
+from burstbench.limits import MAX_WINDOWS, MIN_WINDOW_S
 from burstbench.traces.schema import Trace
 
 RESOLUTION_CANDIDATES = (3600.0, 60.0, 1.0, 0.1, 0.01, 1e-3, 1e-4, 1e-5, 1e-6)
@@ -69,16 +70,43 @@ def _f(v: Any) -> float | None:
 
 
 def _dispersion(t: np.ndarray, span: float, bin_s: float) -> float | None:
+    """Variance / mean of the per-bin counts, empty bins included.
+
+    Computed from the non-empty bins only (at most one per request): a month of
+    1 s bins is 2.6 million counters, while the sums need just the occupied ones.
+    """
     nbins = math.floor(span / bin_s)
     if nbins < 2:
         return None
-    counts = np.bincount(np.minimum((t // bin_s).astype(np.int64), nbins - 1)[t < nbins * bin_s], minlength=nbins)
-    m = counts.mean()
-    return float(counts.var() / m) if m > 0 else None
+    idx = (t[t < nbins * bin_s] // bin_s).astype(np.int64)
+    _, counts = np.unique(idx, return_counts=True)
+    m = counts.sum() / nbins
+    if m <= 0:
+        return None
+    var = float((counts.astype(np.float64) ** 2).sum()) / nbins - m * m
+    return float(max(var, 0.0) / m)
+
+
+def window_count(span: float, window_s: float) -> int:
+    """How many windows of ``window_s`` cover ``span``; refused beyond ``MAX_WINDOWS``.
+
+    Every per-window pass (stats, fit, plan) sizes its arrays by this count, so it
+    is checked here, before any of them is allocated.
+    """
+    if not (window_s >= MIN_WINDOW_S and math.isfinite(window_s)):
+        raise InputError(f"window must be a finite number >= {MIN_WINDOW_S:g} s, got {window_s}", field="--window")
+    nwin = max(1, math.ceil(span / window_s)) if span > 0 else 1
+    if nwin > MAX_WINDOWS:
+        raise InputError(
+            f"a {window_s:g} s window cuts the {span:,.6g} s trace into {nwin:,} windows, over the limit "
+            f"of {MAX_WINDOWS:,}; use --window {math.ceil(span / MAX_WINDOWS):,} or more",
+            field="--window",
+        )
+    return nwin
 
 
 def _windows(t: np.ndarray, gaps: np.ndarray, span: float, window_s: float) -> dict[str, Any]:
-    nwin = max(1, math.ceil(span / window_s) if span > 0 else 1)
+    nwin = window_count(span, window_s)
     idx = np.minimum((t // window_s).astype(np.int64), nwin - 1)
     counts = np.bincount(idx, minlength=nwin)
     # The last window may be partial: divide by the time it actually covers.
@@ -160,8 +188,6 @@ def _sessions(df: pl.DataFrame) -> dict[str, Any] | None:
 
 def characterise(trace: Trace, window_s: float = 300) -> dict[str, Any]:
     """Describe a trace (see module doc); the result is plain JSON-able types only."""
-    if not window_s > 0:
-        raise InputError(f"window must be > 0 s, got {window_s}", field="--window")
     df = trace.df
     n = df.height
     if n == 0:
@@ -169,6 +195,7 @@ def characterise(trace: Trace, window_s: float = 300) -> dict[str, Any]:
     t = np.sort(df["arrival_s"].to_numpy().astype(np.float64))
     t = t - t[0]
     span = float(t[-1])
+    window_count(span, window_s)  # refuse a window that is too small before any work
     gaps = np.diff(t)
     res = detect_resolution(t)
     out: dict[str, Any] = {

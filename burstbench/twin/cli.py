@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from burstbench.errors import InputError, UsageError
+from burstbench.limits import MAX_BAND, MAX_REPLICAS
 from burstbench.outfile import check_output, force_option
 from burstbench.output import CONTEXT_SETTINGS, console, emit_json, results_console
 
@@ -223,8 +224,8 @@ def whatif(twin_file: str, trace_path: str, hardware: str | None, tp: int | None
         check_output(out, kind="duckdb", inputs=[twin_file, trace_path])
     twin = load_twin(twin_file)
     slo_s = parse_slo(slo) if slo is not None else None
-    if band < 0:
-        raise UsageError(f"--band must be >= 0, got {band}")
+    if not 0 <= band <= MAX_BAND:
+        raise UsageError(f"--band must be 0 to {MAX_BAND:,}, got {band:,}")
     for name, v in (("--tp", tp), ("--replicas", replicas), ("--prefill", prefill), ("--decode", decode),
                     ("--max-requests", max_requests)):
         if v is not None and v < 1:
@@ -241,11 +242,22 @@ def whatif(twin_file: str, trace_path: str, hardware: str | None, tp: int | None
     with con.status("simulating baseline and variant") as status:
         res = run(twin, trace, slo=slo_s, target=target, rate_scale=rate_scale, max_requests=max_requests,
                   out=out, search=not no_search and slo_s is not None, band=band,
+                  on_band=_band_progress(con, status),
                   on_step=lambda s: status.update(f"goodput search: {s.value:.3g} req/s -> "
                                                   f"{(s.slo_attainment or 0) * 100:.1f}% attainment"), **changes)
     _print_whatif(_results(as_json), con, res)
     if as_json:
         emit_json(res)
+
+
+def _band_progress(con: Any, status: Any) -> Any:
+    """Progress of ``--band``: the spinner on a terminal, else a line per tenth of the draws."""
+    def tick(i: int, n: int) -> None:
+        status.update(f"uncertainty band: {i}/{n} twins simulated")
+        if not con.is_terminal and (i == n or i % max(1, n // 10) == 0):
+            con.print(f"uncertainty band: {i}/{n} twins simulated")
+
+    return tick
 
 
 def _print_whatif(result_con: Any, con: Any, res: dict[str, Any]) -> None:
@@ -349,6 +361,9 @@ def plan(trace_path: str, slo: str, hardware: str, price: str | None, target: fl
         raise UsageError(f"--tp '{tp_text}': give positive whole numbers, e.g. 1,2,4")
     if max_instances < 1 or max_requests < 1 or not window > 0:
         raise UsageError("--max-instances, --max-requests and --window must be positive")
+    if max_instances > MAX_REPLICAS // 2:  # a mix of two types may hold up to twice as many
+        raise UsageError(f"--max-instances {max_instances:,} is over the limit of {MAX_REPLICAS // 2:,} per type "
+                         f"(a mixed fleet of two types stays within {MAX_REPLICAS:,} instances)")
     prices = parse_prices(price, types)
     kw: dict[str, Any] = {}
     if twin_file:

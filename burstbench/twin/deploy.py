@@ -13,6 +13,7 @@ from typing import Any
 
 from burstbench.backends.reference.router import Router
 from burstbench.errors import UsageError
+from burstbench.limits import MAX_REPLICAS
 from burstbench.twin.spec import TwinSpec, build_cost
 from burstbench.twin.vsim import (
     Latencies,
@@ -56,6 +57,10 @@ class Deployment:
             raise UsageError(f"--layout must be one of {', '.join(LAYOUTS)}, got '{self.layout}'")
         if not self.groups or any(g.count < 1 or g.tp < 1 for g in self.groups):
             raise UsageError("every instance group needs count >= 1 and tp >= 1")
+        instances = sum(g.count for g in self.groups)
+        if instances > MAX_REPLICAS:  # before any engine is built: each one holds a KV cache model
+            raise UsageError(f"{instances:,} instances (--replicas, --prefill, --decode) is over the limit "
+                             f"of {MAX_REPLICAS:,} per deployment")
         if self.layout == "disagg" and len(self.groups) != 2:
             raise UsageError("a disaggregated deployment has exactly a prefill and a decode pool")
         self._costs = [build_cost(self.model, g.hardware, g.tp, _engine_overrides(self.overrides)) for g in self.groups]

@@ -132,19 +132,13 @@ def build_cost(model: Any, hardware: Any, tp: int, overrides: dict[str, float]) 
 
 def load_twin(path: str | Path) -> TwinSpec:
     """Read and validate a twin file; errors name the file and the field."""
-    import yaml
 
     p = Path(path)
     if not p.is_file():
         raise SpecError("no such twin file; write one with `burstbench calibrate ... -o twin.yaml`", path=p)
-    try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as exc:
-        raise SpecError(f"not UTF-8 text ({exc.reason})", path=p) from exc
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise SpecError(f"not valid YAML ({getattr(exc, 'problem', exc)})", path=p,
-                        line=(mark.line + 1) if mark else None) from exc
+    from burstbench.infile import load_yaml, read_text
+
+    raw = load_yaml(read_text(p, expected="a twin.yaml from calibrate", error=SpecError), path=p, error=SpecError)
     if not isinstance(raw, dict):
         raise SpecError("a twin file must be a mapping (model:, hardware:, overrides:, ...)", path=p)
     fmt = raw.get("format", FORMAT)

@@ -184,9 +184,10 @@ def colocated(work: Workload, cost: Any, sched: Sched, replicas: int = 1, *, num
     ``frontend_s``: fixed time outside the engine added to every token's arrival (HTTP,
     API server, tokenisation, network): what a client measures beyond the engine.
     """
+    router = Router(sched.router, replicas)  # first: it refuses a replica count beyond the limit
     nb = num_blocks or kv_blocks(cost, sched)
     engines = [make_engine(cost, nb, sched, max_context=cost.model.max_context) for _ in range(replicas)]
-    first, last, code = run_pool(engines, Router(sched.router, replicas), work.arrival,
+    first, last, code = run_pool(engines, router, work.arrival,
                                  work.input_tokens, work.output_tokens)
     return Latencies(first - work.arrival + frontend_s, last - work.arrival + frontend_s, work.output_tokens,
                      code == 0, [_STATUS[int(c)] for c in code])

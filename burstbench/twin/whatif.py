@@ -26,6 +26,7 @@ import numpy as np
 import polars as pl
 
 from burstbench.errors import UsageError
+from burstbench.limits import MAX_BAND
 from burstbench.twin.deploy import Deployment
 from burstbench.twin.spec import TwinSpec
 from burstbench.twin.vsim import Latencies, Workload
@@ -137,6 +138,7 @@ def whatif(
     search: bool = True,
     on_step: Callable[[Any], None] | None = None,
     band: int = 0,
+    on_band: Callable[[int, int], None] | None = None,
     **changes: Any,
 ) -> dict[str, Any]:
     """Baseline (the twin) vs variant (the twin with ``changes``) on ``trace``; see module doc.
@@ -151,9 +153,13 @@ def whatif(
     uncertainty (``TwinSpec.draws``) and report, per side, the range of attainment and
     percentiles over the draws: how much the answer depends on what the measured run
     could pin down (near saturation, a lot). The goodput search runs on the twin alone.
+    Each draw replays the trace twice, so ``band`` is bounded (``MAX_BAND``) and
+    ``on_band(done, band)`` is called after each draw, for progress.
     """
     if not 0 < target <= 1:
         raise UsageError(f"--target {target}: give a fraction in (0, 1], e.g. 0.9")
+    if not 0 <= band <= MAX_BAND:
+        raise UsageError(f"--band {band:,}: give 0 to {MAX_BAND:,} twins (each one replays the trace twice)")
     work = Workload.from_trace(trace)
     notes: list[str] = []
     if len(work) < 2:
@@ -202,10 +208,12 @@ def whatif(
             tmp.cleanup()
     if drawn:
         rows: dict[str, list[dict[str, Any]]] = {"baseline": [], "variant": []}
-        for t in drawn:
+        for i, t in enumerate(drawn, start=1):
             for side, dep, w in zip(("baseline", "variant"), deployments(t), (work, var_work), strict=True):
                 lat = dep.run(w)
                 rows[side].append({"slo_attainment": lat.attainment(slo) if slo else None, **lat.percentiles()})
+            if on_band is not None:
+                on_band(i, len(drawn))
         for side, rs in rows.items():
             result[side]["band"] = _band(rs)
     b, v = result["baseline"], result["variant"]

@@ -21,6 +21,7 @@ from aiohttp import web
 from burstbench.backends.base import Backend, Outcome, Request, get_backend
 from burstbench.backends.openai import OpenAIBackend
 from burstbench.errors import BackendError, UsageError
+from burstbench.limits import MAX_SSE_EVENT_BYTES
 from burstbench.testing import StreamServer, StreamSettings
 
 clock = time.perf_counter
@@ -717,3 +718,32 @@ async def test_sent_s_is_when_the_body_was_written_not_when_handed_to_aiohttp() 
         o = await b.send(req(), counting_clock())
     assert o.status == "error" and o.error_class == "connect"
     assert o.sent_s == 0.0
+
+
+def _text_event(n_bytes: int) -> bytes:
+    """One completions event whose JSON is ``n_bytes`` long."""
+    head, tail = b'{"choices": [{"text": "', b'", "finish_reason": "length"}]}'
+    return head + b"x" * (n_bytes - len(head) - len(tail)) + tail
+
+
+@pytest.mark.parametrize(
+    ("body", "want"),
+    [
+        # one event just over the limit: a hostile server's 64 MiB chunks cost 843 MB and counted ok
+        (b"data: " + _text_event(MAX_SSE_EVENT_BYTES + 1) + b"\n\ndata: [DONE]\n\n", ("error", "sse_malformed")),
+        # the same bytes as many data: lines of one event (joined with newlines by the rules)
+        (b"".join(b"data: " + b"y" * (1 << 20) + b"\n" for _ in range(MAX_SSE_EVENT_BYTES >> 20)) + b"data: z\n\n",
+         ("error", "sse_malformed")),
+        # a line that never ends
+        (b"data: " + b"x" * (MAX_SSE_EVENT_BYTES + 1), ("error", "sse_malformed")),
+        # an event just under the limit is a (long) answer like any other
+        (b"data: " + _text_event(MAX_SSE_EVENT_BYTES - 64) + b"\n\ndata: [DONE]\n\n", ("ok", None)),
+    ],
+    ids=["event-over", "data-lines-over", "unended-line", "event-under"],
+)
+async def test_sse_events_are_capped(body: bytes, want: tuple[str, str | None]) -> None:
+    async with RawServer(body) as url:
+        o = await one(url)
+    assert (o.status, o.error_class) == want, o.error_message
+    if want[0] == "error":
+        assert f"{MAX_SSE_EVENT_BYTES:,} bytes" in o.error_message

@@ -194,12 +194,16 @@ def test_jsonl_missing_key_in_first_record(tmp_path: Path) -> None:
 
 
 def test_wrong_unit_declared_warns(tmp_path: Path) -> None:
-    # One hour of requests, timestamps in ms, declared as seconds: spans ~41 days... and
-    # a whole year of ms read as s is plainly wrong.
-    rows = "".join(f"{t},{5},{6}\n" for t in range(0, 400 * 86400 * 1000, 86400 * 1000))
+    # Two years read as seconds is implausible (a warning); a whole year of ms read as
+    # s spans 1,000 years, beyond limits.MAX_SPAN_S: an error naming the end rows.
+    rows = "".join(f"{t},{5},{6}\n" for t in range(0, 400 * 86400 * 2, 86400 * 2))
     path = _write(tmp_path, ["ts,i,o\n", rows])
     trace = ingest(path, mapping="arrival=ts:s,input=i,output=o")
     assert any("implausibly long" in w and "arrival=COL:ms" in w for w in trace.meta["warnings"])
+    rows_ms = "".join(f"{t},{5},{6}\n" for t in range(0, 400 * 86400 * 1000, 86400 * 1000))
+    path_ms = _write(tmp_path, ["ts,i,o\n", rows_ms], name="ms.csv")
+    with pytest.raises(TraceFormatError, match=r"span 1.09e\+03 years \(data row 400 .*arrival=COL:ms"):
+        ingest(path_ms, mapping="arrival=ts:s,input=i,output=o")
     fast = "".join(f"{t},{5},{6}\n" for t in range(1000))  # 1000 requests in 1 s if read as ms
     path2 = _write(tmp_path, ["ts,i,o\n", fast], name="f.csv")
     trace2 = ingest(path2, mapping="arrival=ts:us,input=i,output=o")

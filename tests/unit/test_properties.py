@@ -329,3 +329,156 @@ def test_synth_from_damaged_spec_leaves_nothing_behind(capsys, data):
         back = read_trace(out)
         assert 0 < len(back) <= 200
         assert [p.name for p in outdir.iterdir()] == ["t.parquet"]
+
+
+# -- issue 14: hostile sizes and strings through the real CLI ------------------------------------
+#
+# Each property runs ``burstbench.cli.main`` on a real file and accepts exactly two
+# outcomes: success, or one ``error: ...`` line on stderr with a non-zero code. Any
+# other exception propagates out of ``main`` and fails the property. Whatever is
+# printed carries no raw control character and no markup was interpreted.
+
+import re  # noqa: E402
+
+import polars as pl  # noqa: E402
+
+from burstbench import limits  # noqa: E402
+from burstbench.cli import main  # noqa: E402
+
+_RAW_CONTROL = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+HOSTILE_SETTINGS = settings(max_examples=12, deadline=None,
+                            suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+
+
+def _cli(capsys: pytest.CaptureFixture[str], args: list[str]) -> tuple[int, str]:
+    capsys.readouterr()
+    rc = main(args)
+    out = capsys.readouterr()
+    printed = out.out + out.err
+    assert not _RAW_CONTROL.search(printed), repr(printed[:300])
+    if rc != 0:
+        lines = out.err.strip().splitlines()
+        assert [ln for ln in lines if ln.startswith("error: ")] == lines[-1:], out.err[-500:]
+        assert len(lines[-1]) <= limits.MAX_ERROR_CHARS + len("error: ")
+    return rc, out.out
+
+
+def _nest(depth: int, kind: str) -> str:
+    return ("[" * depth + "]" * depth) if kind == "list" else ('{"a": ' * depth + "1" + "}" * depth)
+
+
+@HOSTILE_SETTINGS
+@given(depth=st.integers(1, 3000), kind=st.sampled_from(["list", "dict"]), skip_bad=st.booleans(),
+       where=st.sampled_from(["jsonl", "import", "twin", "spec"]))
+def test_any_nesting_depth_is_read_or_refused_in_one_line(capsys, depth, kind, skip_bad, where):
+    value = _nest(depth, kind)
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp)
+        if where == "jsonl":
+            src = d / "t.jsonl"
+            src.write_text('{"a": 0, "b": 1, "c": 2}\n{"a": 1, "b": 2, "c": 3, "x": ' + value + "}\n")
+            args = ["trace", "ingest", str(src), "--map", "arrival=a,input=b,output=c", "-o", str(d / "t.parquet")]
+            args += ["--skip-bad"] if skip_bad else []
+        elif where == "import":
+            src = d / "bench.json"
+            src.write_text('{"ttfts": ' + value + "}")
+            args = ["analyze", "--import", str(src), "-o", str(d / "r.duckdb")]
+        else:
+            src = d / "f.yaml"
+            src.write_text("model: llama-3.1-8b\nhardware: l40s\nx: " + value + "\n")
+            args = (["whatif", str(src), "--trace", str(TRACES / "azure_llm_2023_conv.csv"), "--no-search"]
+                    if where == "twin" else ["trace", "synth", str(src), "-o", str(d / "s.parquet")])
+        rc, _ = _cli(capsys, args)
+        if depth > limits.MAX_NESTING and where != "jsonl":
+            assert rc != 0  # nothing that deep is a real file
+
+
+huge = st.one_of(
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from([limits.MAX_TOKENS, limits.MAX_TOKENS + 1, 2**63 - 1, 2**63, 2**64, 9.2e18, -9.2e18,
+                     limits.MAX_SPAN_S, limits.MAX_SPAN_S * 1.01, 1.7e9, 1e308]),
+)
+
+
+@HOSTILE_SETTINGS
+@given(ts=st.lists(huge, min_size=1, max_size=4), tokens=st.lists(huge, min_size=1, max_size=4),
+       skip_bad=st.booleans())
+def test_huge_numbers_in_a_trace_are_kept_or_refused_by_row(capsys, ts, tokens, skip_bad):
+    rows = [f"{t},ChatGPT,{tok},{tok},1,Conv" for t, tok in zip(ts, tokens, strict=False)]
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp)
+        src = d / "t.csv"
+        src.write_text("Timestamp,Model,Request tokens,Response tokens,Total tokens,Log Type\n0,ChatGPT,1,1,2,Conv\n"
+                       + "\n".join(rows) + "\n")
+        rc, _ = _cli(capsys, ["trace", "ingest", str(src), "-o", str(d / "t.parquet")]
+                     + (["--skip-bad"] if skip_bad else []))
+        if rc == 0:  # what was kept is within every limit, so the commands that size arrays by it run
+            df = read_trace(d / "t.parquet").df
+            assert df["input_tokens"].max() <= limits.MAX_TOKENS
+            assert df["arrival_s"].max() <= limits.MAX_SPAN_S
+            rc, _ = _cli(capsys, ["trace", "stats", str(d / "t.parquet")])
+            assert rc == 0
+
+
+@HOSTILE_SETTINGS
+@given(arrival=st.lists(st.floats(0, 1e20), min_size=1, max_size=4),
+       tokens=st.lists(st.integers(0, 2**62), min_size=1, max_size=4),
+       window=st.one_of(st.floats(min_value=1e-320, max_value=1e12), st.sampled_from([1e-9, 0.0, -1.0])))
+def test_parquet_written_elsewhere_is_bounded_in_stats(capsys, arrival, tokens, window):
+    n = min(len(arrival), len(tokens))
+    with tempfile.TemporaryDirectory() as tmp:
+        p = Path(tmp) / "t.parquet"
+        pl.DataFrame({"arrival_s": arrival[:n], "input_tokens": tokens[:n], "output_tokens": tokens[:n]}).write_parquet(p)
+        rc, _ = _cli(capsys, ["trace", "stats", str(p), "--window", repr(window)])
+        if rc == 0:
+            assert max(tokens[:n]) <= limits.MAX_TOKENS and max(arrival[:n]) - min(arrival[:n]) <= limits.MAX_SPAN_S
+
+
+hostile_text = st.lists(
+    st.one_of(st.sampled_from([*"[]/\\=#:;,'\" ", "[/x]", "[bold]", "[link=x]", "\x1b[31m", "\x1b]0;t\x07",
+                               "\u202e", "\x9b", "\r", "\t"]),
+              st.characters(min_codepoint=0, max_codepoint=0x9f, blacklist_categories=("Cs",))),
+    min_size=1, max_size=12,
+).map("".join).filter(lambda s: s.strip() and "\n" not in s and "\r" not in s and "\x00" not in s)
+
+
+def _csv_cell(s: str) -> str:
+    return '"' + s.replace('"', '""') + '"'
+
+
+@HOSTILE_SETTINGS
+@given(model=hostile_text, tenant=hostile_text, session=hostile_text)
+def test_markup_and_control_characters_in_every_string_field_print_as_text(capsys, model, tenant, session):
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp)
+        src = d / "t.csv"
+        src.write_text("ts,i,o,m,t,s\n" + "".join(
+            f"{k},{k + 1},{k + 2},{_csv_cell(model)},{_csv_cell(tenant)},{_csv_cell(session)}\n" for k in range(3)),
+            encoding="utf-8")
+        rc, _ = _cli(capsys, ["trace", "ingest", str(src), "-o", str(d / "t.parquet"),
+                              "--map", "arrival=ts,input=i,output=o,model=m,tenant=t,session=s"])
+        assert rc == 0
+        rc, _ = _cli(capsys, ["trace", "stats", str(d / "t.parquet")])
+        assert rc == 0
+        rc, out = _cli(capsys, ["trace", "stats", str(d / "t.parquet"), "--json"])
+        assert rc == 0 and tenant in json.loads(out.splitlines()[-1])["tenants"]
+
+
+@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(label=hostile_text, sql_text=hostile_text)
+def test_markup_and_control_characters_in_a_run_label_and_sql_result(capsys, label, sql_text):
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp)
+        src = d / "t.csv"
+        src.write_text("Timestamp,Model,Request tokens,Response tokens,Total tokens,Log Type\n"
+                       "0,ChatGPT,5,3,8,Conv\n1,ChatGPT,6,4,10,Conv\n")
+        store = d / "r.duckdb"
+        rc, _ = _cli(capsys, ["simulate", str(src), "--model", "llama-3.1-8b", "--hardware", "l40s",
+                              "-o", str(store), "--label", label])
+        assert rc == 0
+        rc, _ = _cli(capsys, ["analyze", str(store)])
+        assert rc == 0
+        quoted = "'" + sql_text.replace("'", "''") + "'"
+        rc, _ = _cli(capsys, ["analyze", str(store), "--sql", f"SELECT {quoted} AS v, label FROM runs"])
+        assert rc == 0

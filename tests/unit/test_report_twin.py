@@ -56,7 +56,7 @@ def test_strings_from_twin_files_are_escaped(azure_conv, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("content, message", [
-    ("{not yaml: [", "not YAML or JSON"),
+    ("{not yaml: [", "not valid YAML"),
     ('{"runs": []}', "neither a twin.yaml from calibrate nor the --json output of whatif or plan"),
     ("", "neither a twin.yaml"),
 ])

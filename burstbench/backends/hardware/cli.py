@@ -37,17 +37,17 @@ def profile(output: Path | None, quick: bool, name: str | None, as_json: bool, l
     if list_presets:
         _list_presets(as_json)
         return
-    from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.text import Text
 
     from burstbench.backends.hardware.profiler import profile_machine
+    from burstbench.output import console as make_console
 
     if output is not None:
         check_output(output, kind="json", force=force)
         if not output.parent.exists():
             raise UsageError(f"-o {output}: folder {output.parent} does not exist")
-    console = Console(stderr=True)
+    console = make_console()
     with Progress(
         TextColumn("[bold]profile[/]"),
         TextColumn("{task.description}"),
@@ -78,7 +78,7 @@ def profile(output: Path | None, quick: bool, name: str | None, as_json: bool, l
             raise UsageError(f"-o {output}: cannot write ({exc.strerror}); choose another path") from exc
     out = results_console(as_json)  # the measured figures are the result
     out.print(
-        f"[bold]{hw.name}[/] ({hw.kind}): peak {hw.peak_flops / 1e9:.1f} GFLOP/s, "
+        f"{hw.name} ({hw.kind}): peak {hw.peak_flops / 1e9:.1f} GFLOP/s, "
         f"memory bandwidth {hw.mem_bandwidth / 1e9:.1f} GB/s "
         f"(η_B {hw.bandwidth_efficiency(1):.2f}), memory {hw.memory_bytes / 2**30:.1f} GiB"
     )

@@ -243,9 +243,6 @@ def load_hardware(name_or_path: str | Path) -> HardwareProfile:
 
 def read_json_file(path: Path) -> Any:
     """A JSON file's value; bad text or JSON is an InputError naming the file and line."""
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as exc:
-        raise InputError(f"not UTF-8 text ({exc.reason})", path=path) from exc
-    except json.JSONDecodeError as exc:
-        raise InputError(f"not valid JSON: {exc.msg}", path=path, line=exc.lineno) from exc
+    from burstbench.infile import loads_json, read_text
+
+    return loads_json(read_text(path, expected="a hardware profile JSON"), path=path)

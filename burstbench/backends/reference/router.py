@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from burstbench.errors import UsageError
+from burstbench.limits import MAX_REPLICAS
 
 ROUTERS = ("round_robin", "least_outstanding")
 
@@ -36,6 +37,8 @@ class Router:
             raise UsageError(f"router must be one of {', '.join(ROUTERS)}, got '{kind}'")
         if replicas < 1:
             raise UsageError(f"replicas must be >= 1, got {replicas}")
+        if replicas > MAX_REPLICAS:
+            raise UsageError(f"{replicas:,} replicas is over the limit of {MAX_REPLICAS:,} instances per fleet")
         self.kind = kind
         self.replicas = replicas
         self._next = 0

@@ -602,10 +602,11 @@ class _Progress:
     def __init__(self, total: int, *, enabled: bool) -> None:
         self._bar = None
         if enabled and total:
-            from rich.console import Console
             from rich.progress import Progress
 
-            self._bar = Progress(console=Console(stderr=True), transient=True)
+            from burstbench.output import console
+
+            self._bar = Progress(console=console(), transient=True)
             self._bar.start()
             self._task = self._bar.add_task("simulating", total=total)
 

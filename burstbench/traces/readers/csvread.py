@@ -14,7 +14,14 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from burstbench.traces.readers.plan import Field, Plan, parse_string_expr, string_reason_expr
+from burstbench.traces.readers.plan import (
+    REASONS,
+    Field,
+    Plan,
+    limit_checks,
+    parse_string_expr,
+    string_reason_expr,
+)
 from burstbench.traces.readers.source import (
     Source,
     count_lines,
@@ -87,6 +94,7 @@ def _scan(src: Source, schema: dict[str, pl.DataType]) -> pl.LazyFrame:
     """The file's data rows by position (the header is already read), ragged rows kept."""
     return pl.scan_csv(
         src.path,
+        glob=False,  # a file named 'runs[1].csv' is that file, not a pattern
         has_header=False,
         skip_rows=1,
         schema=schema,
@@ -122,6 +130,7 @@ def _fast(src: Source, fields: list[Field]) -> ReadResult:
         for f in fields
         if df.schema[f.target] == pl.Float64
     ]
+    checks += limit_checks(fields, df.schema)
     if any(df.select(checks).row(0)):
         raise _NeedsSlowPath("extra fields, empty or negative values")
     return ReadResult(df.drop("_extra0"), df.height, {}, fields)
@@ -217,6 +226,8 @@ def _raise_for(src: Source, fields: list[Field], bad: dict, rows_read: int, trun
         detail = f"value {shown} is not a timestamp like the first row's (format {f.time_format})"
     elif reason == "not_boolean":
         detail = f"value {shown} is not true/false/1/0"
+    elif reason in ("too_large", "out_of_range"):
+        detail = f"value {shown} {REASONS[reason]}, far beyond any real trace (a wrong column or unit?)"
     else:  # pragma: no cover - every reason above is produced by string_reason_expr
         detail = f"value {shown} is unusable ({reason})"
     raise src.error(f"{detail}; {hint}", line=line, field=field)

@@ -20,8 +20,9 @@ from typing import Any
 
 import polars as pl
 
+from burstbench.limits import MAX_TIMESTAMP, MAX_TOKENS
 from burstbench.traces.readers.csvread import ReadResult
-from burstbench.traces.readers.plan import TRUE_WORDS, Field, Plan
+from burstbench.traces.readers.plan import REASONS, TRUE_WORDS, Field, Plan, limit_checks
 from burstbench.traces.readers.source import Source
 
 INFER_ROWS = 1000
@@ -65,7 +66,10 @@ def resolve_fields(src: Source, plan: Plan) -> list[Field]:
 
 def read_jsonl(src: Source, plan: Plan, *, skip_bad: bool) -> ReadResult:
     fields = resolve_fields(src, plan)
-    if src.ends_with_newline or _last_line_is_json(src):
+    # scan_ndjson expands glob characters in the path and has no switch to stop it:
+    # a file named 'runs[1].jsonl' goes straight to the chunked path, which opens it itself
+    literal = not any(c in str(src.path) for c in "*?[")
+    if literal and (src.ends_with_newline or _last_line_is_json(src)):
         try:
             return _fast(src, fields)
         except _NeedsSlowPath:
@@ -84,7 +88,7 @@ def _last_line_is_json(src: Source) -> bool:
         last = fh.read().rsplit(b"\n", 1)[-1]
     try:
         json.loads(last)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
         return False
     return True
 
@@ -162,12 +166,18 @@ def _check_value(f: Field, value: Any) -> tuple[Any, str | None]:
             value = int(value)
         if f.kind == "count" and value < 0:
             return None, "negative"
+        if f.kind == "count" and value > MAX_TOKENS:
+            return None, "too_large"
+        if f.kind == "time" and abs(value) > MAX_TIMESTAMP:
+            return None, "out_of_range"
         if not -(2**63) <= value < 2**63:
             return None, "non_numeric"
         return value, None
     if f.kind == "float" or (f.kind == "time" and f.unit != "iso8601"):
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
             return None, "non_numeric"
+        if f.kind == "time" and abs(value) > MAX_TIMESTAMP:
+            return None, "out_of_range"
         return float(value), None
     if f.kind == "time":
         return (value, None) if isinstance(value, str) else (None, "bad_timestamp")
@@ -252,6 +262,7 @@ def _has_bad_values(df: pl.DataFrame, fields: list[Field]) -> bool:
         for f in fields
         if df.schema[f.target] == pl.Float64
     ]
+    checks += limit_checks(fields, df.schema)
     return bool(checks) and any(df.select(checks).row(0))
 
 
@@ -307,6 +318,8 @@ def _parse_line(src: Source, fields: list[Field], raw: bytes, lineno: int) -> di
             )
         what = exc.msg if isinstance(exc, json.JSONDecodeError) else "not UTF-8"
         return "malformed_json", None, f"not a valid JSON object ({what}); {hint}"
+    except RecursionError:  # Python's parser recurses per level; no real record nests ~1,000 deep
+        return "malformed_json", None, f"not a usable JSON object (nested over 900 levels deep); {hint}"
     if not isinstance(obj, dict):
         return "malformed_json", None, f"holds a JSON {type(obj).__name__}, not an object; {hint}"
     out = {}
@@ -323,6 +336,8 @@ def _parse_line(src: Source, fields: list[Field], raw: bytes, lineno: int) -> di
                 "bad_timestamp": f"{shown} is not a timestamp string",
                 "bad_hashes": f"{shown} is not a list of non-negative integers",
                 "not_boolean": f"{shown} is not true/false",
+                "too_large": f"{shown} {REASONS['too_large']}, far beyond any real trace",
+                "out_of_range": f"{shown} {REASONS['out_of_range']}, far beyond any real trace",
             }[reason]
             return reason, f.source, f"{words}; {hint}"
         out[f.target] = parsed

@@ -12,6 +12,8 @@ from typing import Literal
 
 import polars as pl
 
+from burstbench.limits import MAX_TIMESTAMP, MAX_TOKENS
+
 FieldKind = Literal["count", "int", "float", "str", "bool", "time", "hashes"]
 TIME_UNITS = ("s", "ms", "us", "ns", "iso8601", "epoch")
 UNIT_SECONDS = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
@@ -24,6 +26,8 @@ REASONS = {
     "negative": "is negative",
     "bad_timestamp": "is not a timestamp in the expected form",
     "not_boolean": "is not true/false/1/0",
+    "too_large": f"is a token count over {MAX_TOKENS:,}",
+    "out_of_range": f"is a timestamp beyond {MAX_TIMESTAMP:.0e} in its unit",
     "bad_hashes": "is not a list of non-negative integers",
     "extra_fields": "has more fields than the header",
     "truncated_last_line": "is cut short (the file ends mid-row)",
@@ -109,6 +113,21 @@ def parse_string_expr(f: Field, raw: pl.Expr, *, strict: bool) -> pl.Expr:
     return raw
 
 
+def limit_checks(fields: list[Field], schema: pl.Schema) -> list[pl.Expr]:
+    """One boolean per bounded field: does any parsed value break ``burstbench.limits``?
+
+    The fast paths of both readers run these; a hit sends the file to the slow path,
+    which names the first offending line (reasons ``too_large`` / ``out_of_range``).
+    """
+    checks = [(pl.col(f.target) > MAX_TOKENS).any().alias(f"big:{f.target}") for f in fields if f.kind == "count"]
+    checks += [
+        (pl.col(f.target).abs() > MAX_TIMESTAMP).any().alias(f"far:{f.target}")
+        for f in fields
+        if f.kind == "time" and schema[f.target].is_numeric()
+    ]
+    return checks
+
+
 def string_reason_expr(f: Field, raw: pl.Expr, parsed: pl.Expr) -> pl.Expr:
     """Why a row's raw value for ``f`` is unusable (a REASONS key), or null if it is fine."""
     s = raw.str.strip_chars()
@@ -123,6 +142,9 @@ def string_reason_expr(f: Field, raw: pl.Expr, parsed: pl.Expr) -> pl.Expr:
             conds.append((present & (num != num.floor()), "non_integer"))
         if f.kind == "count":
             conds.append((present & (num < 0), "negative"))
+            conds.append((present & (num > MAX_TOKENS), "too_large"))
+        if f.kind == "time":
+            conds.append((present & (num.abs() > MAX_TIMESTAMP), "out_of_range"))
         conds.append((present & parsed.is_null(), "non_numeric"))
     elif f.kind == "time":
         conds.append((present & parsed.is_null(), "bad_timestamp"))

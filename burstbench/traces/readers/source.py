@@ -15,7 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from burstbench.errors import TraceFormatError
+from burstbench.errors import InputError, TraceFormatError
+from burstbench.infile import check_input
+from burstbench.limits import MAX_LINE_BYTES
+
+# The csv module refuses fields over 128 KiB (``_csv.Error``) on its own; a trace's
+# prompt text may be longer, and every line is bounded by MAX_LINE_BYTES first anyway.
+csv.field_size_limit(MAX_LINE_BYTES)
 
 HEAD_BYTES = 1 << 20  # the header or first record must fit in 1 MiB
 TAIL_BYTES = 1 << 16
@@ -55,10 +61,10 @@ def open_source(path: str | Path, *, shown: Path | None = None) -> Source:
     """
     path = Path(path)
     name = shown or path
-    if not path.exists():
-        raise TraceFormatError("no such file; check the path", path=name)
-    if not path.is_file():
-        raise TraceFormatError("not a regular file; give the path of a CSV or JSONL trace", path=name)
+    try:
+        check_input(path)
+    except InputError as exc:  # same words, under the name the user gave and the format error type
+        raise TraceFormatError(str(exc).removeprefix(f"{path}: "), path=name) from exc
     size = path.stat().st_size
     if size == 0:
         raise TraceFormatError(
@@ -71,6 +77,7 @@ def open_source(path: str | Path, *, shown: Path | None = None) -> Source:
         fh.seek(max(0, size - 1))
         ends_with_newline = fh.read(1) in (b"\n", b"\r")
     _refuse_binary(name, head)
+    check_line_lengths(path, name)
     stripped = head.lstrip(b"\xef\xbb\xbf \t\r\n")
     if not stripped:
         raise TraceFormatError("file holds only blank lines; there are no requests in it", path=name, line=1)
@@ -87,6 +94,42 @@ def open_source(path: str | Path, *, shown: Path | None = None) -> Source:
         )
     header = _csv_header(name, head)
     return Source(path, "csv", size, ends_with_newline, header=header, shown=shown)
+
+
+def check_line_lengths(path: Path, shown: Path) -> None:
+    """Refuse a line longer than ``MAX_LINE_BYTES`` before any parser reads the file.
+
+    Polars holds a whole line in memory to parse it: a 2 GB one-line CSV took 112 s
+    and 10.9 GB to be refused. Per 4 MiB read only the first and last newline are
+    looked up (the lines between are shorter than the read), so a clean trace costs
+    one read at memory speed; the line number is counted only for the error.
+    """
+    buf = bytearray(4 << 20)
+    pos = 0  # file offset of the current read
+    line_start = 0  # file offset where the current line began
+    with path.open("rb") as fh:
+        while n := fh.readinto(buf):
+            first = buf.find(b"\n", 0, n)
+            if (pos + n if first < 0 else pos + first) - line_start > MAX_LINE_BYTES:
+                raise TraceFormatError(
+                    f"line is longer than {MAX_LINE_BYTES >> 20} MiB (no trace record is); the file is not a "
+                    "line-per-request trace or a newline is missing",
+                    path=shown,
+                    line=_line_at(path, line_start),
+                )
+            if first >= 0:
+                line_start = pos + buf.rfind(b"\n", 0, n) + 1
+            pos += n
+
+
+def _line_at(path: Path, offset: int) -> int:
+    """1-based number of the line that starts at byte ``offset``."""
+    lines = 1
+    with path.open("rb") as fh:
+        while offset > 0 and (chunk := fh.read(min(offset, 1 << 22))):
+            lines += chunk.count(b"\n")
+            offset -= len(chunk)
+    return lines
 
 
 def _refuse_binary(path: Path, head: bytes) -> None:
@@ -147,6 +190,13 @@ def _first_json_record(path: Path, head: bytes, size: int) -> tuple[dict[str, An
         text = _decode_line(path, raw, i)
         try:
             obj = json.loads(text)
+        except RecursionError as exc:
+            raise TraceFormatError(
+                "record nests deeper than Python's JSON parser can go (over 900 levels); no trace record "
+                "does: this is not a trace",
+                path=path,
+                line=i,
+            ) from exc
         except json.JSONDecodeError as exc:
             if is_last_piece and not complete:
                 break  # the head cut the record; the full reader will judge it
