@@ -31,7 +31,8 @@ import duckdb
 from burstbench import __version__
 from burstbench.errors import StoreError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# 2: server_spans (per-request server phases from OpenTelemetry spans, joined by trace id)
 
 # Column order of each table; writers pass rows (tuples) or frames in this order.
 RUN_COLUMNS: tuple[str, ...] = (
@@ -103,6 +104,26 @@ TELEMETRY_COLUMNS: tuple[str, ...] = (
     "worker_id",  # INTEGER?
 )
 
+SERVER_SPAN_COLUMNS: tuple[str, ...] = (
+    "run_id",
+    "request_id",        # BIGINT, the request the span's trace id names
+    "trace_id",          # VARCHAR, 32 hex digits
+    "span_id",           # VARCHAR, 16 hex digits
+    "name",              # VARCHAR, span name ('llm_request' in vLLM)
+    "service",           # VARCHAR?, resource service.name
+    "arrival_s",         # DOUBLE?, span start (server arrival) in seconds from run start
+    "received_s",        # DOUBLE?, when the span reached the receiver (run clock; NULL if simulated)
+    "queue_s",           # DOUBLE?, gen_ai.latency.time_in_queue
+    "prefill_s",         # DOUBLE?, gen_ai.latency.time_in_model_prefill
+    "decode_s",          # DOUBLE?, gen_ai.latency.time_in_model_decode
+    "inference_s",       # DOUBLE?, gen_ai.latency.time_in_model_inference
+    "ttft_s",            # DOUBLE?, gen_ai.latency.time_to_first_token (server side)
+    "e2e_s",             # DOUBLE?, gen_ai.latency.e2e (server side)
+    "prompt_tokens",     # BIGINT?, gen_ai.usage.prompt_tokens
+    "completion_tokens", # BIGINT?, gen_ai.usage.completion_tokens
+    "attributes",        # JSON, every attribute as received
+)
+
 DDL = """
 CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR);
 CREATE TABLE IF NOT EXISTS runs (
@@ -129,6 +150,12 @@ CREATE TABLE IF NOT EXISTS chunks (
 CREATE TABLE IF NOT EXISTS telemetry (
     run_id VARCHAR NOT NULL, t_s DOUBLE NOT NULL, source VARCHAR, name VARCHAR NOT NULL,
     value DOUBLE, labels VARCHAR, worker_id INTEGER
+);
+CREATE TABLE IF NOT EXISTS server_spans (
+    run_id VARCHAR NOT NULL, request_id BIGINT NOT NULL, trace_id VARCHAR NOT NULL,
+    span_id VARCHAR NOT NULL, name VARCHAR, service VARCHAR, arrival_s DOUBLE, received_s DOUBLE,
+    queue_s DOUBLE, prefill_s DOUBLE, decode_s DOUBLE, inference_s DOUBLE, ttft_s DOUBLE,
+    e2e_s DOUBLE, prompt_tokens BIGINT, completion_tokens BIGINT, attributes JSON
 );
 """
 
@@ -316,6 +343,14 @@ class ResultsStore:
 
     def append_telemetry(self, rows: Iterable[Sequence[Any]] | Any) -> None:
         self._append("telemetry", TELEMETRY_COLUMNS, rows)
+
+    def append_server_spans(self, rows: Iterable[Sequence[Any]] | Any) -> None:
+        self._append("server_spans", SERVER_SPAN_COLUMNS, rows)
+
+    def has_table(self, name: str) -> bool:
+        """Whether the file has ``name`` (a file written before that table existed has not)."""
+        return bool(self.con.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [name]).fetchone()[0])
 
     def checkpoint(self) -> None:
         """Flush the WAL so a killed process loses nothing already appended."""

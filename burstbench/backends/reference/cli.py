@@ -104,7 +104,8 @@ def simulate(trace, out, label, seed, reasoning_share, no_chunks, as_json, **eng
 @click.option("--fault-malformed-rate", type=float, default=0.0)
 @click.option("--fault-stream-error-rate", type=float, default=0.0)
 @click.option("--fault-seed", type=int, default=0, show_default=True)
-def serve(host, port, time_scale, api_key, served_model_name, max_concurrent, max_request_bytes, output_len, reasoning_share, seed, fault_error_rate, fault_error_codes, fault_retry_after, fault_slow_first_byte_rate, fault_slow_first_byte_s, fault_stall_rate, fault_stall_s, fault_disconnect_rate, fault_malformed_rate, fault_stream_error_rate, fault_seed, **engine):  # type: ignore[no-untyped-def]
+@click.option("--otlp-traces-endpoint", default=None, metavar="URL", help="Export a vLLM-like span per request (queue, prefill, decode, TTFT, E2E) to this OTLP/HTTP collector, e.g. the one 'run --server-spans' starts: http://127.0.0.1:4318/v1/traces.")
+def serve(host, port, time_scale, api_key, served_model_name, max_concurrent, max_request_bytes, output_len, reasoning_share, seed, fault_error_rate, fault_error_codes, fault_retry_after, fault_slow_first_byte_rate, fault_slow_first_byte_s, fault_stall_rate, fault_stall_s, fault_disconnect_rate, fault_malformed_rate, fault_stream_error_rate, fault_seed, otlp_traces_endpoint, **engine):  # type: ignore[no-untyped-def]
     """Serve the reference engine over an OpenAI-compatible HTTP API.
 
     \b
@@ -149,6 +150,7 @@ def serve(host, port, time_scale, api_key, served_model_name, max_concurrent, ma
         reasoning_share=reasoning_share,
         seed=seed,
         faults=faults,
+        otlp_traces_endpoint=otlp_traces_endpoint,
     )
 
     def ready(srv):  # type: ignore[no-untyped-def]

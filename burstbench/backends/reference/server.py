@@ -42,6 +42,7 @@ from burstbench.backends.reference.engine import DONE, EngineCore, Seq
 from burstbench.backends.reference.faults import NO_FAULTS, FaultConfig, FaultInjector, FaultPlan
 from burstbench.backends.reference.kvcache import chain_hashes, text_block_keys
 from burstbench.backends.reference.router import Router
+from burstbench.backends.reference.spans import SpanEmitter
 from burstbench.backends.reference.tokens import (
     DEFAULT_REASONING_SHARE,
     OutputLengths,
@@ -87,6 +88,7 @@ class ServeConfig:
     faults: FaultConfig = field(default_factory=FaultConfig)
     num_blocks: int | None = None  # override the KV size (tests)
     spin_s: float = 0.001  # yield-spin this long before each deadline (timer precision; 0: off)
+    otlp_traces_endpoint: str | None = None  # export vLLM-like request spans here (OTLP/HTTP)
 
     def __post_init__(self) -> None:
         if not self.time_scale > 0:
@@ -126,7 +128,7 @@ class Histogram:
 class _Stream:
     """Per-request state shared between the replica loop (producer) and the handler."""
 
-    __slots__ = ("closed", "deadline", "direct", "event", "pending", "preempted")
+    __slots__ = ("closed", "deadline", "direct", "event", "pending", "preempted", "t_first", "t_last", "t_sched")
 
     def __init__(self) -> None:
         self.event = asyncio.Event()
@@ -135,6 +137,7 @@ class _Stream:
         self.preempted = 0
         self.direct: _Ctx | None = None  # set while the replica loop writes this stream itself
         self.closed = False  # the server is shutting down
+        self.t_sched = self.t_first = self.t_last = -1.0  # loop times of the span's phases
 
 
 async def _write_direct(st: _Stream) -> None:
@@ -219,8 +222,13 @@ class _Replica:
             while loop.time() < deadline:
                 await asyncio.sleep(0)
             direct: list[_Stream] = []
+            for s in out.admitted:
+                s.tag.t_sched = start
             for s in out.emitted:
                 st: _Stream = s.tag
+                if st.t_first < 0:
+                    st.t_first = deadline
+                st.t_last = deadline
                 if st.pending == 0:
                     st.deadline = deadline
                 st.pending += 1
@@ -321,6 +329,7 @@ class ReferenceApp:
         self.app.on_startup.append(self._start)
         self.app.on_shutdown.append(self._on_shutdown)
         self.app.on_cleanup.append(self._stop)
+        self.spans = SpanEmitter.attach(self.app, c.otlp_traces_endpoint, self.name) if c.otlp_traces_endpoint else None
 
     def _engine(self) -> EngineCore:
         c = self.config
@@ -663,6 +672,12 @@ class _Ctx:
         stats = self.app.stats
         stats.e2e.observe(loop.time() - self.t0)
         stats.success[self.finish_reason] = stats.success.get(self.finish_reason, 0) + 1
+        if self.app.spans is not None:
+            st = self.st
+            self.app.spans.request_done(
+                self.request.headers.get("traceparent"), self.id, arrival=self.t0, scheduled=st.t_sched,
+                first_token=st.t_first, last_token=st.t_last, end=loop.time(), prompt_tokens=self.n_prompt,
+                completion_tokens=self.n_out)
 
     async def whole(self) -> web.Response:
         loop = asyncio.get_running_loop()
