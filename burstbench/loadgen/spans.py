@@ -53,7 +53,7 @@ def parse_address(value: str, *, option: str = "--server-spans") -> tuple[str, i
     if "://" in text:
         text = text.split("://", 1)[1]
     host, sep, port = text.rstrip("/").rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
         raise UsageError(f"{option} {value!r}: expected HOST:PORT, e.g. {DEFAULT_SPANS_ADDRESS}")
     return host.strip("[]") or "127.0.0.1", int(port)
 

@@ -222,13 +222,14 @@ class _Replica:
             while loop.time() < deadline:
                 await asyncio.sleep(0)
             direct: list[_Stream] = []
-            for s in out.admitted:
-                s.tag.t_sched = start
+            released = loop.time()  # span times: when tokens really left the engine, late or not
+            for s in out.admitted:  # not before it arrived: a handler may add it after ``start``
+                s.tag.t_sched = max(start, s.arrival)
             for s in out.emitted:
                 st: _Stream = s.tag
                 if st.t_first < 0:
-                    st.t_first = deadline
-                st.t_last = deadline
+                    st.t_first = released
+                st.t_last = released
                 if st.pending == 0:
                     st.deadline = deadline
                 st.pending += 1
