@@ -116,8 +116,8 @@ def per_request(con: duckdb.DuckDBPyConnection, run_id: str) -> Any:
     """The decomposed requests of a run as a Polars frame (sent_s and each part in seconds)."""
     install_view(con)
     cols = ", ".join(f"{p}_s" for p in PARTS)
-    return con.execute(
+    return con.sql(
         f"SELECT request_id, sent_s, ttft_s, server_ttft_s, {cols} FROM request_phases"
-        " WHERE run_id = ? AND phase = 'measure' AND ok AND joined AND queue_s IS NOT NULL"
+        " WHERE run_id = $run AND phase = 'measure' AND ok AND joined AND queue_s IS NOT NULL"
         " AND prefill_s IS NOT NULL AND server_ttft_s IS NOT NULL AND ttft_s IS NOT NULL ORDER BY sent_s",
-        [run_id]).pl()
+        params={"run": run_id}).pl()

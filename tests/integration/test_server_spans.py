@@ -26,7 +26,7 @@ from aiohttp import web
 from url_process import url_process
 
 from burstbench.analysis.metrics import open_store
-from burstbench.analysis.phases import decomposition
+from burstbench.analysis.phases import decomposition, per_request
 from burstbench.backends.base import Outcome
 from burstbench.errors import UsageError
 from burstbench.loadgen.runner import execute
@@ -101,9 +101,13 @@ def test_reference_server_spans_join_every_request_and_queue_grows_with_load(tmp
     con = open_store(out)
     try:
         d = decomposition(con, res.run_id)
+        frame = per_request(con, res.run_id)
     finally:
         con.close()
     assert d["joined"] == d["completed"] == 40 and d["missing"] == 0
+    assert frame.height == 40
+    parts = sum(frame[f"{p}_s"] for p in ("network", "server_other", "queue", "prefill"))
+    assert ((parts - frame["ttft_s"]).abs() < 1e-9).all()  # per request, the parts are the TTFT
     # the parts add up to the client's TTFT from schedule: mean of sums = sum of means
     total = sum(d["parts_ms"][p]["mean"] for p in ("network", "server_other", "queue", "prefill"))
     assert total == pytest.approx(d["ttft_ms"]["mean"], rel=1e-9)

@@ -89,7 +89,12 @@ def test_vllm_spans_join_and_decompose_ttft_at_two_loads(traced_vllm, tmp_path):
         diff = (rows["ttft_s"] - rows["server_ttft_s"]).to_numpy()
         assert (diff >= 0).all(), f"vLLM's TTFT above the client's: {np.sort(diff)[:5]}"
         q = np.percentile(diff * 1e3, [50, 90, 99])
-        assert q[0] < 50.0, q  # loopback: a few ms, not a scheduling-sized gap
+        # small: a minor part of TTFT at either load; when idle, a few ms (loopback + SSE write).
+        # Under the burst the API server serialises 40 streams on a shared CPU, and that
+        # frontend time is in this part too (measured 51-130 ms p50 with load average 14-21)
+        assert q[0] < 0.25 * 1e3 * float(np.median(rows["ttft_s"])), q
+        if name == "light":
+            assert q[0] < 20.0, q
         print(f"\n{name}: client - server TTFT ms p50 {q[0]:.2f} p90 {q[1]:.2f} p99 {q[2]:.2f} max "
               f"{diff.max() * 1e3:.2f}; " + ", ".join(
                   f"{p} mean {d['parts_ms'][p]['mean']:.2f} p50 {d['parts_ms'][p]['p50']:.2f} "
