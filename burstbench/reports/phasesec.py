@@ -35,12 +35,15 @@ def _over_time(con: duckdb.DuckDBPyConnection, run: pd.RunRow) -> fg.Figure | No
     if not rows:
         return None
     ts = [r[0] for r in rows]
-    data = [{"type": "scatter", "mode": "lines", "stackgroup": "ttft", "name": fg.label(NAMES[p]),
-             "x": ts, "y": pd._finite([r[2 + i] for r in rows]), "line": {"color": fg.color(i), "width": 0.5},
+    # stacked bars, not areas: a burst sent in one window is one bar (an area of one point is
+    # invisible), and 'relative' stacking draws a negative part below zero instead of hiding it
+    data = [{"type": "bar", "name": fg.label(NAMES[p]), "x": [t + w / 2 for t in ts], "width": w,
+             "y": pd._finite([r[2 + i] for r in rows]), "marker": {"color": fg.color(i)},
              "hovertemplate": "%{y:.3g} ms<extra>" + fg.label(NAMES[p]) + "</extra>"}
             for i, p in enumerate(PARTS)]
-    layout = {"xaxis": {"title": {"text": "time since run start (s)"}, "automargin": True},
-              "yaxis": {"title": {"text": "mean per window (ms)"}, "automargin": True, "rangemode": "tozero"},
+    layout = {"barmode": "relative", "bargap": 0.05,
+              "xaxis": {"title": {"text": "time since run start (s)"}, "automargin": True},
+              "yaxis": {"title": {"text": "mean per window (ms)"}, "automargin": True},
               "hovermode": "x unified"}
     return fg.Figure(f"TTFT from schedule by part over time — {run.name}", data, layout,
                      f"Mean of each part over requests sent in each {w:g} s window; the stack's top is the mean "
