@@ -41,6 +41,9 @@ from burstbench.output import emit_json
 @click.option("--server-spans", is_flag=False, flag_value="127.0.0.1:4318", default=None, metavar="[HOST:PORT]",
               help="Receive the server's OpenTelemetry spans (OTLP/HTTP) here and join each to its request "
                    "[127.0.0.1:4318]; prints how to start vLLM so it exports there.")
+@click.option("--server-spans-grpc", is_flag=False, flag_value="127.0.0.1:4317", default=None,
+              metavar="[HOST:PORT]", help="Also accept the spans over OTLP/gRPC, vLLM's default exporter "
+                                          "[127.0.0.1:4317] (needs grpcio).")
 @click.option("--spans-grace", type=float, default=None, help="Seconds to wait after the run for late spans [10].")
 @click.option("--otlp-endpoint", default=None, metavar="URL",
               help="Also export the client's span per request to this OTLP/HTTP collector (Jaeger, Tempo).")
@@ -78,13 +81,14 @@ def run(trace_path: str, out: str, scenario_file: str | None, as_json: bool, qui
         "warmup_s": flags["warmup"], "cooldown_s": flags["cooldown"], "time_scale": flags["time_scale"],
         "workers": flags["workers"], "timeout_s": flags["timeout"], "grace_s": flags["grace"],
         "api_key_env": flags["api_key_env"], "seed": flags["seed"], "server_spans": flags["server_spans"],
+        "server_spans_grpc": flags["server_spans_grpc"],
         "spans_grace_s": flags["spans_grace"], "otlp_endpoint": flags["otlp_endpoint"],
         "ignore_eos": False if no_ignore_eos else None, "scrape_metrics": False if no_scrape else None,
     }
     scenario = build_scenario(scenario_file, **overrides)
     trace = load_trace(trace_path)
     if flags.get("ray_address"):  # distributed load: burstbench/loadgen/ray_driver.py
-        if scenario.server_spans or scenario.otlp_endpoint:
+        if scenario.server_spans or scenario.server_spans_grpc or scenario.otlp_endpoint:
             raise UsageError("--server-spans and --otlp-endpoint do not work with --ray yet; run without --ray")
         from burstbench.loadgen.ray_driver import execute_ray
 

@@ -168,7 +168,7 @@ def execute(trace: Trace, scenario: Scenario, out: str | Path, *, label: str | N
     if worker_process is None:
         worker_process = backend_factory is None
     run_id = new_run_id()
-    if sc.server_spans or sc.otlp_endpoint:
+    if sc.server_spans or sc.server_spans_grpc or sc.otlp_endpoint:
         opts["trace_run_id"] = run_id
     use_processes = len(parts) > 1 or worker_process
     transport = ProcessWorkers(parts, factory, opts) if use_processes else ThreadWorkers(parts, factory, opts)

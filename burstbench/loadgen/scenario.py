@@ -62,6 +62,7 @@ class Scenario:
     seed: int = 0
     time_scale: float = 1.0
     server_spans: str | None = None  # HOST:PORT of the OTLP receiver for the server's spans
+    server_spans_grpc: str | None = None  # HOST:PORT to also accept OTLP/gRPC spans (vLLM's default)
     spans_grace_s: float = 10.0  # wait this long after the run for spans still in flight
     otlp_endpoint: str | None = None  # a collector URL that gets the client's own spans
 
@@ -103,6 +104,10 @@ class Scenario:
             from burstbench.loadgen.spans import parse_address
 
             parse_address(self.server_spans, option=f"{source}: field 'server_spans'")
+        if self.server_spans_grpc is not None:
+            from burstbench.loadgen.spans import parse_address
+
+            parse_address(self.server_spans_grpc, option=f"{source}: field 'server_spans_grpc'")
         if self.otlp_endpoint is not None and not self.otlp_endpoint.startswith(("http://", "https://")):
             raise bad("otlp_endpoint", f"must be an http:// or https:// collector URL, e.g. "
                       f"http://127.0.0.1:4318 (got {self.otlp_endpoint!r})")

@@ -42,6 +42,7 @@ from burstbench.otlp import (
 )
 
 DEFAULT_SPANS_ADDRESS = "127.0.0.1:4318"
+DEFAULT_GRPC_ADDRESS = "127.0.0.1:4317"  # OTLP/gRPC's usual port: what vLLM exports to unless told otherwise
 MAX_BODY_BYTES = 16 * 2**20  # one OTLP export; the SDK's batches are far smaller
 MAX_SPANS = 2_000_000  # spans kept per run; more are counted, not stored
 _EMPTY_RESPONSE = b""  # an empty ExportTraceServiceResponse serialises to no bytes
@@ -94,6 +95,8 @@ class SpanReceiver:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
         self._thread: threading.Thread | None = None
+        self._grpc: Any = None
+        self.grpc_url: str | None = None
 
     @property
     def url(self) -> str:
@@ -141,7 +144,47 @@ class SpanReceiver:
         if self.port == 0:  # an ephemeral port (tests): learn which
             self.port = self._runner.addresses[0][1]
 
+    def start_grpc(self, address: str) -> SpanReceiver:
+        """Also accept OTLP/gRPC (vLLM's default exporter) at ``address``; needs ``grpcio``."""
+        try:
+            import grpc
+            from opentelemetry.proto.collector.trace.v1 import (
+                trace_service_pb2,
+                trace_service_pb2_grpc,
+            )
+        except ImportError:
+            raise UsageError("--server-spans-grpc needs grpcio (pip install grpcio); or start vLLM with "
+                             "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL=http/protobuf and use --server-spans") from None
+        from concurrent import futures
+
+        from burstbench.otlp import spans_of
+
+        host, port = parse_address(address, option="--server-spans-grpc")
+        receiver = self
+
+        class _Service(trace_service_pb2_grpc.TraceServiceServicer):
+            def Export(self, request: Any, context: Any) -> Any:
+                receiver.accept(spans_of(request), time.time())
+                return trace_service_pb2.ExportTraceServiceResponse()
+
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=2),
+                             options=[("grpc.max_receive_message_length", MAX_BODY_BYTES)])
+        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(_Service(), server)
+        bound = 0
+        with contextlib.suppress(RuntimeError):  # grpcio raises RuntimeError when it cannot bind
+            bound = server.add_insecure_port(f"{host}:{port}")
+        if not bound:
+            raise UsageError(f"--server-spans-grpc {host}:{port}: cannot listen (address in use?); "
+                             "pick a free port, e.g. --server-spans-grpc 127.0.0.1:4327")
+        server.start()
+        self._grpc = server
+        self.grpc_url = f"{host}:{bound}"
+        return self
+
     def stop(self) -> None:
+        if self._grpc is not None:
+            self._grpc.stop(grace=1.0).wait(5.0)
+            self._grpc = None
         if self._loop is not None and self._thread is not None and self._thread.is_alive():
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(10.0)
@@ -206,10 +249,14 @@ class SpanReceiver:
                 self._cond.wait(min(left, 0.2))
 
 
-def vllm_hint(receiver_url: str) -> str:
+def vllm_hint(receiver_url: str, grpc_address: str | None = None) -> str:
     """How to start vLLM so its spans reach this receiver (vLLM exports gRPC unless told)."""
-    return ("start vLLM with: OTEL_EXPORTER_OTLP_TRACES_PROTOCOL=http/protobuf OTEL_BSP_SCHEDULE_DELAY=500 "
-            f"vllm serve MODEL --otlp-traces-endpoint {receiver_url}   "
+    if grpc_address:
+        vllm = f"OTEL_BSP_SCHEDULE_DELAY=500 vllm serve MODEL --otlp-traces-endpoint {grpc_address}"
+    else:
+        vllm = ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL=http/protobuf OTEL_BSP_SCHEDULE_DELAY=500 "
+                f"vllm serve MODEL --otlp-traces-endpoint {receiver_url}")
+    return (f"start vLLM with: {vllm}   "
             f"(reference engine: burstbench serve ... --otlp-traces-endpoint {receiver_url})")
 
 
@@ -292,11 +339,20 @@ class RunSpans:
         self.recorder: Any = None
 
     def __enter__(self) -> RunSpans:
-        if self.sc.server_spans:
-            self.receiver = SpanReceiver(self.sc.server_spans, self.run_id, self._sink).start()
+        if self.sc.server_spans or self.sc.server_spans_grpc:
+            self.receiver = SpanReceiver(self.sc.server_spans or DEFAULT_SPANS_ADDRESS, self.run_id, self._sink)
+            self.receiver.start()
+            if self.sc.server_spans_grpc:
+                try:
+                    self.receiver.start_grpc(self.sc.server_spans_grpc)
+                except BaseException:
+                    self.receiver.stop()
+                    raise
             import sys
 
-            print(f"server spans: OTLP/HTTP receiver at {self.receiver.url}; {vllm_hint(self.receiver.url)}",
+            r = self.receiver
+            grpc = f" and OTLP/gRPC at {r.grpc_url}" if r.grpc_url else ""
+            print(f"server spans: OTLP/HTTP receiver at {r.url}{grpc}; {vllm_hint(r.url, r.grpc_url)}",
                   file=sys.stderr)
         return self
 

@@ -294,3 +294,27 @@ def test_serve_cli_exports_spans_and_run_cli_prints_the_vllm_hint(tmp_path):
     h = subprocess.run([sys.executable, "-m", "burstbench", "analyze", str(out)], capture_output=True, text=True,
                        timeout=120)
     assert "server spans joined: 8 of 8" in h.stderr
+
+
+def test_grpc_export_is_joined_like_http():
+    """vLLM exports OTLP/gRPC unless told otherwise: the receiver takes that too."""
+    grpc = pytest.importorskip("grpc")
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+
+    from burstbench.otlp import trace_id
+
+    got: list = []
+    with SpanReceiver("127.0.0.1:0", "run-g", got.extend) as rec:
+        rec.start_grpc("127.0.0.1:0")
+        mine = SpanData(trace_id("run-g", 11), b"\x05" * 8, "llm_request", 1, 2, {QUEUE: 0.25})
+        other = SpanData(trace_id("run-h", 11), b"\x06" * 8, "llm_request", 1, 2, {QUEUE: 0.25})
+        msg = trace_service_pb2.ExportTraceServiceRequest.FromString(encode([mine, other], "vllm"))
+        with grpc.insecure_channel(rec.grpc_url) as channel:
+            trace_service_pb2_grpc.TraceServiceStub(channel).Export(msg, timeout=10)
+        with socket.socket() as s:  # a taken port is one line
+            s.bind(("127.0.0.1", 0))
+            s.listen()
+            with pytest.raises(UsageError, match="--server-spans-grpc"):
+                SpanReceiver("127.0.0.1:0", "x", got.extend).start_grpc(f"127.0.0.1:{s.getsockname()[1]}")
+    assert [(rid, sp.attributes[QUEUE], sp.service) for rid, sp, _ in got] == [(11, 0.25, "vllm")]
+    assert rec.foreign == 1
