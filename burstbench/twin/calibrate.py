@@ -105,7 +105,7 @@ class MeasuredRun:
 
 
 def read_run(store: str | Path, run_id: str, *, time_scale: float | None = None,
-             max_requests: int | None = None, use_spans: bool = True) -> MeasuredRun:
+             max_requests: int | None = None, use_spans: bool = False) -> MeasuredRun:
     """The run's completed requests as a schedule (``sent_s``) plus their latencies.
 
     ``time_scale``: how many times faster than the modelled hardware the endpoint ran
@@ -160,9 +160,15 @@ def read_run(store: str | Path, run_id: str, *, time_scale: float | None = None,
 def _span_frontend(con: Any, rid: str) -> np.ndarray | None:
     """Per request, the part of TTFT outside the engine's queue and prefill, from server spans.
 
-    Used only when at least 99% of the completed requests have a span: the twin then
-    need not guess the frontend latency from the TTFT it is also fitting (where it
-    trades against the FLOP/s scale), it is measured."""
+    Used only when asked (``use_spans``) and at least 99% of the completed requests have
+    a span: the frontend latency is then measured, not profiled from the TTFT the fit is
+    also matching. Opt-in because it did not identify the engine better: against the live
+    reference server with a hidden engine (benchmarks/bench_spans_twin.py, two repeats on
+    a host at load 10-14) it narrowed the frontend's interval ~8x (+-0.7 ms vs +-5.5 ms)
+    but moved the bandwidth scale further from the truth (0.60-0.64 vs 0.57-0.58, truth
+    0.55) with the same holdout errors; and on simulated runs (frontend exactly 0) a fixed
+    frontend made the limit search pick a 4096-token budget where the profiled one, which
+    gives the optimizer a smoother path, found the true 2048."""
     from burstbench.analysis.phases import has_spans, install_view
 
     if not has_spans(con, rid):
@@ -486,7 +492,7 @@ def calibrate(
     max_requests: int = 2000,
     max_evals: int = 150,
     progress: Any = None,
-    use_spans: bool = True,
+    use_spans: bool = False,
 ) -> Calibration:
     """Fit the twin to ``run_id`` (see module doc); check it on ``holdout`` when given.
 

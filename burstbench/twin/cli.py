@@ -78,14 +78,14 @@ def _sched_opts(max_num_seqs: int | None, max_num_batched_tokens: int | None) ->
               help="Fit on at most the first N completed requests (each evaluation replays them).")
 @click.option("--max-evals", type=int, default=150, show_default=True,
               help="Simulation budget of the fit (least squares in two stages, then a Nelder-Mead polish).")
-@click.option("--no-spans", is_flag=True,
-              help="Ignore the runs' server spans (run --server-spans): profile the frontend latency from TTFT "
-                   "instead of measuring it as client TTFT - server queue - prefill.")
+@click.option("--spans", "use_spans", is_flag=True,
+              help="Measure the frontend latency from the runs' server spans (run --server-spans) as client "
+                   "TTFT - server queue - prefill, instead of profiling it from TTFT.")
 @click.option("-o", "--out", "out", required=True, type=click.Path(dir_okay=False), help="twin.yaml to write.")
 @click.option("--json", "as_json", is_flag=True, help="Print the twin (with errors) as one JSON object.")
 def calibrate(results: str, run_ids: tuple[str, ...], model: str, hardware: str, tp: int, replicas: int, max_num_seqs: str,
               max_num_batched_tokens: str, holdout: str | None, time_scale: float | None, max_requests: int,
-              max_evals: int, no_spans: bool, out: str, as_json: bool) -> None:
+              max_evals: int, use_spans: bool, out: str, as_json: bool) -> None:
     """Fit the reference engine to a measured run and write a digital twin (twin.yaml).
 
     The run's own schedule (send times, prompt and output lengths) is replayed in
@@ -132,7 +132,7 @@ def calibrate(results: str, run_ids: tuple[str, ...], model: str, hardware: str,
         task = bar.add_task("calibrating", total=max_evals)
         cal = fit(results, list(run_ids), model=model, hardware=hardware, tp=tp, replicas=replicas, sched=sched,
                   fit_limits=fit_limits, holdout=holdout, time_scale=time_scale, max_requests=max_requests, max_evals=max_evals,
-                  progress=lambda i, n: bar.update(task, completed=i, total=n), use_spans=not no_spans)
+                  progress=lambda i, n: bar.update(task, completed=i, total=n), use_spans=use_spans)
     cal.spec.write(out)
     spec = cal.spec
     fitted_on = ", ".join(f"{len(r.work)} requests of run {r.run_id}" for r in cal.fit_runs)

@@ -1,4 +1,4 @@
-"""Calibration with server spans: the frontend latency is measured, not profiled.
+"""Calibration with server spans (opt-in): the frontend latency is measured, not profiled.
 
 A simulated run has spans (``simulate`` writes vLLM's phases); a known network delay
 is then added to the client's side of every request, so the truth is known exactly:
@@ -37,20 +37,20 @@ def store(tmp_path_factory):
 
 def test_read_run_measures_the_frontend_from_spans(store):
     out, rid = store
-    run = read_run(out, rid)
+    run = read_run(out, rid, use_spans=True)
     assert run.frontend is not None and len(run.frontend) == 80
     assert np.allclose(run.frontend, DELAY, atol=1e-9)
-    assert read_run(out, rid, use_spans=False).frontend is None
+    assert read_run(out, rid).frontend is None  # opt-in (see _span_frontend)
 
 
 def test_calibration_uses_the_measured_frontend(store):
     out, rid = store
-    cal = calibrate(out, rid, model=MODEL, hardware=HW, max_evals=8, max_requests=80)
+    cal = calibrate(out, rid, model=MODEL, hardware=HW, max_evals=8, max_requests=80, use_spans=True)
     assert cal.spec.provenance["frontend_from_spans"] is True
     fe = cal.spec.uncertainty["frontend_latency_s"]
     assert fe["value"] == pytest.approx(DELAY, abs=1e-9)
     assert fe["ci95"][0] == pytest.approx(DELAY, abs=1e-9)  # every request agrees: no spread
-    off = calibrate(out, rid, model=MODEL, hardware=HW, max_evals=8, max_requests=80, use_spans=False)
+    off = calibrate(out, rid, model=MODEL, hardware=HW, max_evals=8, max_requests=80)
     assert off.spec.provenance["frontend_from_spans"] is False
 
 
@@ -61,4 +61,4 @@ def test_spans_for_too_few_requests_are_not_used(store, tmp_path):
     con = duckdb.connect(str(copy))
     con.execute("DELETE FROM server_spans WHERE request_id % 10 = 0")  # 90% joined: below the 99% rule
     con.close()
-    assert read_run(copy, rid).frontend is None
+    assert read_run(copy, rid, use_spans=True).frontend is None
