@@ -369,7 +369,15 @@ class RunSpans:
             recorder.on_requests = self.exporter.add_requests
 
     def finish(self, sup: Any) -> None:
-        """After the workers: flush, wait for late spans, note what joined and what did not."""
+        """After the workers: flush, wait for late spans, note what joined and what did not.
+
+        Never raises: it runs while the run row is being closed, which must happen anyway."""
+        try:
+            self._finish(sup)
+        except Exception as exc:  # a bug here must not leave the run 'running'
+            sup.notes.append(f"server spans: not finished ({type(exc).__name__}: {exc})")
+
+    def _finish(self, sup: Any) -> None:
         rec = self.recorder
         rec.flush()
         if self.receiver is not None:
