@@ -347,11 +347,6 @@ class ResultsStore:
     def append_server_spans(self, rows: Iterable[Sequence[Any]] | Any) -> None:
         self._append("server_spans", SERVER_SPAN_COLUMNS, rows)
 
-    def has_table(self, name: str) -> bool:
-        """Whether the file has ``name`` (a file written before that table existed has not)."""
-        return bool(self.con.execute(
-            "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [name]).fetchone()[0])
-
     def checkpoint(self) -> None:
         """Flush the WAL so a killed process loses nothing already appended."""
         self.con.execute("CHECKPOINT")

@@ -113,6 +113,7 @@ def read_run(store: str | Path, run_id: str, *, time_scale: float | None = None,
     runs and 1 for simulated ones. Times are multiplied by it.
     """
     from burstbench.analysis.metrics import open_store, resolve_run
+    from burstbench.analysis.phases import outside_engine_s
 
     con = open_store(store)
     try:
@@ -124,7 +125,7 @@ def read_run(store: str | Path, run_id: str, *, time_scale: float | None = None,
             " first_token_s, last_token_s, status FROM requests WHERE run_id = ? ORDER BY sent_s, request_id",
             [rid],
         ).fetchall()
-        frontend = _span_frontend(con, rid) if use_spans else None
+        frontend = outside_engine_s(con, rid) if use_spans else None
     finally:
         con.close()
     if not rows:
@@ -155,31 +156,6 @@ def read_run(store: str | Path, run_id: str, *, time_scale: float | None = None,
     if frontend is not None:
         frontend = frontend * time_scale
     return MeasuredRun(rid, work, lat, time_scale, total - len(arr), total, label, scored, frontend)
-
-
-def _span_frontend(con: Any, rid: str) -> np.ndarray | None:
-    """Per request, the part of TTFT outside the engine's queue and prefill, from server spans.
-
-    Used only when asked (``use_spans``) and at least 99% of the completed requests have
-    a span: the frontend latency is then measured, not profiled from the TTFT the fit is
-    also matching. Opt-in because it did not identify the engine better: against the live
-    reference server with a hidden engine (benchmarks/bench_spans_twin.py, two repeats on
-    a host at load 10-14) it narrowed the frontend's interval ~8x (+-0.7 ms vs +-5.5 ms)
-    but moved the bandwidth scale further from the truth (0.60-0.64 vs 0.57-0.58, truth
-    0.55) with the same holdout errors; and on simulated runs (frontend exactly 0) a fixed
-    frontend made the limit search pick a 4096-token budget where the profiled one, which
-    gives the optimizer a smoother path, found the true 2048."""
-    from burstbench.analysis.phases import has_spans, install_view
-
-    if not has_spans(con, rid):
-        return None
-    install_view(con)
-    n_ok, d = con.execute(
-        "SELECT count(*), list(network_s + server_other_s) FILTER (WHERE queue_s IS NOT NULL AND prefill_s IS NOT NULL"
-        " AND network_s IS NOT NULL) FROM request_phases WHERE run_id = ? AND ok", [rid]).fetchone()
-    if not d or len(d) < 0.99 * n_ok:
-        return None
-    return np.asarray(d, dtype=np.float64)
 
 
 def _quantiles(lat: Latencies, mask: np.ndarray | None = None) -> dict[str, np.ndarray]:
