@@ -23,11 +23,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationScope, KeyValue
-from opentelemetry.proto.resource.v1.resource_pb2 import Resource
-from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
-
 from burstbench import __version__
 
 # vLLM's span attribute names (vllm/tracing/utils.py SpanAttributes), all seconds.
@@ -43,8 +38,11 @@ REQUEST_ID = "gen_ai.request.id"
 MAX_TOKENS = "gen_ai.request.max_tokens"
 
 MAX_ATTRIBUTES_JSON = 8192  # raw attributes kept per span; a span with more is cut, not refused
-SPAN_KIND_SERVER = Span.SpanKind.SPAN_KIND_SERVER
-SPAN_KIND_CLIENT = Span.SpanKind.SPAN_KIND_CLIENT
+# Span.SpanKind values of the OTLP proto. The message classes are imported only where
+# spans are encoded or decoded: a load-generator worker needs a traceparent, not protobuf
+# (importing it cost each worker process ~0.2-1 s of start-up on a busy host).
+SPAN_KIND_SERVER = 2
+SPAN_KIND_CLIENT = 3
 
 
 def run_prefix(run_id: str) -> bytes:
@@ -118,7 +116,9 @@ def phase_attributes(*, arrival: float, queued: float, scheduled: float | None, 
 
 
 # -- values -------------------------------------------------------------------------------
-def _any_value(v: Any) -> AnyValue:
+def _any_value(v: Any) -> Any:
+    from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+
     if isinstance(v, bool):
         return AnyValue(bool_value=v)
     if isinstance(v, int):
@@ -128,7 +128,7 @@ def _any_value(v: Any) -> AnyValue:
     return AnyValue(string_value=str(v))
 
 
-def _py_value(v: AnyValue) -> Any:
+def _py_value(v: Any) -> Any:
     kind = v.WhichOneof("value")
     if kind is None:
         return None
@@ -141,7 +141,7 @@ def _py_value(v: AnyValue) -> Any:
     return getattr(v, kind)
 
 
-def attributes_of(kvs: Iterable[KeyValue]) -> dict[str, Any]:
+def attributes_of(kvs: Iterable[Any]) -> dict[str, Any]:
     return {kv.key: _py_value(kv.value) for kv in kvs}
 
 
@@ -170,6 +170,11 @@ class SpanData:
 
 def encode(spans: Iterable[SpanData], service: str) -> bytes:
     """An ``ExportTraceServiceRequest`` (OTLP/HTTP protobuf body) holding ``spans``."""
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+    from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationScope, KeyValue
+    from opentelemetry.proto.resource.v1.resource_pb2 import Resource
+    from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
+
     scope = ScopeSpans(scope=InstrumentationScope(name="burstbench", version=__version__))
     for s in spans:
         scope.spans.append(Span(
@@ -186,6 +191,8 @@ def decode(body: bytes, content_type: str) -> list[SpanData]:
     """Spans of an OTLP/HTTP body (``application/x-protobuf`` or ``application/json``).
 
     Raises ValueError on a body that is neither; the receiver answers 400."""
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
     msg = ExportTraceServiceRequest()
     if content_type.startswith("application/json"):
         from google.protobuf import json_format
@@ -201,7 +208,8 @@ def decode(body: bytes, content_type: str) -> list[SpanData]:
     return spans_of(msg)
 
 
-def spans_of(msg: ExportTraceServiceRequest) -> list[SpanData]:
+def spans_of(msg: Any) -> list[SpanData]:
+    """The spans of an ``ExportTraceServiceRequest`` message (HTTP body or gRPC call)."""
     out: list[SpanData] = []
     for rs in msg.resource_spans:
         service = attributes_of(rs.resource.attributes).get("service.name")

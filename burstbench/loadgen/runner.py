@@ -37,7 +37,6 @@ from burstbench.loadgen.progress import BottleneckWatch, ProgressView, Totals
 from burstbench.loadgen.recorder import Recorder
 from burstbench.loadgen.scenario import Scenario
 from burstbench.loadgen.schedule import Plan, build_plan, partition
-from burstbench.loadgen.spans import RunSpans
 from burstbench.loadgen.telemetry import ClientSampler, MetricsScraper
 from burstbench.loadgen.workers import ProcessWorkers, ThreadWorkers
 from burstbench.store import ResultsStore, RunInfo, new_run_id, redact_url
@@ -172,6 +171,8 @@ def execute(trace: Trace, scenario: Scenario, out: str | Path, *, label: str | N
         opts["trace_run_id"] = run_id
     use_processes = len(parts) > 1 or worker_process
     transport = ProcessWorkers(parts, factory, opts) if use_processes else ThreadWorkers(parts, factory, opts)
+
+    from burstbench.loadgen.spans import RunSpans
 
     with contextlib.ExitStack() as stack:
         spans = stack.enter_context(RunSpans(sc, run_id, progress))  # binds before the run row exists

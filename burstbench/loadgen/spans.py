@@ -26,8 +26,6 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from aiohttp import web
-
 from burstbench.errors import UsageError
 from burstbench.otlp import (
     SPAN_KIND_CLIENT,
@@ -93,7 +91,7 @@ class SpanReceiver:
         self._seen: set[bytes] = set()
         self._cond = threading.Condition()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._runner: web.AppRunner | None = None
+        self._runner: Any = None
         self._thread: threading.Thread | None = None
         self._grpc: Any = None
         self.grpc_url: str | None = None
@@ -135,6 +133,8 @@ class SpanReceiver:
         return self
 
     async def _listen(self) -> None:
+        from aiohttp import web
+
         app = web.Application(client_max_size=MAX_BODY_BYTES)
         app.router.add_post("/v1/traces", self._export)
         self._runner = web.AppRunner(app, access_log=None)
@@ -196,7 +196,9 @@ class SpanReceiver:
         self.stop()
 
     # -- the endpoint -------------------------------------------------------------------
-    async def _export(self, request: web.Request) -> web.Response:
+    async def _export(self, request: Any) -> Any:
+        from aiohttp import web
+
         ctype = request.content_type or "application/x-protobuf"
         if ctype not in ("application/x-protobuf", "application/protobuf", "application/json"):
             return web.Response(status=415, text=f"unsupported content type {ctype!r}; "
