@@ -33,7 +33,8 @@ import duckdb
 from burstbench import __version__
 from burstbench.errors import StoreError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# 2: server_spans (per-request server phases from OpenTelemetry spans, joined by trace id)
 
 # Column order of each table; writers pass rows (tuples) or frames in this order.
 RUN_COLUMNS: tuple[str, ...] = (
@@ -105,12 +106,32 @@ TELEMETRY_COLUMNS: tuple[str, ...] = (
     "worker_id",  # INTEGER?
 )
 
+SERVER_SPAN_COLUMNS: tuple[str, ...] = (
+    "run_id",
+    "request_id",        # BIGINT, the request the span's trace id names
+    "trace_id",          # VARCHAR, 32 hex digits
+    "span_id",           # VARCHAR, 16 hex digits
+    "name",              # VARCHAR, span name ('llm_request' in vLLM)
+    "service",           # VARCHAR?, resource service.name
+    "arrival_s",         # DOUBLE?, span start (server arrival) in seconds from run start
+    "received_s",        # DOUBLE?, when the span reached the receiver (run clock; NULL if simulated)
+    "queue_s",           # DOUBLE?, gen_ai.latency.time_in_queue
+    "prefill_s",         # DOUBLE?, gen_ai.latency.time_in_model_prefill
+    "decode_s",          # DOUBLE?, gen_ai.latency.time_in_model_decode
+    "inference_s",       # DOUBLE?, gen_ai.latency.time_in_model_inference
+    "ttft_s",            # DOUBLE?, gen_ai.latency.time_to_first_token (server side)
+    "e2e_s",             # DOUBLE?, gen_ai.latency.e2e (server side)
+    "prompt_tokens",     # BIGINT?, gen_ai.usage.prompt_tokens
+    "completion_tokens", # BIGINT?, gen_ai.usage.completion_tokens
+    "attributes",        # JSON, every attribute as received
+)
+
 META_COLUMNS: tuple[str, ...] = ("key", "value")
 
 # Every table of a results store and its columns (what ``ResultsStore`` accepts to write to).
 TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
     "meta": META_COLUMNS, "runs": RUN_COLUMNS, "requests": REQUEST_COLUMNS,
-    "chunks": CHUNK_COLUMNS, "telemetry": TELEMETRY_COLUMNS,
+    "chunks": CHUNK_COLUMNS, "telemetry": TELEMETRY_COLUMNS, "server_spans": SERVER_SPAN_COLUMNS,
 }
 
 DDL = """
@@ -139,6 +160,12 @@ CREATE TABLE IF NOT EXISTS chunks (
 CREATE TABLE IF NOT EXISTS telemetry (
     run_id VARCHAR NOT NULL, t_s DOUBLE NOT NULL, source VARCHAR, name VARCHAR NOT NULL,
     value DOUBLE, labels VARCHAR, worker_id INTEGER
+);
+CREATE TABLE IF NOT EXISTS server_spans (
+    run_id VARCHAR NOT NULL, request_id BIGINT NOT NULL, trace_id VARCHAR NOT NULL,
+    span_id VARCHAR NOT NULL, name VARCHAR, service VARCHAR, arrival_s DOUBLE, received_s DOUBLE,
+    queue_s DOUBLE, prefill_s DOUBLE, decode_s DOUBLE, inference_s DOUBLE, ttft_s DOUBLE,
+    e2e_s DOUBLE, prompt_tokens BIGINT, completion_tokens BIGINT, attributes JSON
 );
 """
 
@@ -221,7 +248,7 @@ class RunInfo:
 
 
 def check_schema_version(con: duckdb.DuckDBPyConnection, path: str | Path, *, write: bool = False) -> None:
-    """Refuse a store whose ``meta.schema_version`` is newer than, or other than, this code's.
+    """Refuse a store whose ``meta.schema_version`` is newer than this code's, or not one of ours.
 
     Every open of a store goes through here (``ResultsStore`` and the analysis reader):
     reading a newer layout with this code's SQL could give wrong numbers silently, and
@@ -232,8 +259,8 @@ def check_schema_version(con: duckdb.DuckDBPyConnection, path: str | Path, *, wr
     except duckdb.Error:  # no meta table (or not ours): other checks judge the tables
         return
     version = str(row[0]) if row and row[0] is not None else None
-    if version is None or version == str(SCHEMA_VERSION):
-        return
+    if version is None or (version.isdigit() and 1 <= int(version) <= SCHEMA_VERSION):
+        return  # older layouts only lack tables that a writer adds (2: server_spans)
     newer = version.isdigit() and int(version) > SCHEMA_VERSION
     raise StoreError(
         f"{path}: results schema {version!r} is {'newer than' if newer else 'not'} the one this "
@@ -272,7 +299,8 @@ class ResultsStore:
             raise
         if not read_only:
             self.con.execute(DDL)
-            self.con.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
+            # the file now has every table of this layout; the check above refused newer ones
+            self.con.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
         elif "requests" not in tables or "runs" not in tables:
             self.con.close()
             raise StoreError(f"{self.path}: not a burstbench results store (no runs/requests tables)")
@@ -441,6 +469,9 @@ class ResultsStore:
 
     def append_telemetry(self, rows: Iterable[Sequence[Any]] | Any) -> None:
         self._append("telemetry", TELEMETRY_COLUMNS, rows)
+
+    def append_server_spans(self, rows: Iterable[Sequence[Any]] | Any) -> None:
+        self._append("server_spans", SERVER_SPAN_COLUMNS, rows)
 
     def checkpoint(self) -> None:
         """Flush the WAL so a killed process loses nothing already appended."""

@@ -106,6 +106,29 @@ def _kv_table(title: str, rows: list[dict[str, Any]], cols: list[str]) -> Any:
     return t
 
 
+def decomposition_table(d: dict[str, Any]) -> Any:
+    """TTFT split into client, network, server remainder, queue and prefill (ms)."""
+    from rich.table import Table
+
+    from burstbench.analysis.phases import PARTS
+
+    names = {"client": "client lag", "network": "network", "server_other": "server other",
+             "queue": "queue", "prefill": "prefill"}
+    t = Table(title=f"TTFT from schedule, by part (server spans joined: {d['joined']} of {d['completed']}"
+                    f", {d['missing']} missing)", title_justify="left")
+    for c in ("part", "mean ms", "p50 ms", "p90 ms", "p99 ms", "share", "< 0"):
+        t.add_column(c, justify="right")
+    for p in PARTS:
+        st = d["parts_ms"][p]
+        share = d["mean_share"][p]
+        t.add_row(names[p], _fmt(st["mean"]), _fmt(st["p50"]), _fmt(st["p90"]), _fmt(st["p99"]),
+                  "-" if share is None else f"{100 * share:.1f}%", str(d["negative"][p]))
+    for key, label in (("ttft_ms", "client TTFT"), ("server_ttft_ms", "server TTFT")):
+        st = d[key]
+        t.add_row(label, _fmt(st["mean"]), _fmt(st["p50"]), _fmt(st["p90"]), _fmt(st["p99"]), "", "")
+    return t
+
+
 # -- analyze -------------------------------------------------------------------------------------
 
 
@@ -200,6 +223,13 @@ def analyze(store: str | None, run_id: str | None, slo: str | None, window: floa
         s = summarize(con, run_id, slo=slo_s, where=where)
         result: dict[str, Any] = {**con_out, **s}
         tables = [summary_table(s)]
+        from burstbench.analysis.metrics import Selection
+        from burstbench.analysis.phases import decomposition
+
+        dec = decomposition(con, s["run_id"], Selection.of(where))
+        if dec is not None:
+            result["ttft_decomposition"] = dec
+            tables.append(decomposition_table(dec))
         if window is not None:
             if not slo_s:
                 raise UsageError("--window shows attainment over time; it needs --slo")

@@ -39,6 +39,7 @@ class Request:
     turn: int | None = None
     tenant: str | None = None
     ignore_eos: bool = True  # ask the server to produce exactly output_tokens
+    traceparent: str | None = None  # W3C trace context header to send (server spans join on it)
 
 
 @dataclass(slots=True)

@@ -399,7 +399,8 @@ class OpenAIBackend:
         out = Outcome(request.request_id, sent_s=clock())  # refined when the body is written
         try:
             async with session.post(
-                self.url, data=data, headers=self._headers, timeout=self._request_timeout,
+                self.url, data=data, timeout=self._request_timeout,
+                headers={**self._headers, "traceparent": request.traceparent} if request.traceparent else self._headers,
                 trace_request_ctx=_Written(out, clock),
             ) as resp:
                 out.http_status = resp.status

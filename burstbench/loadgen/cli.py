@@ -38,6 +38,15 @@ from burstbench.output import emit_json, say
 @click.option("--label", default=None, help="A name for this run in the results file.")
 @click.option("--ray", "ray_address", default=None, metavar="ADDRESS|auto",
               help="Spread the load over Ray actors of this cluster (extra [distributed]).")
+@click.option("--server-spans", is_flag=False, flag_value="127.0.0.1:4318", default=None, metavar="[HOST:PORT]",
+              help="Receive the server's OpenTelemetry spans (OTLP/HTTP) here and join each to its request "
+                   "[127.0.0.1:4318]; prints how to start vLLM so it exports there.")
+@click.option("--server-spans-grpc", is_flag=False, flag_value="127.0.0.1:4317", default=None,
+              metavar="[HOST:PORT]", help="Also accept the spans over OTLP/gRPC, vLLM's default exporter "
+                                          "[127.0.0.1:4317] (needs grpcio).")
+@click.option("--spans-grace", type=float, default=None, help="Seconds to wait after the run for late spans [10].")
+@click.option("--otlp-endpoint", default=None, metavar="URL",
+              help="Also export the client's span per request to this OTLP/HTTP collector (Jaeger, Tempo).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object on stdout.")
 @click.option("--quiet", is_flag=True, help="No live progress.")
 def run(trace_path: str, out: str, scenario_file: str | None, as_json: bool, quiet: bool, label: str | None,
@@ -54,6 +63,7 @@ def run(trace_path: str, out: str, scenario_file: str | None, as_json: bool, qui
       burstbench run --url http://127.0.0.1:8000 --trace T.parquet -o results.duckdb
       burstbench run --url http://127.0.0.1:8000 --trace burstgpt.csv --rate 20 \\
           --duration 60 --warmup 5 --workers 2 -o results.duckdb --json
+      burstbench run --url http://127.0.0.1:8000 --trace T.parquet --server-spans -o results.duckdb
     """
     from burstbench.loadgen.runner import execute
     from burstbench.loadgen.scenario import build_scenario
@@ -72,13 +82,17 @@ def run(trace_path: str, out: str, scenario_file: str | None, as_json: bool, qui
         "think_time_s": flags["think_time"], "duration_s": flags["duration"], "max_requests": flags["max_requests"],
         "warmup_s": flags["warmup"], "cooldown_s": flags["cooldown"], "time_scale": flags["time_scale"],
         "workers": flags["workers"], "timeout_s": flags["timeout"], "grace_s": flags["grace"],
-        "api_key_env": flags["api_key_env"], "seed": flags["seed"],
+        "api_key_env": flags["api_key_env"], "seed": flags["seed"], "server_spans": flags["server_spans"],
+        "server_spans_grpc": flags["server_spans_grpc"],
+        "spans_grace_s": flags["spans_grace"], "otlp_endpoint": flags["otlp_endpoint"],
         "ignore_eos": False if no_ignore_eos else None, "scrape_metrics": False if no_scrape else None,
     }
     check_output(out, kind="duckdb", inputs=[trace_path, scenario_file])
     scenario = build_scenario(scenario_file, **overrides)
     trace = load_trace(trace_path)
     if flags.get("ray_address"):  # distributed load: burstbench/loadgen/ray_driver.py
+        if scenario.server_spans or scenario.server_spans_grpc or scenario.otlp_endpoint:
+            raise UsageError("--server-spans and --otlp-endpoint do not work with --ray yet; run without --ray")
         from burstbench.loadgen.ray_driver import execute_ray
 
         result = execute_ray(trace, scenario, out, address=str(flags["ray_address"]), label=label,

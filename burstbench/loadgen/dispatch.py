@@ -26,6 +26,7 @@ from typing import Any
 
 from burstbench.backends.base import Backend, Outcome, Request
 from burstbench.loadgen.schedule import Plan
+from burstbench.otlp import traceparent
 
 Sink = Callable[[dict[str, Any]], None]
 
@@ -44,8 +45,9 @@ class WorkerCore:
 
     def __init__(self, plan: Plan, backend: Backend, sink: Sink, *, t0: float,
                  flush_interval_s: float = 0.25, drain_timeout_s: float = 600.0,
-                 ignore_eos: bool = True) -> None:
+                 ignore_eos: bool = True, trace_run_id: str | None = None) -> None:
         self.plan = plan
+        self.trace_run_id = trace_run_id  # set: every request carries a traceparent derived from it
         self.backend = backend
         self.sink = sink
         self.t0 = t0  # time.monotonic() value of run time 0
@@ -161,6 +163,8 @@ class WorkerCore:
             ready = self.clock()
         self.sent += 1
         self.in_flight += 1
+        if self.trace_run_id is not None:
+            req.traceparent = traceparent(self.trace_run_id, req.request_id)
         dispatched = self.clock()
         try:
             out = await self.backend.send(req, self.clock)

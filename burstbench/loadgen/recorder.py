@@ -60,17 +60,30 @@ class Recorder:
         self.seen_ids: set[tuple[int, int]] | None = None
         self.failed: str | None = None  # why the store stopped taking rows
         self.rows_dropped = 0
+        self.start_wall: float | None = None  # unix time of the run's t=0
+        self._spans: list[tuple[int, Any, float]] = []
+        self.spans_written = 0
+        self.completed_ids: set[int] | None = None  # kept only when spans are joined
+        self.on_requests: Any = None  # called with each batch's request tuples (client span export)
 
     def mark_started(self, wall_s: float) -> None:
         """Record the run's t=0 on the wall clock (see ``ResultsStore.mark_started``)."""
         with self._lock:
             self.store.mark_started(self.run_id, wall_s)
+            self.start_wall = wall_s
+
+    def add_server_spans(self, items: Sequence[tuple[int, Any, float]]) -> None:
+        """Joined server spans: (request id, ``SpanData``, received unix time)."""
+        with self._lock:
+            self._spans.extend(items)
 
     def add_batch(self, batch: dict[str, Any]) -> None:
         """Take a worker batch (see ``WorkerCore.take_batch``)."""
         with self._lock:
             if batch["requests"]:
                 self._requests.extend(batch["requests"])
+                if self.completed_ids is not None:
+                    self.completed_ids.update(r[0] for r in batch["requests"] if r[20] == "ok")
             if len(batch["chunk_t"]):
                 self._chunks.append((batch["chunk_rid"], batch["chunk_seq"], batch["chunk_t"],
                                      batch["chunk_tokens"], batch["chunk_reasoning"]))
@@ -82,7 +95,7 @@ class Recorder:
 
     def pending(self) -> int:
         with self._lock:
-            return len(self._requests) + sum(len(c[2]) for c in self._chunks) + len(self._telemetry)
+            return len(self._requests) + sum(len(c[2]) for c in self._chunks) + len(self._telemetry) + len(self._spans)
 
     def _request_table(self, rows: list[tuple]) -> pa.Table:
         n = len(rows)
@@ -115,11 +128,24 @@ class Recorder:
             reqs, self._requests = self._requests, []
             chunks, self._chunks = self._chunks, []
             tele, self._telemetry = self._telemetry, []
-        pending = [len(reqs), sum(len(c[2]) for c in chunks), len(tele)]
+            spans = self._spans if self.start_wall is not None else []
+            if spans:
+                self._spans = []
+        if reqs and self.on_requests is not None:
+            self.on_requests(reqs)
+        pending = [len(reqs), sum(len(c[2]) for c in chunks), len(tele), len(spans)]
         if self.failed is not None:
             self.rows_dropped += sum(pending)
             return
         try:
+            if spans:
+                from burstbench.loadgen.spans import span_row
+
+                assert self.start_wall is not None
+                self.store.append_server_spans([span_row(self.run_id, rid, sp, self.start_wall, got)
+                                                for rid, sp, got in spans])
+                self.spans_written += len(spans)
+                pending[3] = 0
             if reqs:
                 self.store.append_requests(self._request_table(reqs))
                 self.requests_written += len(reqs)

@@ -17,6 +17,7 @@ sent are not rows. Either way what was measured is committed.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import queue
@@ -38,7 +39,7 @@ from burstbench.loadgen.scenario import Scenario
 from burstbench.loadgen.schedule import Plan, build_plan, partition
 from burstbench.loadgen.telemetry import ClientSampler, MetricsScraper
 from burstbench.loadgen.workers import ProcessWorkers, ThreadWorkers
-from burstbench.store import ResultsStore, RunInfo, redact_url
+from burstbench.store import ResultsStore, RunInfo, new_run_id, redact_url
 from burstbench.traces.schema import Trace
 
 COMMIT_INTERVAL_S = 0.5
@@ -167,15 +168,24 @@ def execute(trace: Trace, scenario: Scenario, out: str | Path, *, label: str | N
     opts = {"grace_s": sc.grace_s, "ignore_eos": sc.ignore_eos, "flush_interval_s": 0.2}
     if worker_process is None:
         worker_process = backend_factory is None
+    run_id = new_run_id()
+    if sc.server_spans or sc.server_spans_grpc or sc.otlp_endpoint:
+        opts["trace_run_id"] = run_id
     use_processes = len(parts) > 1 or worker_process
     transport = ProcessWorkers(parts, factory, opts) if use_processes else ThreadWorkers(parts, factory, opts)
 
-    with ResultsStore(out) as store, store.reserve(STORE_RESERVE_BYTES):
-        run_id = store.create_run(RunInfo(backend=sc.backend, endpoint=sc.url, model=sc.model, label=label,
-                                          target_rate=plan.target_rate, scenario=sc.to_json()))
+    from burstbench.loadgen.spans import RunSpans
+
+    with contextlib.ExitStack() as stack:
+        spans = stack.enter_context(RunSpans(sc, run_id, progress))  # binds before the run row exists
+        store = stack.enter_context(ResultsStore(out))
+        stack.enter_context(store.reserve(STORE_RESERVE_BYTES))
+        store.create_run(RunInfo(backend=sc.backend, endpoint=sc.url, model=sc.model, label=label,
+                                 target_rate=plan.target_rate, scenario=sc.to_json()), run_id=run_id)
         recorder = Recorder(store, run_id)
+        spans.attach(recorder)
         sup = _Supervisor(sc, plan, transport, recorder, control, progress)
-        return supervise(store, run_id, sc, plan, trace, transport, sup)
+        return supervise(store, run_id, sc, plan, trace, transport, sup, on_close=spans.finish)
 
 
 def supervise(store: ResultsStore, run_id: str, sc: Scenario, plan: Plan, trace: Trace, transport: Any,

@@ -63,6 +63,10 @@ class Scenario:
     scrape_interval_s: float = 1.0
     seed: int = 0
     time_scale: float = 1.0
+    server_spans: str | None = None  # HOST:PORT of the OTLP receiver for the server's spans
+    server_spans_grpc: str | None = None  # HOST:PORT to also accept OTLP/gRPC spans (vLLM's default)
+    spans_grace_s: float = 10.0  # wait this long after the run for spans still in flight
+    otlp_endpoint: str | None = None  # a collector URL that gets the client's own spans
 
     def validate(self, *, source: str = "scenario") -> Scenario:
         """Check every field; raise UsageError naming the field and what to do."""
@@ -88,7 +92,7 @@ class Scenario:
                 raise bad(name, f"must be >= 1 when set (got {value!r})")
         if self.workers < 1 or self.workers > 256:
             raise bad("workers", f"must be between 1 and 256 (got {self.workers!r})")
-        for name in ("think_time_s", "warmup_s", "cooldown_s", "grace_s"):
+        for name in ("think_time_s", "warmup_s", "cooldown_s", "grace_s", "spans_grace_s"):
             value = getattr(self, name)
             if not (value >= 0 and math.isfinite(value)):
                 raise bad(name, f"must be a finite number of seconds >= 0 (got {value!r})")
@@ -98,6 +102,17 @@ class Scenario:
                 raise bad(name, f"must be a positive number of seconds (got {value!r})")
         if not (self.time_scale > 0 and math.isfinite(self.time_scale)):
             raise bad("time_scale", f"must be a positive replay speed, e.g. 2 for twice as fast (got {self.time_scale!r})")
+        if self.server_spans is not None:
+            from burstbench.loadgen.spans import parse_address
+
+            parse_address(self.server_spans, option=f"{source}: field 'server_spans'")
+        if self.server_spans_grpc is not None:
+            from burstbench.loadgen.spans import parse_address
+
+            parse_address(self.server_spans_grpc, option=f"{source}: field 'server_spans_grpc'")
+        if self.otlp_endpoint is not None and not self.otlp_endpoint.startswith(("http://", "https://")):
+            raise bad("otlp_endpoint", f"must be an http:// or https:// collector URL, e.g. "
+                      f"http://127.0.0.1:4318 (got {self.otlp_endpoint!r})")
         if self.duration_s is not None and self.warmup_s + self.cooldown_s >= self.duration_s:
             raise bad(
                 "warmup_s",
@@ -112,6 +127,7 @@ class Scenario:
 
         data = dataclasses.asdict(self)
         data["url"] = redact_url(self.url)
+        data["otlp_endpoint"] = redact_url(self.otlp_endpoint)
         return data
 
 
@@ -119,7 +135,7 @@ _FIELDS = {f.name: f for f in fields(Scenario)}
 # YAML keys users are likely to write, mapped to field names.
 _ALIASES = {"duration": "duration_s", "requests": "max_requests", "warmup": "warmup_s",
             "cooldown": "cooldown_s", "think_time": "think_time_s", "timeout": "timeout_s",
-            "grace": "grace_s", "speed": "time_scale"}
+            "grace": "grace_s", "speed": "time_scale", "spans_grace": "spans_grace_s"}
 
 
 def _coerce(name: str, value: Any, source: str) -> Any:

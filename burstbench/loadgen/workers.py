@@ -62,7 +62,8 @@ async def _worker_async(plan: Plan, factory: BackendFactory, out_q: Any, ctl_q: 
             return
         t0 = time.monotonic() + (cmd[1] - time.time())
         core = WorkerCore(plan, backend, out_q.put, t0=t0, flush_interval_s=opts.get("flush_interval_s", 0.25),
-                          drain_timeout_s=opts.get("grace_s", 10.0), ignore_eos=opts.get("ignore_eos", True))
+                          drain_timeout_s=opts.get("grace_s", 10.0), ignore_eos=opts.get("ignore_eos", True),
+                          trace_run_id=opts.get("trace_run_id"))
         finished = threading.Event()
 
         def watch() -> None:

@@ -163,6 +163,11 @@ def build_report(
                 server = rs.server_section(con, runs)
                 if server:
                     sections.append(server)
+                from burstbench.reports.phasesec import phases_section
+
+                phases = phases_section(con, runs)
+                if phases:
+                    sections.append(phases)
                 if len(runs) > 1:
                     say("comparing runs (bootstrap)")
                     cmp_ = sm.compare_section(con, runs, slo_s)

@@ -99,10 +99,13 @@ class MeasuredRun:
     total: int
     label: str | None = None
     scored: np.ndarray | None = None  # requests the loss counts (None: all)
+    # measured outside-the-engine share of TTFT (client TTFT - server queue - prefill), from
+    # the run's server spans; None when the run has none (then it is profiled, see module doc)
+    frontend: np.ndarray | None = None
 
 
 def read_run(store: str | Path, run_id: str, *, time_scale: float | None = None,
-             max_requests: int | None = None) -> MeasuredRun:
+             max_requests: int | None = None, use_spans: bool = False) -> MeasuredRun:
     """The run's completed requests as a schedule (``sent_s``) plus their latencies.
 
     ``time_scale``: how many times faster than the modelled hardware the endpoint ran
@@ -110,6 +113,7 @@ def read_run(store: str | Path, run_id: str, *, time_scale: float | None = None,
     runs and 1 for simulated ones. Times are multiplied by it.
     """
     from burstbench.analysis.metrics import open_store, require_timeline, resolve_run, run_info
+    from burstbench.analysis.phases import outside_engine_s
 
     con = open_store(store)
     try:
@@ -122,6 +126,7 @@ def read_run(store: str | Path, run_id: str, *, time_scale: float | None = None,
             " first_token_s, last_token_s, status FROM requests WHERE run_id = ? ORDER BY sent_s, request_id",
             [rid],
         ).fetchall()
+        frontend = outside_engine_s(con, rid) if use_spans else None
     finally:
         con.close()
     if not rows:
@@ -149,7 +154,9 @@ def read_run(store: str | Path, run_id: str, *, time_scale: float | None = None,
     work = Workload(sent, arr[:, 1].astype(np.int64), arr[:, 2].astype(np.int64))
     lat = Latencies((arr[:, 3] - arr[:, 0]) * time_scale, (arr[:, 4] - arr[:, 0]) * time_scale,
                     work.output_tokens, np.ones(len(arr), dtype=bool))
-    return MeasuredRun(rid, work, lat, time_scale, total - len(arr), total, label, scored)
+    if frontend is not None:
+        frontend = frontend * time_scale
+    return MeasuredRun(rid, work, lat, time_scale, total - len(arr), total, label, scored, frontend)
 
 
 def _quantiles(lat: Latencies, mask: np.ndarray | None = None) -> dict[str, np.ndarray]:
@@ -243,6 +250,10 @@ class _Fitter:
         self.lo = np.log([0.05, 0.05, 0.02])
         self.hi = np.log([1.0 / top_bw, 1.0 / top_fl, 50.0])
         self.cache: dict[tuple[Sched, bytes], tuple[np.ndarray, float]] = {}
+        spans = [r.frontend for r in runs]
+        # every run has server spans: the frontend latency is measured, not profiled
+        self.measured_frontend = (max(float(np.median(np.concatenate(spans))), 0.0)
+                                  if all(f is not None for f in spans) else None)
 
     def target_cov(self, resamples: int = 200, seed: int = 0) -> np.ndarray:
         """Covariance of the weighted target vector under a moving-block bootstrap of each run.
@@ -284,7 +295,7 @@ class _Fitter:
             if self.progress:
                 self.progress(self.evals, max(self.budget, self.evals))
             lats = [self.simulate(theta, run.work, sched) for run in self.runs]
-            fe = _paired_offset(self.runs, lats)
+            fe = self.measured_frontend if self.measured_frontend is not None else _paired_offset(self.runs, lats)
             parts = []
             for run, lat in zip(self.runs, lats, strict=True):
                 q = _quantiles(Latencies(lat.ttft + fe, lat.e2el + fe, lat.output_tokens, lat.ok), run.scored)
@@ -458,6 +469,7 @@ def calibrate(
     max_requests: int = 2000,
     max_evals: int = 150,
     progress: Any = None,
+    use_spans: bool = False,
 ) -> Calibration:
     """Fit the twin to ``run_id`` (see module doc); check it on ``holdout`` when given.
 
@@ -479,7 +491,7 @@ def calibrate(
     ids = [run_id] if isinstance(run_id, str) else list(run_id)
     if not ids:
         raise UsageError("give at least one run to fit (--run ID)")
-    runs = [read_run(store, rid, time_scale=time_scale, max_requests=max_requests) for rid in ids]
+    runs = [read_run(store, rid, time_scale=time_scale, max_requests=max_requests, use_spans=use_spans) for rid in ids]
     if len({r.run_id for r in runs}) < len(runs):
         raise UsageError("the same run is named twice in --run")
     run = runs[0]
@@ -543,8 +555,12 @@ def calibrate(
     # its own standard error, plus how it moves with the engine coefficients it trades
     # against (the points of the last Jacobian: already simulated, no new runs)
     grad = np.array([(fitter.frontend(theta + JAC_STEP * e, sched) - fe) / JAC_STEP for e in np.eye(ENGINE)])
-    fe_sd = math.hypot(_median_se(runs, [fitter.simulate(theta, r.work, sched) for r in runs]),
-                       math.sqrt(max(float(grad @ cov @ grad), 0.0)))
+    if fitter.measured_frontend is None:
+        fe_sd = math.hypot(_median_se(runs, [fitter.simulate(theta, r.work, sched) for r in runs]),
+                           math.sqrt(max(float(grad @ cov @ grad), 0.0)))
+    else:  # measured from spans: the standard error of its median only (grad is 0)
+        d = np.concatenate([r.frontend for r in runs if r.frontend is not None])
+        fe_sd = float(1.2533 * 1.4826 * np.median(np.abs(d - np.median(d))) / math.sqrt(max(d.size, 1)))
     unc["frontend_latency_s"] = {"value": fe, "std": fe_sd, "ci95": [max(fe - 1.96 * fe_sd, 0.0), fe + 1.96 * fe_sd],
                                  "at_bound": fe == 0.0}
     overrides = overrides_from(theta, base_hw, fe)
@@ -575,8 +591,11 @@ def calibrate(
             "requests_in_run": sum(r.total for r in runs),
             "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "tool_version": __version__,
             "method": "least squares on log-quantile residuals (q5..q99 of TTFT, TPOT, E2EL), log-parameters, "
-                      "scipy.optimize.least_squares (trf) then Nelder-Mead; frontend latency = median paired TTFT "
-                      "difference; CI from the Jacobian (frontend: standard error of the median)",
+                      "scipy.optimize.least_squares (trf) then Nelder-Mead; frontend latency = "
+                      + ("median of client TTFT - server queue - prefill from the runs' server spans"
+                         if fitter.measured_frontend is not None else "median paired TTFT difference")
+                      + "; CI from the Jacobian (frontend: standard error of the median)",
+            "frontend_from_spans": fitter.measured_frontend is not None,
             "scheduler_fit": limit_fit,
             # of the log engine scales, for whatif --band (TwinSpec.draws)
             "covariance": {"params": list(PARAMS[:ENGINE]), "log_cov": cov.tolist()},

@@ -84,12 +84,15 @@ def _sched_opts(max_num_seqs: int | None, max_num_batched_tokens: int | None) ->
               help="Fit on at most the first N completed requests (each evaluation replays them).")
 @click.option("--max-evals", type=int, default=150, show_default=True,
               help="Simulation budget of the fit (least squares in two stages, then a Nelder-Mead polish).")
+@click.option("--spans", "use_spans", is_flag=True,
+              help="Measure the frontend latency from the runs' server spans (run --server-spans) as client "
+                   "TTFT - server queue - prefill, instead of profiling it from TTFT.")
 @click.option("-o", "--out", "out", required=True, type=click.Path(dir_okay=False), help="twin.yaml to write.")
 @click.option("--json", "as_json", is_flag=True, help="Print the twin (with errors) as one JSON object.")
 @force_option
 def calibrate(results: str, run_ids: tuple[str, ...], model: str, hardware: str, tp: int, replicas: int, max_num_seqs: str,
               max_num_batched_tokens: str, holdout: str | None, time_scale: float | None, max_requests: int,
-              max_evals: int, out: str, as_json: bool, force: bool) -> None:
+              max_evals: int, use_spans: bool, out: str, as_json: bool, force: bool) -> None:
     """Fit the reference engine to a measured run and write a digital twin (twin.yaml).
 
     The run's own schedule (send times, prompt and output lengths) is replayed in
@@ -137,12 +140,13 @@ def calibrate(results: str, run_ids: tuple[str, ...], model: str, hardware: str,
         task = bar.add_task("calibrating", total=max_evals)
         cal = fit(results, list(run_ids), model=model, hardware=hardware, tp=tp, replicas=replicas, sched=sched,
                   fit_limits=fit_limits, holdout=holdout, time_scale=time_scale, max_requests=max_requests, max_evals=max_evals,
-                  progress=lambda i, n: bar.update(task, completed=i, total=n))
+                  progress=lambda i, n: bar.update(task, completed=i, total=n), use_spans=use_spans)
     cal.spec.write(out)
     spec = cal.spec
     fitted_on = ", ".join(f"{len(r.work)} requests of run {r.run_id}" for r in cal.fit_runs)
     con.print(f"twin written to {out} ({cal.evaluations} simulations, fit on {fitted_on}, "
-              f"time scale {cal.fit_run.time_scale:g})")
+              f"time scale {cal.fit_run.time_scale:g}"
+              + ("; frontend latency measured from server spans)" if spec.provenance.get("frontend_from_spans") else ")"))
     result_con = _results(as_json)  # the fitted values and errors are the result: stdout
     for name, u in spec.uncertainty.items():
         result_con.print(f"  {name:28s} {u['value']:.4g}  (95% CI {u['ci95'][0]:.4g} .. {u['ci95'][1]:.4g})"

@@ -111,7 +111,8 @@ def simulate(trace, out, label, seed, reasoning_share, no_chunks, as_json, **eng
 @click.option("--header-timeout", type=float, default=10.0, show_default=True, help="Seconds a connection may take to send a request's headers (and stay idle between requests).")
 @click.option("--body-timeout", type=float, default=30.0, show_default=True, help="Seconds a request body may take to arrive (then 408).")
 @click.option("--max-connections", type=int, default=None, help="Open connections at once; past it a connection gets 503 and is closed (default: --max-concurrent + 1024, within the open-file limit).")
-def serve(host, port, time_scale, api_key, served_model_name, max_concurrent, max_request_bytes, output_len, reasoning_share, seed, fault_error_rate, fault_error_codes, fault_retry_after, fault_slow_first_byte_rate, fault_slow_first_byte_s, fault_stall_rate, fault_stall_s, fault_disconnect_rate, fault_malformed_rate, fault_stream_error_rate, fault_seed, header_timeout, body_timeout, max_connections, **engine):  # type: ignore[no-untyped-def]
+@click.option("--otlp-traces-endpoint", default=None, metavar="URL", help="Export a vLLM-like span per request (queue, prefill, decode, TTFT, E2E) to this OTLP/HTTP collector, e.g. the one 'run --server-spans' starts: http://127.0.0.1:4318/v1/traces.")
+def serve(host, port, time_scale, api_key, served_model_name, max_concurrent, max_request_bytes, output_len, reasoning_share, seed, fault_error_rate, fault_error_codes, fault_retry_after, fault_slow_first_byte_rate, fault_slow_first_byte_s, fault_stall_rate, fault_stall_s, fault_disconnect_rate, fault_malformed_rate, fault_stream_error_rate, fault_seed, header_timeout, body_timeout, max_connections, otlp_traces_endpoint, **engine):  # type: ignore[no-untyped-def]
     """Serve the reference engine over an OpenAI-compatible HTTP API.
 
     \b
@@ -160,6 +161,7 @@ def serve(host, port, time_scale, api_key, served_model_name, max_concurrent, ma
         header_timeout_s=header_timeout,
         body_timeout_s=body_timeout,
         max_connections=max_connections,
+        otlp_traces_endpoint=otlp_traces_endpoint,
     )
 
     def ready(srv):  # type: ignore[no-untyped-def]

@@ -74,6 +74,7 @@ class Seq:
     blocks: list[int] = field(default_factory=list)
     n_cached: int = 0
     segs: list[int] = field(default_factory=list)  # flat [start_it, count, ...] of emitted tokens
+    sched_it: int = -1  # iteration that first scheduled it (vLLM's scheduled_ts; preemptions ignored)
     first_it: int = -1
     last_it: int = -1
     cached_tokens: int = -1
@@ -98,6 +99,7 @@ class StepOutput:
     emitted: list[Seq]  # each produced exactly one token in this step
     finished: list[Seq]
     preempted: list[Seq]
+    admitted: list[Seq] = field(default_factory=list)  # first scheduled in this step
 
 
 class EngineCore:
@@ -353,6 +355,7 @@ class EngineCore:
                 self._budget -= n
 
         # 2. waiting requests, only when nothing was preempted in this step.
+        admitted: list[Seq] = []
         if not preempted:
             running = self.running
             while self._budget > 0 and len(running) < self.max_num_seqs:
@@ -388,6 +391,9 @@ class EngineCore:
                     s.cached_tokens = hit_tokens
                 self._cache_full_blocks(s, hit_tokens + n)
                 s.state = RUNNING
+                if s.sched_it < 0:
+                    s.sched_it = it
+                    admitted.append(s)
                 s.rorder = self._rorder
                 self._rorder += 1
                 running[s] = None
@@ -489,7 +495,7 @@ class EngineCore:
             self._push_events(s)
         self.it = nxt_it
         if collect:
-            return StepOutput(dt, emitted, finished, preempted)
+            return StepOutput(dt, emitted, finished, preempted, admitted)
         return dt
 
     def run_decodes(self, t: float, until: float, times: Any) -> float:

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 class Stream:
     """Per-request state shared between the replica loop (producer) and the handler."""
 
-    __slots__ = ("closed", "deadline", "direct", "event", "pending", "preempted")
+    __slots__ = ("closed", "deadline", "direct", "event", "pending", "preempted", "t_first", "t_last", "t_sched")
 
     def __init__(self) -> None:
         self.event = asyncio.Event()
@@ -34,6 +34,7 @@ class Stream:
         self.preempted = 0
         self.direct: SingleWriter | None = None  # set while the replica loop writes this stream itself
         self.closed = False  # the server is shutting down
+        self.t_sched = self.t_first = self.t_last = -1.0  # loop times of the span's phases
 
 
 async def write_direct(st: Stream) -> None:
@@ -115,8 +116,14 @@ class Replica:
             while loop.time() < deadline:
                 await asyncio.sleep(0)
             direct: list[Stream] = []
+            released = loop.time()  # span times: when tokens really left the engine, late or not
+            for s in out.admitted:  # not before it arrived: a handler may add it after ``start``
+                s.tag.t_sched = max(start, s.arrival)
             for s in out.emitted:
                 st: Stream = s.tag
+                if st.t_first < 0:
+                    st.t_first = released
+                st.t_last = released
                 if st.pending == 0:
                     st.deadline = deadline
                 st.pending += 1

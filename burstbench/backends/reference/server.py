@@ -64,6 +64,7 @@ from burstbench.backends.reference.protocol import (
 from burstbench.backends.reference.realtime import Replica, Stream, report_crash
 from burstbench.backends.reference.responses import error, error_body
 from burstbench.backends.reference.router import Router
+from burstbench.backends.reference.spans import SpanEmitter
 from burstbench.backends.reference.stats import ServerStats
 from burstbench.backends.reference.tokens import (
     DEFAULT_REASONING_SHARE,
@@ -113,6 +114,7 @@ class ServeConfig:
     header_timeout_s: float = 10.0  # a connection's request headers (and keep-alive idle) within this
     body_timeout_s: float = 30.0  # a request body within this
     max_connections: int | None = None  # open connections at once (default: max_concurrent + 1024, within the fd limit)
+    otlp_traces_endpoint: str | None = None  # export vLLM-like request spans here (OTLP/HTTP)
 
     def __post_init__(self) -> None:
         check_setting("--time-scale", self.time_scale, 0, math.inf, lo_open=True)
@@ -190,6 +192,7 @@ class ReferenceApp:
         self.app.on_startup.append(self._start)
         self.app.on_shutdown.append(self._on_shutdown)
         self.app.on_cleanup.append(self._stop)
+        self.spans = SpanEmitter.attach(self.app, c.otlp_traces_endpoint, self.name) if c.otlp_traces_endpoint else None
 
     def _engine(self) -> EngineCore:
         c = self.config
@@ -423,7 +426,8 @@ class ReferenceApp:
         replica.wake.set()
         self._active += 1
         kind = SingleWriter if req.plain else MultiWriter
-        writer = kind(request, req, choices, plan, t0, model=self.name, stats=self.stats, stall_s=c.faults.stall_s)
+        writer = kind(request, req, choices, plan, t0, model=self.name, stats=self.stats, stall_s=c.faults.stall_s,
+                      spans=self.spans)
         try:
             if plan.slow_first_byte_s > 0:
                 await asyncio.sleep(plan.slow_first_byte_s)

@@ -34,6 +34,7 @@ import polars as pl
 from burstbench.backends.reference.engine import DONE, REJECTED, EngineCore, Seq
 from burstbench.backends.reference.kvcache import chain_hashes, engine_block_keys, text_block_keys
 from burstbench.backends.reference.router import Router
+from burstbench.backends.reference.spans import simulated_span_rows
 from burstbench.backends.reference.tokens import DEFAULT_REASONING_SHARE
 from burstbench.errors import InputError, UsageError
 from burstbench.traces.schema import Trace
@@ -543,6 +544,8 @@ def _write(
             ],
         )
         store.append_requests(req)
+        # vLLM's per-request span phases, as serve --otlp-traces-endpoint would export them
+        store.append_server_spans(simulated_span_rows(run_id, seqs, replica_of, times, model_name))
         if record_chunks and total:
             rid_rep = np.repeat(done_idx, outs_done)
             seq_no = np.arange(total, dtype=np.int64) - np.repeat(req_first, outs_done)

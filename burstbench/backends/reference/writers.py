@@ -41,6 +41,7 @@ from burstbench.backends.reference.responses import (
     stream_choice,
     usage,
 )
+from burstbench.backends.reference.spans import SpanEmitter
 from burstbench.backends.reference.stats import ServerStats
 from burstbench.backends.reference.tokens import Answer
 
@@ -63,7 +64,8 @@ class Choice:
 class _Writer:
     """What both writers share: the request, its ids and the server's counters."""
 
-    def __init__(self, request: web.Request, req: GenRequest, choices: list[Choice], plan: FaultPlan, t0: float, *, model: str, stats: ServerStats, stall_s: float) -> None:
+    def __init__(self, request: web.Request, req: GenRequest, choices: list[Choice], plan: FaultPlan, t0: float, *, model: str, stats: ServerStats, stall_s: float,
+                 spans: SpanEmitter | None = None) -> None:
         self.request = request
         self.req = req
         self.chat = req.chat
@@ -73,6 +75,7 @@ class _Writer:
         self.model = model
         self.stats = stats
         self.stall_s = stall_s
+        self.spans = spans
         self.id = ("chatcmpl-" if req.chat else "cmpl-") + uuid.uuid4().hex[:24]
         self.created = int(time.time())
         self.shape = ChunkShape(self.id, self.created, model, req.chat, choices[0].answer.finish_reason)
@@ -89,6 +92,12 @@ class _Writer:
         stats.e2e.observe(loop.time() - self.t0)
         reason = self.choices[0].answer.finish_reason
         stats.success[reason] = stats.success.get(reason, 0) + 1
+        if self.spans is not None:  # one span per request, timed by its first choice (as vLLM's)
+            st = self.choices[0].st
+            self.spans.request_done(
+                self.request.headers.get("traceparent"), self.id, arrival=self.t0, scheduled=st.t_sched,
+                first_token=st.t_first, last_token=st.t_last, end=loop.time(), prompt_tokens=self.req.n_prompt,
+                completion_tokens=sum(c.answer.n for c in self.choices))
 
     def _closed(self) -> web.Response:
         return error(503, "the server is shutting down", etype="server_error", code="shutting_down")
