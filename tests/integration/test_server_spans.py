@@ -293,7 +293,7 @@ def test_serve_cli_exports_spans_and_run_cli_prints_the_vllm_hint(tmp_path):
     assert set(d["parts_ms"]) == {"client", "network", "server_other", "queue", "prefill"}
     h = subprocess.run([sys.executable, "-m", "burstbench", "analyze", str(out)], capture_output=True, text=True,
                        timeout=120)
-    assert "server spans joined: 8 of 8" in h.stderr
+    assert "server spans joined: 8 of 8" in h.stdout  # a result: stdout
 
 
 def test_grpc_export_is_joined_like_http():
