@@ -137,13 +137,13 @@ def build_report(
                 sections.append(rs.latency_section(con, runs, view, {k: v * 1000.0 for k, v in (slo_s or {}).items()},
                                                    itl_counts=itl_n))
                 say("time series")
-                w = pd.nice_window(max(pd.run_span(con, r.run_id) for r in runs), rs.WINDOWS)
-                att = sm.attainment_series(con, runs, slo_s, w)
-                load, w, series = rs.load_section(con, runs, view, att)
+                axis = rs.time_axis(con, runs)
+                att = sm.attainment_series(con, runs, slo_s, axis.window)
+                load, series = rs.load_section(con, runs, view, att, axis)
                 sections.append(load)
                 say("client and server health")
-                sections.append(rs.health_section(con, runs, view, w, series))
-                server = rs.server_section(con, runs)
+                sections.append(rs.health_section(con, runs, view, axis, series))
+                server = rs.server_section(con, runs, axis)
                 if server:
                     sections.append(server)
                 if len(runs) > 1:

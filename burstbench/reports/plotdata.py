@@ -363,6 +363,28 @@ _PREFERRED = (
 )
 
 
+# vLLM renamed these gauges and counters (V1: ``gpu_cache_usage_perc`` became
+# ``kv_cache_usage_perc``); servers in between export both names for one quantity.
+_RENAMED = {
+    "gpu_cache_usage_perc": "kv_cache_usage_perc",
+    "gpu_prefix_cache_hits_total": "prefix_cache_hits_total",
+    "gpu_prefix_cache_queries_total": "prefix_cache_queries_total",
+}
+
+
+def _without_old_names(names: list[tuple[str, str, int]]) -> list[tuple[str, str, int]]:
+    """Drop a metric's old vLLM name where the same source also reports its new name,
+    so one quantity is drawn once (the new name wins; an old server keeps its old one)."""
+    have = {(src, name) for src, name, _ in names}
+
+    def renamed(name: str) -> str | None:
+        prefix, _, bare = name.rpartition(":")
+        new = _RENAMED.get(bare)
+        return None if new is None else (f"{prefix}:{new}" if prefix else new)
+
+    return [n for n in names if (n[0], renamed(n[1])) not in have]
+
+
 def _rank(name: str, n: int) -> tuple[int, int, str]:
     bare = name.split(":")[-1]
     pref = _PREFERRED.index(bare) if bare in _PREFERRED else len(_PREFERRED)
@@ -384,7 +406,8 @@ def telemetry_series(
     a gauge like ``num_requests_running`` reads as the total. Counters (``*_total``)
     become rates: the difference between consecutive samples over their time
     difference (negative steps, i.e. counter resets, dropped). Histogram parts
-    (``_bucket``, ``_sum``, ``_count``) are skipped. Returns up to ``max_names``
+    (``_bucket``, ``_sum``, ``_count``) are skipped, and so is a metric's old vLLM name
+    when its new one is there too. Returns up to ``max_names``
     series, well-known serving metrics first, and how many metrics qualified.
     """
     names = con.execute(
@@ -392,7 +415,7 @@ def telemetry_series(
         " (SELECT unnest($s::VARCHAR[])) GROUP BY source, name",
         {"r": run_id, "s": list(sources)},
     ).fetchall()
-    names = [n for n in names if not n[1].endswith(_SKIP_SUFFIXES)]
+    names = _without_old_names([n for n in names if not n[1].endswith(_SKIP_SUFFIXES)])
     if not names:
         return [], 0
     names.sort(key=lambda n: _rank(n[1], n[2]))
