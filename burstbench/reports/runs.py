@@ -263,7 +263,8 @@ def _telemetry_figures(
         hidden = max(hidden, total - len(series))
         for s in series:
             by_name.setdefault((s.source, s.title), []).append(
-                {"name": r.name, "x": axis.x(r.run_id, s.t), "y": s.value, "color": fg.color(i)}
+                {"name": r.name, "x": axis.x(r.run_id, s.t), "y": s.value, "color": fg.color(i),
+                 "final": s.final}
             )
     out: list[fg.Figure | str] = [
         _telemetry_figure(f"{name} ({source})", name, lines_, axis)
@@ -277,17 +278,18 @@ def _telemetry_figures(
 
 
 def _telemetry_figure(title: str, name: str, lines_: list[dict], axis: TimeAxis) -> fg.Figure:
-    """A metric over time; a bar per run when each run holds one value of it.
+    """A metric over time; a bar per run when it is one value per run (``Series.final``).
 
-    Why the bars: some values are reported once, at a run's end (a worker's peak RSS,
-    ``process_max_rss_bytes``); as a time series that is one dot per run at the very
-    right edge, stacked on each other when the axis is normalised.
+    Why the bars: some values are reported once per worker, at its end (peak RSS,
+    ``process_max_rss_bytes``); as a time series that is a dot or two per run at the
+    very right edge (the panel looked empty), stacked on each other when the axis is
+    normalised, and a counter's "rate" between two workers' totals means nothing.
     """
-    if all(sum(v is not None for v in ln["y"]) <= 1 for ln in lines_):
-        bars = [(ln["name"], [ln["name"]], [next((v for v in ln["y"] if v is not None), None)])
-                for ln in lines_]
-        return fg.bars(title, "run", name, bars, caption="One value per run (reported once, at its end).")
-    return fg.lines(title, axis.title, name, lines_)
+    if all(ln["final"] for ln in lines_):
+        bars = [(ln["name"], [ln["name"]], ln["y"][:1]) for ln in lines_]
+        return fg.bars(title, "run", name, bars,
+                       caption="One value per run: reported once by each client worker when it ended, summed.")
+    return fg.lines(title, axis.title, name, [{k: v for k, v in ln.items() if k != "final"} for ln in lines_])
 
 
 def errors_block(con: duckdb.DuckDBPyConnection, runs: Sequence[pd.RunRow]) -> str | None:

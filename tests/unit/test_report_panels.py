@@ -36,7 +36,11 @@ def report(tmp_path_factory):
             _telemetry(s, r, lambda rid, end, r=r: [
                 *[(rid, float(t), "server", "vllm:kv_cache_usage_perc", (t % 50) / 50.0, None, None)
                   for t in range(int(end))],
-                (rid, end, "client", "process_max_rss_bytes", PEAK_RSS[r.label], '{"pid": 7}', 0),
+                # each worker reports once, when it ends (two workers end 0.4 s apart)
+                (rid, end - 0.4, "client", "process_max_rss_bytes", PEAK_RSS[r.label] * 0.4, '{"pid": 7}', 0),
+                (rid, end, "client", "process_max_rss_bytes", PEAK_RSS[r.label] * 0.6, '{"pid": 8}', 1),
+                (rid, end - 0.4, "client", "process_cpu_seconds_total", 1.5, '{"pid": 7}', 0),
+                (rid, end, "client", "process_cpu_seconds_total", 2.0, '{"pid": 8}', 1),
             ])
         s.checkpoint()
     build_report(d / "r.duckdb", d / "report.html", slo="ttft=500ms,tpot=50ms")
@@ -44,12 +48,15 @@ def report(tmp_path_factory):
     return dict(zip(titles_of(html), figures_of(html), strict=True)), runs
 
 
-def test_a_value_reported_once_per_run_is_a_bar_per_run(report):
+def test_a_value_each_worker_reports_once_is_a_bar_per_run(report):
     figs, _ = report
     fig = figs["process_max_rss_bytes (client)"]
-    got = {t["x"][0]: t["y"][0] for t in fig["data"]}
     assert {t["type"] for t in fig["data"]} == {"bar"}
-    assert got == PEAK_RSS
+    assert {t["x"][0]: t["y"][0] for t in fig["data"]} == pytest.approx(PEAK_RSS)  # summed over workers
+    # a counter reported once per worker is its total, not a "rate" between two workers' totals
+    assert "process_cpu_seconds_total rate (/s) (client)" not in figs
+    cpu = figs["process_cpu_seconds_total (client)"]
+    assert [t["y"] for t in cpu["data"]] == [[3.5], [3.5]]
 
 
 def test_a_series_of_isolated_points_is_drawn_with_markers():
