@@ -59,6 +59,21 @@ def test_the_marks_pick_the_tour_and_nothing_after_development():
     assert body.index("burstbench run") > first_serve
 
 
+def test_trace_examples_prints_the_folder_of_the_shipped_samples():
+    from click.testing import CliRunner
+
+    from burstbench.cli import root
+
+    res = CliRunner().invoke(root, ["trace", "examples"])
+    assert res.exit_code == 0
+    folder = Path(res.output.strip())
+    assert folder.is_absolute() and (folder / "README.md").is_file()
+    names = {p.name for p in folder.iterdir()}
+    # every sample the tour reads is there
+    tour = "\n".join(b for _, b in tour_blocks(README.read_text(encoding="utf-8")))
+    assert set(re.findall(r"\$T/([\w.]+)", tour)) <= names
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
