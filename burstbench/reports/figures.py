@@ -241,7 +241,11 @@ def heatmap(
     """A 2D density from pre-binned counts (``z[y][x]``)."""
     data = [{
         "type": "heatmap", "x": list(x), "y": list(y), "z": [list(r) for r in z],
-        "colorscale": "Viridis", "colorbar": {"title": {"text": "requests"}},
+        # the colour scale lies above the plot, right-aligned to it: upright at the right it
+        # ran under the toolbar, which stands in the right margin (see html.py)
+        "colorscale": "Viridis",
+        "colorbar": {"orientation": "h", "x": 1, "xanchor": "right", "y": 1.02, "yanchor": "bottom",
+                     "len": 0.5, "thickness": 10, "title": {"text": "requests", "side": "left"}},
         "hovertemplate": label(x_title) + " %{x:.4g}<br>" + label(y_title)
         + " %{y:.4g}<br>%{z} requests<extra></extra>",
     }]
