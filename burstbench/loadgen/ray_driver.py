@@ -57,6 +57,7 @@ from burstbench.loadgen.runner import (
     _Supervisor,
     preflight,
     supervise,
+    with_served_model,
 )
 from burstbench.loadgen.scenario import Scenario
 from burstbench.loadgen.schedule import Plan, build_plan, partition
@@ -450,6 +451,7 @@ def execute_ray(trace: Trace, scenario: Scenario, out: str | Path, *, address: s
     parts = partition(plan, n)
     if backend_factory is None:
         preflight(sc.url)
+        sc = with_served_model(sc)
     factory = backend_factory or BackendFactory(sc)
     control = control or RunControl()
     opts = {"grace_s": sc.grace_s, "ignore_eos": sc.ignore_eos, "flush_interval_s": 0.2}

@@ -129,6 +129,37 @@ def preflight(url: str, timeout_s: float = 5.0) -> None:
                            "is the server running and is --url right?") from None
 
 
+def with_served_model(sc: Scenario) -> Scenario:
+    """``sc`` with its model filled in by the backend's own lookup when it names none.
+
+    Why here, once, before the run row exists: the backend (the OpenAI one asks
+    ``/v1/models`` and takes the model when exactly one is listed) otherwise looks it up
+    inside each worker, after the row was written without it, so a live run's report
+    and ``analyze`` could not say which model was measured; asking here also makes
+    every worker send the same name, and a rejected API key (``BackendError``) stops
+    the run in one line before anything is recorded. A backend that learns no model
+    leaves ``sc`` as it was.
+    """
+    if sc.model is not None:
+        return sc
+    import asyncio
+    import dataclasses
+
+    backend = BackendFactory(sc)()
+    if not hasattr(backend, "model"):
+        return sc
+
+    async def ask() -> str | None:
+        await backend.start()
+        try:
+            return backend.model
+        finally:
+            await backend.close()
+
+    model = asyncio.run(ask())
+    return sc if model is None else dataclasses.replace(sc, model=str(model))
+
+
 def run_scenario(trace: Trace, scenario: Scenario, out: str | Path, *, label: str | None = None,
                  progress: bool = True, backend_factory: Any = None,
                  control: RunControl | None = None, worker_process: bool | None = None) -> str:
@@ -163,6 +194,7 @@ def execute(trace: Trace, scenario: Scenario, out: str | Path, *, label: str | N
     parts = partition(plan, sc.workers)
     if backend_factory is None:
         preflight(sc.url)
+        sc = with_served_model(sc)
     factory = backend_factory or BackendFactory(sc)
     control = control or RunControl()
     opts = {"grace_s": sc.grace_s, "ignore_eos": sc.ignore_eos, "flush_interval_s": 0.2}

@@ -69,8 +69,8 @@ def _select_runs(con, run_ids: Sequence[str] | None) -> tuple[list[str], list[st
     return main, sweep, notes
 
 
-def _time_sections(con, runs: Sequence, view: str, slo_s: Mapping[str, float] | None) -> list[Section]:
-    """Load over time and client health, for the runs that have a timeline.
+def _time_sections(con, runs: Sequence, view: str, slo_s: Mapping[str, float] | None) -> tuple[list[Section], rs.TimeAxis]:
+    """Load over time and client health, for the runs that have a timeline, and the time axis.
 
     A run imported from a file without send times (vLLM before ``start_times``) has every
     request at t=0; a time series of it would show a burst that never happened, so it is
@@ -82,14 +82,14 @@ def _time_sections(con, runs: Sequence, view: str, slo_s: Mapping[str, float] | 
     skipped = [r.name for r in runs if r not in timed]
     why = (f"Not shown over time: {', '.join(skipped)} (the imported file recorded no request start times, "
            "so there is no timeline to draw)." if skipped else None)
+    axis = rs.time_axis(con, timed or runs)
     if not timed:
-        return [Section("load", "Load over time", [note(why or "", "warn")])]
-    w = pd.nice_window(max(pd.run_span(con, r.run_id) for r in timed), rs.WINDOWS)
-    att = sm.attainment_series(con, timed, slo_s, w)
-    load, w, series = rs.load_section(con, timed, view, att)
+        return [Section("load", "Load over time", [note(why or "", "warn")])], axis
+    att = sm.attainment_series(con, timed, slo_s, axis.window)
+    load, series = rs.load_section(con, timed, view, att, axis)
     if why:
         load.blocks.insert(0, note(why, "warn"))
-    return [load, rs.health_section(con, timed, view, w, series)]
+    return [load, rs.health_section(con, timed, view, axis, series)], axis
 
 
 def build_report(
@@ -158,9 +158,10 @@ def build_report(
                 itl_n = {rid: (s.get("itl_ms") or {}).get("n") or 0 for rid, s in sums.items()}
                 sections.append(rs.latency_section(con, runs, view, {k: v * 1000.0 for k, v in (slo_s or {}).items()},
                                                    itl_counts=itl_n))
-                say("time series")
-                sections.extend(_time_sections(con, runs, view, slo_s))
-                server = rs.server_section(con, runs)
+                say("time series, client and server health")
+                timed, axis = _time_sections(con, runs, view, slo_s)
+                sections.extend(timed)
+                server = rs.server_section(con, runs, axis)
                 if server:
                     sections.append(server)
                 from burstbench.reports.phasesec import phases_section

@@ -12,6 +12,7 @@ server or a user (run labels, model, tenant and metric names) goes through
 from __future__ import annotations
 
 import html
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -51,6 +52,62 @@ def _axis(title: str, **extra: Any) -> dict[str, Any]:
     return {"title": {"text": label(title)}, "automargin": True, **extra}
 
 
+def _positive(values: Sequence[Any]) -> list[float]:
+    """The finite positive numbers among ``values`` (what a log axis can show)."""
+    out = []
+    for v in values:
+        if isinstance(v, int | float) and math.isfinite(v) and v > 0:
+            out.append(float(v))
+    return out
+
+
+DECADE_TICKS_FROM = 3.0  # decades of data from which a log axis labels only powers of ten
+
+
+def _log_axis(title: str, values: Sequence[Any], **extra: Any) -> dict[str, Any]:
+    """A log axis whose ticks read as whole numbers: ``1, 10, 100, 1,000`` over wide ranges,
+    ``1, 2, 5, 10, 20, 50`` over narrow ones.
+
+    Why not plotly's default: on a log axis it labels the ticks between decades with a
+    bare, smaller leading digit, so an axis reads "5 … 10 2 3 4" and a reader cannot tell
+    20 from 2000. ``tickformat`` makes plotly print every tick as a full number; ``dtick``
+    picks one tick per decade when the data span ``DECADE_TICKS_FROM`` decades or more
+    (minor grid lines keep the 2..9 positions; 1-2-5 labels would crowd a 560 px panel)
+    and the 1-2-5 steps otherwise.
+    """
+    pos = _positive(values)
+    decades = math.log10(max(pos) / min(pos)) if pos else 0.0
+    ticks: dict[str, Any] = {"type": "log", "tickformat": ",~g", "exponentformat": "power"}
+    if decades >= DECADE_TICKS_FROM:
+        ticks |= {"dtick": 1, "minor": {"dtick": "D1", "showgrid": True, "gridcolor": "#f3f4f7"}}
+    else:
+        ticks["dtick"] = "D2"
+    return _axis(title, **ticks, **extra)
+
+
+def _axis_for(title: str, log: bool, values: Sequence[Any], **extra: Any) -> dict[str, Any]:
+    return _log_axis(title, values, **extra) if log else _axis(title, type="linear", **extra)
+
+
+def _flat(seqs: Sequence[Sequence[Any]]) -> list[Any]:
+    return [v for s in seqs for v in s]
+
+
+def _mode(mode: str, y: Sequence[Any]) -> str:
+    """``mode`` with markers added when no two neighbouring points are both present.
+
+    Why: a line needs two adjacent points; a series of one sample (a worker's peak RSS
+    reported once at its end) or of points separated by gaps draws nothing at all with
+    ``mode='lines'``, which left such panels empty.
+    """
+    if "markers" in mode or "lines" not in mode:
+        return mode
+    present = [v is not None for v in y]
+    if any(a and b for a, b in itertools.pairwise(present)):
+        return mode
+    return mode + "+markers"
+
+
 def _log_ok(values: Sequence[float | None]) -> bool:
     """Log axis when all values are positive and span more than two decades."""
     pos = [v for v in values if v is not None]
@@ -80,7 +137,7 @@ def cdf(
         })
     log_x = _log_ok([*allx, threshold])
     layout: dict[str, Any] = {
-        "xaxis": _axis(unit_label, type="log" if log_x else "linear"),
+        "xaxis": _axis_for(unit_label, log_x, [*allx, threshold]),
         "yaxis": _axis("fraction ≤ x", range=[0, 1.02]),
     }
     if threshold is not None:
@@ -113,12 +170,13 @@ def lines(
     data = []
     layout: dict[str, Any] = {
         "xaxis": _axis(x_title),
-        "yaxis": _axis(y_title, type="log" if y_log else "linear", rangemode="tozero"),
+        "yaxis": (_log_axis(y_title, _flat([s["y"] for s in series])) if y_log
+                  else _axis(y_title, type="linear", rangemode="tozero")),
         "hovermode": "x unified",
     }
     for i, s in enumerate(series):
         trace: dict[str, Any] = {
-            "type": "scatter", "mode": s.get("mode", "lines"), "name": label(s["name"]),
+            "type": "scatter", "mode": _mode(s.get("mode", "lines"), s["y"]), "name": label(s["name"]),
             "x": list(s["x"]), "y": list(s["y"]),
             "line": {"color": s.get("color", color(i)), "width": 1.6,
                      "dash": s.get("dash", "solid"), **({"shape": "hv"} if step else {})},
@@ -160,7 +218,8 @@ def bars(
             for i, (name, x, y) in enumerate(series)
         ]
     layout = {
-        "xaxis": _axis(x_title, type="log" if x_log else "linear"),
+        # without x_log, plotly infers the type: numbers make a linear axis, names a category one
+        "xaxis": _log_axis(x_title, _flat([x for _, x, _ in series])) if x_log else _axis(x_title),
         "yaxis": _axis(y_title),
         "barmode": "overlay",
         "bargap": 0.02,
@@ -182,13 +241,17 @@ def heatmap(
     """A 2D density from pre-binned counts (``z[y][x]``)."""
     data = [{
         "type": "heatmap", "x": list(x), "y": list(y), "z": [list(r) for r in z],
-        "colorscale": "Viridis", "colorbar": {"title": {"text": "requests"}},
+        # the colour scale lies above the plot, right-aligned to it: upright at the right it
+        # ran under the toolbar, which stands in the right margin (see html.py)
+        "colorscale": "Viridis",
+        "colorbar": {"orientation": "h", "x": 1, "xanchor": "right", "y": 1.02, "yanchor": "bottom",
+                     "len": 0.5, "thickness": 10, "title": {"text": "requests", "side": "left"}},
         "hovertemplate": label(x_title) + " %{x:.4g}<br>" + label(y_title)
         + " %{y:.4g}<br>%{z} requests<extra></extra>",
     }]
     layout = {
-        "xaxis": _axis(x_title, type="log" if log_axes else "linear"),
-        "yaxis": _axis(y_title, type="log" if log_axes else "linear"),
+        "xaxis": _axis_for(x_title, log_axes, x),
+        "yaxis": _axis_for(y_title, log_axes, y),
     }
     return Figure(title, data, layout, caption)
 
@@ -205,7 +268,8 @@ def scatter_xy(
     marks: Sequence[dict[str, Any]] = (),
     y_range: Sequence[float] | None = None,
 ) -> Figure:
-    """Lines with markers (sweep curves, QQ plots); ``marks`` are annotated points."""
+    """Lines with markers (sweep curves, QQ plots); ``marks`` are starred points, each named
+    in the legend by its ``text`` and outlined in its ``color`` (the series it belongs to)."""
     data = []
     for i, s in enumerate(series):
         data.append({
@@ -215,29 +279,25 @@ def scatter_xy(
             "marker": {"size": s.get("size", 6), "color": s.get("color", color(i))},
             **({"text": [label(t) for t in s["text"]]} if "text" in s else {}),
         })
-    annotations = []
     for m in marks:
+        # The star's label is its legend entry (and hover), not an annotation: labels of two
+        # stars a few req/s apart (a baseline's and a variant's max goodput) sat on top of
+        # each other, and arrows on a log axis cannot be spaced for every pair of rates.
         data.append({
-            "type": "scatter", "mode": "markers", "name": label(m["name"]),
+            "type": "scatter", "mode": "markers", "name": label(m["text"]),
             "x": [m["x"]], "y": [m["y"]],
             "marker": {"size": 16, "symbol": "star", "color": "#f5b700",
-                       "line": {"color": "#333", "width": 1}},
+                       "line": {"color": m.get("color", "#333"), "width": 2 if "color" in m else 1}},
+            "hovertemplate": label(m["text"]) + "<extra></extra>",
         })
-        annotations.append({"x": m["x"], "y": m["y"], "text": label(m["text"]), "showarrow": True,
-                            "arrowhead": 2, "ax": 30, "ay": -30,
-                            **({"xref": "x", "yref": "y"})})
-        if x_log or y_log:
-            # plotly places annotations on log axes in log10 units
-            if x_log and m["x"] and m["x"] > 0:
-                annotations[-1]["x"] = math.log10(m["x"])
-            if y_log and m["y"] and m["y"] > 0:
-                annotations[-1]["y"] = math.log10(m["y"])
-    yaxis = _axis(y_title, type="log" if y_log else "linear")
+    xs = _flat([s["x"] for s in series]) + [m["x"] for m in marks]
+    ys = _flat([s["y"] for s in series]) + [m["y"] for m in marks]
+    yaxis = _axis_for(y_title, y_log, ys)
     if y_range is not None:
         yaxis["range"] = list(y_range)
     layout: dict[str, Any] = {
-        "xaxis": _axis(x_title, type="log" if x_log else "linear"),
+        "xaxis": _axis_for(x_title, x_log, xs),
         "yaxis": yaxis,
-        "annotations": annotations,
     }
     return Figure(title, data, layout, caption)
+

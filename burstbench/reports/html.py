@@ -148,17 +148,23 @@ thead th{background:#f0f3f8;position:sticky;top:0}
 .sig{font-weight:600}
 """
 
+MODEBAR_MARGIN = 40  # px right of the plot: the upright plotly toolbar (~30 px) sits there
+
 _JS = """
 (function(){
   var figs = JSON.parse(document.getElementById('bb-figures').textContent);
-  var base = {margin:{l:64,r:24,t:44,b:48}, height:340, autosize:true,
+  // The legend runs along the top, across the plot's width; the toolbar stands upright
+  // in the right margin, beside it rather than over it.
+  var base = {margin:{l:64,r:MODEBAR_MARGIN,t:44,b:48}, height:340, autosize:true,
     font:{family:'system-ui,-apple-system,Segoe UI,Roboto,sans-serif', size:12},
     legend:{orientation:'h', yanchor:'bottom', y:1.0, xanchor:'left', x:0},
+    modebar:{orientation:'v'},
     paper_bgcolor:'#fff', plot_bgcolor:'#fff'};
   function axis(a){ a = a || {}; if (a.gridcolor === undefined) a.gridcolor = '#e8ebf0';
     if (a.zerolinecolor === undefined) a.zerolinecolor = '#c9ced8'; return a; }
   figs.forEach(function(f, i){
     var layout = Object.assign({}, base, f.layout);
+    if (f.layout.margin) layout.margin = Object.assign({}, base.margin, f.layout.margin);
     layout.xaxis = axis(layout.xaxis); layout.yaxis = axis(layout.yaxis);
     try {
       Plotly.newPlot('bb-fig-' + i, f.data, layout, {displaylogo:false, responsive:true})
@@ -219,7 +225,7 @@ def render(
         f'<header><h1>{esc(title)}</h1><div class="meta">{meta_html}</div></header>'
         f"<nav>{''.join(nav)}</nav><main>{''.join(parts)}</main>"
         f'<script type="application/json" id="bb-figures">{json_for_script(figures)}</script>'
-        f"<script>{_JS}</script></body></html>\n"
+        f"<script>{_JS.replace('MODEBAR_MARGIN', str(MODEBAR_MARGIN))}</script></body></html>\n"
     )
 
 

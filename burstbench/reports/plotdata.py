@@ -338,13 +338,19 @@ def window_series(
 
 @dataclass
 class Series:
-    """One telemetry metric's bucketed time series; counters are shown as rates."""
+    """One telemetry metric's bucketed time series; counters are shown as rates.
+
+    ``final``: the metric was reported once per label set (a worker's peak RSS and CPU
+    seconds, sent when it ends), so it is one value, summed over the label sets, at
+    the last report's time: a quantity of the run, not a series (nor a rate).
+    """
 
     source: str
     name: str
     t: list[float]
     value: list[float | None]
     counter: bool = False
+    final: bool = False
 
     @property
     def title(self) -> str:
@@ -361,6 +367,28 @@ _PREFERRED = (
     "request_success_total", "prefix_cache_hits_total", "prefix_cache_queries_total",
     "process_cpu_percent", "cpu_percent", "process_rss_bytes", "rss_bytes",
 )
+
+
+# vLLM renamed these gauges and counters (V1: ``gpu_cache_usage_perc`` became
+# ``kv_cache_usage_perc``); servers in between export both names for one quantity.
+_RENAMED = {
+    "gpu_cache_usage_perc": "kv_cache_usage_perc",
+    "gpu_prefix_cache_hits_total": "prefix_cache_hits_total",
+    "gpu_prefix_cache_queries_total": "prefix_cache_queries_total",
+}
+
+
+def _without_old_names(names: list[tuple[str, str, int, bool]]) -> list[tuple[str, str, int, bool]]:
+    """Drop a metric's old vLLM name where the same source also reports its new name,
+    so one quantity is drawn once (the new name wins; an old server keeps its old one)."""
+    have = {(n[0], n[1]) for n in names}
+
+    def renamed(name: str) -> str | None:
+        prefix, _, bare = name.rpartition(":")
+        new = _RENAMED.get(bare)
+        return None if new is None else (f"{prefix}:{new}" if prefix else new)
+
+    return [n for n in names if (n[0], renamed(n[1])) not in have]
 
 
 def _rank(name: str, n: int) -> tuple[int, int, str]:
@@ -383,16 +411,20 @@ def telemetry_series(
     are summed across label sets within a sample time, then averaged per bucket, so
     a gauge like ``num_requests_running`` reads as the total. Counters (``*_total``)
     become rates: the difference between consecutive samples over their time
-    difference (negative steps, i.e. counter resets, dropped). Histogram parts
-    (``_bucket``, ``_sum``, ``_count``) are skipped. Returns up to ``max_names``
+    difference (negative steps, i.e. counter resets, dropped); a metric reported once
+    per label set is one ``final`` value (see ``Series``). Histogram parts
+    (``_bucket``, ``_sum``, ``_count``) are skipped, and so is a metric's old vLLM name
+    when its new one is there too. Returns up to ``max_names``
     series, well-known serving metrics first, and how many metrics qualified.
     """
     names = con.execute(
-        "SELECT source, name, count(*) AS n FROM telemetry WHERE run_id = $r AND source IN"
+        "SELECT source, name, count(*) AS n,"
+        " count(*) = count(DISTINCT (coalesce(labels, ''), coalesce(worker_id, -1))) AS final"
+        " FROM telemetry WHERE run_id = $r AND source IN"
         " (SELECT unnest($s::VARCHAR[])) GROUP BY source, name",
         {"r": run_id, "s": list(sources)},
     ).fetchall()
-    names = [n for n in names if not n[1].endswith(_SKIP_SUFFIXES)]
+    names = _without_old_names([n for n in names if not n[1].endswith(_SKIP_SUFFIXES)])
     if not names:
         return [], 0
     names.sort(key=lambda n: _rank(n[1], n[2]))
@@ -402,6 +434,18 @@ def telemetry_series(
     t0, t1 = float(span[0] or 0.0), float(span[1] or 0.0)  # type: ignore[index]
     w = max((t1 - t0) / max_points, 1e-9)
     chosen = names[:max_names]
+    order = {(c[0], c[1]): i for i, c in enumerate(chosen)}
+    grouped: dict[tuple[str, str], Series] = {}
+    finals = [c for c in chosen if c[3]]
+    if finals:
+        for source, name, t, v in con.execute(
+            "SELECT source, name, max(t_s), sum(value) FROM telemetry WHERE run_id = $r"
+            " AND (source, name) IN (SELECT (unnest($src::VARCHAR[]), unnest($nm::VARCHAR[])))"
+            " AND value IS NOT NULL GROUP BY source, name",
+            {"r": run_id, "src": [c[0] for c in finals], "nm": [c[1] for c in finals]},
+        ).fetchall():
+            grouped[(source, name)] = Series(source, name, [float(f"{t:.6g}")], _finite([v]), final=True)
+    chosen = [c for c in chosen if not c[3]]
     counters = [c[1].endswith(_COUNTER_SUFFIX) for c in chosen]
     rows = con.execute(
         """
@@ -422,12 +466,10 @@ def telemetry_series(
          "t0": t0, "w": w},
     ).fetchall()
     is_counter = {(c[0], c[1]): f for c, f in zip(chosen, counters, strict=True)}
-    grouped: dict[tuple[str, str], Series] = {}
     for source, name, k, v in rows:
         s = grouped.setdefault((source, name), Series(source, name, [], [], is_counter[(source, name)]))
         s.t.append(float(f"{t0 + (k + 0.5) * w:.6g}"))
         s.value.append(_finite([v])[0])
-    order = {(c[0], c[1]): i for i, c in enumerate(chosen)}
     return sorted(grouped.values(), key=lambda s: order[(s.source, s.name)]), len(names)
 
 

@@ -123,13 +123,15 @@ def latency_table(runs: Sequence[pd.RunRow], sums: Mapping[str, Mapping[str, Any
 
 
 def attainment_series(
-    con: duckdb.DuckDBPyConnection, runs: Sequence[pd.RunRow], slo: Mapping[str, float] | None, window_s: float
+    con: duckdb.DuckDBPyConnection, runs: Sequence[pd.RunRow], slo: Mapping[str, float] | None,
+    window_s: Mapping[str, float],
 ) -> dict[str, tuple[list[float], list[float | None]]]:
+    """Each run's SLO attainment per window (``window_s``: run id -> width), in percent."""
     if not slo:
         return {}
     out = {}
     for r in runs:
-        rows = attainment_over_time(con, r.run_id, slo, window_s)
+        rows = attainment_over_time(con, r.run_id, slo, window_s[r.run_id])
         out[r.run_id] = (
             [row["t_start_s"] for row in rows],
             [None if row["attainment"] is None else row["attainment"] * 100.0 for row in rows],
@@ -272,10 +274,9 @@ def sweep_section(
         marks = []
         if passing:
             best = max(passing)
-            marks.append({"name": "max goodput rate" if kind == "rate" else "max concurrency in SLO",
-                          "x": best[0], "y": best[1] * 100,
+            marks.append({"x": best[0], "y": best[1] * 100,
                           "text": f"max goodput rate {best[0]:g} req/s" if kind == "rate"
-                          else f"{best[0]:g} users"})
+                          else f"max concurrency in SLO: {best[0]:g} users"})
         series = [
             {"name": "attainment", "x": rates, "y": [None if a is None else a * 100 for a in att]},
             {"name": "95% CI low", "x": rates, "y": [None if c[0] is None else c[0] * 100 for c in cis],

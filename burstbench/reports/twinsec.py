@@ -157,12 +157,14 @@ def whatif_section(doc: dict[str, Any], source: str) -> Section:
         steps = [s for s in steps if s.get("slo_attainment") is not None]
         if steps:
             series.append({"name": f"{side}: {r.get('name')}", "x": [s["rate"] for s in steps],
+                           "color": fg.color(0 if side == "baseline" else 1),
                            "y": [s["slo_attainment"] * 100 for s in steps]})
         if r.get("max_goodput_rate"):
             at = (r.get("search") or {}).get("attainment_at_max")
-            marks.append({"name": f"{side} max goodput", "x": r["max_goodput_rate"],
+            marks.append({"x": r["max_goodput_rate"],
+                          "color": fg.color(0 if side == "baseline" else 1),
                           "y": (at if at is not None else doc.get("target", 0.9)) * 100,
-                          "text": f"{side}: {r['max_goodput_rate']:.3g} req/s"})
+                          "text": f"{side} max goodput: {r['max_goodput_rate']:.3g} req/s"})
     if series:
         xs = [x for s in series for x in s["x"]]
         series.append({"name": "target", "x": [min(xs), max(xs)], "y": [doc.get("target", 0.9) * 100] * 2,
@@ -207,8 +209,8 @@ def plan_section(doc: dict[str, Any], source: str) -> Section:
         xs = [c["usd_per_hour"] for c in cands]
         series.append({"name": "target", "x": [min(xs), max(xs)], "y": [target * 100] * 2, "mode": "lines",
                        "dash": "dash", "color": "#7f7f7f"})
-        marks = ([{"name": "cheapest", "x": best["usd_per_hour"], "y": best["slo_attainment"] * 100,
-                   "text": best["name"]}] if best else [])
+        marks = ([{"x": best["usd_per_hour"], "y": best["slo_attainment"] * 100,
+                   "text": f"cheapest: {best['name']}"}] if best else [])
         sec.blocks.append(fg.scatter_xy(
             "Cost against attainment", "USD per hour", "SLO attainment (%)", series, marks=marks,
             caption="Each point is one fleet simulated on the peak window; hover for its name."))

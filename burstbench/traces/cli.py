@@ -382,3 +382,21 @@ def synth_cmd(
     )
     if as_json:
         emit_json(info)
+
+
+@trace.command("examples")
+def examples_cmd() -> None:
+    """Print the folder of the trace samples shipped with burstbench.
+
+    Why a command: the samples are package data, inside wherever pip installed
+    burstbench; a tour or a script run from any directory finds them through this
+    (their sources and licences are in that folder's README.md).
+
+    \b
+    Example:
+      T=$(burstbench trace examples)
+      burstbench trace stats $T/azure_llm_2023_conv.csv
+    """
+    from pathlib import Path
+
+    click.echo(str(Path(__file__).resolve().parent.parent / "data" / "traces"))

@@ -95,3 +95,30 @@ async def test_twin_figures_render_and_their_strings_never_execute(tmp_path, azu
     assert out["rendered"] == out["expected"] == res.figures
     assert out["errors"] == []
     assert _offline(out["urls"], res.path) == []
+
+
+# Every figure's legend and colour scale against its toolbar (in the page, hidden until hover,
+# so its box is there to measure): names of figures where one of them meets the toolbar.
+UNDER_TOOLBAR_JS = """Array.from(document.querySelectorAll('.figbox')).filter(e => {
+  const mb = e.querySelector('.modebar');
+  if (!mb) return false;
+  const M = mb.getBoundingClientRect();
+  return Array.from(e.querySelectorAll('.legend, .colorbar')).some(g => {
+    const L = g.getBoundingClientRect();
+    return !(L.right <= M.left || M.right <= L.left || L.bottom <= M.top || M.bottom <= L.top);
+  });
+}).map(e => e.querySelector('h3').textContent)"""
+
+
+async def test_no_legend_or_colour_scale_runs_under_the_toolbar(tmp_path, burstgpt_v1):
+    make_store(tmp_path / "r.duckdb", n=200, sweep=True)  # legends of 2 to 8 entries, up to 3 rows
+    res = build_report(tmp_path / "r.duckdb", tmp_path / "report.html", trace=burstgpt_v1,
+                       slo="ttft=500ms,tpot=50ms")
+    async with Browser() as b:
+        await b.open(res.path)
+        await b.wait_for(f"({RENDERED_JS}) >= {res.figures}", timeout=90)
+        legends = await b.eval("document.querySelectorAll('.figbox .legend').length")
+        scales = await b.eval("document.querySelectorAll('.figbox .colorbar').length")
+        covered = await b.eval(UNDER_TOOLBAR_JS)
+    assert legends >= 10 and scales >= 1  # the trace's joint density has a colour scale
+    assert covered == []

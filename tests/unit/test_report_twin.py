@@ -37,6 +37,27 @@ def test_report_shows_calibration_whatif_and_plan(twin_files, tmp_path, capsys):
     assert f"{v['max_goodput_rate']:.3g} req/s" in html
 
 
+def test_goodput_search_names_each_side_s_star_in_the_legend(twin_files, tmp_path, capsys):
+    """The max goodput of baseline and variant are stars outlined in their side's colour and
+    named in the legend with their rate; no arrow labels, which overlapped when the rates were close."""
+    from test_report_html import figures_of, titles_of
+
+    twin, wi, _ = twin_files
+    out = tmp_path / "twin.html"
+    assert main(["report", "--twin", str(twin), "--twin", str(wi), "-o", str(out)]) == 0
+    html = out.read_text()
+    fig = dict(zip(titles_of(html), figures_of(html), strict=True))["Goodput search"]
+    whatif = json.loads(wi.read_text())
+    stars = {t["name"]: t for t in fig["data"] if t.get("marker", {}).get("symbol") == "star"}
+    lines = {t["name"].split(":")[0]: t for t in fig["data"] if t["name"].startswith(("baseline:", "variant:"))}
+    for side in ("baseline", "variant"):
+        rate = whatif[side]["max_goodput_rate"]
+        star = stars[f"{side} max goodput: {rate:.3g} req/s"]
+        assert star["x"] == [rate]
+        assert star["marker"]["line"]["color"] == lines[side]["line"]["color"]
+    assert not fig["layout"].get("annotations")
+
+
 def test_twin_parts_join_the_runs_of_a_store(twin_files, tmp_path, capsys):
     make_store(tmp_path / "r.duckdb", n=100)
     assert main(["report", str(tmp_path / "r.duckdb"), "--twin", str(twin_files[0]), "-o",
