@@ -330,6 +330,32 @@ def test_closed_loop_over_two_workers_sends_exactly_the_request_limit(tmp_path):
     assert all(r["input_tokens"] == 8 + r["request_id"] % 4 for r in req.iter_rows(named=True))
 
 
+class DyingBackend(ClockedBackend):
+    """Kills its own worker process (SIGKILL, as the OOM killer would) on request 5."""
+
+    async def send(self, req, clock):
+        if req.request_id == 5:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return await super().send(req, clock)
+
+
+def make_dying() -> DyingBackend:
+    return DyingBackend()
+
+
+@pytest.mark.slow
+def test_a_worker_that_really_dies_is_named_with_why_in_the_notes_and_end_reason(tmp_path):
+    res = execute(trace_of(40, 0.02), sc(workers=2), tmp_path / "r.duckdb", backend_factory=make_dying,
+                  progress=False)
+    assert res.status == "aborted"
+    con = duckdb.connect(str(tmp_path / "r.duckdb"), read_only=True)
+    status, reason, notes = con.execute("SELECT status, end_reason, notes FROM runs").fetchall()[0]
+    assert status == "aborted"
+    for text in (reason, notes):
+        assert "worker 1 died" in text and "SIGKILL" in text and "pid " in text, text
+    assert "worker 0" not in reason
+
+
 class WallBackend(ClockedBackend):
     """Also notes the wall time of run time 0 implied at each send: ``time.time() - clock()``."""
 
