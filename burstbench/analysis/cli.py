@@ -117,7 +117,9 @@ def _kv_table(title: str, rows: list[dict[str, Any]], cols: list[str]) -> Any:
 @click.option("--session", default=None, help="Only this session's requests.")
 @click.option("--tenants", "by_tenant", is_flag=True, help="Per-tenant attainment and Jain's fairness index.")
 @click.option("--compare", "compare_to", default=None, help="Compare --run (A) with this run (B): deltas with CIs.")
-@click.option("--metrics", default=None, help="For --compare: e.g. ttft.p99,e2el.mean,slo_attainment.")
+@click.option("--metrics", default=None,
+              help="For --compare: e.g. ttft.p99,itl.p99,e2el.mean,slo_attainment (names as in analyze: itl pools "
+                   "chunk gaps, itl_request_mean is each request's mean gap).")
 @click.option("--boot", type=int, default=1000, show_default=True, help="Bootstrap replicates for --compare.")
 @click.option("--sql", default=None, help="Run read-only SQL against the store (views: request_metrics, chunk_gaps, token_itl).")
 @click.option("--import", "import_file", default=None, type=click.Path(dir_okay=False),
