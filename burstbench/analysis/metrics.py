@@ -42,6 +42,7 @@ from typing import Any
 import duckdb
 
 from burstbench.errors import StoreError, UsageError
+from burstbench.store import request_counts
 
 PERCENTILES: tuple[float, ...] = (0.5, 0.9, 0.95, 0.99)
 
@@ -299,7 +300,9 @@ def _finite_ms(v: float | None) -> float | None:
 
 
 def request_stats(con: duckdb.DuckDBPyConnection, run_id: str, sel: Selection) -> dict[str, Any]:
-    """Counts, token totals, per-request latency statistics and error-adjusted percentiles."""
+    """Token totals, per-request latency statistics and error-adjusted percentiles.
+
+    Request counts are ``store.request_counts``'s, the one accounting every view uses."""
     cond, params = sel.sql()
     qs = ", ".join(str(q) for q in PERCENTILES)
     parts = [_stats_sql(f"{m}_s", m) for m in METRIC_NAMES]
@@ -310,12 +313,7 @@ def request_stats(con: duckdb.DuckDBPyConnection, run_id: str, sel: Selection) -
         for m in ("ttft", "tpot", "e2el", "ttfvt")
     ]
     sql = (
-        "SELECT count(*) AS requests, count(*) FILTER (WHERE ok) AS completed,"
-        " count(*) FILTER (WHERE NOT ok) AS failed,"
-        " count(*) FILTER (WHERE status = 'error') AS n_error,"
-        " count(*) FILTER (WHERE status = 'timeout') AS n_timeout,"
-        " count(*) FILTER (WHERE status = 'cancelled') AS n_cancelled,"
-        " COALESCE(sum(input_tokens) FILTER (WHERE ok), 0) AS total_input,"
+        "SELECT COALESCE(sum(input_tokens) FILTER (WHERE ok), 0) AS total_input,"
         " COALESCE(sum(output_tokens) FILTER (WHERE ok), 0) AS total_output,"
         + ", ".join(parts + ea)
         + " FROM request_metrics r WHERE r.run_id = ? AND r.phase = 'measure'"
@@ -485,8 +483,10 @@ def summarize(
         dur = t1 - t0
         rs = request_stats(con, rid, sel)
         cs = chunk_stats(con, rid, sel)
+        cond, cparams = sel.sql()
+        counts = request_counts(con, rid, table="request_metrics", cond=cond, params=cparams)
         per_s = (lambda x: x / dur) if dur > 0 else (lambda x: None)
-        completed = int(rs["completed"])
+        completed = counts.ok
         out: dict[str, Any] = {
             "run_id": rid,
             "label": info["label"],
@@ -495,14 +495,11 @@ def summarize(
             "clock": info["clock"],
             "status": info["status"],
             "selection": sel.as_dict(),
-            "requests": int(rs["requests"]),
+            "requests": counts.measured,
             "completed": completed,
-            "failed": int(rs["failed"]),
-            "failed_by_status": {
-                "error": int(rs["n_error"]),
-                "timeout": int(rs["n_timeout"]),
-                "cancelled": int(rs["n_cancelled"]),
-            },
+            "failed": counts.failed,
+            "failed_by_status": {"error": counts.error, "timeout": counts.timeout, "cancelled": counts.cancelled},
+            "requests_unmeasured": counts.unmeasured,
             "duration_s": dur,
             "total_input_tokens": int(rs["total_input"]),
             "total_output_tokens": int(rs["total_output"]),
@@ -510,7 +507,7 @@ def summarize(
             "output_throughput": per_s(int(rs["total_output"])),
             "total_token_throughput": per_s(int(rs["total_input"]) + int(rs["total_output"])),
             "target_rate": info["target_rate"],
-            "achieved_rate": per_s(int(rs["requests"])),
+            "achieved_rate": per_s(counts.measured),
             "peak_concurrency": peak_concurrency(con, rid, sel, ok_only=True),
             "peak_in_flight": peak_concurrency(con, rid, sel, ok_only=False),
         }

@@ -79,7 +79,8 @@ def summary_section(
         else:
             verdict = f'<div class="verdict">{badge(None, "no SLO given").html}</div>'
         kv = [
-            ("requests", f"{s['requests']:,} ({s['completed']:,} ok, {s['failed']:,} failed)"),
+            ("requests", r.counts.describe() if r.counts is not None
+             else f"{s['requests']:,} ({s['completed']:,} ok, {s['failed']:,} failed)"),
             ("duration", f"{fmt(s['duration_s'])} s"),
             ("request throughput", f"{fmt(s['request_throughput'])} req/s"),
             ("output throughput", f"{fmt(s['output_throughput'])} tok/s"),
