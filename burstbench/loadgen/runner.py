@@ -424,7 +424,7 @@ class _Supervisor:
                 t = self.clock()
                 assert self.sampler is not None
                 self.recorder.add_telemetry(self.sampler.sample(t))
-                for w in self.watch.tick(t, self.sampler.max_cpu()):
+                for w in self.watch.tick(t, self.sampler.max_cpu(), self.sampler.host):
                     self.notes.append(w)
                     self.view.warn(w)
             if now - last_draw >= 0.5:
