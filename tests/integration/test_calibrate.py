@@ -23,12 +23,23 @@ Why real time and 300 requests (measured, see the closing note of issue 7):
   lighter run and judged on the busier one, 1 of 6 missed TTFT p99 (10.1%); the other
   way round 6 of 6 passed (worst 3.0% at p50, 6.2% at p99).
 
-On a machine so loaded that the server cannot keep its schedule the test measures that
-drift (the hidden configuration simulated in virtual time on the same schedule) and
-skips, saying so, since calibrating to such a run measures the machine, not the engine.
+The test must not depend on the machine being quiet. On a loaded machine the server
+writes tokens later than its engine scheduled them, and the measured latencies carry
+that error (a TTFT p99 off by 58% against a quiet run's 6%), which no twin of the engine
+can match. The server measures it: every write's lateness against its engine's deadline
+(the ``burstbench:token_emission_lateness_seconds`` histogram on ``/metrics``). The
+test reads that histogram before and after each run, and widens each bound by what the
+server's own error can explain: the twin is fitted on one run and judged on the other,
+so at quantile q a TTFT or E2EL may be off by the q-quantile of the lateness of both
+runs, and a TPOT by that over its output's gaps. On a quiet machine the lateness is
+well under a millisecond and the issue's bounds apply unchanged.
 """
 
 from __future__ import annotations
+
+import math
+import re
+import urllib.request
 
 import polars as pl
 import pytest
@@ -45,6 +56,35 @@ from burstbench.twin.vsim import Sched, colocated
 
 MODEL, BASE, SCALE = "llama-3.1-8b", "h100-sxm", 1.0
 N, FIT_RATE, HOLD_RATE = 300, 8.0, 4.0
+LATENESS = "burstbench:token_emission_lateness_seconds"
+
+
+def lateness_buckets(url: str) -> dict[float, int]:
+    """The server's cumulative token-lateness histogram: bucket upper bound (s) -> writes."""
+    with urllib.request.urlopen(url + "/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    out: dict[float, int] = {}
+    for m in re.finditer(rf'^{re.escape(LATENESS)}_bucket{{.*le="([^"]+)"}} (\S+)$', text, re.M):
+        le = math.inf if m.group(1) == "+Inf" else float(m.group(1))
+        out[le] = out.get(le, 0) + int(float(m.group(2)))
+    assert out, f"{url}/metrics has no {LATENESS}"
+    return out
+
+
+def lateness_quantile(before: dict[float, int], after: dict[float, int], q: float) -> float:
+    """The q-quantile (s) of the writes between two readings, interpolated linearly within its
+    bucket as Prometheus' histogram_quantile does (the upper bound when it is the +Inf bucket's)."""
+    bounds = sorted(after)
+    counts = [after[b] - before.get(b, 0) for b in bounds]
+    assert counts[-1] > 0, "the server wrote no tokens during the run"
+    rank, lo, below = q * counts[-1], 0.0, 0
+    for b, c in zip(bounds, counts, strict=True):
+        if c >= rank:
+            if math.isinf(b):
+                return lo
+            return lo + (b - lo) * (rank - below) / max(c - below, 1)
+        lo, below = b, c
+    return lo
 
 
 @pytest.fixture(scope="module")
@@ -61,28 +101,25 @@ def live_runs(azure_conv, tmp_path_factory):
     out = d / "live.duckdb"
     with url_process("burstbench", "serve", "--model", MODEL, "--hardware", str(d / "hidden.json"), "--port", "0",
                      "--time-scale", str(SCALE), "--no-prefix-caching") as (url, _):
-        ids = []
+        ids, late = [], {}
         for rate in (FIT_RATE, HOLD_RATE):
             sc = Scenario(url=url, model=MODEL, time_scale=SCALE, scrape_metrics=False, timeout_s=60)
+            before = lateness_buckets(url)
             res = execute(replay(trace, rate=rate), sc, out, label=f"rate {rate:g}", progress=False)
+            after = lateness_buckets(url)
             assert res.status == "done", res.end_reason
             ids.append(res.run_id)
-    return out, ids, hidden
+            late[res.run_id] = {"p50": lateness_quantile(before, after, 0.5),
+                                "p99": lateness_quantile(before, after, 0.99)}
+    return out, ids, late
 
 
 @pytest.mark.slow
 def test_calibration_recovers_the_hidden_engine_on_a_held_out_rate(live_runs):
-    out, (fit_id, hold_id), hidden = live_runs
-    drift = {}
+    out, (fit_id, hold_id), late = live_runs
     for rid in (fit_id, hold_id):
         run = read_run(out, rid)
         assert run.time_scale == SCALE and len(run.work) == N
-        cmp = compare(run.measured, colocated(run.work, build_cost(MODEL, hidden, 1, {}), Sched()))
-        drift[rid] = {m: abs(cmp[m]["p50"]["rel_err"]) for m in ("tpot_ms", "e2el_ms")}
-    worst = max(max(v.values()) for v in drift.values())
-    if worst > 0.08:
-        pytest.skip(f"the live server drifted {worst:.0%} from its own engine (machine overloaded); "
-                    f"not a calibration result: {drift}")
     hold = read_run(out, hold_id)
     start = compare(hold.measured, colocated(hold.work, build_cost(MODEL, BASE, 1, {}), Sched()))
     assert max_rel_err(start, "p50") > 0.4  # the preset starting point is far off
@@ -91,7 +128,15 @@ def test_calibration_recovers_the_hidden_engine_on_a_held_out_rate(live_runs):
     h = cal.spec.errors["holdout"]
     report = {m: {q: round(v[q]["rel_err"], 3) for q in ("p50", "p99")} for m, v in h["percentiles"].items()}
     print("holdout twin vs measured:", report, "fitted:", {k: round(u["value"], 4) for k, u in cal.spec.uncertainty.items()})
-    for m in ("ttft_ms", "tpot_ms", "e2el_ms"):
-        assert abs(h["percentiles"][m]["p50"]["rel_err"]) <= 0.05, report
-        assert abs(h["percentiles"][m]["p99"]["rel_err"]) <= 0.10, report
+    # the issue's bounds, widened by what the server's own timing error explains (module docstring)
+    gaps = max(float(hold.work.output_tokens.mean()) - 1.0, 1.0)
+    bounds = {}
+    for q, bound in (("p50", 0.05), ("p99", 0.10)):
+        late_ms = (late[fit_id][q] + late[hold_id][q]) * 1000.0
+        for m in ("ttft_ms", "tpot_ms", "e2el_ms"):
+            explained = late_ms / gaps if m == "tpot_ms" else late_ms
+            bounds[(m, q)] = bound + explained / h["percentiles"][m][q]["measured"]
+    print("server token lateness (s):", late, "bounds:", {f"{m}.{q}": round(b, 3) for (m, q), b in bounds.items()})
+    for (m, q), b in bounds.items():
+        assert abs(h["percentiles"][m][q]["rel_err"]) <= b, (m, q, b, report, late)
     assert max_rel_err(h["percentiles"], "p50") < max_rel_err(start, "p50") / 3
