@@ -325,8 +325,8 @@ class _Supervisor:
                     (t, "client", "process_max_rss_bytes", float(msg["maxrss_bytes"]), labels, msg["worker"]),
                 ])
         elif kind == "error":
-            self.errors.append(msg["message"])
-            self.notes.append(f"worker {msg['worker']} failed: {msg['message']}")
+            self.errors.append(f"worker {msg['worker']} failed: {msg['message']}")
+            self.notes.append(self.errors[-1])
             self.control.stop(f"worker {msg['worker']} failed", now=True)
 
     def _drain(self, ready: dict[int, int], done: set[int], timeout: float) -> bool:

@@ -357,6 +357,26 @@ def test_a_worker_that_really_dies_is_named_with_why_in_the_notes_and_end_reason
     assert "worker 0" not in reason
 
 
+class FailingCloseBackend(ClockedBackend):
+    """Its close() raises: the worker loop ends with an exception after its requests."""
+
+    async def close(self) -> None:
+        raise RuntimeError("close failed")
+
+
+def make_failing_close() -> FailingCloseBackend:
+    return FailingCloseBackend()
+
+
+@pytest.mark.slow
+def test_a_worker_that_raises_is_named_in_the_end_reason(tmp_path):
+    res = execute(trace_of(10, 0.01), sc(workers=2), tmp_path / "r.duckdb", backend_factory=make_failing_close,
+                  progress=False)
+    assert res.status == "aborted"
+    assert re.fullmatch(r"error: worker [01] failed: RuntimeError: close failed", res.end_reason), res.end_reason
+    assert any(re.fullmatch(r"worker [01] failed: RuntimeError: close failed", n) for n in res.notes), res.notes
+
+
 class WallBackend(ClockedBackend):
     """Also notes the wall time of run time 0 implied at each send: ``time.time() - clock()``."""
 
