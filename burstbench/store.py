@@ -270,6 +270,58 @@ def check_schema_version(con: duckdb.DuckDBPyConnection, path: str | Path, *, wr
     )
 
 
+@dataclass(frozen=True)
+class RequestCounts:
+    """A run's requests counted one way for every view of it (``run``'s summary, ``analyze``,
+    the report's card and Runs table), so no two of them disagree about the same run.
+
+    Every row is a request that was sent. ``measured`` are those of the measured phase,
+    which latency, throughput and SLO attainment use; the rest were sent during warm-up
+    or cool-down. A measured request that did not succeed is ``failed``, whatever the
+    reason: an error, a timeout, or cancelled when the run was stopped (an aborted run's
+    in-flight requests), as SLO attainment counts it.
+    """
+
+    total: int
+    measured: int
+    ok: int
+    error: int
+    timeout: int
+    cancelled: int
+
+    @property
+    def failed(self) -> int:
+        return self.error + self.timeout + self.cancelled
+
+    @property
+    def unmeasured(self) -> int:
+        return self.total - self.measured
+
+    def describe(self) -> str:
+        """One line: ``1,075 measured (1,074 ok, 1 failed: 1 cancelled); 91 in warm-up/cool-down``."""
+        kinds = [f"{n:,} {k}" for k, n in (("error", self.error), ("timeout", self.timeout),
+                                            ("cancelled", self.cancelled)) if n]
+        failed = f", {self.failed:,} failed" + (f": {', '.join(kinds)}" if kinds else "") if self.failed else ""
+        text = f"{self.measured:,} measured ({self.ok:,} ok{failed})"
+        return text + (f"; {self.unmeasured:,} in warm-up/cool-down" if self.unmeasured else "")
+
+
+def request_counts(con: duckdb.DuckDBPyConnection, run_id: str, *, table: str = "requests",
+                   cond: str = "", params: Sequence[Any] = ()) -> RequestCounts:
+    """Count ``run_id``'s requests (``table``: ``requests`` or a view of it; ``cond``: extra
+    ``AND ...`` on alias ``r`` with bound ``params``, such as an analysis selection)."""
+    if table not in ("requests", "request_metrics"):
+        raise ValueError(f"request_counts: unknown table {table!r}")
+    row = con.execute(
+        "SELECT count(*), count(*) FILTER (WHERE phase = 'measure'),"
+        " count(*) FILTER (WHERE phase = 'measure' AND status = 'ok'),"
+        " count(*) FILTER (WHERE phase = 'measure' AND status NOT IN ('ok', 'timeout', 'cancelled')),"
+        " count(*) FILTER (WHERE phase = 'measure' AND status = 'timeout'),"
+        " count(*) FILTER (WHERE phase = 'measure' AND status = 'cancelled')"
+        f" FROM {table} r WHERE r.run_id = ?{cond}", [run_id, *params]).fetchall()[0]
+    return RequestCounts(*(int(v or 0) for v in row))
+
+
 class ResultsStore:
     """A results file opened for reading and writing.
 

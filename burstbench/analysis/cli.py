@@ -143,7 +143,9 @@ def decomposition_table(d: dict[str, Any]) -> Any:
 @click.option("--session", default=None, help="Only this session's requests.")
 @click.option("--tenants", "by_tenant", is_flag=True, help="Per-tenant attainment and Jain's fairness index.")
 @click.option("--compare", "compare_to", default=None, help="Compare --run (A) with this run (B, id or label): deltas with CIs.")
-@click.option("--metrics", default=None, help="For --compare: e.g. ttft.p99,e2el.mean,slo_attainment.")
+@click.option("--metrics", default=None,
+              help="For --compare: e.g. ttft.p99,itl.p99,e2el.mean,slo_attainment (names as in analyze: itl pools "
+                   "chunk gaps, itl_request_mean is each request's mean gap).")
 @click.option("--boot", type=int, default=1000, show_default=True, help="Bootstrap replicates for --compare.")
 @click.option("--sql", default=None, help="Run read-only SQL against the store (views: request_metrics, chunk_gaps, token_itl).")
 @click.option("--import", "import_file", default=None, type=click.Path(dir_okay=False),
@@ -286,7 +288,8 @@ def analyze(store: str | None, run_id: str | None, slo: str | None, window: floa
 @click.option("--hardware", default=None, help="Hardware preset or profile for --simulate.")
 @click.option("--tp", type=int, default=1, show_default=True, help="Tensor parallelism for --simulate.")
 @click.option("--trace", "trace_path", required=True, type=click.Path(dir_okay=False), help="Trace to replay.")
-@click.option("--duration", type=float, default=None, help="Live: stop each step after S seconds.")
+@click.option("--duration", type=float, default=None,
+              help="Each rate step lasts S seconds: the rescaled trace repeats to fill it (live: sending stops at S).")
 @click.option("--requests", "max_requests", type=int, default=None, help="Live: at most N requests per step.")
 @click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), help="Results DuckDB file (appended).")
 @click.option("--json", "as_json", is_flag=True, help="Every step and the max goodput rate as one JSON object.")
@@ -298,7 +301,10 @@ def sweep(rates: str | None, concurrencies: str | None, search: str | None, slo:
 
     Each step is a run in OUT labelled sweep:<rate>. The search doubles the rate
     until attainment drops below --target, then bisects; the answer is the highest
-    rate measured to pass, with the Wilson 95% interval of its attainment.
+    rate measured to pass, with the Wilson 95% interval of its attainment. A rate
+    step whose achieved rate falls short of its target (a trace too short for the
+    rate, or a server falling behind) does not count; --duration makes every step
+    last long enough.
 
     \b
     Examples:
@@ -330,7 +336,8 @@ def sweep(rates: str | None, concurrencies: str | None, search: str | None, slo:
     trace = load_trace(trace_path)
     outp = Path(out)
     if simulate:
-        driver: Any = sw.SimDriver(trace=trace, out=outp, model=model, hardware=hardware, tp=tp)  # type: ignore[arg-type]
+        driver: Any = sw.SimDriver(trace=trace, out=outp, model=model, hardware=hardware, tp=tp,  # type: ignore[arg-type]
+                                   duration_s=duration)
     else:
         overrides = {k: v for k, v in {"model": model, "duration_s": duration, "max_requests": max_requests}.items()
                      if v is not None}
@@ -339,7 +346,8 @@ def sweep(rates: str | None, concurrencies: str | None, search: str | None, slo:
 
     def on_step(st: sw.Step) -> None:
         att = f", attainment {st.slo_attainment:.3f}" if st.slo_attainment is not None else ""
-        verdict = "" if st.passed is None else (" pass" if st.passed else " FAIL")
+        verdict = " SHORT (does not count)" if st.short else ("" if st.passed is None else
+                                                               (" pass" if st.passed else " FAIL"))
         console.print(f"step {st.label}: {st.completed}/{st.requests} ok, "
                       f"{_fmt(st.request_throughput)} req/s{att}{verdict}")
 

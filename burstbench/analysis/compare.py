@@ -7,25 +7,30 @@ resampling with replacement in the limit and is O(n) per replicate, so a million
 requests stay tractable); the statistic of B minus that of A over the replicates
 gives a percentile interval. A delta is ``significant`` when its interval excludes 0.
 
-Metrics are per-request quantities (TTFT, TTFVT, TPOT, E2EL, schedule lag, E2EL
-from schedule, and ITL as each request's mean chunk gap, so requests remain the
-resampled unit) plus SLO attainment when an SLO is given (failures count as misses).
+Metrics carry the names and definitions they have everywhere else (``analysis.metrics``):
+the per-request quantities (TTFT, TTFVT, TPOT, E2EL, schedule lag, E2EL from schedule,
+``itl_request_mean``), ``itl`` pooled over every chunk gap as in ``analyze``'s ITL, and
+SLO attainment when an SLO is given (failures count as misses). Requests stay the
+resampled unit for ``itl`` too: a request's gaps are drawn together (one weight per
+request), because gaps of one stream are correlated and resampling them one by one
+would make the interval too narrow.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import duckdb
 import numpy as np
 
-from burstbench.analysis.metrics import REQUEST_METRICS, install_views, resolve_run
+from burstbench.analysis.metrics import METRIC_NAMES, install_views, resolve_run
 from burstbench.analysis.slo import good_sql
 from burstbench.errors import UsageError
 from burstbench.limits import MAX_BOOT
 
-_COLUMNS = {**{m: f"{m}_s" for m in REQUEST_METRICS}, "itl": "itl_s"}
+_COLUMNS = {**{m: f"{m}_s" for m in METRIC_NAMES}, "itl": "gap_s"}
 STATS = ("mean", "p50", "p90", "p95", "p99")
 DEFAULT_METRICS: tuple[str, ...] = tuple(
     f"{m}.{s}" for m in ("ttft", "tpot", "itl", "e2el") for s in ("mean", "p50", "p90", "p99")
@@ -53,19 +58,28 @@ def parse_metric(spec: str) -> tuple[str, str]:
     return name, stat
 
 
-def _values(con: duckdb.DuckDBPyConnection, run_id: str, name: str, slo: Mapping[str, float] | None) -> np.ndarray:
+def _values(con: duckdb.DuckDBPyConnection, run_id: str, name: str,
+            slo: Mapping[str, float] | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Sorted values of ``name`` in a run, and for pooled ``itl`` the request index of each."""
     if name == "slo_attainment":
         if not slo:
             raise UsageError("comparing slo_attainment needs an SLO (--slo ttft=500ms,...)")
         good, params = good_sql(slo)
         sql = f"SELECT CAST({good} AS DOUBLE) AS v FROM request_metrics WHERE run_id = ? AND phase = 'measure'"
-        return np.sort(np.asarray(con.execute(sql, [*params, run_id]).fetchnumpy()["v"], dtype=float))
+        return np.sort(np.asarray(con.execute(sql, [*params, run_id]).fetchnumpy()["v"], dtype=float)), None
+    if name == "itl":  # the gaps analyze's ITL pools: successful measured requests' chunk gaps
+        cur = con.execute(
+            "SELECT g.gap_s AS v, dense_rank() OVER (ORDER BY g.request_id) - 1 AS k FROM chunk_gaps g"
+            " SEMI JOIN (SELECT request_id FROM request_metrics WHERE run_id = $r AND phase = 'measure' AND ok) q"
+            " ON g.request_id = q.request_id WHERE g.run_id = $r ORDER BY v", {"r": run_id})
+        got = cur.fetchnumpy()
+        return np.asarray(got["v"], dtype=float), np.asarray(got["k"], dtype=np.int64)
     col = _COLUMNS[name]
     cur = con.execute(
         f"SELECT {col} AS v FROM request_metrics WHERE run_id = ? AND phase = 'measure' AND ok AND {col} IS NOT NULL",
         [run_id],
     )
-    return np.sort(np.asarray(cur.fetchnumpy()["v"], dtype=float))
+    return np.sort(np.asarray(cur.fetchnumpy()["v"], dtype=float)), None
 
 
 def _point(x: np.ndarray, stat: str) -> float:
@@ -74,13 +88,18 @@ def _point(x: np.ndarray, stat: str) -> float:
     return float(np.percentile(x, float(stat[1:])))
 
 
-def _replicates(x: np.ndarray, stats: Sequence[str], n_boot: int, rng: np.random.Generator) -> np.ndarray:
-    """``n_boot`` x ``len(stats)`` bootstrap replicates of each statistic of sorted ``x``."""
+def _replicates(x: np.ndarray, stats: Sequence[str], n_boot: int, rng: np.random.Generator,
+                groups: np.ndarray | None = None) -> np.ndarray:
+    """``n_boot`` x ``len(stats)`` bootstrap replicates of each statistic of sorted ``x``.
+
+    ``groups``: the request (0..m-1) each value belongs to; a request's values then share
+    one Poisson weight (a cluster bootstrap)."""
     n = len(x)
     out = np.empty((n_boot, len(stats)))
     qs = [float(s[1:]) / 100.0 for s in stats if s != "mean"]
+    m = int(groups.max()) + 1 if groups is not None else 0
     for b in range(n_boot):
-        w = rng.poisson(1.0, n)
+        w = rng.poisson(1.0, m)[groups] if groups is not None else rng.poisson(1.0, n)
         tot = w.sum()
         if tot == 0:
             w[rng.integers(n)] = 1
@@ -97,16 +116,27 @@ def _replicates(x: np.ndarray, stats: Sequence[str], n_boot: int, rng: np.random
     return out
 
 
-def _asymptotic_se(x: np.ndarray, stat: str, z: float) -> float:
+def _asymptotic_se(x: np.ndarray, stat: str, z: float, groups: np.ndarray | None = None) -> float:
     """Standard error of a statistic of sorted ``x`` without resampling (large samples).
 
     Mean: s/sqrt(n). Quantile q: the distribution-free order-statistic interval
-    (ranks n*q ± z*sqrt(n*q*(1-q))) divided by 2z.
+    (ranks n*q ± z*sqrt(n*q*(1-q))) divided by 2z. With ``groups`` (clustered values,
+    pooled ITL), the variances are the cluster-robust ones: per-request sums of the
+    residuals (of x, or of the indicator x <= x_q) squared, which reduce to the above
+    when every request holds one value.
     """
     n = len(x)
-    if stat == "mean":
+    q = None if stat == "mean" else float(stat[1:]) / 100.0
+    if groups is not None:
+        resid = x - x.mean() if q is None else (np.arange(n) < math.ceil(q * n)).astype(float) - q
+        var_sum = float(np.sum(np.bincount(groups, weights=resid) ** 2))
+        if q is None:
+            return math.sqrt(var_sum) / n
+        half = z * math.sqrt(var_sum)
+        lo, hi = int(max(0, np.floor(n * q - half))), int(min(n - 1, np.ceil(n * q + half)))
+        return float((x[hi] - x[lo]) / (2 * z))
+    if q is None:
         return float(np.std(x) / np.sqrt(n))
-    q = float(stat[1:]) / 100.0
     half = z * np.sqrt(n * q * (1 - q))
     lo, hi = int(max(0, np.floor(n * q - half))), int(min(n - 1, np.ceil(n * q + half)))
     return float((x[hi] - x[lo]) / (2 * z))
@@ -151,7 +181,7 @@ def compare_runs(
     alpha = (1.0 - confidence) / 2.0
     results: dict[tuple[str, str], dict[str, Any]] = {}
     for name, stats in by_name.items():
-        xa, xb = _values(con, ra, name, slo), _values(con, rb, name, slo)
+        (xa, ga), (xb, gb) = _values(con, ra, name, slo), _values(con, rb, name, slo)
         scale = 1.0 if name == "slo_attainment" else 1000.0
         if len(xa) == 0 or len(xb) == 0:
             for s in stats:
@@ -159,14 +189,14 @@ def compare_runs(
                                       "ci": None, "significant": None, "n_a": len(xa), "n_b": len(xb)}
             continue
         boot = len(xa) + len(xb) <= max_bootstrap_n
-        rep = _replicates(xb, stats, n_boot, rng) - _replicates(xa, stats, n_boot, rng) if boot else None
+        rep = (_replicates(xb, stats, n_boot, rng, gb) - _replicates(xa, stats, n_boot, rng, ga)) if boot else None
         z = float(_norm_ppf(1.0 - alpha))
         for i, s in enumerate(stats):
             a, b = _point(xa, s), _point(xb, s)
             if rep is not None:
                 lo, hi = np.quantile(rep[:, i], [alpha, 1.0 - alpha])
             else:
-                se = float(np.hypot(_asymptotic_se(xa, s, z), _asymptotic_se(xb, s, z)))
+                se = float(np.hypot(_asymptotic_se(xa, s, z, ga), _asymptotic_se(xb, s, z, gb)))
                 lo, hi = (b - a) - z * se, (b - a) + z * se
             results[(name, s)] = {
                 "a": a * scale,

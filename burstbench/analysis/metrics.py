@@ -8,7 +8,7 @@ so they work on a read-only file and a user can query them too
 (``burstbench analyze results.duckdb --sql "SELECT * FROM request_metrics"``):
 
 - ``request_metrics``: one row per request with ``ttft_s``, ``ttfvt_s``, ``tpot_s``,
-  ``itl_s`` (the request's mean chunk gap), ``e2el_s``, ``schedule_lag_s``,
+  ``itl_request_mean_s`` (the request's mean chunk gap), ``e2el_s``, ``schedule_lag_s``,
   ``e2el_from_schedule_s``, ``output_tokens`` (server count, else counted),
   ``input_tokens`` (server count, else the trace's) and ``ok``;
 - ``chunk_gaps``: one row per token-carrying chunk after the first, with ``gap_s``
@@ -22,6 +22,12 @@ requests, percentiles by linear interpolation (``quantile_cont`` = ``np.percenti
 over successful requests, population standard deviation (``np.std``), and
 throughputs over the run's wall duration counting successful requests' tokens.
 An empty sample gives ``None`` (vLLM prints 0), so "no data" is never read as "fast".
+
+One definition per name, everywhere (``analyze``, ``--compare``, ``--slo``, the report):
+``NAMES_IN_OTHER_TOOLS`` below is the table of what each name here is called by other
+tools, and where their definitions differ. The trap is "ITL": vLLM's ITL pools chunk
+gaps (our ``itl``), while AIPerf's and GuideLLM's "ITL" is a per-request average (our
+``tpot``); GuideLLM's own "TPOT" divides by every output token, the first included.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ import duckdb
 from burstbench.errors import StoreError, UsageError
 from burstbench.store import (
     check_schema_version,
+    request_counts,
     resolve_run,  # the one run selector, re-exported
 )
 
@@ -52,8 +59,31 @@ REQUEST_METRICS: tuple[str, ...] = (
     "schedule_lag",
     "e2el_from_schedule",
 )
-# Every metric name of DESIGN section 4 a user may put in --slo or --compare.
-METRIC_NAMES: tuple[str, ...] = (*REQUEST_METRICS, "itl")
+# Every metric with one value per request, which a user may put in --slo: an SLO judges
+# requests. ``itl`` is not one of them: it pools every chunk gap (see NAMES_IN_OTHER_TOOLS).
+METRIC_NAMES: tuple[str, ...] = (*REQUEST_METRICS, "itl_request_mean")
+# name here -> (definition, vLLM bench serve, AIPerf / GenAI-Perf, GuideLLM); "—": no such metric.
+# Our percentiles interpolate linearly (as vLLM's np.percentile); GuideLLM's do not
+# (they pick an order statistic), so its p99 of a small run can differ from ours on the
+# same requests.
+NAMES_IN_OTHER_TOOLS: dict[str, tuple[str, str, str, str]] = {
+    "ttft": ("first chunk carrying choices − sent", "TTFT", "time_to_first_token (TTFT)",
+             "time_to_first_token"),
+    "ttfvt": ("first chunk with visible (non-reasoning) content − sent", "—", "—", "—"),
+    "tpot": ("(E2EL − TTFT) / (output_tokens − 1), only when output_tokens > 1", "TPOT",
+             "inter_token_latency (ITL)",
+             "inter_token_latency (ITL); GuideLLM's time_per_output_token (TPOT) is latency / output_tokens, "
+             "first token included"),
+    "itl": ("every gap between consecutive token-carrying chunks, pooled over requests", "ITL",
+            "inter_chunk_latency (ICL)", "—"),
+    "itl_token": ("each chunk gap split evenly over the tokens the chunk carried", "—", "—", "—"),
+    "itl_request_mean": ("one request's mean chunk gap: (last − first token) / (chunks − 1)", "—", "—", "—"),
+    "e2el": ("last token-carrying chunk − sent", "E2EL", "request_latency",
+             "request_latency, which ends when the stream closes (our end_s), not at the last token"),
+    "schedule_lag": ("sent − scheduled", "—", "credit drop → request start", "dispatch delay"),
+    "e2el_from_schedule": ("last token − scheduled (free of coordinated omission)", "—",
+                           "effective latency", "scheduled latency"),
+}
 # Row ranges the adjacent-chunk pass is cut into (None: by table size and threads).
 ADJ_PARTS: int | None = None
 
@@ -74,7 +104,7 @@ SELECT
          THEN (COALESCE(r.last_token_s, r.end_s) - r.first_token_s)
               / (COALESCE(r.output_tokens_server, r.output_tokens_counted) - 1) END AS tpot_s,
     CASE WHEN r.chunk_count > 1
-         THEN (r.last_token_s - r.first_token_s) / (r.chunk_count - 1) END AS itl_s,
+         THEN (r.last_token_s - r.first_token_s) / (r.chunk_count - 1) END AS itl_request_mean_s,
     r.sent_s - r.scheduled_s AS schedule_lag_s,
     COALESCE(r.last_token_s, r.end_s) - r.scheduled_s AS e2el_from_schedule_s
 FROM requests r LEFT JOIN runs u USING (run_id);
@@ -86,7 +116,7 @@ SELECT run_id, request_id, seq, t_s, tokens, reasoning, gap_s FROM (
 ) WHERE gap_s IS NOT NULL;
 
 CREATE OR REPLACE TEMP VIEW token_itl AS
-SELECT g.run_id, g.request_id, g.seq, g.gap_s / g.k AS itl_s
+SELECT g.run_id, g.request_id, g.seq, g.gap_s / g.k AS itl_token_s
 FROM (SELECT *, GREATEST(COALESCE(tokens, 1), 1) AS k FROM chunk_gaps) g, range(g.k);
 """
 
@@ -304,10 +334,12 @@ def _finite_ms(v: float | None) -> float | None:
 
 
 def request_stats(con: duckdb.DuckDBPyConnection, run_id: str, sel: Selection) -> dict[str, Any]:
-    """Counts, token totals, per-request latency statistics and error-adjusted percentiles."""
+    """Token totals, per-request latency statistics and error-adjusted percentiles.
+
+    Request counts are ``store.request_counts``'s, the one accounting every view uses."""
     cond, params = sel.sql()
     qs = ", ".join(str(q) for q in PERCENTILES)
-    parts = [_stats_sql(f"{m}_s", m) for m in (*REQUEST_METRICS, "itl")]
+    parts = [_stats_sql(f"{m}_s", m) for m in METRIC_NAMES]
     # Error-adjusted: every failed request counts as +inf, so a tail made of failures shows.
     ea = [
         f"quantile_cont(CASE WHEN ok THEN {m}_s ELSE 'inf'::DOUBLE END, [{qs}])"
@@ -315,12 +347,7 @@ def request_stats(con: duckdb.DuckDBPyConnection, run_id: str, sel: Selection) -
         for m in ("ttft", "tpot", "e2el", "ttfvt")
     ]
     sql = (
-        "SELECT count(*) AS requests, count(*) FILTER (WHERE ok) AS completed,"
-        " count(*) FILTER (WHERE NOT ok) AS failed,"
-        " count(*) FILTER (WHERE status = 'error') AS n_error,"
-        " count(*) FILTER (WHERE status = 'timeout') AS n_timeout,"
-        " count(*) FILTER (WHERE status = 'cancelled') AS n_cancelled,"
-        " COALESCE(sum(input_tokens) FILTER (WHERE ok), 0) AS total_input,"
+        "SELECT COALESCE(sum(input_tokens) FILTER (WHERE ok), 0) AS total_input,"
         " COALESCE(sum(output_tokens) FILTER (WHERE ok), 0) AS total_output,"
         + ", ".join(parts + ea)
         + " FROM request_metrics r WHERE r.run_id = ? AND r.phase = 'measure'"
@@ -490,8 +517,10 @@ def summarize(
         dur = t1 - t0
         rs = request_stats(con, rid, sel)
         cs = chunk_stats(con, rid, sel)
+        cond, cparams = sel.sql()
+        counts = request_counts(con, rid, table="request_metrics", cond=cond, params=cparams)
         per_s = (lambda x: x / dur) if dur > 0 else (lambda x: None)
-        completed = int(rs["completed"])
+        completed = counts.ok
         out: dict[str, Any] = {
             "run_id": rid,
             "label": info["label"],
@@ -500,14 +529,11 @@ def summarize(
             "clock": info["clock"],
             "status": info["status"],
             "selection": sel.as_dict(),
-            "requests": int(rs["requests"]),
+            "requests": counts.measured,
             "completed": completed,
-            "failed": int(rs["failed"]),
-            "failed_by_status": {
-                "error": int(rs["n_error"]),
-                "timeout": int(rs["n_timeout"]),
-                "cancelled": int(rs["n_cancelled"]),
-            },
+            "failed": counts.failed,
+            "failed_by_status": {"error": counts.error, "timeout": counts.timeout, "cancelled": counts.cancelled},
+            "requests_unmeasured": counts.unmeasured,
             "duration_s": dur,
             "total_input_tokens": int(rs["total_input"]),
             "total_output_tokens": int(rs["total_output"]),
@@ -515,7 +541,7 @@ def summarize(
             "output_throughput": per_s(int(rs["total_output"])),
             "total_token_throughput": per_s(int(rs["total_input"]) + int(rs["total_output"])),
             "target_rate": info["target_rate"],
-            "achieved_rate": per_s(int(rs["requests"])),
+            "achieved_rate": per_s(counts.measured),
             # without real send times every request overlaps every other: no peak to report
             "peak_concurrency": peak_concurrency(con, rid, sel, ok_only=True) if info["timeline"] else None,
             "peak_in_flight": peak_concurrency(con, rid, sel, ok_only=False) if info["timeline"] else None,
@@ -528,7 +554,7 @@ def summarize(
         for m in ("e2el", "ttfvt", "schedule_lag", "e2el_from_schedule"):
             out[f"{m}_ms"] = _stats_obj(rs, m)
         out["itl_token_ms"] = _stats_obj(cs, "itl_token")
-        out["itl_request_mean_ms"] = _stats_obj(rs, "itl")
+        out["itl_request_mean_ms"] = _stats_obj(rs, "itl_request_mean")
         out["error_adjusted_ms"] = {
             m: (
                 dict(zip(("p50", "p90", "p95", "p99"), (_finite_ms(v) for v in rs[f"{m}_ea"]), strict=True))

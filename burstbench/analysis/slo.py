@@ -36,7 +36,7 @@ from burstbench.errors import UsageError
 
 _UNITS = {"us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "min": 60.0}
 _PART = re.compile(r"^\s*([a-z_][a-z0-9_]*)\s*(?:=|<=)\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([a-zµ]*)\s*$", re.I)
-_ALIASES = {"itl_chunk": "itl", "latency": "e2el", "e2e": "e2el", "lag": "schedule_lag"}
+_ALIASES = {"latency": "e2el", "e2e": "e2el", "lag": "schedule_lag"}
 
 
 def parse_slo(text: str | None) -> dict[str, float]:
@@ -58,6 +58,10 @@ def parse_slo(text: str | None) -> dict[str, float]:
             )
         name, value, unit = m.group(1).lower(), float(m.group(2)), m.group(3).lower()
         name = _ALIASES.get(name, name)
+        if name in ("itl", "itl_chunk"):
+            raise UsageError(f"--slo part '{part.strip()}': ITL pools every chunk gap of a run, so a request has "
+                             "no ITL of its own to judge; bound tpot (what AIPerf and GuideLLM call ITL) or "
+                             "itl_request_mean (the request's mean chunk gap)")
         if name not in METRIC_NAMES:
             raise UsageError(f"--slo part '{part.strip()}': unknown metric '{name}'; use one of {', '.join(METRIC_NAMES)}")
         if not unit:

@@ -48,11 +48,49 @@ def rate_label(rate: float) -> str:
 # -- drivers ----------------------------------------------------------------------------------
 
 
-def _scaled(trace: Any, rate: float) -> Any:
-    """The trace's arrivals rescaled to mean ``rate``, burst shape kept (traces.synth.replay)."""
+def _scaled(trace: Any, rate: float, duration_s: float | None = None) -> Any:
+    """The trace's arrivals rescaled to mean ``rate``, burst shape kept (traces.synth.replay).
+
+    With ``duration_s``, the rescaled trace is repeated back to back until it lasts that
+    long: a step must send long enough to hold its rate (see ``MIN_ACHIEVED``), and at a
+    high rate a short trace is over in a moment."""
     from burstbench.traces.synth import replay
 
-    return replay(trace, rate=rate)
+    scaled = replay(trace, rate=rate)
+    return _repeated(scaled, duration_s) if duration_s is not None else scaled
+
+
+def _repeated(trace: Any, duration_s: float) -> Any:
+    """``trace`` played again and again (one mean gap between copies) to cover ``duration_s``.
+
+    Copy k shifts arrivals by k periods and gives sessions the suffix ``#k``, so a
+    conversation of copy 2 does not wait for copy 1's. Capped at ``MAX_REPEATED_ROWS``.
+    """
+    import polars as pl
+
+    from burstbench.traces.schema import Trace
+
+    df = trace.df
+    n = df.height
+    span = float(df["arrival_s"].max() - df["arrival_s"].min()) if n else 0.0
+    period = span + (span / (n - 1) if n > 1 and span > 0 else 1.0)
+    copies = max(1, math.ceil(duration_s / period))
+    if copies == 1:
+        return trace
+    if copies * n > MAX_REPEATED_ROWS:
+        raise UsageError(f"--duration {duration_s:g}: repeating the {n}-request trace to fill it needs "
+                         f"{copies * n} requests (at most {MAX_REPEATED_ROWS}); give a shorter --duration")
+    parts = []
+    for k in range(copies):
+        part = df.with_columns(pl.col("arrival_s") + k * period)
+        if "session_id" in df.columns and k:
+            part = part.with_columns(pl.col("session_id") + f"#{k}")
+        parts.append(part)
+    out = pl.concat(parts).filter(pl.col("arrival_s") < duration_s)
+    return Trace(out, {**trace.meta, "repeated": {"copies": copies, "period_s": period}})
+
+
+MAX_REPEATED_ROWS = 10_000_000
 
 
 @dataclass
@@ -73,7 +111,7 @@ class LiveDriver:
         return run_scenario(trace, scenario, self.out, label=label, progress=self.progress)
 
     def run(self, rate: float, *, label: str) -> str:
-        return self._run(_scaled(self.trace, rate), label, mode="trace")
+        return self._run(_scaled(self.trace, rate, self.overrides.get("duration_s")), label, mode="trace")
 
     def run_concurrency(self, concurrency: int, *, label: str) -> str:
         return self._run(self.trace, label, mode="closed", concurrency=concurrency)
@@ -89,11 +127,12 @@ class SimDriver:
     hardware: str
     tp: int = 1
     options: Mapping[str, Any] = field(default_factory=dict)
+    duration_s: float | None = None  # repeat the rescaled trace to last this long (virtual seconds)
 
     def run(self, rate: float, *, label: str) -> str:
         from burstbench.backends.reference.simulator import simulate
 
-        res = simulate(_scaled(self.trace, rate), model=self.model, hardware=self.hardware, tp=self.tp,
+        res = simulate(_scaled(self.trace, rate, self.duration_s), model=self.model, hardware=self.hardware, tp=self.tp,
                        out=self.out, label=label, **dict(self.options))
         if res.run_id is None:  # pragma: no cover - out is always given
             raise UsageError("the simulator wrote no run")
@@ -175,7 +214,10 @@ class Step:
     slo_attainment: float | None = None
     attainment_ci95: list[float] | None = None
     request_goodput: float | None = None
-    passed: bool | None = None
+    passed: bool | None = None  # met the target attainment *and* held its rate (see ``short``)
+    offered_rate: float | None = None  # sends/s over the middle 90% of the step's schedule
+    finished_rate: float | None = None  # completions/s over the middle 90% of completion times
+    short: str | None = None  # why the step never held its rate, and what to do; None when it did
 
 
 @dataclass
@@ -195,15 +237,72 @@ class SweepResult:
         return asdict(self)
 
 
+# A rate step counts only when the server finished its requests at (nearly) the rate
+# the step offered them. Both rates are taken over the middle 90% of the step's requests
+# (scheduled times for the offered rate, completion times for the finishing rate), so one
+# long answer at the end does not weigh and a Poisson step's count noise cancels. When
+# the server keeps up, completions are the arrivals shifted by their latencies and the
+# two rates agree up to the latency spread over the span; a server that falls behind
+# finishes at its own capacity, and a trace too short for its rate (629 requests
+# squeezed into 2.5 s, finished over 11 s) finishes at whatever the burst drained at.
+# Either way the step's latencies then describe a burst, not a sustained rate.
+MIN_ACHIEVED = 0.9
+
+
+def _middle_spans(con: Any, run_id: str) -> tuple[int, float, float]:
+    """Requests, and the spans of the middle 90% of their scheduled and completion times."""
+    n, q_sched, q_end = con.execute(
+        "SELECT count(*), quantile_cont(scheduled_s, [0.05, 0.95]),"
+        " quantile_cont(COALESCE(end_s, last_token_s), [0.05, 0.95])"
+        " FROM requests WHERE run_id = ? AND phase = 'measure'", [run_id]).fetchone()
+    sched = float(q_sched[1] - q_sched[0]) if q_sched else 0.0
+    end = float(q_end[1] - q_end[0]) if q_end else 0.0
+    return int(n), sched, end
+
+
+def shortfall(value: float, requests: int, sched_span_s: float, end_span_s: float,
+              min_achieved: float = MIN_ACHIEVED) -> tuple[float | None, float | None, str | None]:
+    """Offered and finishing rates of a rate step and, when it does not count, why and what to do.
+
+    The rates are 0.9 (n - 1) over each middle-90% span. The advice: with the same extra
+    spread of completions, the middle of the schedule must last ``extra * m / (1 - m)``
+    for the finishing rate to reach ``m`` of the offered one.
+    """
+    if requests < 2 or sched_span_s <= 0 or end_span_s <= 0:
+        return None, None, None
+    k = 0.9 * (requests - 1)
+    offered, finished = k / sched_span_s, k / end_span_s
+    if finished >= min_achieved * offered:
+        return offered, finished, None
+    need_s = (end_span_s - sched_span_s) * min_achieved / (1.0 - min_achieved) / 0.9
+    why = (f"the server finished requests at {finished:.3g} req/s of the {value:.4g} offered "
+           f"({finished / offered:.0%}): the middle 90% of its {requests} requests were sent over "
+           f"{sched_span_s:.3g} s and finished over {end_span_s:.3g} s, so the rate was never held and "
+           f"the step does not count; give --duration {math.ceil(need_s)} (each step repeats the trace "
+           f"to last that long) or a trace of at least {math.ceil(need_s * value)} requests; if the server "
+           f"cannot keep up at this rate, no length makes it count")
+    return offered, finished, why
+
+
+def held_rate(con: Any, run_id: str, value: float) -> tuple[float | None, float | None, str | None]:
+    """``shortfall`` for a stored rate step: offered rate, finishing rate, why it does not count."""
+    return shortfall(value, *_middle_spans(con, run_id))
+
+
 def measure_step(out: Path, run_id: str, value: float, label: str, slo: Mapping[str, float] | None,
-                 target: float | None) -> Step:
-    """The headline numbers of one sweep step, and its attainment when an SLO is set."""
+                 target: float | None, *, rate: bool = True) -> Step:
+    """The headline numbers of one sweep step, and its attainment when an SLO is set.
+
+    For a rate step (``rate``), a step whose achieved rate falls short of what its schedule
+    offered does not pass whatever its attainment (``Step.short`` says why)."""
     con = open_store(out)
     try:
         s = summarize(con, run_id)
         step = Step(value=value, run_id=run_id, label=label, requests=s["requests"], completed=s["completed"],
                     request_throughput=s["request_throughput"], ttft_p99_ms=s["ttft_ms"]["p99"],
                     tpot_p99_ms=s["tpot_ms"]["p99"], e2el_p99_ms=s["e2el_ms"]["p99"])
+        if rate:
+            step.offered_rate, step.finished_rate, step.short = held_rate(con, run_id, value)
         if slo:
             g = goodput(con, run_id, slo)
             step.good = g["good_requests"]
@@ -211,10 +310,14 @@ def measure_step(out: Path, run_id: str, value: float, label: str, slo: Mapping[
             step.attainment_ci95 = g["slo_attainment_ci95"]
             step.request_goodput = g["request_goodput"]
             if target is not None and step.slo_attainment is not None:
-                step.passed = step.slo_attainment >= target
+                step.passed = step.slo_attainment >= target and step.short is None
         return step
     finally:
         con.close()
+
+
+def _short_notes(steps: Sequence[Step]) -> list[str]:
+    return [f"step {s.label}: {s.short}" for s in steps if s.short]
 
 
 def _best(steps: Sequence[Step]) -> Step | None:
@@ -238,12 +341,12 @@ def sweep_values(driver: Any, out: Path, values: Sequence[float], *, kind: str =
         else:
             label = f"sweep-concurrency:{int(v)}"
             rid = driver.run_concurrency(int(v), label=label)
-        step = measure_step(out, rid, float(v), label, slo, target if slo else None)
+        step = measure_step(out, rid, float(v), label, slo, target if slo else None, rate=kind == "rates")
         steps.append(step)
         if on_step:
             on_step(step)
     res = SweepResult(mode=kind, steps=steps, slo_ms={k: v * 1000 for k, v in slo.items()} if slo else None,
-                      target=target if slo else None)
+                      target=target if slo else None, notes=_short_notes(steps))
     if slo and kind == "rates":
         best = _best(steps)
         if best:
@@ -327,6 +430,7 @@ def search_max_goodput(
     converged = lo is not None and hi is not None and (hi - lo) / hi <= tolerance
     if lo is not None and hi is not None and not converged:
         notes.append(f"stopped after {max_steps} runs with the bracket [{lo:g}, {hi:g}] req/s wider than --tolerance")
+    notes = _short_notes(steps) + notes
     at = next((s for s in steps if lo is not None and s.value == lo), None)
     return SweepResult(
         mode="search", steps=steps, slo_ms={k: v * 1000 for k, v in slo.items()}, target=target,
@@ -357,6 +461,19 @@ def parse_values(text: str, *, integer: bool = False, flag: str = "--rates") -> 
 
 
 __all__ = [
-    "ConcurrencyDriver", "Driver", "LiveDriver", "QueueDriver", "SimDriver", "Step", "SweepResult",
-    "parse_values", "rate_label", "search_max_goodput", "sweep_values", "wilson_interval",
+    "MIN_ACHIEVED",
+    "ConcurrencyDriver",
+    "Driver",
+    "LiveDriver",
+    "QueueDriver",
+    "SimDriver",
+    "Step",
+    "SweepResult",
+    "held_rate",
+    "parse_values",
+    "rate_label",
+    "search_max_goodput",
+    "shortfall",
+    "sweep_values",
+    "wilson_interval",
 ]

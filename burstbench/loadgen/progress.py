@@ -9,6 +9,13 @@ for three seconds and higher at the end than at the start, or a client process
 above 90 % of a core for three seconds, raises a warning that is printed at once
 (red, on stderr) and stored in ``runs.notes``. The view shows the full schedule
 lag p99 (sent - scheduled).
+
+The warning names the cause, because the cure differs. Growing lag with a client
+process near a full core is the client's own limit: ``--workers`` helps while the
+host has idle cores. Growing lag with the client nearly idle and the host's CPUs
+busy (or stolen by a hypervisor) is other load delaying the client: more workers
+would compete for the same CPUs. Lag with neither busy is not a CPU shortage at all
+(a CPU quota, swap, a blocking call).
 """
 
 from __future__ import annotations
@@ -21,7 +28,11 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from burstbench.loadgen.telemetry import HostLoad
 from burstbench.output import clean, console
+
+HOST_BUSY_PERCENT = 90.0  # the host's CPUs count as saturated above this (all cores together)
+STEAL_PERCENT = 10.0  # a hypervisor taking this much is a saturated host too
 
 
 @dataclass
@@ -51,6 +62,7 @@ class BottleneckWatch:
         self.warnings: list[str] = []
         self._raised: set[str] = set()
         self.lag_p99_ms = float("nan")
+        self._hosts: list[HostLoad] = []
 
     def add_lags(self, lags: np.ndarray, client_lags: np.ndarray | None = None) -> None:
         """Schedule lags (shown) and client lags (judged; the same when there is no cap)."""
@@ -58,25 +70,62 @@ class BottleneckWatch:
             self._lags.append(lags)
             self._client.append(lags if client_lags is None else client_lags)
 
-    def tick(self, t: float, cpu_max: float) -> list[str]:
-        """Close one second's window; return new warnings."""
+    def _host(self) -> tuple[HostLoad | None, bool]:
+        """The host over the last seconds (mean of the samples) and whether it was saturated."""
+        recent = self._hosts[-self.seconds:]
+        if not recent:
+            return None, False
+        h = HostLoad(float(np.mean([x.busy_percent for x in recent])),
+                     float(np.mean([x.steal_percent for x in recent])), recent[-1].cores,
+                     float(np.mean([x.client_cores for x in recent])))
+        return h, h.busy_percent >= HOST_BUSY_PERCENT or h.steal_percent >= STEAL_PERCENT
+
+    def _workers_advice(self, host: HostLoad | None) -> str:
+        if host is None:
+            return "add --workers"
+        if host.idle_cores >= 1.0:
+            return f"add --workers: the host has ~{host.idle_cores:.0f} idle core(s)"
+        return (f"the host's {host.cores} CPUs are {host.busy_percent:.0f}% busy, so --workers would compete "
+                "for the same CPUs: use a larger or quieter client machine")
+
+    @staticmethod
+    def _host_words(host: HostLoad) -> str:
+        steal = f", {host.steal_percent:.0f}% stolen by the hypervisor" if host.steal_percent >= 1.0 else ""
+        return f"the host's {host.cores} CPUs were {host.busy_percent:.0f}% busy{steal}"
+
+    def tick(self, t: float, cpu_max: float, host: HostLoad | None = None) -> list[str]:
+        """Close one second's window (``host``: the host's load this second); return new warnings."""
         new: list[str] = []
+        if host is not None:
+            self._hosts.append(host)
         if self._lags:
             self.lag_p99_ms = float(np.percentile(np.concatenate(self._lags), 99) * 1e3)
             client = np.concatenate(self._client)
             self._lags, self._client = [], []
             self.window_p99_ms.append(float(np.percentile(client, 99) * 1e3) if client.size else 0.0)
         recent = self.window_p99_ms[-self.seconds:]
+        self._cpu_high = self._cpu_high + 1 if cpu_max >= self.cpu_percent else 0
+        hload, host_busy = self._host()
         if (len(recent) == self.seconds and all(v > self.lag_ms for v in recent)
                 and recent[-1] >= recent[0] and "lag" not in self._raised):
             self._raised.add("lag")
-            new.append(f"client bottleneck at t={t:.0f}s: client lag p99 {recent[-1]:.1f} ms and growing "
-                       f"for {self.seconds}s; the client, not the server, limits this run (add --workers)")
-        self._cpu_high = self._cpu_high + 1 if cpu_max >= self.cpu_percent else 0
+            lag = f"client lag p99 {recent[-1]:.1f} ms and growing for {self.seconds}s"
+            if cpu_max >= self.cpu_percent or hload is None:
+                new.append(f"client bottleneck at t={t:.0f}s: {lag} with a client process at {cpu_max:.0f}% "
+                           f"of a core; the client, not the server, limits this run ({self._workers_advice(hload)})")
+            elif host_busy:
+                new.append(f"host saturated at t={t:.0f}s: {lag} while {self._host_words(hload)} and the client "
+                           f"used only {cpu_max:.0f}% of a core: other load (~{hload.other_cores:.1f} cores) delays "
+                           "the client, so latencies include that delay; --workers will not help: stop the other "
+                           "load or run the client on a quieter machine")
+            else:
+                new.append(f"client lag at t={t:.0f}s: {lag} with the client at {cpu_max:.0f}% of a core and "
+                           f"{self._host_words(hload)}: not a CPU shortage, so --workers is unlikely to help; look "
+                           "for a CPU quota (container throttling), swapping, or a blocking call in a backend")
         if self._cpu_high >= self.seconds and "cpu" not in self._raised:
             self._raised.add("cpu")
             new.append(f"client bottleneck at t={t:.0f}s: a client process used {cpu_max:.0f}% of a core "
-                       f"for {self.seconds}s; latencies include client delay (add --workers)")
+                       f"for {self.seconds}s; latencies include client delay ({self._workers_advice(hload)})")
         self.warnings += new
         return new
 

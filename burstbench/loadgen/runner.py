@@ -113,6 +113,11 @@ def _end_reason(sc: Scenario, plan: Plan, trace: Trace) -> str:
     return "schedule completed"
 
 
+def died_message(worker: int, why: str) -> str:
+    """How a run names a worker whose loop ended without reporting (``why``: exit code, signal)."""
+    return f"worker {worker} died ({why})" if why else f"worker {worker} died"
+
+
 def preflight(url: str, timeout_s: float = 5.0) -> None:
     """Fail in one line, before a run row exists, when nothing listens at ``url``."""
     import socket
@@ -245,8 +250,8 @@ def supervise(store: ResultsStore, run_id: str, sc: Scenario, plan: Plan, trace:
         sup.store_note()
         duration = sup.duration_s()
         lost = list(getattr(transport, "lost", ()))
-        lost_errors = {f"worker {w} exited unexpectedly" for w in lost}
-        errors = [e for e in sup.errors if e not in lost_errors]
+        lost_errors = tuple(died_message(w, "") for w in lost)
+        errors = [e for e in sup.errors if not e.startswith(lost_errors)] if lost else list(sup.errors)
         if errors:
             status, reason = "aborted", f"error: {errors[0]}"
         elif sup.stop_reason is not None:
@@ -409,22 +414,24 @@ class _Supervisor:
                     (t, "client", "process_max_rss_bytes", float(msg["maxrss_bytes"]), labels, msg["worker"]),
                 ])
         elif kind == "error":
-            self.errors.append(msg["message"])
-            self.notes.append(f"worker {msg['worker']} failed: {msg['message']}")
+            self.errors.append(f"worker {msg['worker']} failed: {msg['message']}")
+            self.notes.append(self.errors[-1])
             self.control.stop(f"worker {msg['worker']} failed", now=True)
 
-    def _drain(self, ready: dict[int, int], done: set[int], timeout: float) -> None:
+    def _drain(self, ready: dict[int, int], done: set[int], timeout: float) -> bool:
+        """Handle what the workers sent (waiting up to ``timeout`` for the first); False if nothing."""
         try:
-            msg = self.transport.out.get(timeout=timeout)
+            msg = self.transport.out.get(timeout=timeout) if timeout > 0 else self.transport.out.get_nowait()
         except queue.Empty:
-            return
+            return False
         self._handle(msg, ready, done)
         for _ in range(10_000):
             try:
                 msg = self.transport.out.get_nowait()
             except queue.Empty:
-                return
+                break
             self._handle(msg, ready, done)
+        return True
 
     # -- the loop ---------------------------------------------------------------------
     def run(self) -> None:
@@ -448,10 +455,14 @@ class _Supervisor:
                 self.transport.send(("stop", self.stop_reason))
                 self._wait_done(done)
                 return
-            if not all(self.transport.alive()) and len(ready) + len(done) < self.n:
+            dead = [w for w in self._dead(done) if w not in ready]
+            if dead:
                 self._drain(ready, done, 0.5)
-                if len(ready) + len(done) < self.n:
-                    self.errors.append("a worker exited before it was ready")
+                dead = [w for w in self._dead(done) if w not in ready]
+                if dead:
+                    for w in dead:
+                        self.errors.append(f"{died_message(w, self._why(w))} before it was ready")
+                        self.notes.append(self.errors[-1])
                     self.transport.send(("stop", "worker exited"))
                     self._wait_done(done)
                     return
@@ -492,16 +503,8 @@ class _Supervisor:
                     self._now_sent = True
                     self.stop_reason = self.control.stop_reason
                     self.transport.send(("now", self.stop_reason))
-            if not all(self.transport.alive()) and len(done) < self.n:
-                self._drain(ready, done, 0.5)
-                if len(done) < self.n and not all(self.transport.alive()):
-                    dead = [i for i, a in enumerate(self.transport.alive()) if not a]
-                    for w in dead:
-                        if w not in done:
-                            done.add(w)
-                            self.errors.append(f"worker {w} exited unexpectedly")
-                            self.notes.append(f"worker {w} exited unexpectedly; its unsent rows are lost")
-                    self.control.stop("a worker died", now=True)
+            if len(done) < self.n and not all(self.transport.alive()):
+                self._reap(ready, done)
             if now - last_commit >= COMMIT_INTERVAL_S:
                 last_commit = now
                 self.recorder.flush()
@@ -511,7 +514,7 @@ class _Supervisor:
                 t = self.clock()
                 assert self.sampler is not None
                 self.recorder.add_telemetry(self.sampler.sample(t))
-                for w in self.watch.tick(t, self.sampler.max_cpu()):
+                for w in self.watch.tick(t, self.sampler.max_cpu(), self.sampler.host):
                     self.notes.append(w)
                     self.view.warn(w)
             if now - last_draw >= 0.5:
@@ -523,6 +526,38 @@ class _Supervisor:
             self.recorder.add_telemetry(self.sampler.sample(self.clock()))
         self.view.update(self.clock(), self.totals, self.watch.lag_p99_ms,
                          self.sampler.max_cpu() if self.sampler else 0.0)
+
+    def _dead(self, done: set[int]) -> list[int]:
+        """Workers whose loop has ended without a 'done' message."""
+        return [w for w, a in enumerate(self.transport.alive()) if not a and w not in done]
+
+    def _why(self, w: int) -> str:
+        """The transport's account of how worker ``w`` ended (exit code, signal), if it has one."""
+        describe = getattr(self.transport, "describe_exit", None)
+        return describe(w) if describe is not None else "ended without reporting"
+
+    def _reap(self, ready: dict[int, int], done: set[int]) -> None:
+        """Account for worker loops that have ended; stop the run only for one that died.
+
+        A worker that has sent its whole share exits while the others still send, so an
+        ended loop alone is no failure. Its 'done' is already in the queue (a process
+        flushes its queue before it exits), so everything queued is read first; only a
+        loop that is gone and never said 'done' died. Each is named, with why, in the
+        notes and in the run's end reason.
+        """
+        if not self._dead(done):
+            return
+        self._drain(ready, done, 0.5)
+        while self._dead(done) and self._drain(ready, done, 0.0):
+            pass
+        dead = self._dead(done)
+        if not dead:
+            return
+        for w in dead:
+            done.add(w)
+            self.errors.append(died_message(w, self._why(w)))
+            self.notes.append(f"{self.errors[-1]}; rows it had not yet sent back are lost")
+        self.control.stop(self.errors[-1], now=True)
 
     def _wait_done(self, done: set[int]) -> None:
         deadline = time.monotonic() + 30.0

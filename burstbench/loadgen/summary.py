@@ -13,6 +13,8 @@ it keeps the few formulas it needs, stated here:
 - schedule lag = sent_s - scheduled_s (every sent request)
 - output_tokens = usage.completion_tokens, else the client's count
 - percentiles: linear interpolation over successful requests; std is the population std
+- request counts: ``store.request_counts``, the accounting ``analyze`` and the report use
+  (failed = every measured request that did not succeed, cancelled ones included)
 - throughputs divide by the measured window (the run's duration without warm-up/cool-down)
 """
 
@@ -24,7 +26,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from burstbench.store import ResultsStore
+from burstbench.store import ResultsStore, request_counts
 
 STAT_KEYS = ("mean", "median", "std", "p50", "p90", "p95", "p99", "max")
 
@@ -57,9 +59,8 @@ def summarize(store: ResultsStore, run_id: str) -> dict[str, Any]:
         "coalesce(output_tokens_server, output_tokens_counted) AS out_tok "
         "FROM requests WHERE run_id = ? AND phase = 'measure'", params=[run_id]).pl()
     col = {c: rows[c].cast(pl.Float64).fill_null(np.nan).to_numpy() for c in rows.columns if c != "status"}
-    status_col = rows["status"].to_numpy()
-    ok = status_col == "ok"
-    n_cancel = int((status_col == "cancelled").sum())
+    ok = rows["status"].to_numpy() == "ok"
+    counts = request_counts(con, run_id)
     sent = col["sent_s"]
     sent_ok = sent[ok]
     first, visible, last = col["first_token_s"][ok], col["first_visible_s"][ok], col["last_token_s"][ok]
@@ -73,13 +74,15 @@ def summarize(store: ResultsStore, run_id: str) -> dict[str, Any]:
         "FROM chunks c JOIN requests r ON r.run_id = c.run_id AND r.request_id = c.request_id "
         "WHERE c.run_id = ? AND r.phase = 'measure' AND r.status = 'ok' QUALIFY gap IS NOT NULL",
         params=[run_id]).pl()["gap"].to_numpy()
-    completed = int(ok.sum())
+    completed = counts.ok
     total_out = float(np.nansum(out_tok))
     total_in = float(np.nansum(in_tok))
     per_s = (lambda x: x / window) if window > 0 else (lambda x: None)
     return {
         "run_id": run_id, "status": status, "end_reason": end_reason,
-        "completed": completed, "failed": int(ok.size - completed - n_cancel), "cancelled": n_cancel,
+        "requests": counts.measured, "completed": completed, "failed": counts.failed,
+        "failed_by_status": {"error": counts.error, "timeout": counts.timeout, "cancelled": counts.cancelled},
+        "requests_unmeasured": counts.unmeasured, "requests_line": counts.describe(),
         "duration_s": window, "run_duration_s": duration, "target_rate": target_rate,
         "total_input_tokens": int(total_in), "total_output_tokens": int(total_out),
         "request_throughput": per_s(completed), "output_throughput": per_s(total_out),
@@ -113,8 +116,11 @@ def render_table(s: dict[str, Any]) -> str:
     row("Status:", f"{s['status']} ({s['end_reason']})")
     row("Successful requests:", s["completed"])
     row("Failed requests:", s["failed"])
-    if s["cancelled"]:
-        row("Cancelled requests:", s["cancelled"])
+    for kind, n in s["failed_by_status"].items():
+        if n:
+            row(f"  of which {kind}:", n)
+    if s["requests_unmeasured"]:
+        row("Requests in warm-up/cool-down:", s["requests_unmeasured"])
     row("Benchmark duration (s):", s["duration_s"])
     row("Total input tokens:", s["total_input_tokens"])
     row("Total generated tokens:", s["total_output_tokens"])

@@ -1,7 +1,10 @@
-"""Telemetry while a run goes: the client's own CPU and memory, the server's /metrics.
+"""Telemetry while a run goes: the client's own CPU and memory, the host's load, the server's /metrics.
 
 The client's CPU is sampled because a saturated client produces wrong latencies
-(the progress view turns it into a bottleneck warning). The server's Prometheus
+(the progress view turns it into a bottleneck warning). The host's CPU (busy and
+stolen by a hypervisor, over all cores) is sampled beside it, because a client
+delayed by *other* processes shows the same lag at 1% CPU, and the cure differs:
+more ``--workers`` help a saturated client with idle cores, not a saturated host. The server's Prometheus
 endpoint is scraped in a background thread, so a slow scrape never delays a
 request; only vLLM-named series (``vllm:...``) are kept, histogram buckets are
 dropped (their ``_sum`` and ``_count`` stay) to keep the table small. An endpoint
@@ -18,6 +21,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
 import psutil
@@ -27,10 +31,32 @@ _SAMPLE = re.compile(r"^([A-Za-z_:][A-Za-z0-9_:]*)(\{[^}]*\})?\s+(\S+)")
 _LABEL = re.compile(r'([A-Za-z_][A-Za-z0-9_]*)="((?:[^"\\]|\\.)*)"')
 
 
+@dataclass(frozen=True)
+class HostLoad:
+    """One sample of the whole host: CPU busy and stolen (percent of all cores), and the client's share."""
+
+    busy_percent: float  # 100 - idle - iowait, over all cores (steal included: it is not ours)
+    steal_percent: float  # taken by the hypervisor for other guests
+    cores: int
+    client_cores: float  # CPU the client processes used, in cores
+
+    @property
+    def idle_cores(self) -> float:
+        return self.cores * max(0.0, 100.0 - self.busy_percent) / 100.0
+
+    @property
+    def other_cores(self) -> float:
+        """Cores busy with something other than this client (other processes, steal)."""
+        return max(0.0, self.cores * self.busy_percent / 100.0 - self.client_cores)
+
+
 class ClientSampler:
-    """CPU percent (of one core) and RSS of the client processes."""
+    """CPU percent (of one core) and RSS of the client processes, and the host's load."""
 
     def __init__(self, pids: dict[int | None, int]) -> None:
+        self.cores = psutil.cpu_count() or 1
+        psutil.cpu_times_percent(None)  # prime the interval
+        self.host: HostLoad | None = None
         # worker_id -> pid; worker_id None is the supervisor (or the in-process worker)
         self.procs: dict[int | None, psutil.Process] = {}
         for wid, pid in pids.items():
@@ -56,6 +82,13 @@ class ClientSampler:
             labels = json.dumps({"pid": p.pid})
             rows.append((t, "client", "process_cpu_percent", cpu, labels, wid))
             rows.append((t, "client", "process_rss_bytes", float(rss), labels, wid))
+        ct = psutil.cpu_times_percent(None)
+        busy = max(0.0, 100.0 - ct.idle - getattr(ct, "iowait", 0.0))
+        steal = float(getattr(ct, "steal", 0.0))
+        client = sum(r[3] for r in rows if r[2] == "process_cpu_percent") / 100.0
+        self.host = HostLoad(busy, steal, self.cores, client)
+        rows.append((t, "client", "host_cpu_busy_percent", busy, None, None))
+        rows.append((t, "client", "host_cpu_steal_percent", steal, None, None))
         return rows
 
     def max_cpu(self) -> float:

@@ -132,6 +132,9 @@ class ThreadWorkers:
     def alive(self) -> list[bool]:
         return [self.thread.is_alive()]
 
+    def describe_exit(self, worker: int) -> str:
+        return "its thread ended without reporting" if not self.thread.is_alive() else "running"
+
     def join(self, timeout: float) -> None:
         self.thread.join(timeout)
 
@@ -160,6 +163,22 @@ class ProcessWorkers:
 
     def alive(self) -> list[bool]:
         return [p.is_alive() for p in self.procs]
+
+    def describe_exit(self, worker: int) -> str:
+        """Why worker process ``worker`` ended, for the run's notes: its pid and exit code or signal."""
+        p = self.procs[worker]
+        code = p.exitcode
+        if code is None:
+            return f"pid {p.pid}, still running"
+        if code < 0:
+            try:
+                how = f"killed by {signal.Signals(-code).name}"
+            except ValueError:
+                how = f"killed by signal {-code}"
+            if -code == signal.SIGKILL:
+                how += " (out of memory, or killed from outside)"
+            return f"pid {p.pid}, {how}"
+        return f"pid {p.pid}, exit code {code}"
 
     def join(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout

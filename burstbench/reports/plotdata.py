@@ -19,6 +19,8 @@ from typing import Any
 import duckdb
 import numpy as np
 
+from burstbench.store import RequestCounts, request_counts
+
 # Probability grid for CDFs: dense in the body, denser still in the upper tail,
 # where SLOs live (p99, p99.9). ~1.1k points in all.
 _BODY = np.linspace(0.0, 1.0, 1001)
@@ -72,8 +74,9 @@ class RunRow:
     status: str | None
     end_reason: str | None
     started_at: str | None
-    requests: int
+    requests: int  # every row (counts.total)
     notes: list[str] = field(default_factory=list)
+    counts: RequestCounts | None = None  # the one accounting (store.request_counts) card and table show
 
     @property
     def name(self) -> str:
@@ -89,8 +92,7 @@ def runs(con: duckdb.DuckDBPyConnection, run_ids: Sequence[str]) -> list[RunRow]
     for rid in run_ids:
         row = con.execute(
             "SELECT run_id, label, model, backend, endpoint, clock, target_rate, duration_s, status,"
-            " end_reason, CAST(started_at AS VARCHAR), notes,"
-            " (SELECT count(*) FROM requests q WHERE q.run_id = r.run_id)"
+            " end_reason, CAST(started_at AS VARCHAR), notes"
             " FROM runs r WHERE run_id = ?",
             [rid],
         ).fetchone()
@@ -100,7 +102,8 @@ def runs(con: duckdb.DuckDBPyConnection, run_ids: Sequence[str]) -> list[RunRow]
             notes = [str(n) for n in json.loads(row[11])] if row[11] else []
         except (ValueError, TypeError):
             notes = [str(row[11])]
-        out.append(RunRow(*row[:11], requests=int(row[12]), notes=notes))  # type: ignore[arg-type]
+        counts = request_counts(con, rid)
+        out.append(RunRow(*row[:11], requests=counts.total, notes=notes, counts=counts))  # type: ignore[arg-type]
     return out
 
 

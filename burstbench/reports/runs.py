@@ -313,7 +313,8 @@ def runs_table(runs: Sequence[pd.RunRow]) -> str:
     rows = [
         (r.name, r.run_id, r.model or "", r.backend or "", r.endpoint or "", r.clock or "",
          "" if r.target_rate is None else f"{r.target_rate:g}",
-         "" if r.duration_s is None else f"{r.duration_s:.1f}", f"{r.requests:,}",
+         "" if r.duration_s is None else f"{r.duration_s:.1f}",
+         r.counts.describe() if r.counts is not None else f"{r.requests:,}",
          r.status or "", r.end_reason or "")
         for r in runs
     ]

@@ -18,6 +18,7 @@ import duckdb
 from burstbench.analysis.compare import compare_runs
 from burstbench.analysis.metrics import summarize
 from burstbench.analysis.slo import attainment_over_time, format_slo, per_tenant
+from burstbench.analysis.sweep import held_rate
 from burstbench.reports import figures as fg
 from burstbench.reports import plotdata as pd
 from burstbench.reports.html import Raw, Section, badge, esc, note, table
@@ -78,7 +79,8 @@ def summary_section(
         else:
             verdict = f'<div class="verdict">{badge(None, "no SLO given").html}</div>'
         kv = [
-            ("requests", f"{s['requests']:,} ({s['completed']:,} ok, {s['failed']:,} failed)"),
+            ("requests", r.counts.describe() if r.counts is not None
+             else f"{s['requests']:,} ({s['completed']:,} ok, {s['failed']:,} failed)"),
             ("duration", f"{fmt(s['duration_s'])} s"),
             ("request throughput", f"{fmt(s['request_throughput'])} req/s"),
             ("output throughput", f"{fmt(s['output_throughput'])} tok/s"),
@@ -245,7 +247,7 @@ def sweep_section(
     xt = "offered rate (req/s)" if kind == "rate" else "concurrency (users)"
     what = "offered rate" if kind == "rate" else "concurrency"
     star = (f"The star marks the max goodput rate: the highest swept rate whose SLO attainment "
-            f"is ≥ {pct(target)}." if kind == "rate"
+            f"is ≥ {pct(target)} and that the server kept up with." if kind == "rate"
             else f"The star marks the highest concurrency whose SLO attainment is ≥ {pct(target)}.")
     sec = Section(
         "sweep" if kind == "rate" else "sweep-concurrency",
@@ -270,7 +272,10 @@ def sweep_section(
     if slo:
         att = [(sums[r.run_id].get("goodput") or {}).get("slo_attainment") for _, r in pts]
         cis = [(sums[r.run_id].get("goodput") or {}).get("slo_attainment_ci95") or [None, None] for _, r in pts]
-        passing = [(rate, a) for rate, a in zip(rates, att, strict=True) if a is not None and a >= target]
+        # a rate step the server finished slower than offered never held its rate: it cannot count
+        short = [held_rate(con, r.run_id, rate)[2] if kind == "rate" else None for rate, r in pts]
+        counts = [a is not None and a >= target and why is None for a, why in zip(att, short, strict=True)]
+        passing = [(rate, a) for rate, a, ok in zip(rates, att, counts, strict=True) if ok]
         marks = []
         if passing:
             best = max(passing)
@@ -290,10 +295,13 @@ def sweep_section(
                                         "attainment (%)", series, marks=marks, y_range=[0, 102]))
         if not passing:
             sec.blocks.append(note(f"No swept {what} reaches {pct(target)} attainment.", "warn"))
-        for (rate, r), a, c in zip(pts, att, cis, strict=True):
+        for (rate, r), a, c, ok, why in zip(pts, att, cis, counts, short, strict=True):
             rows.append((f"{rate:g}", r.name, fmt(sums[r.run_id]["request_throughput"]), pct(a),
-                         f"{pct(c[0])}–{pct(c[1])}", badge(a is not None and a >= target)))
+                         f"{pct(c[0])}–{pct(c[1])}", badge(ok, "SHORT" if why else None)))
         sec.blocks.append(table([xt, "run", "throughput (req/s)", "attainment", "95% CI", "verdict"], rows))
+        for (rate, _), why in zip(pts, short, strict=True):
+            if why:
+                sec.blocks.append(note(f"step {rate:g} req/s: {why}", "warn"))
     else:
         sec.blocks.append(note("No SLO given: pass --slo to see attainment and the max goodput rate."))
     return sec

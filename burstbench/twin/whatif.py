@@ -121,8 +121,8 @@ def _side(dep: Deployment, work: Workload, slo: dict[str, float] | None, out: Pa
         res["goodput_per_gpu"] = sr.max_goodput_rate / dep.gpus if sr.max_goodput_rate else None
         res["search"] = {"bracket": sr.bracket, "converged": sr.converged, "notes": sr.notes,
                          "attainment_at_max": sr.attainment_at_max, "attainment_ci95": sr.attainment_ci95,
-                         "steps": [{"rate": s.value, "slo_attainment": s.slo_attainment, "passed": s.passed}
-                                   for s in sr.steps]}
+                         "steps": [{"rate": s.value, "slo_attainment": s.slo_attainment, "passed": s.passed,
+                                    "short": s.short} for s in sr.steps]}
     return res
 
 

@@ -215,18 +215,33 @@ async def test_failing_servers_give_error_rows_not_a_crash(tmp_path, fault, erro
 
 
 @pytest.mark.slow
-def test_two_workers_against_a_real_server(tmp_path):
-    trace = write_parquet(tmp_path / "t.parquet", 60, 0.005, 3)
+@pytest.mark.parametrize("mode", [["--mode", "trace"], ["--rate", "400", "--requests", "60"]],
+                         ids=["trace", "rate"])
+def test_two_workers_that_finish_apart_end_done_with_exit_0(tmp_path, mode):
+    # The last request (id 59, worker 1's) streams ~2 s longer than all others, so
+    # worker 0 sends its whole share and exits while worker 1 still streams: a worker
+    # that has finished is not a dead one (this run used to end 'aborted (a worker died)').
+    n = 60
+    df = pl.DataFrame({"arrival_s": [i * 0.005 for i in range(n)], "input_tokens": [20] * n,
+                       "output_tokens": [3] * (n - 1) + [400]})
+    trace = write_trace(Trace(conform(df), {"source": "test"}), tmp_path / "t.parquet")
     out = tmp_path / "r.duckdb"
-    with stream_server("--ttft", "0.005", "--itl", "0.002") as url:
+    with stream_server("--ttft", "0.005", "--itl", "0.005") as url:
         proc = bb("run", "--url", url, "--trace", str(trace), "-o", str(out), "--workers", "2", "--json",
-                  "--quiet")
+                  "--quiet", *mode)
         records = server_stats(url)
     assert proc.returncode == 0, proc.stderr
-    assert len(records) == 60
-    ids = [r[0] for r in db_rows(out, "SELECT request_id FROM requests ORDER BY 1")]
-    assert ids == list(range(60))
+    summary = json.loads(proc.stdout)
+    assert (summary["status"], summary["completed"], summary["failed"]) == ("done", n, 0)
+    (status, reason, notes) = db_rows(out, "SELECT status, end_reason, notes FROM runs")[0]
+    assert status == "done" and "died" not in reason and "died" not in notes, (reason, notes)
+    assert len(records) == n
+    ids = [r[0] for r in db_rows(out, "SELECT request_id FROM requests WHERE status = 'ok' ORDER BY 1")]
+    assert ids == list(range(n))
     assert {r[0] for r in db_rows(out, "SELECT DISTINCT worker_id FROM requests")} == {0, 1}
+    # worker 0 really was done first: the ordering the test depends on held
+    ends = dict(db_rows(out, "SELECT worker_id, max(end_s) FROM requests GROUP BY 1"))
+    assert ends[1] - ends[0] > 1.0
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import threading
 import time
@@ -330,6 +331,52 @@ def test_closed_loop_over_two_workers_sends_exactly_the_request_limit(tmp_path):
     assert all(r["input_tokens"] == 8 + r["request_id"] % 4 for r in req.iter_rows(named=True))
 
 
+class DyingBackend(ClockedBackend):
+    """Kills its own worker process (SIGKILL, as the OOM killer would) on request 5."""
+
+    async def send(self, req, clock):
+        if req.request_id == 5:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return await super().send(req, clock)
+
+
+def make_dying() -> DyingBackend:
+    return DyingBackend()
+
+
+@pytest.mark.slow
+def test_a_worker_that_really_dies_is_named_with_why_in_the_notes_and_end_reason(tmp_path):
+    res = execute(trace_of(40, 0.02), sc(workers=2), tmp_path / "r.duckdb", backend_factory=make_dying,
+                  progress=False)
+    assert res.status == "aborted"
+    con = duckdb.connect(str(tmp_path / "r.duckdb"), read_only=True)
+    status, reason, notes = con.execute("SELECT status, end_reason, notes FROM runs").fetchall()[0]
+    assert status == "aborted"
+    for text in (reason, notes):
+        assert "worker 1 died" in text and "SIGKILL" in text and "pid " in text, text
+    assert "worker 0" not in reason
+
+
+class FailingCloseBackend(ClockedBackend):
+    """Its close() raises: the worker loop ends with an exception after its requests."""
+
+    async def close(self) -> None:
+        raise RuntimeError("close failed")
+
+
+def make_failing_close() -> FailingCloseBackend:
+    return FailingCloseBackend()
+
+
+@pytest.mark.slow
+def test_a_worker_that_raises_is_named_in_the_end_reason(tmp_path):
+    res = execute(trace_of(10, 0.01), sc(workers=2), tmp_path / "r.duckdb", backend_factory=make_failing_close,
+                  progress=False)
+    assert res.status == "aborted"
+    assert re.fullmatch(r"error: worker [01] failed: RuntimeError: close failed", res.end_reason), res.end_reason
+    assert any(re.fullmatch(r"worker [01] failed: RuntimeError: close failed", n) for n in res.notes), res.notes
+
+
 class WallBackend(ClockedBackend):
     """Also notes the wall time of run time 0 implied at each send: ``time.time() - clock()``."""
 
@@ -352,3 +399,44 @@ def test_started_at_is_the_wall_clock_of_run_time_zero(tmp_path):
     con.close()
     assert len(backend.t0_wall) == 20
     assert max(abs(w - started) for w in backend.t0_wall) < 2e-3
+
+
+def test_an_aborted_run_is_counted_the_same_by_run_analyze_and_the_report(tmp_path):
+    # warm-up rows, ok rows, one failure and cancelled rows (stopped with requests hanging):
+    # run's summary, analyze, the report card and the report's Runs table count them one way.
+    from burstbench.analysis.metrics import summarize as analyze_summary
+    from burstbench.loadgen.summary import render_table
+    from burstbench.reports.build import build_report
+
+    backend = ClockedBackend(hang_from=30, fail_ids=(20,))
+    control = RunControl()
+    threading.Thread(target=lambda: (backend.hanging.wait(10), time.sleep(0.05), control.stop(now=True)),
+                     daemon=True).start()
+    out = tmp_path / "r.duckdb"
+    res = execute(trace_of(200, 0.01), sc(warmup_s=0.1), out, backend_factory=lambda: backend,
+                  control=control, progress=False)
+    assert res.status == "aborted"
+    req = rows(out, res.run_id)
+    measured = req.filter(pl.col("phase") == "measure")
+    want = {"ok": measured.filter(pl.col("status") == "ok").height,
+            "cancelled": measured.filter(pl.col("status") == "cancelled").height,
+            "warmup": req.filter(pl.col("phase") == "warmup").height}
+    assert want["ok"] > 0 and want["cancelled"] > 0 and want["warmup"] > 0
+    with ResultsStore(out, read_only=True) as store:
+        run_s = summarize(store, res.run_id)
+    assert (run_s["completed"], run_s["failed"], run_s["failed_by_status"]["cancelled"]) == (
+        want["ok"], want["cancelled"] + 1, want["cancelled"])
+    assert run_s["requests_unmeasured"] == want["warmup"]
+    table = render_table(run_s)
+    assert re.search(rf"\nFailed requests: +{want['cancelled'] + 1}\n", table), table
+    assert re.search(rf"\n  of which cancelled: +{want['cancelled']}\n", table), table
+    assert re.search(rf"\nRequests in warm-up/cool-down: +{want['warmup']}\n", table), table
+    an = analyze_summary(out, res.run_id)
+    assert (an["requests"], an["completed"], an["failed"], an["requests_unmeasured"]) == (
+        measured.height, run_s["completed"], run_s["failed"], want["warmup"])
+    build_report(out, tmp_path / "r.html")
+    html = (tmp_path / "r.html").read_text()
+    line = (f"{measured.height:,} measured ({want['ok']:,} ok, {want['cancelled'] + 1:,} failed: 1 error, "
+            f"{want['cancelled']:,} cancelled); {want['warmup']:,} in warm-up/cool-down")
+    assert line == run_s["requests_line"]
+    assert html.count(line) == 2  # the run's card and the Runs table

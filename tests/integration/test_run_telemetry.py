@@ -12,6 +12,7 @@ from aiohttp import web
 from burstbench.loadgen.progress import BottleneckWatch
 from burstbench.loadgen.telemetry import (
     ClientSampler,
+    HostLoad,
     MetricsScraper,
     metrics_url,
     parse_prometheus,
@@ -107,3 +108,51 @@ def test_client_sampler_measures_this_process():
     by = {r[2]: r for r in rows}
     assert by["process_cpu_percent"][3] > 0.0 and by["process_cpu_percent"][5] is None
     assert by["process_rss_bytes"][3] > 10_000_000
+
+
+def _growing_lag(w: BottleneckWatch, cpu: float, host: HostLoad) -> list[str]:
+    new: list[str] = []
+    for t, lag_ms in enumerate([15.0, 30.0, 60.0]):
+        w.add_lags(np.full(100, lag_ms / 1e3))
+        new += w.tick(float(t), cpu_max=cpu, host=host)
+    return new
+
+
+def test_bottleneck_note_tells_a_saturated_host_from_a_saturated_client():
+    # the case: lag grows at 1.1 req/s, the client at 2% CPU, the host busy with others
+    (msg,) = _growing_lag(BottleneckWatch(), 2.0, HostLoad(99.0, 0.0, 2, 0.02))
+    assert msg.startswith("host saturated") and "2 CPUs were 99% busy" in msg and "only 2% of a core" in msg
+    assert "--workers will not help" in msg and "add --workers" not in msg
+    # a hypervisor stealing the CPUs is a saturated host too, even when the guest looks idle
+    (msg,) = _growing_lag(BottleneckWatch(), 2.0, HostLoad(60.0, 30.0, 4, 0.02))
+    assert msg.startswith("host saturated") and "30% stolen by the hypervisor" in msg
+    # the client itself at a full core with idle cores left: more workers help
+    msgs = _growing_lag(BottleneckWatch(), 97.0, HostLoad(50.0, 0.0, 4, 0.97))
+    assert msgs[0].startswith("client bottleneck") and "add --workers: the host has ~2 idle core(s)" in msgs[0]
+    assert "97% of a core for 3s" in msgs[1] and "add --workers" in msgs[1]
+    # ... but not when the client's own CPU load already fills the host
+    (msg, cpu_msg) = _growing_lag(BottleneckWatch(), 97.0, HostLoad(100.0, 0.0, 2, 1.9))
+    assert "--workers would compete for the same CPUs" in msg and "add --workers" not in msg + cpu_msg
+    # lag with neither the client nor the host busy is not a CPU shortage
+    (msg,) = _growing_lag(BottleneckWatch(), 2.0, HostLoad(20.0, 0.0, 8, 0.02))
+    assert msg.startswith("client lag") and "not a CPU shortage" in msg and "add --workers" not in msg
+
+
+def test_client_sampler_sees_other_processes_load_the_host():
+    import subprocess
+    import sys
+
+    s = ClientSampler({None: os.getpid()})
+    burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(s.cores)]
+    try:
+        s.sample(0.0)  # starts the interval with every core spinning
+        time.sleep(1.0)  # this process sleeps: the host is busy, the client is not
+        rows = {r[2]: r[3] for r in s.sample(1.0)}
+    finally:
+        for p in burners:
+            p.kill()
+            p.wait()
+    assert s.host is not None
+    assert rows["host_cpu_busy_percent"] == s.host.busy_percent >= 90.0
+    assert s.host.client_cores < 0.2 and s.host.other_cores > s.cores - 0.5
+    assert "host_cpu_steal_percent" in rows

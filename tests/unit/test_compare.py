@@ -133,3 +133,66 @@ def test_large_samples_use_the_asymptotic_interval_which_agrees_with_the_bootstr
         assert ra["delta"] == pytest.approx(rb["delta"])
         wb, wa = rb["ci"][1] - rb["ci"][0], ra["ci"][1] - ra["ci"][0]
         assert wa == pytest.approx(wb, rel=0.2), rb["stat"]
+
+
+def add_chunked_run(store: ResultsStore, rng: np.random.Generator, n: int, scale: float) -> str:
+    """Requests with 2-40 chunks, one token each, gamma-distributed gaps whose scale varies
+    per request: pooled chunk gaps, per-request mean gaps and TPOT all differ."""
+    from burstbench.store import CHUNK_COLUMNS
+
+    rid = store.create_run(RunInfo(backend="test", label="chunked"))
+    rows, chunks = [], []
+    for i in range(n):
+        sent = i * 0.1
+        k = int(rng.integers(2, 41))
+        gaps = rng.gamma(2.0, scale * rng.uniform(0.2, 3.0), k - 1)
+        t = sent + 0.05 + np.concatenate([[0.0], np.cumsum(gaps)])
+        rows.append((rid, i, None, None, None, None, "measure", sent, sent, t[0], t[0], t[-1], t[-1],
+                     5, None, k, k, k, None, None, k, "ok", 200, None, None, 0))
+        chunks += [(rid, i, j, float(x), 1, False) for j, x in enumerate(t)]
+    store.append_requests(pl.DataFrame(rows, schema=list(REQUEST_COLUMNS), orient="row", infer_schema_length=None))
+    store.append_chunks(pl.DataFrame(chunks, schema=list(CHUNK_COLUMNS), orient="row"))
+    store.finish_run(rid, status="done", end_reason="completed", duration_s=n * 0.1 + 5)
+    return rid
+
+
+def test_compare_names_mean_what_analyze_names_mean(tmp_path: Path) -> None:
+    # itl is the pooled chunk gaps of analyze's ITL table; the per-request mean gap has
+    # its own name; tpot is TPOT. Each compare point estimate equals analyze's figure.
+    from burstbench.analysis.metrics import summarize
+
+    rng = np.random.default_rng(4)
+    db = tmp_path / "names.duckdb"
+    with ResultsStore(db) as st:
+        a, b = add_chunked_run(st, rng, 150, 0.01), add_chunked_run(st, rng, 150, 0.012)
+    con = open_store(db)
+    try:
+        specs = ["itl.p50", "itl.p99", "itl.mean", "itl_request_mean.p99", "tpot.p99"]
+        res = {(r["metric"], r["stat"]): r for r in compare_runs(con, a, b, metrics=specs, n_boot=300)["metrics"]}
+        asym = {(r["metric"], r["stat"]): r
+                for r in compare_runs(con, a, b, metrics=specs, max_bootstrap_n=10)["metrics"]}
+        sa, sb = summarize(con, a), summarize(con, b)
+    finally:
+        con.close()
+    for run, s in (("a", sa), ("b", sb)):
+        assert res[("itl", "p50")][run] == pytest.approx(s["itl_ms"]["p50"])
+        assert res[("itl", "p99")][run] == pytest.approx(s["itl_ms"]["p99"])
+        assert res[("itl", "mean")][run] == pytest.approx(s["itl_ms"]["mean"])
+        assert res[("itl_request_mean", "p99")][run] == pytest.approx(s["itl_request_mean_ms"]["p99"])
+        assert res[("tpot", "p99")][run] == pytest.approx(s["tpot_ms"]["p99"])
+    # the three are different quantities on these runs, so a mix-up could not pass unseen
+    assert len({round(sa["itl_ms"]["p99"], 6), round(sa["itl_request_mean_ms"]["p99"], 6)}) == 2
+    assert res[("itl", "p99")]["n_a"] > 150  # gaps, not requests
+    # a request's gaps are resampled together: the cluster bootstrap and the cluster-robust
+    # asymptotic interval agree, and both are wider than treating gaps as independent
+    for key in (("itl", "p50"), ("itl", "mean")):
+        wb = res[key]["ci"][1] - res[key]["ci"][0]
+        wa = asym[key]["ci"][1] - asym[key]["ci"][0]
+        assert wa == pytest.approx(wb, rel=0.35), key
+    n_gaps = res[("itl", "mean")]["n_a"]
+    with ResultsStore(db, read_only=True) as st:
+        gaps = st.con.execute("SELECT gap_s FROM (SELECT t_s - lag(t_s) OVER (PARTITION BY request_id ORDER BY seq)"
+                              " AS gap_s FROM chunks WHERE run_id = ?) WHERE gap_s IS NOT NULL", [a]).fetchnumpy()
+    assert len(gaps["gap_s"]) == n_gaps
+    naive = 2 * 1.96 * float(np.std(gaps["gap_s"])) / np.sqrt(n_gaps) * 1000 * np.sqrt(2)
+    assert res[("itl", "mean")]["ci"][1] - res[("itl", "mean")]["ci"][0] > 1.3 * naive

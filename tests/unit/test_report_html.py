@@ -234,6 +234,24 @@ def test_sweep_from_analysis_sweep_is_starred_where_the_sweep_says(tmp_path):
     assert star["y"][0] == pytest.approx(res.attainment_at_max * 100)
 
 
+def test_report_does_not_star_a_sweep_step_the_server_never_kept_up_with(tmp_path):
+    """256 req/s offered to a queue serving 80 req/s: every request meets the loose SLO, but
+    the step finished far slower than offered; the report, like the sweep, does not count it."""
+    from burstbench.analysis.slo import parse_slo
+    from burstbench.analysis.sweep import QueueDriver, sweep_values
+
+    out = tmp_path / "sweep.duckdb"
+    res = sweep_values(QueueDriver(out, requests=629), out, [20.0, 256.0], slo=parse_slo("ttft=60s"), target=0.9)
+    assert [s.slo_attainment for s in res.steps] == [1.0, 1.0] and res.max_goodput_rate == 20.0
+    build_report(out, tmp_path / "r.html", slo="ttft=60s")
+    html = (tmp_path / "r.html").read_text()
+    fig = figures_of(html)[titles_of(html).index("SLO attainment against offered rate")]
+    (star,) = [t for t in fig["data"] if t.get("marker", {}).get("symbol") == "star"]
+    assert star["x"] == [20.0]
+    assert html.count('class="badge fail">SHORT<') == 1
+    assert "step 256 req/s: the server finished requests at" in html and "--duration" in html
+
+
 @pytest.mark.parametrize(("xs", "axis"), [([1.0, 10.0, 1000.0], "log"), ([100.0, 150.0, 200.0], "linear")])
 def test_cdf_threshold_label_lands_on_the_line(xs, axis):
     from burstbench.reports.figures import cdf

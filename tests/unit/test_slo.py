@@ -24,8 +24,12 @@ from burstbench.store import ResultsStore
 def test_parse_slo_units_and_names() -> None:
     assert parse_slo("ttft=500ms,tpot=50ms,e2el=10s") == {"ttft": 0.5, "tpot": 0.05, "e2el": 10.0}
     assert parse_slo(" ttft = 250000us , e2el<=1.5min ") == {"ttft": 0.25, "e2el": 90.0}
-    assert parse_slo("ttfvt=1s,itl=20ms,schedule_lag=5ms,e2el_from_schedule=3s") == {
-        "ttfvt": 1.0, "itl": 0.02, "schedule_lag": 0.005, "e2el_from_schedule": 3.0}
+    assert parse_slo("ttfvt=1s,itl_request_mean=20ms,schedule_lag=5ms,e2el_from_schedule=3s") == {
+        "ttfvt": 1.0, "itl_request_mean": 0.02, "schedule_lag": 0.005, "e2el_from_schedule": 3.0}
+    # ITL pools chunk gaps: no request has one to judge, and the message names what to use
+    for name in ("itl", "itl_chunk"):
+        with pytest.raises(UsageError, match=r"bound tpot .*AIPerf and GuideLLM call ITL.* or itl_request_mean"):
+            parse_slo(f"{name}=20ms")
     assert parse_slo("latency=2s") == {"e2el": 2.0}
     assert parse_slo(format_slo({"ttft": 0.5, "tpot": 0.05})) == {"ttft": 0.5, "tpot": 0.05}
 
@@ -90,9 +94,9 @@ def test_goodput_semantics_of_missing_values(tmp_path: Path) -> None:
     assert g["per_metric_attainment"]["tpot"] == pytest.approx(1 / 3)
     g = summarize(db, rid, slo="ttfvt=1s,ttft=1s")["goodput"]
     assert g["per_metric_attainment"] == {"ttfvt": pytest.approx(2 / 3), "ttft": pytest.approx(1.0)}
-    g = summarize(db, rid, slo="itl=400ms")["goodput"]
-    # the single-chunk request has no ITL and cannot be shown to meet it
-    assert g["per_metric_attainment"]["itl"] == pytest.approx(1 / 3)
+    g = summarize(db, rid, slo="itl_request_mean=400ms")["goodput"]
+    # the single-chunk request has no chunk gap and cannot be shown to meet it
+    assert g["per_metric_attainment"]["itl_request_mean"] == pytest.approx(1 / 3)
     assert g["slo_attainment_ci95"][0] < 1 / 3 < g["slo_attainment_ci95"][1]
 
 
