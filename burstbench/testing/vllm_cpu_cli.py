@@ -80,7 +80,8 @@ def build_model_cmd(env: str | None, model: str | None, layers: int, hidden: int
 @click.option("--port", default=0, help="Port on 127.0.0.1 [a free one].")
 @click.option("--kv-cache-gib", default=1.0, show_default=True, help="VLLM_CPU_KVCACHE_SPACE.")
 @click.option("--max-model-len", default=4096, show_default=True)
-@click.option("--threads-bind", default="all", show_default=True, help="VLLM_CPU_OMP_THREADS_BIND.")
+@click.option("--threads-bind", default="nobind", show_default=True,
+              help="VLLM_CPU_OMP_THREADS_BIND: nobind (the OS schedules; for shared machines), auto, or CPU ids such as 0-1.")
 @click.option("--ready-timeout", default=300.0, show_default=True, help="Seconds to wait for /health.")
 @click.option("--log", "log_path", default=None, type=click.Path(dir_okay=False), help="Server log file.")
 def serve_cmd(env: str | None, model: str | None, port: int, kv_cache_gib: float, max_model_len: int,

@@ -91,9 +91,10 @@ def build(out: Path, words: list[str], *, layers: int, hidden: int, seed: int) -
     probe = " ".join(words[:50])
     plain = len(hf_tok(probe, add_special_tokens=False)["input_ids"])
     with_special = len(hf_tok(probe)["input_ids"])
-    chat = hf_tok.apply_chat_template([{"role": "user", "content": probe}],
-                                      add_generation_prompt=True, tokenize=True)
-    chat_ids = chat["input_ids"] if isinstance(chat, dict) else chat
+    chat_ids = hf_tok.apply_chat_template([{"role": "user", "content": probe}], add_generation_prompt=True,
+                                          tokenize=True, return_dict=True)["input_ids"]
+    if not (with_special > plain and len(chat_ids) > with_special):
+        raise SystemExit(f"tokenizer build: BOS or chat template missing ({plain}, {with_special}, {len(chat_ids)})")
     facts = {
         "completions_special_tokens": with_special - plain,
         "chat_overhead_tokens": len(chat_ids) - plain,
