@@ -1,8 +1,8 @@
 """Ctrl-C and ``kill -9`` in the middle of a run against the real vLLM keep what was measured.
 
 The server's side of the truth is vLLM's own ``vllm:request_success_total``: every
-request vLLM finished for this run must be an ``ok`` row (after Ctrl-C, which
-commits at the end), or at least those it finished well before a ``kill -9``
+request vLLM finished for this run must be a row, ``ok`` unless the client gave
+up on it in the same instant (after Ctrl-C, which commits at the end), or at least those it finished well before a ``kill -9``
 (the recorder commits every half second; a killed process commits nothing more).
 """
 
@@ -20,15 +20,17 @@ from conftest import scrape
 
 
 def _trace(path: Path, n: int) -> Path:
-    # 10 requests/s of 300-token prompts and 200-token answers: several in flight at any time
-    path.write_text("".join(json.dumps({"timestamp": 100 * i, "input_length": 300, "output_length": 200})
+    # 4 requests/s of 100-token prompts and 24-token answers, at most 4 in flight (the rest wait in
+    # the client): always something in flight, and the server, however loaded the machine, keeps
+    # finishing requests instead of slowing all of them down together
+    path.write_text("".join(json.dumps({"timestamp": 250 * i, "input_length": 100, "output_length": 24})
                             + "\n" for i in range(n)))
     return path
 
 
 def _start(url: str, trace: Path, out: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "burstbench", "run", "--url", url, "--trace", str(trace),
-                             "-o", str(out), "--quiet", *extra],
+                             "-o", str(out), "--quiet", "--max-concurrency", "4", *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -44,7 +46,7 @@ def _rows(out: Path, sql: str) -> list[tuple]:
         con.close()
 
 
-def _wait_for(cond, what: str, proc: subprocess.Popen, limit_s: float = 120.0) -> None:
+def _wait_for(cond, what: str, proc: subprocess.Popen, limit_s: float = 240.0) -> None:
     deadline = time.monotonic() + limit_s
     while not cond():
         assert proc.poll() is None, f"run ended before {what}: {proc.stderr.read() if proc.stderr else ''}"
@@ -58,6 +60,7 @@ def test_ctrl_c_mid_run_keeps_every_finished_request(vllm_server, tmp_path):
     proc = _start(vllm_server.url, _trace(tmp_path / "t.jsonl", 300), out, "--grace", "0.5")
     try:
         _wait_for(lambda: _successes(vllm_server.url, base) >= 5, "5 requests finished", proc)
+        finished_before = _successes(vllm_server.url, base)
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=60)
     finally:
@@ -69,9 +72,11 @@ def test_ctrl_c_mid_run_keeps_every_finished_request(vllm_server, tmp_path):
     status, reason = _rows(out, "SELECT status, end_reason FROM runs")[0]
     assert status == "aborted" and "SIGINT" in reason
     by_status = dict(_rows(out, "SELECT status, count(*) FROM requests GROUP BY 1"))
-    assert by_status.get("ok", 0) == done_by_vllm >= 5
-    assert by_status.get("cancelled", 0) >= 1  # in flight when the grace ran out
-    assert sum(by_status.values()) < 300
+    ok, cancelled = by_status.get("ok", 0), by_status.get("cancelled", 0)
+    assert cancelled >= 1  # in flight when the grace ran out
+    # every request vLLM finished is an ok row; one it finished as the client gave up may be cancelled
+    assert finished_before <= ok <= done_by_vllm <= ok + cancelled
+    assert set(by_status) <= {"ok", "cancelled"} and sum(by_status.values()) < 300
     (chunks, counted) = _rows(out, "SELECT (SELECT count(*) FROM chunks), sum(chunk_count) FROM requests")[0]
     assert chunks == counted > 0
 
