@@ -250,8 +250,11 @@ def build_model(model: str | Path | None = None, env: str | Path | None = None, 
     if why:
         raise UsageError(why)
     out = model_dir(model, env)
+    from burstbench.testing.vllm_model import BUILDER
+
     facts = model_facts(out)
-    if facts and not force and facts.get("layers") == layers and facts.get("hidden_size") == hidden:
+    same = facts and (facts.get("layers"), facts.get("hidden_size"), facts.get("builder")) == (layers, hidden, BUILDER)
+    if same and not force:
         _log(f"model already built at {out}")
         return facts
     script = Path(__file__).with_name("vllm_model.py")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import signal
 import sys
-import threading
+import time
 
 import click
 
@@ -94,7 +94,7 @@ def serve_cmd(env: str | None, model: str | None, port: int, kv_cache_gib: float
     """
     from pathlib import Path
 
-    from burstbench.errors import UsageError
+    from burstbench.errors import BackendError, UsageError
     from burstbench.testing.vllm_cpu import VllmServer, env_dir, model_dir
 
     if not 0 <= port <= 65535:
@@ -104,21 +104,28 @@ def serve_cmd(env: str | None, model: str | None, port: int, kv_cache_gib: float
     srv = VllmServer(env=env_dir(env), model=model_dir(model, env), port=port, kv_cache_gib=kv_cache_gib,
                      max_model_len=max_model_len, threads_bind=threads_bind,
                      log_path=Path(log_path) if log_path else None)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    srv.start(ready_timeout_s=ready_timeout)
+
+    def _term(*_: object) -> None:
+        raise KeyboardInterrupt  # SIGTERM stops it like Ctrl-C, also during the readiness wait
+
+    signal.signal(signal.SIGTERM, _term)
+    exited: int | None = None
     try:
+        srv.start(ready_timeout_s=ready_timeout)
         click.echo(f"vllm-cpu: ready in {srv.started_s:.0f}s; log: {srv.log_path}; Ctrl-C stops it", err=True)
         click.echo(srv.url)
         sys.stdout.flush()
-        while not stop.is_set() and srv.proc is not None and srv.proc.poll() is None:
-            stop.wait(1.0)
+        assert srv.proc is not None
+        while (exited := srv.proc.poll()) is None:
+            time.sleep(1.0)
+        tail = srv.log_tail()
     except KeyboardInterrupt:
-        pass
+        tail = ""
     finally:
         srv.stop()
-    if not stop.is_set() and srv.proc is None:
-        click.echo("vllm-cpu: server stopped", err=True)
+    if exited is not None:
+        raise BackendError(f"vllm serve exited with {exited}: {tail}")
+    click.echo("vllm-cpu: stopped (and every process it started)", err=True)
 
 
 @vllm_cpu.command("status")

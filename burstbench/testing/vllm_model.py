@@ -35,6 +35,7 @@ CHAT_TEMPLATE = (
     "{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
 )
 FACTS = "burstbench-model.json"
+BUILDER = 1  # raise when what is built changes, so `build-model` rebuilds an older model
 
 
 def train_tokenizer(words: list[str]):
@@ -100,7 +101,7 @@ def build(out: Path, words: list[str], *, layers: int, hidden: int, seed: int) -
         "chat_overhead_tokens": len(chat_ids) - plain,
         "vocab_size": raw.get_vocab_size(),
         "layers": layers, "hidden_size": hidden, "seed": seed,
-        "words_single_token": True,
+        "words_single_token": True, "builder": BUILDER,
     }
     (out / FACTS).write_text(json.dumps(facts, indent=1) + "\n")
     return facts
