@@ -271,6 +271,21 @@ def build_model(model: str | Path | None = None, env: str | Path | None = None, 
     return facts
 
 
+def scrape_metrics(url: str, timeout_s: float = 10.0) -> dict[str, float]:
+    """vLLM's own ``/metrics`` now: each ``vllm:`` series summed over its label sets.
+
+    Counters read before and after a run give what the server itself counted for
+    it (requests, tokens, prefix-cache hits, latency histogram sums)."""
+    from burstbench.loadgen.telemetry import metrics_url, parse_prometheus
+
+    with urllib.request.urlopen(metrics_url(url), timeout=timeout_s) as r:
+        text = r.read().decode("utf-8", "replace")
+    out: dict[str, float] = {}
+    for name, value, _labels in parse_prometheus(text):
+        out[name] = out.get(name, 0.0) + value
+    return out
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

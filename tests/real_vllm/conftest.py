@@ -12,14 +12,12 @@ them at a ``burstbench vllm-cpu serve`` already running instead.
 from __future__ import annotations
 
 import os
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 import pytest
 
-from burstbench.loadgen.telemetry import parse_prometheus
 from burstbench.testing.vllm_cpu import VllmServer, check_env, env_dir, model_dir, model_facts
 
 
@@ -60,13 +58,3 @@ def facts() -> dict:
     f = model_facts()
     assert f is not None
     return f
-
-
-def scrape(url: str) -> dict[str, float]:
-    """vLLM's own ``/metrics``: each ``vllm:`` series summed over its label sets."""
-    with urllib.request.urlopen(url + "/metrics", timeout=10) as r:
-        text = r.read().decode()
-    out: dict[str, float] = {}
-    for name, value, _labels in parse_prometheus(text):
-        out[name] = out.get(name, 0.0) + value
-    return out

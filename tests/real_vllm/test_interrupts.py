@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 
 import duckdb
-from conftest import scrape
+
+from burstbench.testing.vllm_cpu import scrape_metrics as scrape
 
 
 def _trace(path: Path, n: int) -> Path:

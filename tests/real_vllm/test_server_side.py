@@ -17,9 +17,9 @@ import sys
 import time
 
 import duckdb
-from conftest import scrape
 
 from burstbench.testing.vllm_cpu import BLOCK_SIZE
+from burstbench.testing.vllm_cpu import scrape_metrics as scrape
 
 
 def bb(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
