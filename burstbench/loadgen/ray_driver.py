@@ -452,7 +452,7 @@ def execute_ray(trace: Trace, scenario: Scenario, out: str | Path, *, address: s
     if backend_factory is None:
         preflight(sc.url)
         sc = with_served_model(sc)
-    factory = backend_factory or BackendFactory(sc)
+    factory = backend_factory or BackendFactory.for_trace(sc, trace)
     control = control or RunControl()
     opts = {"grace_s": sc.grace_s, "ignore_eos": sc.ignore_eos, "flush_interval_s": 0.2}
     # The key travels as an actor constructor argument (never in runtime_env, which Ray

@@ -53,10 +53,18 @@ class BackendFactory:
     """Builds the scenario's backend inside a worker (picklable for worker processes).
 
     Only the constructor arguments the backend class accepts are passed, so a
-    third-party backend with a smaller signature works too.
+    third-party backend with a smaller signature works too. ``block_size`` is the
+    trace's prefix-hash block in tokens (Mooncake 512, Bailian 16): prompts sharing
+    k leading hashes must share exactly k blocks of that many tokens.
     """
 
     scenario: Scenario
+    block_size: int | None = None
+
+    @classmethod
+    def for_trace(cls, scenario: Scenario, trace: Trace) -> BackendFactory:
+        size = trace.meta.get("block_size")
+        return cls(scenario, block_size=int(size) if isinstance(size, int) and size > 0 else None)
 
     def __call__(self) -> Any:
         sc = self.scenario
@@ -64,10 +72,12 @@ class BackendFactory:
         wanted: dict[str, Any] = {
             "base_url": sc.url, "url": sc.url, "api": sc.api, "model": sc.model,
             "timeout_s": sc.timeout_s, "stall_timeout_s": sc.stall_timeout_s,
-            "ignore_eos": sc.ignore_eos, "prompt_seed": sc.seed,
+            "ignore_eos": sc.ignore_eos, "prompt_seed": sc.seed, "tokenizer_json": sc.tokenizer,
         }
         if sc.api_key_env:
             wanted["api_key_env"] = sc.api_key_env
+        if self.block_size:
+            wanted["block_size"] = self.block_size
         params = inspect.signature(cls).parameters
         kwargs = {k: v for k, v in wanted.items() if k in params}
         return cls(**kwargs)
@@ -200,7 +210,7 @@ def execute(trace: Trace, scenario: Scenario, out: str | Path, *, label: str | N
     if backend_factory is None:
         preflight(sc.url)
         sc = with_served_model(sc)
-    factory = backend_factory or BackendFactory(sc)
+    factory = backend_factory or BackendFactory.for_trace(sc, trace)
     control = control or RunControl()
     opts = {"grace_s": sc.grace_s, "ignore_eos": sc.ignore_eos, "flush_interval_s": 0.2}
     if worker_process is None:

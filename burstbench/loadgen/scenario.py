@@ -67,6 +67,7 @@ class Scenario:
     server_spans_grpc: str | None = None  # HOST:PORT to also accept OTLP/gRPC spans (vLLM's default)
     spans_grace_s: float = 10.0  # wait this long after the run for spans still in flight
     otlp_endpoint: str | None = None  # a collector URL that gets the client's own spans
+    tokenizer: str | None = None
 
     def validate(self, *, source: str = "scenario") -> Scenario:
         """Check every field; raise UsageError naming the field and what to do."""
@@ -113,6 +114,10 @@ class Scenario:
         if self.otlp_endpoint is not None and not self.otlp_endpoint.startswith(("http://", "https://")):
             raise bad("otlp_endpoint", f"must be an http:// or https:// collector URL, e.g. "
                       f"http://127.0.0.1:4318 (got {self.otlp_endpoint!r})")
+        if self.tokenizer is not None:
+            from burstbench.backends.prompts import load_tokenizer
+
+            load_tokenizer(self.tokenizer)  # here, so a bad one is one line before any run row
         if self.duration_s is not None and self.warmup_s + self.cooldown_s >= self.duration_s:
             raise bad(
                 "warmup_s",
