@@ -175,11 +175,12 @@ def test_credentials_never_reach_results_logs_or_reports(tmp_path):
         r = bb("run", "--url", keyed, "--trace", str(trace), "-o", str(out), "--api-key-env", "BB_TEST_KEY",
                "--json", "--label", "url-keys", env=env)
         logs["run-url"] = r.stdout + r.stderr
-        # 3. a wrong key: 401s recorded as failures, the wrong key recorded nowhere either
+        # 3. a wrong key: refused before the run starts (exit non-zero), recorded nowhere
         wrong = KEY[::-1]
         r = bb("run", "--url", url, "--trace", str(trace), "-o", str(out), "--api-key-env", "BB_TEST_KEY",
                "--json", "--label", "wrong-key", env={**ENV, "BB_TEST_KEY": wrong})
         logs["run-wrong"] = r.stdout + r.stderr
+        assert r.returncode != 0
         server.send_signal(signal.SIGINT)
         srv_out, srv_err = server.communicate(timeout=10)
         logs["serve"] = srv_out + srv_err
@@ -191,11 +192,11 @@ def test_credentials_never_reach_results_logs_or_reports(tmp_path):
     assert r.returncode == 0, r.stderr
     r = bb("analyze", str(out), "--sql", "SELECT endpoint, scenario, notes, end_reason FROM runs")
     logs["analyze-sql"] = r.stdout + r.stderr
-    # the wrong key was refused up front (the backend checks it before sending), naming the
-    # variable, not its value; the run row says aborted
+    # the wrong key was refused up front (asking /v1/models, before any run row exists),
+    # naming the variable, not its value; nothing of that run was recorded
     assert "BB_TEST_KEY" in logs["run-wrong"] and "401" in logs["run-wrong"]
     runs = {r[0]: r[1] for r in run_sql(out, "SELECT label, status FROM runs")["rows"]}
-    assert runs["good"] == "done" and runs["wrong-key"] == "aborted"
+    assert runs["good"] == "done" and "wrong-key" not in runs
     n_url = run_sql(out, "SELECT count(*) FROM requests JOIN runs USING (run_id) WHERE label = 'url-keys'")
     assert n_url["rows"] == [[8]], "the URL-key run recorded its requests (ok or failed)"
     files = _artefacts(tmp_path)
