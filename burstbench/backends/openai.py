@@ -28,7 +28,10 @@ Timing definitions (DESIGN section 4), all on the injected clock:
   ``first_visible_s``: first chunk with non-reasoning content (TTFVT);
   ``last_token_s``: last token-carrying chunk (E2EL); ``end_s``: response closed.
 * ``chunk_tokens``: tokens in the chunk from per-chunk usage deltas when the server
-  sends them (vLLM ``continuous_usage_stats``), else -1 (unknown);
+  sends them (vLLM ``continuous_usage_stats``, asked for when ``/v1/models`` says the
+  models are ``owned_by: vllm``: vLLM streams several tokens per chunk under load,
+  and only then is the per-token ITL known; other APIs may reject the option), else
+  -1 (unknown);
   ``output_tokens_counted`` is their sum, or one per chunk when unknown.
 * Non-streaming: the whole body is one chunk at the time it was read.
 
@@ -250,6 +253,7 @@ class OpenAIBackend:
         self._headers: dict[str, str] = {}
         self._secret: str | None = None
         self.arrival_timestamps = False  # set by start(): chunk times from the socket callback
+        self.continuous_usage = False  # set by start(): the endpoint is vLLM, ask per-chunk usage
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -315,7 +319,10 @@ class OpenAIBackend:
                 status = r.status
                 if status == 200:
                     data = (await r.json(content_type=None)).get("data") or []
-                    return [str(m["id"]) for m in data if isinstance(m, dict) and m.get("id")]
+                    models = [m for m in data if isinstance(m, dict) and m.get("id")]
+                    self.continuous_usage = bool(models) and all(
+                        m.get("owned_by") == "vllm" for m in models)
+                    return [str(m["id"]) for m in models]
         except (aiohttp.ClientError, TimeoutError, ValueError, AttributeError, TypeError):
             return None
         if status in (401, 403):
@@ -377,6 +384,8 @@ class OpenAIBackend:
         if self.stream:
             body["stream"] = True
             body["stream_options"] = {"include_usage": True}
+            if self.continuous_usage:
+                body["stream_options"]["continuous_usage_stats"] = True
         if self.extra_body:
             body.update(self.extra_body)
         return body

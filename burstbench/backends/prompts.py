@@ -220,19 +220,33 @@ def _content_text(content: Any) -> str:
     return "" if content is None else str(content)
 
 
+def tokenizer_file(path: str | Path) -> Path:
+    """The ``tokenizer.json`` that ``path`` names: the file itself, or the one in a model folder.
+
+    A served model's folder is what users have at hand (vLLM's ``--tokenizer`` takes
+    one too), so both are accepted; anything else is an error naming the path."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        p = p / "tokenizer.json"
+        if not p.is_file():
+            raise InputError("this folder has no tokenizer.json; give the tokenizer.json file or the "
+                             "folder of a model saved with a fast (tokenizers) tokenizer", path=path)
+    elif not p.is_file():
+        raise InputError("file not found; give the path of a local tokenizer.json or its folder", path=p)
+    return p
+
+
 def load_tokenizer(path: str | Path):
-    """A ``tokenizers.Tokenizer`` from a local ``tokenizer.json``; clear errors otherwise."""
+    """A ``tokenizers.Tokenizer`` from a local ``tokenizer.json`` or its folder; clear errors otherwise."""
+    p = tokenizer_file(path)
     try:
         from tokenizers import Tokenizer
     except ImportError as e:
         raise UsageError(
-            "a tokenizer.json was given but the 'tokenizers' package is not installed; "
+            "a tokenizer was given but the 'tokenizers' package is not installed; "
             "run `pip install tokenizers` or drop the tokenizer option "
             "(prompts then use the tokenizer-free word scheme)"
         ) from e
-    p = Path(path)
-    if not p.is_file():
-        raise InputError("file not found; give the path of a local tokenizer.json", path=p)
     try:
         return Tokenizer.from_file(str(p))
     except Exception as e:  # tokenizers raises its own Exception type

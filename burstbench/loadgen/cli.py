@@ -35,6 +35,9 @@ from burstbench.output import emit_json
 @click.option("--no-ignore-eos", is_flag=True, default=False, help="Let the server stop at EOS.")
 @click.option("--no-scrape", is_flag=True, default=False, help="Do not scrape the server's /metrics.")
 @click.option("--seed", type=int, default=None, help="Seed of the Poisson schedule [0].")
+@click.option("--tokenizer", default=None, type=click.Path(),
+              help="The served model's tokenizer.json (or its folder): prompts then have exactly "
+                   "the asked length as it counts (needs the 'tokenizers' package).")
 @click.option("--label", default=None, help="A name for this run in the results file.")
 @click.option("--ray", "ray_address", default=None, metavar="ADDRESS|auto",
               help="Spread the load over Ray actors of this cluster (extra [distributed]).")
@@ -71,7 +74,7 @@ def run(trace_path: str, out: str, scenario_file: str | None, as_json: bool, qui
         "think_time_s": flags["think_time"], "duration_s": flags["duration"], "max_requests": flags["max_requests"],
         "warmup_s": flags["warmup"], "cooldown_s": flags["cooldown"], "time_scale": flags["time_scale"],
         "workers": flags["workers"], "timeout_s": flags["timeout"], "grace_s": flags["grace"],
-        "api_key_env": flags["api_key_env"], "seed": flags["seed"],
+        "api_key_env": flags["api_key_env"], "seed": flags["seed"], "tokenizer": flags["tokenizer"],
         "ignore_eos": False if no_ignore_eos else None, "scrape_metrics": False if no_scrape else None,
     }
     scenario = build_scenario(scenario_file, **overrides)

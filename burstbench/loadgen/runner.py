@@ -61,7 +61,7 @@ class BackendFactory:
         wanted: dict[str, Any] = {
             "base_url": sc.url, "url": sc.url, "api": sc.api, "model": sc.model,
             "timeout_s": sc.timeout_s, "stall_timeout_s": sc.stall_timeout_s,
-            "ignore_eos": sc.ignore_eos, "prompt_seed": sc.seed,
+            "ignore_eos": sc.ignore_eos, "prompt_seed": sc.seed, "tokenizer_json": sc.tokenizer,
         }
         if sc.api_key_env:
             wanted["api_key_env"] = sc.api_key_env

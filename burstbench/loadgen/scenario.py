@@ -61,6 +61,7 @@ class Scenario:
     scrape_interval_s: float = 1.0
     seed: int = 0
     time_scale: float = 1.0
+    tokenizer: str | None = None
 
     def validate(self, *, source: str = "scenario") -> Scenario:
         """Check every field; raise UsageError naming the field and what to do."""
@@ -96,6 +97,10 @@ class Scenario:
                 raise bad(name, f"must be a positive number of seconds (got {value!r})")
         if not (self.time_scale > 0 and math.isfinite(self.time_scale)):
             raise bad("time_scale", f"must be a positive replay speed, e.g. 2 for twice as fast (got {self.time_scale!r})")
+        if self.tokenizer is not None:
+            from burstbench.backends.prompts import load_tokenizer
+
+            load_tokenizer(self.tokenizer)  # here, so a bad one is one line before any run row
         if self.duration_s is not None and self.warmup_s + self.cooldown_s >= self.duration_s:
             raise bad(
                 "warmup_s",

@@ -133,6 +133,7 @@ class StreamServer:
         host: str = "127.0.0.1",
         port: int = 0,
         model: str = "burstbench-test",
+        owned_by: str = "bb",
         record: bool = True,
         max_records: int = 1_000_000,
         **overrides: Any,
@@ -142,6 +143,7 @@ class StreamServer:
         self.host = host
         self.port = port
         self.model = model
+        self.owned_by = owned_by  # /v1/models' owner; "vllm" makes clients treat it as vLLM
         self.record = record
         self.max_records = max_records
         self.records: list[ServerRecord] = []
@@ -226,7 +228,7 @@ class StreamServer:
 
     async def _models(self, request: web.Request) -> web.Response:
         return web.json_response(
-            {"object": "list", "data": [{"id": self.model, "object": "model", "owned_by": "bb"}]}
+            {"object": "list", "data": [{"id": self.model, "object": "model", "owned_by": self.owned_by}]}
         )
 
     async def _metrics(self, request: web.Request) -> web.Response:
