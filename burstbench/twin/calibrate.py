@@ -77,6 +77,7 @@ from burstbench.twin.vsim import Latencies, Sched, Workload, colocated
 QUANTILES = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 METRICS = ("ttft", "tpot", "e2el")
 JAC_STEP = 0.1
+START_MARGIN = 2 * JAC_STEP  # a start this far inside the bounds (log space): see _Fitter.inside
 # TTFT counts half: a live endpoint's first chunk also carries its HTTP/event-loop delay,
 # which grows with load, and at full weight the fit blames it on prefill FLOP/s. Chosen on
 # 10 fit/holdout pairs against burstbench serve at --time-scale 3; re-checked on 10 pairs
@@ -326,11 +327,26 @@ class _Fitter:
         from scipy.optimize import minimize
 
         lo, hi = self.lo, self.hi
-        simplex = np.vstack([theta, *[np.clip(theta + np.eye(ENGINE)[i] * 0.05, lo, hi) for i in range(ENGINE)]])
+        # each vertex steps into the box: a step clipped back onto a bound would repeat
+        # the start, and the simplex would never move in that coordinate
+        step = np.where(theta + 0.05 <= hi, 0.05, -0.05)
+        simplex = np.vstack([theta, *[np.clip(theta + np.eye(ENGINE)[i] * step, lo, hi) for i in range(ENGINE)]])
         nm = minimize(lambda t: self.loss(t, sched), theta, method="Nelder-Mead",
                       options={"initial_simplex": simplex, "maxfev": maxfev, "xatol": 1e-3, "fatol": 1e-7})
         best = np.clip(nm.x, lo, hi)
         return best if self.loss(best, sched) < self.loss(theta, sched) else theta
+
+    def inside(self, theta: np.ndarray) -> np.ndarray:
+        """``theta`` moved at least ``START_MARGIN`` inside the bounds.
+
+        The preset start (scale 1) sits *on* the upper bound of an efficiency whenever the
+        profile's curve reaches 1.0, as every ``burstbench profile`` of a CPU does (its
+        peak is the best it measured). From a bound the trust region's scaling (distance
+        to the bound) shrinks every step to nothing: the fit stopped at its start on
+        ``ftol`` while the loss was still 400x the optimum's (issue 12), and the simplex
+        polish, whose vertices were clipped back onto the bound, never moved either."""
+        m = np.minimum(START_MARGIN, (self.hi - self.lo) / 4)
+        return np.clip(theta, self.lo + m, self.hi - m)
 
     def fit(self, sched: Sched, max_evals: int, x0: np.ndarray | None = None) -> tuple[np.ndarray, Any]:
         """Least squares then a polish; returns the best point seen and the optimiser's
@@ -349,7 +365,7 @@ class _Fitter:
             return r
 
         # plain least squares: from a start 2x off every residual is large
-        res = least_squares(fun, np.zeros(ENGINE) if x0 is None else np.clip(x0, lo, hi), jac=self._jac(fun),
+        res = least_squares(fun, self.inside(np.zeros(ENGINE) if x0 is None else x0), jac=self._jac(fun),
                             bounds=(lo, hi), method="trf", max_nfev=max(2, (max_evals * 2 // 3) // (1 + ENGINE)),
                             xtol=1e-5, ftol=1e-6)
         theta = res.x
