@@ -154,7 +154,7 @@ def calibrate(results: str, run_ids: tuple[str, ...], model: str, hardware: str,
     for part, e in parts:
         if not e:
             continue
-        result_con.print(f"{part} run {e['run_id']} ({e['requests']} requests): twin vs measured")
+        result_con.print(f"{part} run {e['run_id']} ({e['requests']} requests): measured vs twin")
         for metric, qs in e["percentiles"].items():
             result_con.print("  " + f"{metric:8s} " + "  ".join(
                 f"{q} {_ms(v['measured'])} vs {_ms(v['twin'])} ({_pct(v['rel_err'])})" for q, v in qs.items()))

@@ -58,7 +58,45 @@ def test_a_twin_started_far_away_reaches_the_optimum(far_runs):
     unc = cal.spec.uncertainty
     assert unc["flops_efficiency_scale"]["value"] == pytest.approx(FLOPS, rel=0.05)
     assert unc["overhead_scale"]["value"] == pytest.approx(OVERHEAD, rel=0.05)
-    assert unc["frontend_latency_s"]["value"] < 0.01
+    # no frontend in the truth: what the fit leaves there is a few % of the TTFT it trades with
+    ttft_p50_s = cal.spec.errors["fit"]["percentiles"]["ttft_ms"]["p50"]["measured"] / 1000
+    assert unc["frontend_latency_s"]["value"] < 0.03 * ttft_p50_s
+    assert unc["seq_overhead_s"]["value"] == 0.0  # none in the truth, none kept
     for metric, qs in cal.spec.errors["holdout"]["percentiles"].items():
         assert abs(qs["p50"]["rel_err"]) <= 0.05, (metric, qs)
         assert abs(qs["p90"]["rel_err"]) <= 0.05, (metric, qs)
+
+
+def test_a_per_sequence_cost_is_recovered(tmp_path):
+    """An engine whose step grows with its batch (a CPU engine's per-sequence work) is fitted
+    by the per-sequence term, not by a wrong step overhead traded against FLOP/s."""
+    base = load_hardware(HW)
+    seq = 8 * base.step_overhead_s  # 10.4 ms per sequence per step, ~the real CPU engine's scale
+    hidden = apply_overrides(base, {"flops_efficiency_scale": FLOPS, "seq_overhead_s": seq,
+                                    "step_overhead_s": 5 * base.step_overhead_s,
+                                    "layer_overhead_s": 5 * base.layer_overhead_s})
+    out = tmp_path / "runs.duckdb"
+    ids = [simulate(_trace(80, rate, seed), model=MODEL, hardware=hidden, out=out, label=label,
+                    enable_prefix_caching=False, record_chunks=False).run_id
+           for label, rate, seed in (("low", 0.3, 1), ("high", 0.8, 2), ("between", 0.5, 3))]
+    cal = calibrate(out, ids[:2], model=MODEL, hardware=HW, holdout=ids[2])
+    unc = cal.spec.uncertainty
+    assert cal.spec.provenance["seq_overhead_test"]["kept"]
+    # recovered to ~15% (it trades with the bandwidth scale and the frontend along a rough
+    # valley the search does not fully descend: see the report of issue 12)
+    assert unc["seq_overhead_s"]["value"] == pytest.approx(seq, rel=0.25)
+    assert unc["overhead_scale"]["value"] == pytest.approx(5, rel=0.25)
+    assert cal.spec.overrides["seq_overhead_s"] == unc["seq_overhead_s"]["value"]
+    p = cal.spec.errors["holdout"]["percentiles"]
+    assert abs(p["tpot_ms"]["p50"]["rel_err"]) <= 0.05 and abs(p["e2el_ms"]["p50"]["rel_err"]) <= 0.05, p
+    assert abs(p["ttft_ms"]["p50"]["rel_err"]) <= 0.15, p
+
+
+def test_no_per_sequence_term_where_the_engine_has_none(far_runs):
+    """The far-start engine has no per-sequence cost: the term must not be kept (it would
+    only bend to noise), and the twin file says so."""
+    out, (low, high, _) = far_runs
+    cal = calibrate(out, [low, high], model=MODEL, hardware=HW, max_evals=60)
+    test = cal.spec.provenance["seq_overhead_test"]
+    assert not test["kept"] and test["loss_without"] - test["loss_with"] <= test["margin"]
+    assert cal.spec.overrides["seq_overhead_s"] == 0.0
