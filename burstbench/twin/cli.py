@@ -81,7 +81,8 @@ def _sched_opts(max_num_seqs: int | None, max_num_batched_tokens: int | None) ->
 @click.option("--max-requests", type=int, default=2000, show_default=True,
               help="Fit on at most the first N completed requests (each evaluation replays them).")
 @click.option("--max-evals", type=int, default=150, show_default=True,
-              help="Simulation budget of the fit (least squares in two stages, then a Nelder-Mead polish).")
+              help="Simulation budget of each of the two fits (without, then with a per-sequence "
+                   "step cost): least squares, then a Nelder-Mead polish.")
 @click.option("-o", "--out", "out", required=True, type=click.Path(dir_okay=False), help="twin.yaml to write.")
 @click.option("--json", "as_json", is_flag=True, help="Print the twin (with errors) as one JSON object.")
 def calibrate(results: str, run_ids: tuple[str, ...], model: str, hardware: str, tp: int, replicas: int, max_num_seqs: str,
@@ -91,7 +92,8 @@ def calibrate(results: str, run_ids: tuple[str, ...], model: str, hardware: str,
 
     The run's own schedule (send times, prompt and output lengths) is replayed in
     virtual time and the cost model's free coefficients (bandwidth and FLOP/s
-    efficiency scales, per-step/per-layer overheads, a fixed frontend latency) are fitted
+    efficiency scales, per-step/per-layer overheads, a per-sequence step cost kept only
+    when the runs show one, a fixed frontend latency) are fitted
     so simulated TTFT, TPOT and E2EL quantiles match the measured ones. Scheduler
     limits given as 'auto' are chosen too, among the values the run allows (slower:
     each candidate is scored after a short re-fit). Fit on the busiest run you have and
