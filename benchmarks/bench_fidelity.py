@@ -112,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-num-seqs", type=int, default=128, help="the server's (vLLM CPU default 128)")
     ap.add_argument("--max-num-batched-tokens", type=int, default=2048, help="the server's (CPU default 2048)")
     ap.add_argument("--max-evals", type=int, default=150)
+    ap.add_argument("--no-mixes", dest="mixes", action="store_false",
+                    help="skip the two other length mixes (long answers take minutes on a loaded machine)")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--record-only", action="store_true", help="record the runs, fit later")
     a = ap.parse_args(argv)
@@ -130,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     plan = [("warmup", "mixed", a.fit_rates[1], 12), ("noise-a", "mixed", a.fit_rates[1], 11), ("noise-b", "mixed", a.fit_rates[1], 11),
             ("fit-low", "mixed", a.fit_rates[0], 1), ("fit-high", "mixed", a.fit_rates[1], 2),
             *[(f"hold-{r:g}", "mixed", r, 3 + i) for i, r in enumerate(a.holdout_rates)],
-            ("hold-long-prompt", "long-prompt", a.mix_rate, 9), ("hold-long-answer", "long-answer", a.mix_rate, 10)]
+            *([("hold-long-prompt", "long-prompt", a.mix_rate, 9), ("hold-long-answer", "long-answer", a.mix_rate, 10)]
+              if a.mixes else [])]
 
     def sweep(url: str) -> None:
         for label, mix, rate, seed in plan:
@@ -158,7 +161,15 @@ def main(argv: list[str] | None = None) -> int:
     table: dict[str, Any] = {"noise": noise(store, "noise-a", "noise-b"), "runs": {},
                              "load": {"start": load_start, "end": load_end},
                              "twin": {k: v["value"] for k, v in cal.spec.uncertainty.items()}}
+    from burstbench.errors import BurstbenchError
+    from burstbench.twin.calibrate import read_run
+
     for label, *_ in plan[3:]:
+        try:
+            read_run(store, label)
+        except BurstbenchError as exc:  # a sweep stopped early: say which runs are missing
+            print(f"skipped {label}: {exc}", file=sys.stderr)
+            continue
         table["runs"][label] = {
             "uncalibrated": predict(store, label, model, a.hardware, base_hw_overrides, sched),
             "twin": predict(store, label, model, a.hardware, cal.spec.overrides, sched, cal.spec.frontend_s),

@@ -68,7 +68,7 @@ def _sched_opts(max_num_seqs: int | None, max_num_batched_tokens: int | None) ->
                    "together (e.g. two rates).")
 @click.option("--probe", "probe_url", default=None,
               help="Measure this endpoint with a designed probe first (single requests over prompt lengths, "
-                   "batches of decodes, a mixed phase; ~100 requests, recorded into RESULTS) and fit to it "
+                   "batches of decodes, a mixed phase; ~150 requests, recorded into RESULTS) and fit to it "
                    "(with any --run given).")
 @click.option("--tokenizer", default=None,
               help="With --probe: the served model's tokenizer.json (or folder), so prompts have exact lengths.")
@@ -87,7 +87,7 @@ def _sched_opts(max_num_seqs: int | None, max_num_batched_tokens: int | None) ->
 @click.option("--max-requests", type=int, default=2000, show_default=True,
               help="Fit on at most the first N completed requests (each evaluation replays them).")
 @click.option("--max-evals", type=int, default=150, show_default=True,
-              help="Simulation budget of each of the two fits (without, then with a per-sequence "
+              help="Simulation budget of each of up to three fits (without, with, again without a per-sequence "
                    "step cost): least squares, then a Nelder-Mead polish.")
 @click.option("-o", "--out", "out", required=True, type=click.Path(dir_okay=False), help="twin.yaml to write.")
 @click.option("--json", "as_json", is_flag=True, help="Print the twin (with errors) as one JSON object.")
@@ -138,7 +138,7 @@ def calibrate(results: str, run_ids: tuple[str, ...], probe_url: str | None, tok
         from burstbench.backends.reference.models import load_model
         from burstbench.twin.probe import run_probe
 
-        _console().print(f"probing {probe_url} (about 100 requests in 5 closed-loop phases) into {results}")
+        _console().print(f"probing {probe_url} (about 150 requests in 5 closed-loop phases) into {results}")
         probed = run_probe(probe_url, results, tokenizer=tokenizer, max_context=load_model(model).max_context)
         # a phase named as --holdout is recorded but not fitted
         run_ids = (*run_ids, *[rid for label, rid in probed if label != holdout])

@@ -16,7 +16,7 @@ engine, whatever its speed):
 
 Each phase is a run in the results file with its label, so ``calibrate --run`` can fit
 them again (or only some) and ``report`` shows them. Sizes are fixed and small (about a
-hundred requests in all): the probe is bounded in requests, and each phase in time by
+hundred and fifty requests in all): the probe is bounded in requests, and each phase in time by
 the run's own timeout.
 """
 
@@ -31,7 +31,8 @@ from burstbench.traces.schema import Trace, conform
 
 PROMPTS = (16, 128, 512, 1024, 2048)
 BATCHES = (1, 4, 16)
-DECODE_PROMPT, DECODE_ANSWER = 32, 64
+DECODE_PROMPT, DECODE_ANSWER = 32, 32
+MIN_REQUESTS = 20  # what calibrate needs of every run it reads (read_run)
 MIXED_ANSWER = 32
 
 
@@ -45,9 +46,10 @@ def phases(max_context: int | None = None) -> list[tuple[str, Trace, int]]:
     """(label, trace, users) of every phase; prompts longer than ``max_context`` less the
     answer are left out (the server would refuse them)."""
     prompts = [p for p in PROMPTS if max_context is None or p + MIXED_ANSWER <= max_context]
-    out = [("probe-prefill", _trace([p for p in prompts for _ in range(2)], [2] * (2 * len(prompts))), 1)]
+    reps = -(-MIN_REQUESTS // len(prompts))
+    out = [("probe-prefill", _trace([p for p in prompts for _ in range(reps)], [2] * (reps * len(prompts))), 1)]
     for b in BATCHES:
-        n = 2 * b + 2  # two waves and a little: the batch is whole for most of the phase
+        n = max(MIN_REQUESTS, 3 * b)  # three waves at least: the batch is whole for most of the phase
         out.append((f"probe-decode-{b}", _trace([DECODE_PROMPT] * n, [DECODE_ANSWER] * n), b))
     users = max(BATCHES)
     mixed = [prompts[i % len(prompts)] for i in range(3 * users)]
