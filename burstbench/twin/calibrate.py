@@ -285,6 +285,7 @@ class _Fitter:
         self.hi = np.array([*np.log([1.0 / top_bw, 1.0 / top_fl, 1000.0]), SEQ_HI])
         self.start = start_point(base_hw)
         self.free = np.ones(ENGINE, dtype=bool)  # searched coordinates; the rest stay at 0
+        self.seq_guess = float(self.start[SEQ])  # the per-sequence cost's start (_choose_start)
 
         self.cache: dict[tuple[Sched, bytes], tuple[np.ndarray, float]] = {}
 
@@ -449,7 +450,7 @@ def _fit_with_or_without_seq(fitter: _Fitter, sched: Sched, max_evals: int) -> t
     loss3 = 2 * res3.cost
     fitter.free[:] = True
     x0 = theta3.copy()
-    x0[SEQ] = max(float(fitter.start[SEQ]), SEQ_MARGIN)  # the regression's guess, when it had one
+    x0[SEQ] = max(fitter.seq_guess, SEQ_MARGIN)  # the regression's guess, when it had one
     theta4, res4 = fitter.fit(sched, max_evals, x0=x0)
     loss4 = 2 * res4.cost
     margin = LIMIT_EVIDENCE * loss3 / max(int(fitter.valid.sum()) - ENGINE, 1)
@@ -494,8 +495,12 @@ def _choose_start(fitter: _Fitter, runs: Sequence[MeasuredRun], sched: Sched) ->
     g, p = fitter.inside(guess), fitter.inside(fitter.start)
     lg, lp = fitter.loss(g, sched), fitter.loss(p, sched)
     out.update({"linear_terms": linear_terms(runs), "loss_preset": lp, "loss_steps": lg})
-    if lg < lp:
-        fitter.start, out["used"] = g, "per-step regression"
+    # only the per-sequence cost is taken from the regression, as the start of the fit
+    # with it: the three scales start at the preset, since a regression start that fitted
+    # a GPU run 100x better than the preset still led the search to a worse optimum
+    # (bandwidth 0.93 for 0.55) than the preset did
+    fitter.seq_guess = float(g[SEQ])
+    out["used"] = "preset; per-sequence cost from the per-step regression"
     return out
 
 
