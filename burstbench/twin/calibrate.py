@@ -7,9 +7,10 @@ measured ones: residuals are log-ratios of quantiles (5th to 99th) of each metri
 2 ms and a 2 s latency count alike, and the least-squares fit is over log-parameters
 (scales stay positive; a factor of 2 off is one step either way).
 
-Search: from the better of the preset and a per-step linear regression on the run
-(``twin.stepfit``: it finds additive terms that log-space steps cannot find from near
-zero), least squares over the four engine coefficients, then a Nelder-Mead polish;
+Search: from the preset, least squares over the three scales (no per-sequence cost),
+then over all four from there with the per-sequence cost started where a per-step linear
+regression on the run puts it (``twin.stepfit``), then a Nelder-Mead polish of each; the
+per-sequence term is kept only when a likelihood-ratio test says it earns its parameter;
 the Jacobian uses a coarse step (the loss is piecewise constant at fine scales: a
 request lands in one iteration or the next) and the best point ever evaluated is kept,
 since the trust region can stop on a rough patch. The frontend latency is not searched:
@@ -478,11 +479,8 @@ def _put(theta: np.ndarray, free: np.ndarray, x: np.ndarray) -> np.ndarray:
 
 
 def _choose_start(fitter: _Fitter, runs: Sequence[MeasuredRun], sched: Sched) -> dict[str, Any]:
-    """Start from the per-step regression (``twin.stepfit``) when it fits better than the preset.
-
-    Two simulations. The regression knows the additive terms the log-space search cannot
-    find from near zero (see that module); the preset stays when the regression is worse,
-    e.g. a GPU run whose steps are roofline-bound rather than overhead-bound."""
+    """The per-sequence cost's start from the per-step regression (``twin.stepfit``), and
+    how the regression's point and the preset fit (two simulations, for the record)."""
     from burstbench.twin.stepfit import linear_terms, start_from_steps
 
     out: dict[str, Any] = {"used": "preset"}

@@ -17,8 +17,9 @@ The run itself says roughly what every additive term is, without a simulation:
 Non-negative least squares on relative errors gives ``a, b, c``; the roofline's own share
 of each (weight reads per step, per-sequence sampling bytes, FLOPs per prompt token) is
 subtracted to turn them into the overhead scale, the per-sequence overhead and the FLOP/s
-scale the fit searches. It is only a start: queueing, chunking and the scheduler's limits
-are what the simulation then gets right.
+scale the fit searches. It is only a start, and calibrate takes only its per-sequence cost
+(the scales search well from the preset; from this start a GPU run's fit ended in a worse
+optimum): queueing, chunking and the scheduler's limits are what the simulation gets right.
 """
 
 from __future__ import annotations
