@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+import pytest
 
 from burstbench.testing.vllm_cpu import BLOCK_SIZE, model_dir
 from burstbench.traces.schema import Trace, conform, write_trace
@@ -35,6 +36,7 @@ def _record(url: str, trace: Path, out: Path, label: str, rate: float, seed: int
     assert proc.returncode == 0, proc.stderr
 
 
+@pytest.mark.timeout(1200)  # three runs of 50 requests at 0.3-0.8 req/s: ~6 min on a quiet machine
 def test_the_twin_predicts_a_held_out_load(vllm_server, tmp_path):
     rng = np.random.default_rng(7)
     trace = write_trace(Trace(conform(pl.DataFrame({
