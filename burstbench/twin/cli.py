@@ -65,9 +65,15 @@ def _sched_opts(max_num_seqs: int | None, max_num_batched_tokens: int | None) ->
 
 @click.command("calibrate", context_settings=CTX)
 @click.argument("results", type=click.Path(dir_okay=False))
-@click.option("--run", "run_ids", required=True, multiple=True,
+@click.option("--run", "run_ids", multiple=True,
               help="The measured run to fit (id, unique id prefix or label); repeat to fit several runs of the endpoint "
                    "together (e.g. two rates).")
+@click.option("--probe", "probe_url", default=None,
+              help="Measure this endpoint with a designed probe first (single requests over prompt lengths, "
+                   "batches of decodes, a mixed phase; ~150 requests, recorded into RESULTS) and fit to it "
+                   "(with any --run given).")
+@click.option("--tokenizer", default=None,
+              help="With --probe: the served model's tokenizer.json (or folder), so prompts have exact lengths.")
 @click.option("--model", required=True, help="Model preset or config.json the endpoint serves.")
 @click.option("--hardware", required=True, help="Hardware preset or profile JSON to start from.")
 @click.option("--tp", type=int, default=1, show_default=True, help="Tensor parallelism of the endpoint.")
@@ -83,21 +89,24 @@ def _sched_opts(max_num_seqs: int | None, max_num_batched_tokens: int | None) ->
 @click.option("--max-requests", type=int, default=2000, show_default=True,
               help="Fit on at most the first N completed requests (each evaluation replays them).")
 @click.option("--max-evals", type=int, default=150, show_default=True,
-              help="Simulation budget of the fit (least squares in two stages, then a Nelder-Mead polish).")
+              help="Simulation budget of each of up to three fits (without, with, again without a per-sequence "
+                   "step cost): least squares, then a Nelder-Mead polish.")
 @click.option("--spans", "use_spans", is_flag=True,
               help="Measure the frontend latency from the runs' server spans (run --server-spans) as client "
                    "TTFT - server queue - prefill, instead of profiling it from TTFT.")
 @click.option("-o", "--out", "out", required=True, type=click.Path(dir_okay=False), help="twin.yaml to write.")
 @click.option("--json", "as_json", is_flag=True, help="Print the twin (with errors) as one JSON object.")
 @force_option
-def calibrate(results: str, run_ids: tuple[str, ...], model: str, hardware: str, tp: int, replicas: int, max_num_seqs: str,
+def calibrate(results: str, run_ids: tuple[str, ...], probe_url: str | None, tokenizer: str | None, model: str,
+              hardware: str, tp: int, replicas: int, max_num_seqs: str,
               max_num_batched_tokens: str, holdout: str | None, time_scale: float | None, max_requests: int,
               max_evals: int, use_spans: bool, out: str, as_json: bool, force: bool) -> None:
     """Fit the reference engine to a measured run and write a digital twin (twin.yaml).
 
     The run's own schedule (send times, prompt and output lengths) is replayed in
     virtual time and the cost model's free coefficients (bandwidth and FLOP/s
-    efficiency scales, per-step/per-layer overheads, a fixed frontend latency) are fitted
+    efficiency scales, per-step/per-layer overheads, a per-sequence step cost kept only
+    when the runs show one, a fixed frontend latency) are fitted
     so simulated TTFT, TPOT and E2EL quantiles match the measured ones. Scheduler
     limits given as 'auto' are chosen too, among the values the run allows (slower:
     each candidate is scored after a short re-fit). Fit on the busiest run you have and
@@ -109,13 +118,19 @@ def calibrate(results: str, run_ids: tuple[str, ...], model: str, hardware: str,
       burstbench run --url http://127.0.0.1:8000 --trace T.parquet -o results.duckdb
       burstbench calibrate results.duckdb --run 20261124T0010 --model llama-3.1-8b \\
           --hardware l40s --holdout 20261124T0020 -o twin.yaml
+      burstbench calibrate probe.duckdb --probe http://127.0.0.1:8000 --model config.json \\
+          --hardware hw.json -o twin.yaml
     """
     from rich.progress import Progress
 
     from burstbench.twin.calibrate import calibrate as fit
     from burstbench.twin.vsim import Sched
 
-    if not Path(results).exists():
+    if not run_ids and not probe_url:
+        raise UsageError("give the runs to fit (--run ID, repeatable) or an endpoint to probe (--probe URL)")
+    if tokenizer and not probe_url:
+        raise UsageError("--tokenizer is for --probe (recorded runs already have their token counts)")
+    if not probe_url and not Path(results).exists():
         from burstbench.errors import StoreError
 
         raise StoreError(f"{results}: no such results file; record a run with 'burstbench run' first")
@@ -126,6 +141,14 @@ def calibrate(results: str, run_ids: tuple[str, ...], model: str, hardware: str,
               "max_num_batched_tokens": _int_or_auto("--max-num-batched-tokens", max_num_batched_tokens)}
     fit_limits = tuple(k for k, v in limits.items() if v is None)
     sched = Sched(**{k: v for k, v in _sched_opts(**limits).items() if v is not None})
+    if probe_url:
+        from burstbench.backends.reference.models import load_model
+        from burstbench.twin.probe import run_probe
+
+        _console().print(f"probing {probe_url} (about 150 requests in 5 closed-loop phases) into {results}")
+        probed = run_probe(probe_url, results, tokenizer=tokenizer, max_context=load_model(model).max_context)
+        # a phase named as --holdout is recorded but not fitted
+        run_ids = (*run_ids, *[rid for label, rid in probed if label != holdout])
     from burstbench.analysis.metrics import open_store, resolve_run
 
     store = open_store(results)  # a wrong file or run id fails here, before the progress bar
@@ -162,7 +185,7 @@ def calibrate(results: str, run_ids: tuple[str, ...], model: str, hardware: str,
     for part, e in parts:
         if not e:
             continue
-        result_con.print(f"{part} run {e['run_id']} ({e['requests']} requests): twin vs measured")
+        result_con.print(f"{part} run {e['run_id']} ({e['requests']} requests): measured vs twin")
         for metric, qs in e["percentiles"].items():
             result_con.print("  " + f"{metric:8s} " + "  ".join(
                 f"{q} {_ms(v['measured'])} vs {_ms(v['twin'])} ({_pct(v['rel_err'])})" for q, v in qs.items()))

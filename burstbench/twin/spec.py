@@ -2,7 +2,7 @@
 
 A twin is the reference engine's model on a *base* hardware profile plus the fitted
 corrections (``overrides``): scales on the preset's efficiency curves and the absolute
-per-step / per-layer overheads. Efficiency *scales* (not absolute values) are what a
+per-step / per-layer / per-sequence overheads. Efficiency *scales* (not absolute values) are what a
 what-if carries to other hardware: "this deployment reaches 80% of what the preset
 assumes" transfers from an A100 to an H200 better than an absolute 0.6 would, and the
 overheads are CPU- and software-side, so they transfer as they are.
@@ -24,7 +24,7 @@ from burstbench.twin.vsim import Sched
 
 FORMAT = "burstbench.twin/1"
 OVERRIDE_KEYS = ("bandwidth_efficiency_scale", "flops_efficiency_scale", "step_overhead_s", "layer_overhead_s",
-                 "frontend_latency_s")
+                 "seq_overhead_s", "frontend_latency_s")
 SCHED_KEYS = {f.name for f in dataclasses.fields(Sched)}
 
 
@@ -60,13 +60,15 @@ class TwinSpec:
         runs to say how much an answer depends on what one run could tell."""
         import numpy as np
 
-        cov = (self.provenance.get("covariance") or {}).get("log_cov")
+        covariance = self.provenance.get("covariance") or {}
+        cov = covariance.get("log_cov")
         fe = self.uncertainty.get("frontend_latency_s") or {}
         if cov is None:
             raise UsageError("this twin carries no covariance of its coefficients; write it with "
                              "'burstbench calibrate' to use --band")
         rng = np.random.default_rng(seed)
-        z = rng.multivariate_normal(np.zeros(3), np.asarray(cov, dtype=float), size=n, method="eigh")
+        cov = np.asarray(cov, dtype=float)  # 3 scales (older twins) or 4 with the per-sequence cost
+        z = rng.multivariate_normal(np.zeros(len(cov)), cov, size=n, method="eigh")
         e = rng.standard_normal(n) * float(fe.get("std") or 0.0)
         out = []
         for k in range(n):
@@ -76,6 +78,8 @@ class TwinSpec:
                                ("step_overhead_s", f[2]), ("layer_overhead_s", f[2])):
                 if key in ov:
                     ov[key] = float(ov[key] * scale)
+            if len(z[k]) > 3 and "seq_overhead_s" in ov:  # linear, in units of seq_unit_s
+                ov["seq_overhead_s"] = max(ov["seq_overhead_s"] + float(z[k][3]) * float(covariance["seq_unit_s"]), 0.0)
             ov["frontend_latency_s"] = max(self.frontend_s + float(e[k]), 0.0)
             out.append(dataclasses.replace(self, overrides=ov))
         return out
@@ -111,7 +115,7 @@ def apply_overrides(hw: Any, overrides: dict[str, float]) -> Any:
             s = float(overrides[key])
             curve = getattr(hw, curve_name)
             changes[curve_name] = [[x, min(1.0, y * s)] for x, y in curve.points]
-    for key in ("step_overhead_s", "layer_overhead_s"):
+    for key in ("step_overhead_s", "layer_overhead_s", "seq_overhead_s"):
         if key in overrides:
             changes[key] = float(overrides[key])
     if not changes:

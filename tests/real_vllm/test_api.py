@@ -83,7 +83,7 @@ def test_a_run_keeps_every_token_of_multi_token_chunks(vllm_server, facts, tmp_p
             WHERE r.status = 'ok' GROUP BY ALL""").fetchall()
         n_token_gaps = con.execute("SELECT count(*) FROM token_itl").fetchone()[0]
         chunk_gaps = con.execute("SELECT sum(gap_s), count(*) FROM chunk_gaps").fetchone()
-        token_sum = con.execute("SELECT sum(itl_s) FROM token_itl").fetchone()[0]
+        token_sum = con.execute("SELECT sum(itl_token_s) FROM token_itl").fetchone()[0]
     finally:
         con.close()
     assert len(rows) == n

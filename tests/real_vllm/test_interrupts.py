@@ -20,11 +20,11 @@ import duckdb
 from burstbench.testing.vllm_cpu import scrape_metrics as scrape
 
 
-def _trace(path: Path, n: int) -> Path:
-    # 4 requests/s of 100-token prompts and 24-token answers, at most 4 in flight (the rest wait in
-    # the client): always something in flight, and the server, however loaded the machine, keeps
-    # finishing requests instead of slowing all of them down together
-    path.write_text("".join(json.dumps({"timestamp": 250 * i, "input_length": 100, "output_length": 24})
+def _trace(path: Path, n: int, gap_ms: int = 250) -> Path:
+    # 100-token prompts and 24-token answers ``gap_ms`` apart, at most 4 in flight (the rest wait
+    # in the client), so the server, however loaded the machine, keeps finishing requests instead
+    # of slowing all of them down together; gap 0: a burst, so 4 are in flight until the end
+    path.write_text("".join(json.dumps({"timestamp": gap_ms * i, "input_length": 100, "output_length": 24})
                             + "\n" for i in range(n)))
     return path
 
@@ -58,7 +58,9 @@ def _wait_for(cond, what: str, proc: subprocess.Popen, limit_s: float = 240.0) -
 def test_ctrl_c_mid_run_keeps_every_finished_request(vllm_server, tmp_path):
     out = tmp_path / "r.duckdb"
     base = scrape(vllm_server.url)["vllm:request_success_total"]
-    proc = _start(vllm_server.url, _trace(tmp_path / "t.jsonl", 300), out, "--grace", "0.5")
+    # a burst behind a cap of 4: four requests are in flight whenever Ctrl-C comes, and with no
+    # grace they are cancelled, whatever the machine's speed
+    proc = _start(vllm_server.url, _trace(tmp_path / "t.jsonl", 300, gap_ms=0), out, "--grace", "0")
     try:
         _wait_for(lambda: _successes(vllm_server.url, base) >= 5, "5 requests finished", proc)
         finished_before = _successes(vllm_server.url, base)
@@ -74,7 +76,7 @@ def test_ctrl_c_mid_run_keeps_every_finished_request(vllm_server, tmp_path):
     assert status == "aborted" and "SIGINT" in reason
     by_status = dict(_rows(out, "SELECT status, count(*) FROM requests GROUP BY 1"))
     ok, cancelled = by_status.get("ok", 0), by_status.get("cancelled", 0)
-    assert cancelled >= 1  # in flight when the grace ran out
+    assert cancelled >= 1  # in flight at Ctrl-C, with no grace
     # every request vLLM finished is an ok row; one it finished as the client gave up may be cancelled
     assert finished_before <= ok <= done_by_vllm <= ok + cancelled
     assert set(by_status) <= {"ok", "cancelled"} and sum(by_status.values()) < 300

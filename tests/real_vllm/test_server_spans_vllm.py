@@ -50,7 +50,6 @@ def traced_vllm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str,
     os.environ["OTEL_BSP_SCHEDULE_DELAY"] = "500"  # ms between batches (SDK default 5000)
     srv = vllm_cpu.VllmServer(env=vllm_cpu.env_dir(), model=vllm_cpu.model_dir(),
                               log_path=tmp_path_factory.mktemp("vllm-spans") / "serve.log",
-                              threads_bind=os.environ.get("BURSTBENCH_VLLM_THREADS_BIND", "all"),
                               extra_args=["--max-num-seqs", "4",
                                           "--otlp-traces-endpoint", f"http://127.0.0.1:{port}/v1/traces"])
     try:

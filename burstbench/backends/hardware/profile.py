@@ -6,7 +6,11 @@ a curve over the number of tokens in a GEMM (small GEMMs cannot fill the tensor 
 tile and wave quantisation), ``bandwidth_efficiency`` the fraction of datasheet bandwidth
 a streaming read (GEMV, KV-cache scan) reaches. ``step_overhead_s`` is the fixed cost of
 one engine iteration outside the GPU's arithmetic (CPU scheduling, input preparation,
-sampling, output processing) and ``layer_overhead_s`` the per-layer gap between kernels.
+sampling, output processing) and ``layer_overhead_s`` the per-layer gap between kernels;
+``seq_overhead_s`` is what each sequence in a step adds outside the arithmetic (its input
+preparation, sampling, detokenisation and streamed chunk): 0 in the presets, where it hides
+in the step overhead, but on a CPU engine serving a small model it is most of a step's
+time growing with the batch, and no roofline term grows that way (issue 12).
 
 The same JSON form holds the bundled presets (``burstbench/data/hardware``) and what
 ``burstbench profile`` measures on this machine, so ``--hardware`` accepts either.
@@ -114,6 +118,7 @@ class HardwareProfile:
     layer_overhead_s: float
     fp8_flops_multiplier: float = 2.0
     int8_flops_multiplier: float = 2.0
+    seq_overhead_s: float = 0.0
     source: str = ""
     kind: str = "gpu"
     measured: dict[str, Any] = field(default_factory=dict, compare=False)
@@ -149,6 +154,7 @@ _NUMBERS = {
     "link_latency_s": (False, 0.0),
     "step_overhead_s": (False, 0.0),
     "layer_overhead_s": (False, 0.0),
+    "seq_overhead_s": (False, 0.0),
     "fp8_flops_multiplier": (True, 2.0),
     "int8_flops_multiplier": (True, 2.0),
 }

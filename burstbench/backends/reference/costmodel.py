@@ -21,7 +21,9 @@ Per iteration (one forward pass over every scheduled token, as vLLM runs it):
   are bandwidth-bound reads and writes of activations.
 - **Overheads**: ``layer_overhead_s`` per layer (kernel floors and launch gaps under CUDA
   graphs) and ``step_overhead_s`` per step (CPU scheduling, input preparation, sampling,
-  output processing).
+  output processing), and ``seq_overhead_s`` per sequence in the step (its input
+  preparation, sampling, detokenisation and streamed chunk: what makes a CPU engine's step
+  grow with the batch when the arithmetic of a small model is nothing).
 - **Tensor parallel**: FLOPs, weights, heads and KV heads divided by ``tp`` (KV heads never
   below one per rank; MLA's latent is replicated), plus two ring all-reduces per layer of
   ``T·hidden`` activations: ``2(tp−1)/tp · bytes / link_bandwidth + link_latency``.
@@ -138,6 +140,7 @@ class CostModel:
         self._link_latency = hw.link_latency_s
 
         self._fixed = hw.step_overhead_s + m.num_layers * hw.layer_overhead_s
+        self._per_seq = hw.seq_overhead_s
 
     # ------------------------------------------------------------------------------------
     def step_time(self, prefill: Sequence[tuple[int, int]], decode: Sequence[int]) -> float:
@@ -237,7 +240,7 @@ class CostModel:
             t_comm = self._allreduces * (
                 self._ar_bytes_per_token * tokens / self._link_bw + self._link_latency
             )
-        return self._fixed + t_lin + t_elem + t_comm
+        return self._fixed + self._per_seq * seqs + t_lin + t_elem + t_comm
 
     def _bw_at(self, tokens: int) -> float:
         return self._mem_bw * self._eta_b(tokens)
