@@ -126,12 +126,24 @@ def build_report(
 
     if store is None and trace is None and not twin:
         raise UsageError("nothing to report: give a results store, a trace or --twin files")
-    twin_secs = []
+    twin_secs: list[Section] = []
+    twin_notes: list[str] = []
+    twin_runs: list[str] = []
     if twin:
         from burstbench.reports.twinsec import twin_sections
 
         say("digital twin results")
-        twin_secs = twin_sections(twin)  # bad files fail here, before the store is read
+        got = twin_sections(twin)  # bad files fail here, before the store is read
+        twin_secs = got.sections
+        if slo_s is None and got.slo_s:  # judge the measured runs by the SLO the what-if and plan used
+            slo_s = got.slo_s
+            if target == DEFAULT_TARGET and got.target is not None:
+                target = got.target
+            twin_notes.append(f"SLO and target taken from {got.slo_source} (give --slo to judge by another).")
+        if got.slo_conflicts:
+            twin_notes.append(f"{', '.join(got.slo_conflicts)} judged by another SLO than "
+                              f"{got.slo_source or '--slo'}; their sections keep their own.")
+        twin_runs = got.run_ids if run_ids is None else []
     sections: list[Section] = []
     runs: list = []
     steps: list = []
@@ -140,6 +152,12 @@ def build_report(
         con = open_store(store)
         try:
             view = pd.install_views(con)
+            if twin_runs:  # the calibration's runs, not whatever else the store holds
+                known = {r[0] for r in con.execute("SELECT run_id FROM runs").fetchall()}
+                if any(r in known for r in twin_runs):
+                    run_ids = [r for r in twin_runs if r in known]
+                    twin_notes.append("Measured runs: those the twin was fitted and checked on "
+                                      "(the store's other runs are left out; pick them with --run).")
             main_ids, sweep_ids, sel_notes = _select_runs(con, run_ids)
             runs = pd.runs(con, main_ids)
             steps = pd.runs(con, sweep_ids)
@@ -147,7 +165,7 @@ def build_report(
                 say("summarising runs")
                 sums = sm.summaries(con, runs, slo_s)
                 summary = sm.summary_section(runs, sums, slo_s, target)
-                summary.blocks[:0] = [note(n, "warn") for n in sel_notes]
+                summary.blocks[:0] = [note(n, "warn") for n in [*twin_notes, *sel_notes]]
                 summary.blocks.append("<h3>Runs</h3>" + rs.runs_table(runs))
                 summary.blocks.append(sm.latency_table(runs, sums))
                 for block in (sm.tenant_block(con, runs, slo_s), rs.errors_block(con, runs)):

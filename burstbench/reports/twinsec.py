@@ -11,6 +11,7 @@ run names a user typed.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,15 +42,42 @@ def load_twin_result(path: str | Path) -> tuple[str, dict[str, Any]]:
     raise InputError("neither a twin.yaml from calibrate nor the --json output of whatif or plan", path=p)
 
 
-def twin_sections(paths: Sequence[str | Path]) -> list[Section]:
+@dataclass
+class TwinInputs:
+    """The twin's result files as the report reads them: their sections, and what they say
+    about the rest of the report (the SLO the what-if and plan judged by, the runs the
+    calibration was fitted and checked on), so the measured part agrees with them."""
+
+    sections: list[Section]
+    slo_s: dict[str, float] | None = None  # seconds, from the first what-if/plan that has one
+    target: float | None = None
+    slo_source: str | None = None
+    slo_conflicts: list[str] = field(default_factory=list)  # files that judged by another SLO
+    run_ids: list[str] = field(default_factory=list)  # fit and held-out runs of the calibrations
+
+
+def twin_sections(paths: Sequence[str | Path]) -> TwinInputs:
     builders = {"calibration": calibration_section, "whatif": whatif_section, "plan": plan_section}
-    out = []
+    got = TwinInputs([])
     for i, path in enumerate(paths):
         kind, doc = load_twin_result(path)
         sec = builders[kind](doc, Path(path).name)
         sec.key = f"{sec.key}-{i}"
-        out.append(sec)
-    return out
+        got.sections.append(sec)
+        if kind == "calibration":
+            prov = doc.get("provenance") or {}
+            for rid in [*(prov.get("run_ids") or [prov.get("run_id")]), prov.get("holdout_run_id")]:
+                if isinstance(rid, str) and rid not in got.run_ids:
+                    got.run_ids.append(rid)
+        elif isinstance(doc.get("slo_ms"), dict) and doc["slo_ms"]:
+            slo = {str(k): float(v) / 1000.0 for k, v in doc["slo_ms"].items()}
+            if got.slo_s is None:
+                got.slo_s, got.slo_source = slo, Path(path).name
+                t = doc.get("target")
+                got.target = float(t) if isinstance(t, int | float) and 0 < t <= 1 else None
+            elif slo != got.slo_s:
+                got.slo_conflicts.append(Path(path).name)
+    return got
 
 
 def _ms(v: Any) -> str:

@@ -66,6 +66,40 @@ def test_twin_parts_join_the_runs_of_a_store(twin_files, tmp_path, capsys):
     assert sections[0] == "summary" and sections[-1] == "twin-calibration-0"
 
 
+def test_twin_report_judges_by_the_whatif_slo_and_shows_the_calibration_s_runs(twin_files, azure_conv, tmp_path,
+                                                                                capsys):
+    """Given a twin and its what-if, the measured part is the runs the twin was fitted and checked
+    on (not every other run of the store) and is judged by the SLO the what-if used."""
+    import shutil
+
+    import yaml
+
+    from burstbench.backends.reference.simulator import simulate
+    from burstbench.traces.schema import load_trace
+    from burstbench.traces.synth import replay
+
+    twin, wi, _ = twin_files
+    store = tmp_path / "runs.duckdb"
+    shutil.copy(twin.parent / "twin-runs.duckdb", store)
+    prov = yaml.safe_load(twin.read_text())["provenance"]
+    fitted = {*prov["run_ids"], prov["holdout_run_id"]}
+    other = simulate(replay(load_trace(azure_conv), window=(0, 5)),
+                     model="llama-3.1-8b", hardware="l40s", out=store, record_chunks=False).run_id
+    out = tmp_path / "r.html"
+    assert main(["report", str(store), "--twin", str(twin), "--twin", str(wi), "-o", str(out), "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert set(res["runs"]) == fitted and other not in res["runs"]
+    html = out.read_text()
+    assert "SLO and target taken from whatif.json" in html and "other runs are left out" in html
+    assert "SLO attainment" in html  # judged, though no --slo was given
+    # --run still picks any run, and --slo wins over the what-if's
+    assert main(["report", str(store), "--twin", str(wi), "--run", other, "--slo", "ttft=2s",
+                 "-o", str(tmp_path / "o.html"), "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["runs"] == [other]
+    assert "taken from whatif.json" not in (tmp_path / "o.html").read_text()
+
+
 def test_strings_from_twin_files_are_escaped(azure_conv, tmp_path, capsys):
     files = make_twin_results(tmp_path, azure_conv, xss=True)
     out = tmp_path / "x.html"
