@@ -35,6 +35,15 @@ def _gone(pids: list[int]) -> bool:
     return True
 
 
+def _cmd(p: psutil.Process) -> str:
+    """A process's command line, or "" for one that ended (or became a zombie) meanwhile: the
+    coordinator's short-lived children (the model lookup, a fork that already exited) can."""
+    try:
+        return " ".join(p.cmdline())
+    except psutil.Error:
+        return ""
+
+
 def _wait(cond, what: str, timeout: float) -> None:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
     while not cond():
@@ -65,14 +74,13 @@ def test_workers_exit_when_the_coordinator_is_killed(tmp_path: Path, capsys, whe
             me = psutil.Process(coord.pid)
 
             def workers() -> list[psutil.Process]:
-                return [c for c in me.children(recursive=True)
-                        if "--multiprocessing-fork" in " ".join(c.cmdline())]
+                return [c for c in me.children(recursive=True) if "--multiprocessing-fork" in _cmd(c)]
 
             _wait(lambda: len(workers()) == 2, "two worker processes", 60)
             if when == "while sending":
                 _wait(lambda: _records(url) >= 5, "requests reaching the server", 60)
             children = me.children(recursive=True)  # the workers and the resource tracker
-            assert any("resource_tracker" in " ".join(c.cmdline()) for c in children)
+            assert any("resource_tracker" in _cmd(c) for c in children)
             children = [c.pid for c in children]
             coord.send_signal(signal.SIGKILL)
             coord.wait(10)
