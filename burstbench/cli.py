@@ -79,7 +79,7 @@ def root() -> None:
     \b
     Example:
       burstbench demo
-      burstbench trace stats burstbench/data/traces/azure_llm_2023_conv.csv
+      burstbench trace stats $(burstbench trace examples)/azure_llm_2023_conv.csv
     """
 
 

@@ -34,7 +34,7 @@ def report(store: Path | None, trace: Path | None, out: Path, run_ids: tuple[str
     Examples:
       burstbench report results.duckdb -o report.html --slo ttft=500ms,tpot=50ms
       burstbench report results.duckdb trace.parquet --run 20260101T1200 --run 20260101T1300
-      burstbench report results.duckdb burstbench/data/traces/burstgpt_v1_head400.csv
+      burstbench report results.duckdb $(burstbench trace examples)/burstgpt_v1_head400.csv
       burstbench whatif twin.yaml --trace T.parquet --hardware h200 --slo ttft=500ms --json > whatif.json
       burstbench report results.duckdb --twin twin.yaml --twin whatif.json -o report.html
     """

@@ -16,7 +16,7 @@ def trace() -> None:
 
     \b
     Example:
-      burstbench trace ingest burstbench/data/traces/burstgpt_v1_head400.csv -o t.parquet
+      burstbench trace ingest $(burstbench trace examples)/burstgpt_v1_head400.csv -o t.parquet
       burstbench trace stats t.parquet --window 300
     """
 
@@ -55,7 +55,7 @@ def ingest_cmd(src: str, output: str, fmt: str | None, mapping: tuple[str, ...],
 
     \b
     Examples:
-      burstbench trace ingest burstbench/data/traces/burstgpt_v1_head400.csv -o t.parquet
+      burstbench trace ingest $(burstbench trace examples)/burstgpt_v1_head400.csv -o t.parquet
       burstbench trace ingest requests.jsonl -o t.parquet \\
           --map arrival=ts:ms,input=usage.prompt_tokens,output=usage.completion_tokens
       burstbench trace ingest BurstGPT_1.csv -o t.parquet --skip-bad --json
@@ -132,7 +132,7 @@ def stats_cmd(trace_path: str, window_s: float, as_json: bool) -> None:
 
     \b
     Examples:
-      burstbench trace stats burstbench/data/traces/azure_llm_2023_conv.csv
+      burstbench trace stats $(burstbench trace examples)/azure_llm_2023_conv.csv
       burstbench trace stats t.parquet --window 60 --json
     """
 
@@ -199,7 +199,7 @@ def fit_cmd(trace_path: str, output: str | None, window_s: float | None, seed: i
 
     \b
     Examples:
-      burstbench trace fit burstbench/data/traces/azure_llm_2023_conv.csv -o spec.yaml
+      burstbench trace fit $(burstbench trace examples)/azure_llm_2023_conv.csv -o spec.yaml
       burstbench trace fit t.parquet --window 600 -o piecewise.yaml --json
     """
 
@@ -327,9 +327,9 @@ def synth_cmd(
       burstbench trace synth --preset burstgpt -o t.parquet --duration 600 --seed 1
       burstbench trace synth --preset reasoning-gamma --rate 4 --burstiness 0.3 \\
           --requests 2000 -o r.parquet
-      burstbench trace fit burstbench/data/traces/azure_llm_2023_conv.csv -o spec.yaml
+      burstbench trace fit $(burstbench trace examples)/azure_llm_2023_conv.csv -o spec.yaml
       burstbench trace synth spec.yaml -o s.parquet --rate 10 --seed 2
-      burstbench trace synth --replay burstbench/data/traces/azure_llm_2023_conv.csv \\
+      burstbench trace synth --replay $(burstbench trace examples)/azure_llm_2023_conv.csv \\
           --rate 20 --window 0:600 -o fast.parquet
     """
 

@@ -238,7 +238,7 @@ def whatif(twin_file: str, trace_path: str, hardware: str | None, tp: int | None
 
     \b
     Examples:
-      burstbench whatif twin.yaml --trace burstbench/data/traces/azure_llm_2023_conv.csv \\
+      burstbench whatif twin.yaml --trace $(burstbench trace examples)/azure_llm_2023_conv.csv \\
           --hardware h200 --slo ttft=500ms,tpot=50ms
       burstbench whatif twin.yaml --trace T.parquet --layout disagg --prefill 1 --decode 1 \\
           --slo ttft=400ms,tpot=40ms --json
@@ -362,7 +362,7 @@ def plan(trace_path: str, slo: str, hardware: str, price: str | None, target: fl
 
     \b
     Example:
-      burstbench plan burstbench/data/traces/azure_llm_2023_conv.csv \\
+      burstbench plan $(burstbench trace examples)/azure_llm_2023_conv.csv \\
           --slo ttft=500ms,tpot=50ms --hardware a100-80g,h100-sxm,l40s \\
           --price a100-80g=1.79,h100-sxm=2.99,l40s=0.86 --target 0.9
     """

@@ -55,7 +55,7 @@ def simulate(trace, out, label, seed, reasoning_share, no_chunks, as_json, **eng
 
     \b
     Example:
-      burstbench simulate burstbench/data/traces/azure_llm_2023_conv.csv \\
+      burstbench simulate $(burstbench trace examples)/azure_llm_2023_conv.csv \\
           --model llama-3.1-8b --hardware h100-sxm -o sim.duckdb --json
     """
     from burstbench.backends.reference.simulator import simulate as run
