@@ -381,3 +381,21 @@ async def test_multi_turn_chat_hits_the_cached_answer():
         assert r1["usage"]["prompt_tokens_details"]["cached_tokens"] == 0
         assert r2["usage"]["prompt_tokens"] == 83
         assert r2["usage"]["prompt_tokens_details"]["cached_tokens"] == 64
+
+
+def test_sigterm_stops_serve_cleanly_with_exit_0(tmp_path):
+    """A supervisor's SIGTERM ends `burstbench serve` like Ctrl-C: port closed, exit 0, 'stopped'."""
+    import signal
+
+    from url_process import url_process
+
+    with url_process("burstbench", "serve", "--port", "0", capture_stderr=True) as (url, proc):
+        with urllib.request.urlopen(url + "/health", timeout=10) as r:
+            assert r.status == 200
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(30)
+        err = proc.stderr.read()
+    assert rc == 0, (rc, err)  # was 143: killed by the signal before the server stopped
+    assert "stopped" in err and "Traceback" not in err
+    with pytest.raises(OSError):
+        urllib.request.urlopen(url + "/health", timeout=5)

@@ -179,6 +179,7 @@ def serve(host, port, time_scale, api_key, served_model_name, max_concurrent, ma
     try:
         asyncio.run(serve_forever(cfg, on_ready=ready))
     except KeyboardInterrupt:
-        click.echo("stopped", err=True)
+        pass
     except OSError as exc:
         raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    click.echo("stopped", err=True)

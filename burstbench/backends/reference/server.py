@@ -41,6 +41,7 @@ import contextlib
 import hmac
 import json
 import math
+import signal
 import threading
 import time
 from dataclasses import dataclass, field
@@ -579,12 +580,22 @@ def start_in_thread(**kwargs: Any) -> ServerHandle:
 
 
 async def serve_forever(config: ServeConfig, *, on_ready: Any = None) -> None:
-    """Run until cancelled (the CLI's main)."""
+    """Run until cancelled or sent SIGTERM (the CLI's main).
+
+    SIGTERM (what a supervisor, ``kill`` or a container runtime sends) stops the server
+    the way Ctrl-C does: in-flight streams end, the port is closed, and the process
+    exits 0, rather than dying with 143 before the writers flush."""
     server = ReferenceServer(**{k: getattr(config, k) for k in config.__dataclass_fields__})
     await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(NotImplementedError, RuntimeError):  # no signals off the main thread / on Windows
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
     if on_ready is not None:
         on_ready(server)
     try:
-        await asyncio.Event().wait()
+        await stop.wait()
     finally:
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.remove_signal_handler(signal.SIGTERM)
         await server.stop()
