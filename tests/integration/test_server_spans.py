@@ -20,9 +20,9 @@ from array import array
 
 import duckdb
 import numpy as np
-import polars as pl
 import pytest
 from aiohttp import web
+from even_trace import even_trace
 from url_process import url_process
 
 from burstbench.analysis.metrics import open_store
@@ -41,7 +41,7 @@ from burstbench.otlp import (
     parse_traceparent,
     phase_attributes,
 )
-from burstbench.traces.schema import Trace, conform, write_trace
+from burstbench.traces.schema import Trace, write_trace
 
 
 def free_port() -> int:
@@ -50,9 +50,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def trace(n: int, gap: float, prompt: int = 200, out: int = 12) -> Trace:
-    return Trace(conform(pl.DataFrame({"arrival_s": np.arange(n) * gap, "input_tokens": np.full(n, prompt),
-                                       "output_tokens": np.full(n, out)})))
+def trace(n: int, gap: float) -> Trace:
+    return even_trace(n, gap, prompt=200, out=12)
 
 
 def joined(path, run_id):

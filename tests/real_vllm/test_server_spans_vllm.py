@@ -18,14 +18,14 @@ import socket
 from collections.abc import Iterator
 
 import numpy as np
-import polars as pl
 import pytest
+from even_trace import even_trace
 
 from burstbench.analysis.metrics import open_store
 from burstbench.analysis.phases import decomposition, per_request
 from burstbench.loadgen.runner import execute
 from burstbench.loadgen.scenario import Scenario
-from burstbench.traces.schema import Trace, conform
+from burstbench.traces.schema import Trace
 
 pytestmark = pytest.mark.vllm
 vllm_cpu = pytest.importorskip("burstbench.testing.vllm_cpu", reason="needs burstbench.testing.vllm_cpu (branch vllm)")
@@ -65,8 +65,7 @@ def traced_vllm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str,
 
 
 def _trace(n: int, gap: float) -> Trace:
-    return Trace(conform(pl.DataFrame({"arrival_s": np.arange(n) * gap, "input_tokens": np.full(n, 96),
-                                       "output_tokens": np.full(n, 16)})))
+    return even_trace(n, gap, prompt=96, out=16)
 
 
 def test_vllm_spans_join_and_decompose_ttft_at_two_loads(traced_vllm, tmp_path):

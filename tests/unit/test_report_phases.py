@@ -6,20 +6,18 @@ import json
 import re
 
 import duckdb
-import numpy as np
-import polars as pl
 import pytest
+from even_trace import even_trace
 
 from burstbench.backends.reference.simulator import simulate
 from burstbench.reports.build import build_report
-from burstbench.traces.schema import Trace, conform
+from burstbench.traces.schema import Trace
 
 FIGS_RE = re.compile(r'<script type="application/json" id="bb-figures">(.*?)</script>', re.S)
 
 
 def _trace(n: int, gap: float) -> Trace:
-    return Trace(conform(pl.DataFrame({"arrival_s": np.arange(n) * gap, "input_tokens": np.full(n, 512),
-                                       "output_tokens": np.full(n, 8)})))
+    return even_trace(n, gap, prompt=512, out=8)
 
 
 @pytest.fixture(scope="module")
