@@ -40,6 +40,7 @@ class Request:
     tenant: str | None = None
     ignore_eos: bool = True  # ask the server to produce exactly output_tokens
     traceparent: str | None = None  # W3C trace context header to send (server spans join on it)
+    body: bytes | None = None  # encoded by the backend's optional ``prepare`` before the send deadline
 
 
 @dataclass(slots=True)

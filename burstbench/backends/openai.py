@@ -390,6 +390,18 @@ class OpenAIBackend:
             body.update(self.extra_body)
         return body
 
+    def prepare(self, request: Request) -> None:
+        """Encode the request's body into ``request.body`` ahead of its send deadline.
+
+        The dispatcher calls this before it waits for the deadline, so building the
+        prompt and the JSON is not part of the send lag (with hundreds of streams open,
+        every step after the deadline also waits for a loop turn). A body that cannot
+        be encoded is left to ``send``, which reports it."""
+        try:
+            request.body = json.dumps(self.payload(request)).encode()
+        except (TypeError, ValueError):
+            request.body = None
+
     # -- the hot path ---------------------------------------------------------
 
     async def send(self, request: Request, clock: Clock) -> Outcome:
@@ -398,7 +410,7 @@ class OpenAIBackend:
         if session is None:
             raise RuntimeError("OpenAIBackend.send called before start()")
         try:
-            data = json.dumps(self.payload(request)).encode()
+            data = request.body if request.body is not None else json.dumps(self.payload(request)).encode()
         except (TypeError, ValueError) as e:
             out = Outcome(request.request_id, sent_s=clock(), status="error")
             out.error_class = "bad_request_body"

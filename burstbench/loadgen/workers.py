@@ -41,12 +41,34 @@ def worker_main(plan: Plan, factory: BackendFactory, out_q: Any, ctl_q: Any, opt
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         _exit_when_orphaned(opts["parent_pid"])
     try:
-        asyncio.run(_worker_async(plan, factory, out_q, ctl_q, opts))
+        with asyncio.Runner(loop_factory=loop_factory()) as runner:
+            runner.run(_worker_async(plan, factory, out_q, ctl_q, opts))
     except BaseException as exc:  # report, never die silently
         out_q.put({"kind": "error", "worker": plan.worker_id,
                    "message": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc()})
         out_q.put({"kind": "done", "worker": plan.worker_id, "stopped": True,
                    "stop_reason": f"worker {plan.worker_id} failed", "end_t": None})
+
+
+LOOP_ENV = "BURSTBENCH_LOOP"
+
+
+def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop where it is installed (``$BURSTBENCH_LOOP=asyncio``: the stdlib one).
+
+    Why: with ~200 open streams a worker's time went a fifth each to asyncio's own loop
+    and task machinery, the transports' read callbacks and the send path (profiled with
+    py-spy under ``benchmarks/bench_loadgen.py accuracy``); uvloop runs the first two in C,
+    which is what bounds how long a due send waits behind chunk reads. Its clock ticks in
+    whole milliseconds, so a timer may fire up to a millisecond early:
+    ``WorkerCore.sleep_until`` waits out the rest."""
+    if os.environ.get(LOOP_ENV, "uvloop") == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 async def _worker_async(plan: Plan, factory: BackendFactory, out_q: Any, ctl_q: Any, opts: dict[str, Any]) -> None:
