@@ -238,12 +238,15 @@ def test_rate_runs_say_which_poisson_schedule_and_never_send_before_the_deadline
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", [["--mode", "trace"], ["--rate", "400", "--requests", "60"]],
-                         ids=["trace", "rate"])
+@pytest.mark.parametrize("mode", [["--mode", "trace"], ["--rate", "400", "--requests", "60"],
+                                  ["--concurrency", "4", "--requests", "60"]],
+                         ids=["trace", "rate", "closed"])
 def test_two_workers_that_finish_apart_end_done_with_exit_0(tmp_path, mode):
     # The last request (id 59, worker 1's) streams ~2 s longer than all others, so
     # worker 0 sends its whole share and exits while worker 1 still streams: a worker
     # that has finished is not a dead one (this run used to end 'aborted (a worker died)').
+    # Closed loop too (issue 15's experiment A, 64 users, aborted 2 runs of 10 with
+    # --workers 2: whenever one worker's users ran out of requests first).
     n = 60
     df = pl.DataFrame({"arrival_s": [i * 0.005 for i in range(n)], "input_tokens": [20] * n,
                        "output_tokens": [3] * (n - 1) + [400]})
