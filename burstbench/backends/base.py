@@ -90,6 +90,10 @@ class Backend(Protocol):
     async def close(self) -> None:
         """Release what ``start`` opened."""
 
+    # Optional, looked up with getattr by the dispatcher:
+    # ``prepare(request) -> None``: encode ``request.body`` before its send deadline;
+    # ``async warm(n) -> int``: open up to n pooled connections before the run starts.
+
 
 def available_backends() -> dict[str, str]:
     """Backend name -> 'module:attribute', from the ``burstbench.backends`` entry point."""

@@ -29,6 +29,8 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 from burstbench.loadgen.dispatch import WorkerCore
 from burstbench.loadgen.schedule import Plan
 
@@ -48,6 +50,25 @@ def worker_main(plan: Plan, factory: BackendFactory, out_q: Any, ctl_q: Any, opt
                    "message": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc()})
         out_q.put({"kind": "done", "worker": plan.worker_id, "stopped": True,
                    "stop_reason": f"worker {plan.worker_id} failed", "end_t": None})
+
+
+MAX_WARM_CONNECTIONS = 256
+
+
+def connections_needed(plan: Plan) -> int:
+    """How many connections to open before the start (``Backend.warm``), at most 256.
+
+    Closed loop: one per user. Open loop: the most sends due within any one second
+    (answer lengths are unknown here, so this covers the first second's sends at least),
+    or the concurrency cap when that is lower."""
+    if plan.mode == "closed":
+        n = plan.users
+    else:
+        t = np.sort(plan.df["scheduled_s"].to_numpy())
+        n = int((np.searchsorted(t, t + 1.0) - np.arange(t.size)).max()) if t.size else 0
+    if plan.max_concurrency:
+        n = min(n, plan.max_concurrency)
+    return min(n, MAX_WARM_CONNECTIONS)
 
 
 LOOP_ENV = "BURSTBENCH_LOOP"
@@ -76,6 +97,9 @@ async def _worker_async(plan: Plan, factory: BackendFactory, out_q: Any, ctl_q: 
     backend = factory()
     await backend.start()
     try:
+        warm = getattr(backend, "warm", None)
+        if warm is not None:
+            await warm(connections_needed(plan))
         out_q.put({"kind": "ready", "worker": plan.worker_id, "pid": os.getpid()})
         cmd = await loop.run_in_executor(None, ctl_q.get)
         if cmd[0] != "start":

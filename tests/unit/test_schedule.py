@@ -199,3 +199,17 @@ def test_plan_from_a_real_shipped_trace(azure_conv):
     sched = plan.df["scheduled_s"].to_numpy()
     arr = tr.df["arrival_s"].to_numpy()[:50]
     assert np.allclose(sched, (arr - arr[0]) / 10.0)
+
+
+def test_connections_to_warm_follow_users_or_the_busiest_second_and_are_capped():
+    from burstbench.loadgen.workers import MAX_WARM_CONNECTIONS, connections_needed
+
+    closed = build_plan(trace_of([0.0] * 5), Scenario(url=URL, mode="closed", concurrency=40))
+    assert connections_needed(closed) == 40
+    # 3 sends in [0, 1), then 5 within [10, 10.8]: the busiest second holds 5
+    open_loop = build_plan(trace_of([0.0, 0.5, 0.9, 10.0, 10.2, 10.4, 10.6, 10.8]), Scenario(url=URL))
+    assert connections_needed(open_loop) == 5
+    capped = build_plan(trace_of([0.0, 0.5, 0.9, 10.0, 10.2, 10.4, 10.6, 10.8]), Scenario(url=URL, max_concurrency=2))
+    assert connections_needed(capped) == 2
+    many = build_plan(trace_of([i * 1e-4 for i in range(1000)]), Scenario(url=URL))
+    assert connections_needed(many) == MAX_WARM_CONNECTIONS
