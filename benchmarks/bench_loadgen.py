@@ -462,16 +462,16 @@ def schedule(a: argparse.Namespace) -> None:
     srv = Server("--no-record")
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            base_plan, base_sent = asyncio.run(_baseline_schedule(srv.url, a.rate, a.seconds, 1))
+            base_plan, base_sent = asyncio.run(_baseline_schedule(srv.url, a.rate, a.seconds, a.seed))
             n = base_sent.size
             lag = (base_sent - base_plan) * 1e3
             print(f"  baseline (sleep after send): {n} sent in {a.seconds:.0f}s -> {n / a.seconds:.1f} req/s "
                   f"({(n / a.seconds) / a.rate - 1:+.2%} vs target); drift from its own Poisson plan at the end "
                   f"{lag[-1]:.1f} ms, lag p50 {np.percentile(lag, 50):.2f} ms, p99 {np.percentile(lag, 99):.2f} ms")
             trace = make_trace(10, 1)
-            for w in a.workers:
+            for w, poisson in [(w, p) for p in a.poisson for w in a.workers]:
                 sc = Scenario(url=srv.url, mode="rate", rate=a.rate, duration_s=a.seconds, workers=w,
-                              scrape_metrics=False, seed=1)
+                              scrape_metrics=False, seed=a.seed, poisson=poisson)
                 run_id, _wall, cpu, out = ours(trace, sc, tmp)
                 con = duckdb.connect(str(out), read_only=True)
                 r = con.sql("SELECT scheduled_s, sent_s, status FROM requests WHERE run_id = ?",
@@ -484,7 +484,7 @@ def schedule(a: argparse.Namespace) -> None:
                 plan_rate = (sched.size - 1) / (sched[-1] - sched[0])
                 got_rate = (sent.size - 1) / (sent[-1] - sent[0])
                 ok = int((r["status"] == "ok").sum())
-                print(f"  burstbench --workers {w}: {r.height} sent ({ok} ok) -> achieved {got_rate:.1f} req/s, "
+                print(f"  burstbench --workers {w} --poisson {poisson}: {r.height} sent ({ok} ok) -> achieved {got_rate:.1f} req/s, "
                       f"plan {plan_rate:.1f} ({got_rate / plan_rate - 1:+.2%} vs plan, "
                       f"{r.height / a.seconds / a.rate - 1:+.2%} count vs target); lag p50 {np.percentile(lag, 50):.2f} ms,"
                       f" p99 {np.percentile(lag, 99):.2f} ms, max {lag.max():.1f} ms; client CPU {cpu:.1f}s"
@@ -527,6 +527,8 @@ def main() -> None:
     s.add_argument("--rate", type=float, default=1000.0)
     s.add_argument("--seconds", type=float, default=10.0)
     s.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    s.add_argument("--poisson", nargs="+", default=["exact", "pure"], choices=["exact", "pure"])
+    s.add_argument("--seed", type=int, default=0)
     a = p.parse_args()
     {"capacity": capacity, "loopcpu": loopcpu, "accuracy": accuracy, "schedule": schedule}[a.cmd](a)
 
