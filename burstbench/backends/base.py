@@ -40,6 +40,7 @@ class Request:
     tenant: str | None = None
     ignore_eos: bool = True  # ask the server to produce exactly output_tokens
     traceparent: str | None = None  # W3C trace context header to send (server spans join on it)
+    body: bytes | None = None  # encoded by the backend's optional ``prepare`` before the send deadline
 
 
 @dataclass(slots=True)
@@ -88,6 +89,10 @@ class Backend(Protocol):
 
     async def close(self) -> None:
         """Release what ``start`` opened."""
+
+    # Optional, looked up with getattr by the dispatcher:
+    # ``prepare(request) -> None``: encode ``request.body`` before its send deadline;
+    # ``async warm(n) -> int``: open up to n pooled connections before the run starts.
 
 
 def available_backends() -> dict[str, str]:

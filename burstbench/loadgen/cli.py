@@ -20,6 +20,9 @@ from burstbench.output import emit_json, say
 @click.option("--mode", type=click.Choice(["trace", "rate", "closed"]), default=None,
               help="trace (replay arrivals), rate (Poisson at --rate), closed (--concurrency users).")
 @click.option("--rate", type=float, default=None, help="Poisson arrivals at R requests/s (implies --mode rate).")
+@click.option("--poisson", type=click.Choice(["exact", "pure"]), default=None,
+              help="--rate schedule: exact (the seed's draw rescaled to exactly R/s, as vllm bench serve "
+                   "does) or pure (the draw as it is; its rate is off R by ~1/sqrt(n)) [exact].")
 @click.option("--concurrency", type=int, default=None, help="N closed-loop users (implies --mode closed).")
 @click.option("--max-concurrency", type=int, default=None, help="Cap on requests in flight (they wait; lag shows it).")
 @click.option("--think-time", type=float, default=None, help="Seconds a user/session waits after an answer.")
@@ -81,7 +84,7 @@ def run(trace_path: str, out: str, scenario_file: str | None, as_json: bool, qui
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1 (got {value})")
     overrides = {
         "url": flags["url"], "api": flags["api"], "model": flags["model"], "mode": flags["mode"],
-        "rate": flags["rate"], "concurrency": flags["concurrency"], "max_concurrency": flags["max_concurrency"],
+        "rate": flags["rate"], "poisson": flags["poisson"], "concurrency": flags["concurrency"], "max_concurrency": flags["max_concurrency"],
         "think_time_s": flags["think_time"], "duration_s": flags["duration"], "max_requests": flags["max_requests"],
         "warmup_s": flags["warmup"], "cooldown_s": flags["cooldown"], "time_scale": flags["time_scale"],
         "workers": flags["workers"], "timeout_s": flags["timeout"], "grace_s": flags["grace"],

@@ -2,10 +2,11 @@
 
 Every wait is for an absolute deadline on the run clock (``loop.call_at`` on
 ``t0 + scheduled_s``), never a relative sleep after the previous send, so lateness
-does not accumulate. The epoll timeout is rounded up to whole milliseconds, so a
-wake-up is 0-1 ms late; a final busy-wait would trim that, but measured on a
-shared 2-core host it made p99 lag worse (it spends the CPU share the sends
-need), so there is none. Rows leave as picklable batches (request tuples plus chunk
+does not accumulate. The stdlib loop rounds its epoll timeout up to whole
+milliseconds, so a wake-up is 0-1 ms late; uvloop's millisecond clock may instead
+fire up to a millisecond early, and only that remainder is busy-waited (a busy-wait
+for lateness, measured on a shared 2-core host, made p99 lag worse: it spends the
+CPU share the sends need). Rows leave as picklable batches (request tuples plus chunk
 columns in ``array`` buffers) through a sink callable: the same code serves an
 in-process worker thread and a worker process, and only the supervisor writes DuckDB.
 
@@ -31,6 +32,12 @@ from burstbench.otlp import traceparent
 Sink = Callable[[dict[str, Any]], None]
 
 _SEQ = array("i", range(4096))
+
+# An open-loop request's task starts this long before its deadline and builds the
+# request (and, with a backend's ``prepare``, its encoded body) then, so at the
+# deadline only the write is left: each step after it waits a loop turn behind the
+# chunk reads of every open stream.
+SEND_LEAD_S = 0.02
 
 
 def _seq(n: int) -> array:
@@ -62,6 +69,7 @@ class WorkerCore:
         self._tasks: set[asyncio.Task] = set()
         self._wake = asyncio.Event()  # set when the task set empties or a stop arrives
         self._sem = asyncio.Semaphore(plan.max_concurrency) if plan.max_concurrency else None
+        self._prepare: Callable[[Request], None] | None = getattr(backend, "prepare", None)
         self._reset_buffers()
         self.sent = self.completed = self.failed = self.cancelled = self.in_flight = 0
         self.last_scheduled_s = 0.0
@@ -83,10 +91,14 @@ class WorkerCore:
         handle = loop.call_at(when, _resolve, fut, True)
         self._sleepers.add(fut)
         try:
-            return await fut
+            woke = await fut
         finally:
             handle.cancel()
             self._sleepers.discard(fut)
+        # a loop whose clock ticks in milliseconds (uvloop) may fire up to 1 ms early
+        while woke and time.monotonic() < when:
+            pass
+        return woke
 
     # -- buffers ----------------------------------------------------------------------
     def _reset_buffers(self) -> None:
@@ -218,13 +230,21 @@ class WorkerCore:
         starts.sort(key=lambda i: sched[i])
         for i in starts:
             t = sched[i]
-            if not await self.sleep_until(t):
+            if not await self.sleep_until(t - SEND_LEAD_S):
                 return
             s = sess_col[i]
             if s is None:
-                self._spawn(self.send_one(self._request(cols, i, t)))
+                self._spawn(self._send_at(self._request(cols, i, t)))
             else:
                 self._spawn(self._session(cols, sessions[s]))
+
+    async def _send_at(self, req: Request) -> Outcome | None:
+        """Prepare ``req`` now, send it at its ``scheduled_s`` (None: stopped before that)."""
+        if self._prepare is not None:
+            self._prepare(req)
+        if not await self.sleep_until(req.scheduled_s):
+            return None
+        return await self.send_one(req)
 
     async def _session(self, cols: dict[str, list], idx: list[int]) -> None:
         """Turns of one conversation: each waits for the previous answer plus think time.
@@ -238,9 +258,7 @@ class WorkerCore:
             t = max(cols["scheduled_s"][i], ready) if k else cols["scheduled_s"][i]
             if k and end is not None and t >= end:
                 return
-            if k and not await self.sleep_until(t):
-                return
-            out = await self.send_one(self._request(cols, i, t))
+            out = await self._send_at(self._request(cols, i, t))
             if out is None or self.stopping:
                 return
             ready = (out.end_s if out.end_s is not None else self.clock()) + self.plan.think_time_s

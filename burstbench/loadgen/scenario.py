@@ -11,6 +11,10 @@ Modes (DESIGN section 3, issue 3 "Load modes"):
   previous answer plus ``think_time_s`` (and never go before their trace time).
 - ``rate``: open loop, Poisson arrivals at ``rate`` requests/s (seeded); lengths
   come from the trace rows in order, cycling when more requests are needed.
+  ``poisson``: ``exact`` (default) scales the seed's draw so the schedule's rate is
+  exactly ``rate`` (as ``vllm bench serve`` does; a seed's draw is otherwise a
+  percent or so off, so runs with different tools or seeds would load the server
+  differently); ``pure`` keeps the draw, a true Poisson process whose rate varies.
 - ``closed``: ``concurrency`` users, each sending its next request when the
   previous answer is complete plus ``think_time_s``.
 
@@ -33,6 +37,7 @@ from burstbench.errors import SpecError, UsageError
 from burstbench.infile import load_yaml, read_text
 
 MODES = ("trace", "rate", "closed")
+POISSON = ("exact", "pure")
 APIS = ("completions", "chat")
 
 
@@ -46,6 +51,7 @@ class Scenario:
     backend: str = "openai"
     mode: str = "trace"
     rate: float | None = None
+    poisson: str = "exact"  # exact (rescaled to ``rate``) | pure (the seed's draw as it is)
     concurrency: int | None = None
     max_concurrency: int | None = None
     think_time_s: float = 0.0
@@ -85,6 +91,8 @@ class Scenario:
             raise bad("mode", f"must be one of {', '.join(MODES)} (got {self.mode!r})")
         if self.mode == "rate" and (self.rate is None or not self.rate > 0 or not math.isfinite(self.rate)):
             raise bad("rate", f"must be a positive number of requests/s in mode 'rate' (got {self.rate!r})")
+        if self.poisson not in POISSON:
+            raise bad("poisson", f"must be one of {', '.join(POISSON)} (got {self.poisson!r})")
         if self.mode == "closed" and (self.concurrency is None or self.concurrency < 1):
             raise bad("concurrency", f"must be >= 1 users in mode 'closed' (got {self.concurrency!r})")
         for name in ("max_concurrency", "max_requests"):

@@ -29,6 +29,8 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 from burstbench.loadgen.dispatch import WorkerCore
 from burstbench.loadgen.schedule import Plan
 
@@ -41,7 +43,8 @@ def worker_main(plan: Plan, factory: BackendFactory, out_q: Any, ctl_q: Any, opt
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         _exit_when_orphaned(opts["parent_pid"])
     try:
-        asyncio.run(_worker_async(plan, factory, out_q, ctl_q, opts))
+        with asyncio.Runner(loop_factory=loop_factory()) as runner:
+            runner.run(_worker_async(plan, factory, out_q, ctl_q, opts))
     except BaseException as exc:  # report, never die silently
         out_q.put({"kind": "error", "worker": plan.worker_id,
                    "message": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc()})
@@ -49,11 +52,54 @@ def worker_main(plan: Plan, factory: BackendFactory, out_q: Any, ctl_q: Any, opt
                    "stop_reason": f"worker {plan.worker_id} failed", "end_t": None})
 
 
+MAX_WARM_CONNECTIONS = 256
+
+
+def connections_needed(plan: Plan) -> int:
+    """How many connections to open before the start (``Backend.warm``), at most 256.
+
+    Closed loop: one per user. Open loop: the most sends due within any one second
+    (answer lengths are unknown here, so this covers the first second's sends at least),
+    or the concurrency cap when that is lower."""
+    if plan.mode == "closed":
+        n = plan.users
+    else:
+        t = np.sort(plan.df["scheduled_s"].to_numpy())
+        n = int((np.searchsorted(t, t + 1.0) - np.arange(t.size)).max()) if t.size else 0
+    if plan.max_concurrency:
+        n = min(n, plan.max_concurrency)
+    return min(n, MAX_WARM_CONNECTIONS)
+
+
+LOOP_ENV = "BURSTBENCH_LOOP"
+
+
+def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop where it is installed (``$BURSTBENCH_LOOP=asyncio``: the stdlib one).
+
+    Why: with ~200 open streams a worker's time went a fifth each to asyncio's own loop
+    and task machinery, the transports' read callbacks and the send path (profiled with
+    py-spy under ``benchmarks/bench_loadgen.py accuracy``); uvloop runs the first two in C,
+    which is what bounds how long a due send waits behind chunk reads. Its clock ticks in
+    whole milliseconds, so a timer may fire up to a millisecond early:
+    ``WorkerCore.sleep_until`` waits out the rest."""
+    if os.environ.get(LOOP_ENV, "uvloop") == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
 async def _worker_async(plan: Plan, factory: BackendFactory, out_q: Any, ctl_q: Any, opts: dict[str, Any]) -> None:
     loop = asyncio.get_running_loop()
     backend = factory()
     await backend.start()
     try:
+        warm = getattr(backend, "warm", None)
+        if warm is not None:
+            await warm(connections_needed(plan))
         out_q.put({"kind": "ready", "worker": plan.worker_id, "pid": os.getpid()})
         cmd = await loop.run_in_executor(None, ctl_q.get)
         if cmd[0] != "start":

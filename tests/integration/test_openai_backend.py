@@ -747,3 +747,48 @@ async def test_sse_events_are_capped(body: bytes, want: tuple[str, str | None]) 
     assert (o.status, o.error_class) == want, o.error_message
     if want[0] == "error":
         assert f"{MAX_SSE_EVENT_BYTES:,} bytes" in o.error_message
+
+
+# -- connections opened before the run -----------------------------------------------
+
+
+async def test_warm_pools_connections_that_the_sends_then_reuse() -> None:
+    """``warm(n)`` opens n connections at start-up; n concurrent sends then connect no more
+    (a send that has to connect pays it after its deadline, behind every open stream)."""
+    ports: dict[str, set[int]] = {"models": set(), "completions": set()}
+    gate = asyncio.Event()
+    arrived = 0
+
+    async def models(request: web.Request) -> web.Response:
+        ports["models"].add(request.transport.get_extra_info("peername")[1])
+        await asyncio.sleep(0.05)  # all n are open at once, so n connections are needed
+        return web.json_response({"object": "list", "data": [{"id": "m", "object": "model"}]})
+
+    async def completions(request: web.Request) -> web.Response:
+        nonlocal arrived
+        ports["completions"].add(request.transport.get_extra_info("peername")[1])
+        arrived += 1
+        if arrived == 6:
+            gate.set()
+        await gate.wait()  # the six are in flight together: none could reuse another's connection
+        return web.json_response({"choices": [{"text": "hi", "finish_reason": "length"}],
+                                  "usage": {"prompt_tokens": 3, "completion_tokens": 1}})
+
+    app = web.Application()
+    app.router.add_get("/v1/models", models)
+    app.router.add_post("/v1/completions", completions)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    try:
+        async with OpenAIBackend(f"http://127.0.0.1:{port}") as b:
+            ports["models"].clear()  # start()'s own model lookup
+            assert await b.warm(6) == 6
+            assert len(ports["models"]) == 6
+            outs = await asyncio.wait_for(asyncio.gather(*(b.send(req(i), clock) for i in range(6))), 10)
+    finally:
+        await runner.cleanup()
+    assert [o.status for o in outs] == ["ok"] * 6
+    assert len(ports["completions"]) == 6 and ports["completions"] <= ports["models"]

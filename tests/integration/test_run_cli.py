@@ -214,13 +214,39 @@ async def test_failing_servers_give_error_rows_not_a_crash(tmp_path, fault, erro
     assert len(rows) == 6 and {r[1] for r in rows} == {error_class} and all(r[2] for r in rows)
 
 
+def test_rate_runs_say_which_poisson_schedule_and_never_send_before_the_deadline(tmp_path):
+    trace = write_parquet(tmp_path / "t.parquet", 5, 0.1, 3)
+    with stream_server("--ttft", "0.002", "--itl", "0.001") as url:
+        for kind, needle in (("exact", "rescaled to exactly 200 req/s"), ("pure", "as drawn (seed 0, --poisson pure)")):
+            out = tmp_path / f"{kind}.duckdb"
+            args = ["--poisson", kind] if kind == "pure" else []  # exact is the default
+            proc = bb("run", "--url", url, "--trace", str(trace), "-o", str(out), "--rate", "200", "--duration",
+                      "0.5", "--quiet", "--json", "--no-scrape", *args)
+            assert proc.returncode == 0, proc.stderr
+            (notes, scenario) = db_rows(out, "SELECT notes, scenario FROM runs")[0]
+            assert needle in notes and json.loads(scenario)["poisson"] == kind, notes
+            rows = db_rows(out, "SELECT scheduled_s, sent_s, status FROM requests ORDER BY scheduled_s")
+            assert all(st == "ok" for _, _, st in rows)
+            # each send at or after its deadline, whatever event loop ran it
+            assert min(sent - sched for sched, sent, _ in rows) >= 0
+            if kind == "exact":
+                assert len(rows) == 100 and (len(rows) - 1) / rows[-1][0] == pytest.approx(200.0, rel=1e-9)
+        with urllib.request.urlopen(url + "/stats?bodies=1", timeout=5) as resp:
+            bodies = [r["body"] for r in json.load(resp)["records"]]
+    # bodies encoded ahead of the deadline are the bodies asked for
+    assert all(b["max_tokens"] == 3 and b["stream"] is True and b["prompt"] for b in bodies)
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", [["--mode", "trace"], ["--rate", "400", "--requests", "60"]],
-                         ids=["trace", "rate"])
+@pytest.mark.parametrize("mode", [["--mode", "trace"], ["--rate", "400", "--requests", "60"],
+                                  ["--concurrency", "4", "--requests", "60"]],
+                         ids=["trace", "rate", "closed"])
 def test_two_workers_that_finish_apart_end_done_with_exit_0(tmp_path, mode):
     # The last request (id 59, worker 1's) streams ~2 s longer than all others, so
     # worker 0 sends its whole share and exits while worker 1 still streams: a worker
     # that has finished is not a dead one (this run used to end 'aborted (a worker died)').
+    # Closed loop too (issue 15's experiment A, 64 users, aborted 2 runs of 10 with
+    # --workers 2: whenever one worker's users ran out of requests first).
     n = 60
     df = pl.DataFrame({"arrival_s": [i * 0.005 for i in range(n)], "input_tokens": [20] * n,
                        "output_tokens": [3] * (n - 1) + [400]})

@@ -8,7 +8,7 @@ import pytest
 
 from burstbench.errors import BurstbenchError, SpecError, UsageError
 from burstbench.loadgen.scenario import Scenario, build_scenario, load_scenario_file
-from burstbench.loadgen.schedule import build_plan, partition, poisson_times
+from burstbench.loadgen.schedule import build_plan, exact_rate, partition, poisson_times
 from burstbench.traces.schema import Trace, conform, load_trace
 
 URL = "http://127.0.0.1:9"
@@ -60,6 +60,41 @@ def test_poisson_times_are_seeded_start_at_zero_and_hit_the_rate():
     gaps = np.diff(a)
     assert gaps.std() / gaps.mean() == pytest.approx(1.0, abs=0.08)  # exponential: CV = 1
     assert poisson_times(10.0, seed=0, n=7).size == 7
+
+
+def test_rate_mode_is_rescaled_to_exactly_the_asked_rate_by_default_and_says_so():
+    tr = trace_of([0.0, 1.0, 2.0])
+    pure_draw = poisson_times(500.0, seed=0, n=5000)
+    drawn = (pure_draw.size - 1) / pure_draw[-1]
+    assert abs(drawn / 500.0 - 1) > 0.001  # the seed's own draw is off the asked rate
+    plan = build_plan(tr, Scenario(url=URL, mode="rate", rate=500.0, max_requests=5000))
+    t = plan.df["scheduled_s"].to_numpy()
+    assert (t.size - 1) / t[-1] == pytest.approx(500.0, rel=1e-12)
+    # the same draw, one factor: the gaps keep their shape and order
+    assert np.allclose(t, pure_draw * (drawn / 500.0), rtol=1e-12, atol=0)
+    assert any("rescaled to exactly 500 req/s" in n and "--poisson pure" in n for n in plan.notes), plan.notes
+    # with a duration the count is what fits the rate, every send inside the duration
+    plan = build_plan(tr, Scenario(url=URL, mode="rate", rate=77.0, duration_s=10.0))
+    t = plan.df["scheduled_s"].to_numpy()
+    assert t.size == 770 and t[-1] < 10.0 and (t.size - 1) / t[-1] == pytest.approx(77.0, rel=1e-12)
+    # --requests below that count wins
+    assert build_plan(tr, Scenario(url=URL, mode="rate", rate=77.0, duration_s=10.0, max_requests=9)).df.height == 9
+
+
+def test_pure_poisson_keeps_the_seeds_draw_and_says_its_own_rate():
+    tr = trace_of([0.0, 1.0, 2.0])
+    plan = build_plan(tr, Scenario(url=URL, mode="rate", rate=500.0, duration_s=10.0, poisson="pure"))
+    t = plan.df["scheduled_s"].to_numpy()
+    assert np.array_equal(t, poisson_times(500.0, seed=0, duration_s=10.0))
+    own = (t.size - 1) / t[-1]
+    assert any(f"{own:.4g} req/s" in n and "--poisson exact" in n for n in plan.notes), plan.notes
+    with pytest.raises(UsageError, match="field 'poisson' must be one of exact, pure"):
+        Scenario(url=URL, mode="rate", rate=5.0, poisson="vllm").validate()
+
+
+def test_exact_rate_leaves_a_single_arrival_alone():
+    one = np.zeros(1)
+    assert exact_rate(one, 10.0)[0] is one
 
 
 def test_rate_mode_cycles_trace_lengths():
@@ -164,3 +199,17 @@ def test_plan_from_a_real_shipped_trace(azure_conv):
     sched = plan.df["scheduled_s"].to_numpy()
     arr = tr.df["arrival_s"].to_numpy()[:50]
     assert np.allclose(sched, (arr - arr[0]) / 10.0)
+
+
+def test_connections_to_warm_follow_users_or_the_busiest_second_and_are_capped():
+    from burstbench.loadgen.workers import MAX_WARM_CONNECTIONS, connections_needed
+
+    closed = build_plan(trace_of([0.0] * 5), Scenario(url=URL, mode="closed", concurrency=40))
+    assert connections_needed(closed) == 40
+    # 3 sends in [0, 1), then 5 within [10, 10.8]: the busiest second holds 5
+    open_loop = build_plan(trace_of([0.0, 0.5, 0.9, 10.0, 10.2, 10.4, 10.6, 10.8]), Scenario(url=URL))
+    assert connections_needed(open_loop) == 5
+    capped = build_plan(trace_of([0.0, 0.5, 0.9, 10.0, 10.2, 10.4, 10.6, 10.8]), Scenario(url=URL, max_concurrency=2))
+    assert connections_needed(capped) == 2
+    many = build_plan(trace_of([i * 1e-4 for i in range(1000)]), Scenario(url=URL))
+    assert connections_needed(many) == MAX_WARM_CONNECTIONS
