@@ -9,6 +9,7 @@ on inputs built so that the shortcut's guess is wrong and must be corrected.
 from __future__ import annotations
 
 import itertools
+import json
 import random
 import statistics
 from decimal import Decimal
@@ -114,3 +115,52 @@ def test_median_and_ties_of_sorted_and_unsorted_columns(n: int) -> None:
     assert timecols._abs_median(pl.Series(negative), negative[0]) == statistics.median(abs(v) for v in negative)
     ties = sum(a == b for a, b in itertools.pairwise(values))
     assert timecols.tied_share(pl.Series(values)) == (ties / (n - 1) if n > 1 else 0.0)
+
+
+HEADER = "Timestamp,Model,Request tokens,Response tokens,Total tokens,Log Type\n"
+
+
+@pytest.mark.parametrize(
+    ("row", "field"),
+    [
+        ("nan,ChatGPT,1,5,6,API log", "Timestamp"),
+        ("inf,ChatGPT,1,5,6,API log", "Timestamp"),
+        ("-inf,ChatGPT,1,5,6,API log", "Timestamp"),
+        ("5e18,ChatGPT,1,5,6,API log", "Timestamp"),
+        ("-5e18,ChatGPT,1,5,6,API log", "Timestamp"),
+        ("3,ChatGPT,-1,5,4,API log", "Request tokens"),
+        ("3,ChatGPT,1,10000001,6,API log", "Response tokens"),
+        ("3,ChatGPT,,5,6,API log", "Request tokens"),
+    ],
+)
+@pytest.mark.parametrize("where", [0, 1, 4999])
+def test_the_fast_checks_send_every_bad_value_to_the_diagnosis(tmp_path: Path, row: str, field: str, where: int) -> None:
+    # The reductions (min, max, sum, null count) must see one bad value among thousands.
+    from burstbench.traces.ingest import ingest
+
+    rows = [f"{i},ChatGPT,{i % 7},{i % 5},{i % 7 + i % 5},API log" for i in range(5000)]
+    rows[where] = row
+    path = tmp_path / "t.csv"
+    path.write_text(HEADER + "\n".join(rows) + "\n")
+    with pytest.raises(TraceFormatError) as err:
+        ingest(path)
+    assert f"t.csv:{where + 2}, field '{field}'" in str(err.value)
+    kept = ingest(path, skip_bad=True)
+    assert len(kept) == 4999 and kept.meta["rows_dropped"] and sum(kept.meta["rows_dropped"].values()) == 1
+
+
+@pytest.mark.parametrize(
+    ("value", "field"),
+    [("-1", "input_length"), ("10000001", "output_length"), ("null", "input_length"), ("5e18", "timestamp")],
+)
+def test_the_jsonl_fast_checks_send_every_bad_value_to_the_diagnosis(tmp_path: Path, value: str, field: str) -> None:
+    from burstbench.traces.ingest import ingest
+
+    recs = [{"timestamp": i * 10, "input_length": 5, "output_length": 7, "hash_ids": [1, 2]} for i in range(3000)]
+    lines = [json.dumps(r) for r in recs]
+    lines[1234] = lines[1234].replace(f'"{field}": {recs[1234][field]}', f'"{field}": {value}')
+    path = tmp_path / "t.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(TraceFormatError) as err:
+        ingest(path)
+    assert f"t.jsonl:1235, field '{field}'" in str(err.value)
