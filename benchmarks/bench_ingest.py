@@ -115,11 +115,11 @@ def child(kind: str, src: str, out: str) -> None:
     print(json.dumps({"wall": time.perf_counter() - t0, "cpu": time.process_time() - c0, "rows": n}))
 
 
-def measure(cmd: list[str]) -> dict[str, float]:
+def measure(cmd: list[str], env: dict[str, str] | None = None) -> dict[str, float]:
     """Run ``cmd``; its JSON line (if any), whole-process wall/CPU seconds and its own peak RSS (MB)."""
     with tempfile.TemporaryFile() as so, tempfile.TemporaryFile() as se:
         t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=so, stderr=se, cwd=ROOT)
+        proc = subprocess.Popen(cmd, stdout=so, stderr=se, cwd=ROOT, env=env)
         _, status, usage = os.wait4(proc.pid, 0)  # this child's own rusage, not all children's
         wall = time.perf_counter() - t0
         proc.returncode = os.waitstatus_to_exitcode(status)
@@ -142,6 +142,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--synthetic", action="store_true", help="draw rows from distributions instead of replicating")
     ap.add_argument("--csv", type=Path, help="time this BurstGPT file instead of building one")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="DIR",
+        help="also time the burstbench package found in DIR (e.g. `git archive OLD burstbench | tar -x -C DIR`), "
+        "in the same rounds: a before/after from one run",
+    )
     args = ap.parse_args(argv)
     if args.child:
         child(*args.child)
@@ -169,12 +176,16 @@ def main(argv: list[str] | None = None) -> int:
             "burstbench": [*me, "burstbench", str(src), str(out)],
             "command": [cli, "trace", "ingest", str(src), "-o", str(out), "--json"],
         }
+        envs = {k: None for k in kinds}
+        if args.baseline:
+            kinds["baseline"] = kinds["burstbench"]
+            envs["baseline"] = {**os.environ, "PYTHONPATH": str(args.baseline.resolve())}
         load_before = os.getloadavg()
         runs: dict[str, list[dict[str, float]]] = {k: [] for k in kinds}
         for r in range(args.rounds):  # in turn, so every kind sees the same load
             for kind, cmd in kinds.items():
                 out.unlink(missing_ok=True)
-                runs[kind].append(measure(cmd))
+                runs[kind].append(measure(cmd, envs[kind]))
             line = ", ".join(
                 f"{k} {v[-1].get('wall', v[-1]['process_wall']):.2f} s" for k, v in runs.items()
             )
@@ -184,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
             sys.exit(f"row counts differ: {[runs[k][0]['rows'] for k in ('pandas', 'polars', 'burstbench')]}")
         out_mb = out.stat().st_size / 1e6
     load_after = os.getloadavg()
-    _print_table(runs, rows, size, how, out_mb, load_before, load_after, args.rounds)
+    _print_table(runs, rows, size, how, out_mb, load_before, load_after, args.rounds, args.baseline)
     return 0
 
 
@@ -197,6 +208,7 @@ def _print_table(
     load_before: tuple[float, float, float],
     load_after: tuple[float, float, float],
     rounds: int,
+    baseline: Path | None,
 ) -> None:
     med = statistics.median
     print(f"{rows:,} rows, {size / 1e6:,.0f} MB CSV ({how}); Parquet written {out_mb:,.1f} MB")
@@ -206,19 +218,25 @@ def _print_table(
         "polars": "polars.read_csv (parse only)",
         "burstbench": "burstbench ingest -> Parquet",
         "command": "`burstbench trace ingest` (whole command)",
+        "baseline": f"baseline burstbench ({baseline}) -> Parquet",
     }
     for kind, label in labels.items():
+        if kind not in runs:
+            continue
         rs = runs[kind]
         wall = med(r.get("wall", r["process_wall"]) for r in rs)
         cpu = med(r.get("cpu", r["process_cpu"]) for r in rs)
         peak = med(r["peak_mb"] for r in rs)
         lo = min(r.get("wall", r["process_wall"]) for r in rs)
         hi = max(r.get("wall", r["process_wall"]) for r in rs)
-        print(f"  {label:42s} {wall:6.2f} s [{lo:.2f}-{hi:.2f}] {cpu:6.2f} cpu-s  peak {peak:7,.0f} MB")
-    for ref in ("pandas", "polars"):
+        print(f"  {label:52s} {wall:6.2f} s [{lo:.2f}-{hi:.2f}] {cpu:6.2f} cpu-s  peak {peak:7,.0f} MB")
+    for ref in ("pandas", "polars", "baseline"):
+        if ref not in runs:
+            continue
         ratio = [p["wall"] / b["wall"] for p, b in zip(runs[ref], runs["burstbench"], strict=True)]
+        what = "baseline ingest" if ref == "baseline" else f"{ref}.read_csv"
         print(
-            f"  {ref}.read_csv time / burstbench ingest time: {med(ratio):.2f}x "
+            f"  {what} time / burstbench ingest time: {med(ratio):.2f}x "
             f"[{min(ratio):.2f}-{max(ratio):.2f}] (over 1 means burstbench is faster)"
         )
     print(
