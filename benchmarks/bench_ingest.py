@@ -137,6 +137,7 @@ def measure(cmd: list[str], env: dict[str, str] | None = None) -> dict[str, floa
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--child", nargs=3, metavar=("KIND", "SRC", "OUT"), help=argparse.SUPPRESS)
+    ap.add_argument("--build", nargs=4, metavar=("KIND", "ROWS", "PATH", "SEED"), help=argparse.SUPPRESS)
     ap.add_argument("--rows", type=int, default=10_000_000, help="rows to build (default 10M)")
     ap.add_argument("--rounds", type=int, default=3, help="rounds of pandas, polars, burstbench (default 3)")
     ap.add_argument("--synthetic", action="store_true", help="draw rows from distributions instead of replicating")
@@ -153,6 +154,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         child(*args.child)
         return 0
+    if args.build:
+        kind, rows, path, seed = args.build
+        if kind == "synthetic":
+            write_synthetic_csv(Path(path), int(rows), int(seed))
+        else:
+            write_replicated_csv(Path(path), int(rows))
+        return 0
     with tempfile.TemporaryDirectory(prefix="bench_ingest_") as tmp:
         out = Path(tmp) / "trace.parquet"
         if args.csv:
@@ -160,12 +168,12 @@ def main(argv: list[str] | None = None) -> int:
         else:
             src = Path(tmp) / "BurstGPT_bench.csv"
             t0 = time.perf_counter()
-            if args.synthetic:
-                write_synthetic_csv(src, args.rows, args.seed)
-                how = "synthetic rows"
-            else:
-                write_replicated_csv(src, args.rows)
-                how = f"real BurstGPT head ({REAL_HEAD.name}) replicated"
+            # Built in a child: Linux carries a parent's peak RSS into every child it
+            # starts later, which would put a floor under the peaks measured below.
+            kind = "synthetic" if args.synthetic else "replicated"
+            subprocess.run([sys.executable, __file__, "--build", kind, str(args.rows), str(src), str(args.seed)],
+                           check=True, cwd=ROOT)
+            how = "synthetic rows" if args.synthetic else f"real BurstGPT head ({REAL_HEAD.name}) replicated"
             print(f"built the file in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
         size = src.stat().st_size
         me = [sys.executable, str(Path(__file__).resolve()), "--child"]
