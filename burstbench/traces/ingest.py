@@ -219,11 +219,13 @@ def _check_span(src: Source, df: pl.DataFrame, unit: str, plan: Plan) -> None:
     t = df["_t"]
     vals = t.dt.epoch("ns") if t.dtype == pl.Datetime else t
     scale = 1e-9 if t.dtype == pl.Datetime else UNIT_SECONDS.get(unit, 1.0)
-    lo, hi = vals.arg_min(), vals.arg_max()
-    if lo is None or hi is None:
+    low, high = vals.min(), vals.max()  # reductions; the rows are looked up only to word an error
+    if low is None or high is None:
         return
-    span = (float(vals[hi]) - float(vals[lo])) * scale
+    span = (float(high) - float(low)) * scale  # type: ignore[arg-type]
     if span > MAX_SPAN_S:
+        lo, hi = vals.arg_min(), vals.arg_max()
+        assert lo is not None and hi is not None
         shown = "datetime" if t.dtype == pl.Datetime else unit
         raise src.error(
             f"arrivals span {span / YEAR_S:,.3g} years (data row {hi + 1} is at {t[hi]} {shown}, data row "

@@ -18,9 +18,9 @@ from burstbench.traces.readers.plan import (
     REASONS,
     Field,
     Plan,
-    limit_checks,
     parse_string_expr,
     string_reason_expr,
+    value_checks,
 )
 from burstbench.traces.readers.source import (
     Source,
@@ -122,15 +122,7 @@ def _fast(src: Source, fields: list[Field]) -> ReadResult:
         raise _NeedsSlowPath(str(exc).split("\n", 1)[0]) from exc
     if df.height == 0:
         raise src.error("no data rows after the header; the file holds no requests", line=1)
-    checks = [pl.col("_extra0").is_not_null().any().alias("extra")]
-    checks += [pl.col(f.target).null_count().alias(f"n:{f.target}") for f in fields if f.required]
-    checks += [(pl.col(f.target) < 0).any().alias(f"neg:{f.target}") for f in fields if f.kind == "count"]
-    checks += [
-        (~pl.col(f.target).is_finite()).any().alias(f"nan:{f.target}")
-        for f in fields
-        if df.schema[f.target] == pl.Float64
-    ]
-    checks += limit_checks(fields, df.schema)
+    checks = [(pl.col("_extra0").null_count() < pl.len()).alias("extra"), *value_checks(fields, df.schema)]
     if any(df.select(checks).row(0)):
         raise _NeedsSlowPath("extra fields, empty or negative values")
     return ReadResult(df.drop("_extra0"), df.height, {}, fields)

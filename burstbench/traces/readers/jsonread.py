@@ -22,7 +22,7 @@ import polars as pl
 
 from burstbench.limits import MAX_TIMESTAMP, MAX_TOKENS
 from burstbench.traces.readers.csvread import ReadResult
-from burstbench.traces.readers.plan import REASONS, TRUE_WORDS, Field, Plan, limit_checks
+from burstbench.traces.readers.plan import REASONS, TRUE_WORDS, Field, Plan, value_checks
 from burstbench.traces.readers.source import Source
 
 INFER_ROWS = 1000
@@ -255,14 +255,7 @@ def _chunk_fast(piece: bytes, fields: list[Field]) -> pl.DataFrame | None:
 
 
 def _has_bad_values(df: pl.DataFrame, fields: list[Field]) -> bool:
-    checks = [pl.col(f.target).null_count().alias(f"n:{f.target}") for f in fields if f.required]
-    checks += [(pl.col(f.target) < 0).any().alias(f"neg:{f.target}") for f in fields if f.kind == "count"]
-    checks += [
-        (~pl.col(f.target).is_finite()).any().alias(f"nan:{f.target}")
-        for f in fields
-        if df.schema[f.target] == pl.Float64
-    ]
-    checks += limit_checks(fields, df.schema)
+    checks = value_checks(fields, df.schema)
     return bool(checks) and any(df.select(checks).row(0))
 
 

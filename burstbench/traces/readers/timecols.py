@@ -97,45 +97,89 @@ def rebase(df: pl.DataFrame, col: str, unit: str) -> tuple[pl.DataFrame, TimeInf
         out = out.with_columns(pl.col("arrival_s").set_sorted())
     else:
         out = out.sort("arrival_s", maintain_order=True)
-    raw_median = None if t.dtype == pl.Datetime else float(t.abs().median() or 0.0)
+    raw_median = None if t.dtype == pl.Datetime else _abs_median(t, first)
     return out, TimeInfo(info_unit, resolution, origin, raw_median)
+
+
+def _abs_median(t: pl.Series, lowest: object) -> float:
+    """Median of ``|t|``; O(1) for the usual non-negative column in time order.
+
+    A general median selects over a copy (0.4 s at 10 million rows); a sorted column
+    without nulls has it in the middle, which polars reads off once the column is
+    flagged sorted.
+    """
+    if t.null_count() == 0 and lowest is not None and lowest >= 0 and t.is_sorted():  # type: ignore[operator]
+        return float(t.set_sorted().median() or 0.0)  # type: ignore[arg-type]
+    return float(t.abs().median() or 0.0)  # type: ignore[arg-type]
+
+
+# Resolutions are found on the first rows, then confirmed once on the whole column:
+# the head's answer bounds the column's (a power of ten that divides every value
+# divides the head's), so a clean trace costs one pass or none instead of nine.
+_HEAD_ROWS = 4096
 
 
 def _int_resolution(x: pl.Series) -> float:
     """Largest power of ten (up to 1e9 ticks) that divides every value."""
+    res = _int_resolution_scan(x.head(_HEAD_ROWS))
+    while res > 1 and (x % res != 0).any():
+        res //= 10
+    return float(res)
+
+
+def _int_resolution_scan(x: pl.Series) -> int:
     res = 1
     for _ in range(9):
         if x.len() == 0 or (x % (res * 10) != 0).any():
             break
         res *= 10
-    return float(res)
+    return res
 
 
 def _float_resolution(x: pl.Series) -> float | None:
     """Decimal tick of float timestamps: 10^k for the coarsest k that fits every value."""
-    x = x.drop_nulls()
+    if x.null_count():
+        x = x.drop_nulls()
     if x.len() == 0:
         return None
-    frac = x - x.floor()
-    if (frac == 0).all():
+    head = x.head(_HEAD_ROWS)
+    if _all_whole(head) and _all_whole(x):
+        if _int_resolution_scan(head.cast(pl.Int64, strict=False)) == 1:
+            return 1.0  # 1 divides every whole value; no need to cast the column
         whole = x.cast(pl.Int64, strict=False)
         return _int_resolution(whole) if whole.null_count() == 0 else 1.0
     # Float64 holds ~16 digits; values near 1e9 leave ~7 decimals worth trusting, so
     # allow two units in the last place of the largest value.
-    tol = 1e-10 + float(x.abs().max()) * 4.5e-16
-    for d in range(1, 10):
-        scaled = frac * 10**d
-        if ((scaled - scaled.round()).abs() <= tol * 10**d).all():
+    tol = 1e-10 + float(x.abs().max()) * 4.5e-16  # type: ignore[arg-type]
+    # Every d the head fails, the column fails too: start the column's search at the head's.
+    start = next((d for d in range(1, 10) if _fits_decimals(head, d, tol)), None)
+    if start is None:
+        return None
+    for d in range(start, 10):
+        if _fits_decimals(x, d, tol):
             return 10.0**-d
     return None
 
 
+def _all_whole(x: pl.Series) -> bool:
+    return not (x % 1 != 0).any()  # NaN and inf are not whole either
+
+
+def _fits_decimals(x: pl.Series, d: int, tol: float) -> bool:
+    scaled = (x - x.floor()) * 10**d
+    return bool(((scaled - scaled.round()).abs() <= tol * 10**d).all())
+
+
 def tied_share(arrival_s: pl.Series) -> float:
     """Share of inter-arrival gaps that are exactly 0 (arrivals sharing a timestamp)."""
-    if arrival_s.len() < 2:
+    n = arrival_s.len()
+    if n < 2:
         return 0.0
-    gaps = arrival_s.diff().drop_nulls()
-    return float((gaps == 0).sum()) / gaps.len()
+    if arrival_s.null_count():
+        gaps = arrival_s.diff().drop_nulls()
+        return float((gaps == 0).sum()) / gaps.len()
+    # A gap is 0 exactly when two neighbours are equal; comparing them skips the diff column.
+    return float((arrival_s.slice(1) == arrival_s.slice(0, n - 1)).sum()) / (n - 1)
 
 
 def unit_warnings(
