@@ -232,12 +232,14 @@ def run_aiperf(url: str, ld: Load, tmp: Path, sampler: CpuSampler) -> Outcome:
     cmd = [str(AIPERF_ENV / "bin/aiperf"), "profile", "--model", MODEL, "--url", url, "--endpoint-type",
            "completions", "--streaming", "--tokenizer", str(_tiny_llama()), "--synthetic-input-tokens-mean", "16",
            "--output-tokens-mean", str(ld.tokens), "--extra-inputs", "ignore_eos:true", "--request-count",
-           str(ld.requests), "--artifact-dir", str(art), "--random-seed", "0", "--ui-type", "none"]
+           str(ld.requests), "--artifact-dir", str(art), "--random-seed", "0", "--ui-type", "none",
+           "--use-server-token-count"]  # count tokens from usage, as vLLM's client does
     cmd += ["--request-rate", str(ld.rate)] if ld.rate is not None else []
     if ld.concurrency:
         cmd += ["--concurrency", str(ld.concurrency)]
     wall_minus_perf = time.time() - time.perf_counter()
-    _run(cmd, "aiperf", sampler, env={"HF_HUB_OFFLINE": "1"})
+    # not HF_HUB_OFFLINE: AIPerf 0.13 then looks for the tokenizer in the hub cache only, not at a path
+    _run(cmd, "aiperf", sampler)
     export = next(art.rglob("profile_export.jsonl"))
     run, _info, _dur, started = read_aiperf(export)
     tags = [json.loads(line)["metadata"].get("x_request_id") or "" for line in export.read_text().splitlines()
