@@ -45,6 +45,7 @@ import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -286,6 +287,26 @@ def available(name: str) -> str | None:
 
 
 # -- one run, and its figures -------------------------------------------------------------------
+def headroom(ld: Load, tmp: Path) -> tuple[float, float, float, float]:
+    """Is the server A's limit? Tokens it wrote per second (its first read to its last write)
+    and its CPU share then, to one burstbench client and to two at once: when two get
+    more than one, one client did not exhaust the server. (server tok/s, CPU %) x (1, 2)."""
+    out = []
+    for k in (1, 2):
+        srv = TruthServer(0.0, 0.0, tmp)
+        try:
+            with CpuSampler() as sampler, ThreadPoolExecutor(k) as pool:
+                sampler.watch("server", srv.proc.pid)
+                dirs = [Path(tempfile.mkdtemp(dir=tmp)) for _ in range(k)]
+                for f in [pool.submit(run_burstbench, srv.url, ld, d, sampler) for d in dirs]:
+                    f.result()
+        finally:
+            log = srv.stop()
+        t0, t1 = log["recv"].min(), log["writes"].list.max().max()
+        out += [log["writes"].list.len().sum() / (t1 - t0), 100 * sampler.between("server", t0, t1) / (t1 - t0)]
+    return tuple(out)  # type: ignore[return-value]
+
+
 def measure(client: str, exp: str, ld: Load, ttft_ms: float, itl_ms: float, tmp: Path) -> dict[str, float]:
     """One client, one experiment, a fresh server; the figures, or RuntimeError when rejected."""
     srv = TruthServer(ttft_ms, itl_ms, tmp)
@@ -402,6 +423,8 @@ def main() -> None:
     p.add_argument("--b-rates", type=float, nargs="+", default=[77.0, 154.0])
     p.add_argument("--b-seconds", type=float, default=10.0)
     p.add_argument("--c-seconds", type=float, default=10.0)
+    p.add_argument("--headroom", action="store_true",
+                   help="only check the server is not A's limit: one burstbench client vs two at once")
     a = p.parse_args()
     if not shutil.which("node"):
         sys.exit("bench_peers: needs Node.js (`node`) for the truth server")
@@ -413,6 +436,17 @@ def main() -> None:
         else:
             clients.append(c)
     exps = experiments(a)
+    if a.headroom:
+        rows = []
+        with tempfile.TemporaryDirectory() as td:
+            for rep in range(a.repeats):
+                rows.append(headroom(exps["A"][1], Path(td)))
+                print(f"  rep {rep}: server wrote {rows[-1][0]:,.0f} tok/s to one client (its CPU {rows[-1][1]:.0f}%),"
+                      f" {rows[-1][2]:,.0f} to two at once (its CPU {rows[-1][3]:.0f}%); {load()}", flush=True)
+        print(f"# A, server side: one client {fmt([r[0] for r in rows])} tok/s, two at once "
+              f"{fmt([r[2] for r in rows])}; two / one {fmt([r[2] / r[0] for r in rows], '.2f')}; server CPU share "
+              f"{fmt([r[1] for r in rows])}% / {fmt([r[3] for r in rows])}%; {load()}")
+        return
     print(f"# bench_peers: {a.repeats} interleaved repeats of {', '.join(exps)} for {', '.join(clients)}; {load()}",
           flush=True)
     res: dict[tuple[str, str], list[dict[str, float]]] = {}
