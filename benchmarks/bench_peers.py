@@ -266,7 +266,12 @@ def _run(cmd: list[str], name: str, sampler: CpuSampler, env: dict[str, str] | N
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, **(env or {})})
     sampler.watch(name, proc.pid)
-    out, err = proc.communicate(timeout=900)
+    try:
+        out, err = proc.communicate(timeout=900)
+    except BaseException:  # interrupted or too slow: leave no client behind (its children end with it)
+        proc.kill()
+        proc.wait()
+        raise
     if proc.returncode:
         tail = "\n".join((err or out).strip().splitlines()[-8:])
         raise RuntimeError(f"{name} exited {proc.returncode}: {tail}")
@@ -426,6 +431,7 @@ def main() -> None:
     p.add_argument("--headroom", action="store_true",
                    help="only check the server is not A's limit: one burstbench client vs two at once")
     a = p.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so servers and clients are stopped on the way out
     if not shutil.which("node"):
         sys.exit("bench_peers: needs Node.js (`node`) for the truth server")
     clients = []
@@ -466,6 +472,8 @@ def main() -> None:
                     res.setdefault((exp, client), []).append(f)
                     shown = " ".join(f"{k}={v:.4g}" for k, v in f.items() if k != "rep")
                     print(f"  rep {rep} {exp} {client}: {shown}; {load()}", flush=True)
+            if rep < a.repeats - 1:  # a table so far, in case the run is cut short
+                print(f"\n# after repeat {rep}; {load()}\n{table(res, clients, exps)}\n", flush=True)
     offs = [r["clock_offset_us"] for rs in res.values() for r in rs]
     uncs = [r["clock_unc_us"] for rs in res.values() for r in rs]
     print(f"\n# medians [min–max] over accepted repeats ({rejected} rejected); {load()}")
