@@ -339,8 +339,10 @@ def measure(client: str, exp: str, ld: Load, ttft_ms: float, itl_ms: float, tmp:
         first_w = df["writes"].list.first()
         ttft_err = (df["first_token_s"] - first_w).to_numpy() * 1e3
         f |= {"ttft_err_p50": np.percentile(ttft_err, 50), "ttft_err_p99": np.percentile(ttft_err, 99)}
-        gaps = df.select((pl.col("chunks").list.diff(null_behavior="drop")
-                          - pl.col("writes").list.diff(null_behavior="drop")).alias("d")).explode("d")["d"]
+        same = df.filter(pl.col("chunks").list.len() == pl.col("writes").list.len())  # chunk k is write k
+        f["itl_unpaired"] = df.height - same.height  # requests whose chunk count differs from the writes
+        gaps = same.select((pl.col("chunks").list.diff(null_behavior="drop")
+                            - pl.col("writes").list.diff(null_behavior="drop")).alias("d")).explode("d")["d"]
         f["itl_err_p99"] = float(np.percentile(np.abs(gaps.drop_nulls().to_numpy()), 99)) * 1e3
         if df["scheduled_s"].null_count() == 0 and client != "vllm":  # vLLM's queue time is not a schedule
             lag = (df["sent_s"] - df["scheduled_s"]).to_numpy() * 1e3
