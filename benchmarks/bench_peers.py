@@ -15,7 +15,8 @@ A  burst: --a-requests requests, 64 in flight, 256 tokens each, server as fast a
 B  Poisson at 77 and 154 req/s, TTFT 50 ms, a chunk every 20 ms, 128 tokens (~200 / ~400
    streams open). TTFT error = client's first-chunk time - the server's first write
    (one clock); ITL error = client chunk gap - server write gap, per chunk (p99 of |d|);
-   send lag = sent - scheduled where the client records its schedule; burstbench's TTFT
+   send lag = sent - scheduled where the client records its schedule (AIPerf: request
+   start - credit issued; vLLM saves only its concurrency-semaphore wait, not shown); TTFT
    from the schedule = (first chunk - scheduled) - (first write - request read).
 C  Poisson 500 req/s, 1-token answers: the rate the server saw ((n-1) / its first to last
    request read) and the client's send lag p99.
