@@ -49,22 +49,52 @@ def _engine_kwargs(options: dict) -> dict:
 @click.option("--seed", type=int, default=0, show_default=True, help="Recorded with the run (the simulation itself is deterministic).")
 @click.option("--reasoning-share", type=float, default=None, help="Share of output tokens that are reasoning (reasoning models; default 0.74).")
 @click.option("--no-chunks", is_flag=True, help="Do not record per-token chunk rows (very large runs).")
+@click.option("--num-gpu-blocks", default=None, metavar="N|auto",
+              help="KV cache blocks per replica as vLLM counts them (its reserved null block included), instead of "
+                   "sizing the cache from memory; 'auto' with --replay-run: what the server reported "
+                   "(vllm:cache_config_info), block size included.")
+@click.option("--replay-run", default=None, metavar="RUN",
+              help="TRACE is a results store: replay this run's own requests (send times, the server's prompt and "
+                   "output counts), e.g. to set the engine's scheduler beside the server's (analyze --compare).")
+@click.option("--twin", "twin_file", default=None, type=click.Path(dir_okay=False),
+              help="Step times from a calibrated twin (calibrate's twin.yaml) instead of --model/--hardware.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object on stdout.")
-def simulate(trace, out, label, seed, reasoning_share, no_chunks, as_json, **engine):  # type: ignore[no-untyped-def]
+@click.pass_context
+def simulate(ctx, trace, out, label, seed, reasoning_share, no_chunks, num_gpu_blocks, replay_run, twin_file,  # type: ignore[no-untyped-def]
+             as_json, **engine):
     """Run TRACE through the reference engine in virtual time and write results.
 
     \b
     Example:
       burstbench simulate burstbench/data/traces/azure_llm_2023_conv.csv \\
           --model llama-3.1-8b --hardware h100-sxm -o sim.duckdb --json
+      # a measured vLLM run replayed at the server's KV size; then compare the scheduler series
+      burstbench simulate r.duckdb --replay-run RUN --num-gpu-blocks auto --max-num-seqs 16 \\
+          --max-num-batched-tokens 1024 --twin twin.yaml -o r.duckdb --label RUN-sim
+      burstbench analyze r.duckdb --run RUN --compare RUN-sim
     """
     from burstbench.backends.reference.simulator import simulate as run
     from burstbench.outfile import check_output
 
-    check_output(out, kind="duckdb", inputs=[trace])
+    # --replay-run appends the replay to its own store (a new run; nothing is overwritten)
+    check_output(out, kind="duckdb", inputs=[] if replay_run else [trace])
+    kw = _engine_kwargs(engine)
+    blocks, trace = _replay_source(trace, replay_run, num_gpu_blocks, kw)
+    cost = None
+    if twin_file is not None:
+        from burstbench.twin.spec import build_cost, load_twin
+
+        spec = load_twin(twin_file)
+        for name in ("model", "hardware", "tp"):
+            if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE:
+                raise UsageError(f"--{name} and --twin both set the cost model: give one")
+        kw.update(model=spec.model, hardware=spec.hardware, tp=spec.tp)
+        cost = build_cost(spec.model, spec.hardware, spec.tp, spec.overrides)
     res = run(
         trace,
-        **_engine_kwargs(engine),
+        **kw,
+        num_blocks=blocks,
+        cost=cost,
         seed=seed,
         out=out,
         label=label,
@@ -83,6 +113,43 @@ def simulate(trace, out, label, seed, reasoning_share, no_chunks, as_json, **eng
     )
     for note in res.notes:
         click.echo(f"note: {note}", err=True)
+
+
+def _replay_source(trace: str, replay_run: str | None, num_gpu_blocks: str | None, kw: dict) -> tuple[int | None, object]:
+    """The KV block count and the trace of ``simulate`` (a trace file, or a run of a store)."""
+    blocks: int | None = None
+    if num_gpu_blocks not in (None, "auto"):
+        try:
+            blocks = int(num_gpu_blocks)
+        except ValueError:
+            raise UsageError(f"--num-gpu-blocks must be a whole number or 'auto' (got '{num_gpu_blocks}')") from None
+        if blocks < 2:
+            raise UsageError(f"--num-gpu-blocks must be at least 2 (one is reserved), got {blocks}")
+    if replay_run is None:
+        if num_gpu_blocks == "auto":
+            raise UsageError("--num-gpu-blocks auto reads the count from a measured run: give --replay-run RUN")
+        return blocks, trace
+    from burstbench.analysis.metrics import open_store, resolve_run
+    from burstbench.analysis.schedseries import kv_config, run_as_trace
+
+    con = open_store(trace)
+    try:
+        rid = resolve_run(con, replay_run)
+        tr = run_as_trace(con, rid)
+        kv = kv_config(con, rid)
+    finally:
+        con.close()
+    if num_gpu_blocks == "auto":
+        if "num_gpu_blocks" not in kv:
+            raise UsageError(f"run '{rid}' recorded no vllm:cache_config_info with num_gpu_blocks "
+                             "(scraped from a vLLM server's /metrics): give --num-gpu-blocks N")
+        blocks = kv["num_gpu_blocks"]
+        if kv.get("block_size") and kv["block_size"] != kw["block_size"]:
+            click.echo(f"note: block size {kv['block_size']} as the server reported (not --block-size "
+                       f"{kw['block_size']})", err=True)
+            kw["block_size"] = kv["block_size"]
+        click.echo(f"note: {blocks} KV blocks as the server reported (one is vLLM's reserved null block)", err=True)
+    return blocks, tr
 
 
 @click.command("serve")

@@ -323,7 +323,7 @@ def run_pool(
     def sample(r: int, t: float) -> None:
         e = engines[r]
         u = e.pool.usage()
-        tel.append((t, r, (e.num_running, e.num_waiting, u, u, e.num_preemptions, e.generation_tokens)))
+        tel.append((t, r, (e.num_running, e.num_waiting, u, u, e.preemptions_reported, e.generation_tokens)))
 
     def advance(r: int, until: float) -> None:
         e = engines[r]
