@@ -232,3 +232,15 @@ def series_rows(cmp: dict[str, Any]) -> list[dict[str, Any]]:
     for name, d in cmp["work_axis"].items():
         rows.append({"quantity": f"{name} (work axis)", "A": None, "B": None, "distance": d})
     return rows
+
+
+def sample_interval(con: duckdb.DuckDBPyConnection, run_id: str) -> float:
+    """How often the run sampled its server (``scrape_interval_s`` of a live run,
+    ``telemetry_interval_s`` of a simulated one; 1 s when it does not say)."""
+    row = con.execute("SELECT scenario FROM runs WHERE run_id = ?", [run_id]).fetchone()
+    sc = json.loads(row[0]) if row and isinstance(row[0], str) else (row[0] if row else None) or {}
+    for key in ("scrape_interval_s", "telemetry_interval_s"):
+        v = sc.get(key) if isinstance(sc, dict) else None
+        if isinstance(v, int | float) and v > 0:
+            return float(v)
+    return 1.0

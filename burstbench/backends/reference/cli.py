@@ -58,10 +58,13 @@ def _engine_kwargs(options: dict) -> dict:
                    "output counts), e.g. to set the engine's scheduler beside the server's (analyze --compare).")
 @click.option("--twin", "twin_file", default=None, type=click.Path(dir_okay=False),
               help="Step times from a calibrated twin (calibrate's twin.yaml) instead of --model/--hardware.")
+@click.option("--match-duration", is_flag=True,
+              help="With --replay-run: scale every step time by one factor so the replay lasts as long as the run "
+                   "(the engine's speed, when no calibrated twin is at hand; the factor is printed).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object on stdout.")
 @click.pass_context
 def simulate(ctx, trace, out, label, seed, reasoning_share, no_chunks, num_gpu_blocks, replay_run, twin_file,  # type: ignore[no-untyped-def]
-             as_json, **engine):
+             match_duration, as_json, **engine):
     """Run TRACE through the reference engine in virtual time and write results.
 
     \b
@@ -79,7 +82,15 @@ def simulate(ctx, trace, out, label, seed, reasoning_share, no_chunks, num_gpu_b
     # --replay-run appends the replay to its own store (a new run; nothing is overwritten)
     check_output(out, kind="duckdb", inputs=[] if replay_run else [trace])
     kw = _engine_kwargs(engine)
-    blocks, trace = _replay_source(trace, replay_run, num_gpu_blocks, kw)
+    if num_gpu_blocks not in (None, "auto"):
+        try:
+            num_gpu_blocks = int(num_gpu_blocks)
+        except ValueError:
+            raise UsageError(f"--num-gpu-blocks must be a whole number or 'auto' (got '{num_gpu_blocks}')") from None
+        if num_gpu_blocks < 2:
+            raise UsageError(f"--num-gpu-blocks must be at least 2 (one is reserved), got {num_gpu_blocks}")
+    if replay_run is None and (num_gpu_blocks == "auto" or match_duration):
+        raise UsageError("--num-gpu-blocks auto and --match-duration read a measured run: give --replay-run RUN")
     cost = None
     if twin_file is not None:
         from burstbench.twin.spec import build_cost, load_twin
@@ -90,18 +101,21 @@ def simulate(ctx, trace, out, label, seed, reasoning_share, no_chunks, num_gpu_b
                 raise UsageError(f"--{name} and --twin both set the cost model: give one")
         kw.update(model=spec.model, hardware=spec.hardware, tp=spec.tp)
         cost = build_cost(spec.model, spec.hardware, spec.tp, spec.overrides)
-    res = run(
-        trace,
-        **kw,
-        num_blocks=blocks,
-        cost=cost,
-        seed=seed,
-        out=out,
-        label=label,
-        record_chunks=not no_chunks,
-        progress=not as_json and sys.stderr.isatty(),
-        reasoning_share=reasoning_share,
-    )
+    common = dict(seed=seed, out=out, label=label, record_chunks=not no_chunks,
+                  progress=not as_json and sys.stderr.isatty(), reasoning_share=reasoning_share)
+    if replay_run is None:
+        res = run(trace, **kw, num_blocks=num_gpu_blocks, cost=cost, **common)
+    else:
+        from burstbench.analysis import replay
+
+        src = replay.read_source(trace, replay_run)
+        blocks, kw["block_size"], notes = replay.num_blocks_of(src, num_gpu_blocks, kw["block_size"])
+        for n in notes:
+            click.echo(f"note: {n}", err=True)
+        res, scale = replay.replay(src, cost=cost, match_duration=match_duration, num_blocks=blocks, **kw, **common)
+        if match_duration:
+            click.echo(f"note: step times x{scale:.4g} to last as long as run {src.run_id} "
+                       f"({src.duration_s:.1f} s)", err=True)
     d = res.to_dict()
     if as_json:
         emit_json(d)
@@ -113,43 +127,6 @@ def simulate(ctx, trace, out, label, seed, reasoning_share, no_chunks, num_gpu_b
     )
     for note in res.notes:
         click.echo(f"note: {note}", err=True)
-
-
-def _replay_source(trace: str, replay_run: str | None, num_gpu_blocks: str | None, kw: dict) -> tuple[int | None, object]:
-    """The KV block count and the trace of ``simulate`` (a trace file, or a run of a store)."""
-    blocks: int | None = None
-    if num_gpu_blocks not in (None, "auto"):
-        try:
-            blocks = int(num_gpu_blocks)
-        except ValueError:
-            raise UsageError(f"--num-gpu-blocks must be a whole number or 'auto' (got '{num_gpu_blocks}')") from None
-        if blocks < 2:
-            raise UsageError(f"--num-gpu-blocks must be at least 2 (one is reserved), got {blocks}")
-    if replay_run is None:
-        if num_gpu_blocks == "auto":
-            raise UsageError("--num-gpu-blocks auto reads the count from a measured run: give --replay-run RUN")
-        return blocks, trace
-    from burstbench.analysis.metrics import open_store, resolve_run
-    from burstbench.analysis.schedseries import kv_config, run_as_trace
-
-    con = open_store(trace)
-    try:
-        rid = resolve_run(con, replay_run)
-        tr = run_as_trace(con, rid)
-        kv = kv_config(con, rid)
-    finally:
-        con.close()
-    if num_gpu_blocks == "auto":
-        if "num_gpu_blocks" not in kv:
-            raise UsageError(f"run '{rid}' recorded no vllm:cache_config_info with num_gpu_blocks "
-                             "(scraped from a vLLM server's /metrics): give --num-gpu-blocks N")
-        blocks = kv["num_gpu_blocks"]
-        if kv.get("block_size") and kv["block_size"] != kw["block_size"]:
-            click.echo(f"note: block size {kv['block_size']} as the server reported (not --block-size "
-                       f"{kw['block_size']})", err=True)
-            kw["block_size"] = kv["block_size"]
-        click.echo(f"note: {blocks} KV blocks as the server reported (one is vLLM's reserved null block)", err=True)
-    return blocks, tr
 
 
 @click.command("serve")
