@@ -156,7 +156,10 @@ def simulate(ctx, trace, out, label, seed, reasoning_share, no_chunks, num_gpu_b
 @click.option("--body-timeout", type=float, default=30.0, show_default=True, help="Seconds a request body may take to arrive (then 408).")
 @click.option("--max-connections", type=int, default=None, help="Open connections at once; past it a connection gets 503 and is closed (default: --max-concurrent + 1024, within the open-file limit).")
 @click.option("--otlp-traces-endpoint", default=None, metavar="URL", help="Export a vLLM-like span per request (queue, prefill, decode, TTFT, E2E) to this OTLP/HTTP collector, e.g. the one 'run --server-spans' starts: http://127.0.0.1:4318/v1/traces.")
-def serve(host, port, time_scale, api_key, served_model_name, max_concurrent, max_request_bytes, output_len, reasoning_share, seed, fault_error_rate, fault_error_codes, fault_retry_after, fault_slow_first_byte_rate, fault_slow_first_byte_s, fault_stall_rate, fault_stall_s, fault_disconnect_rate, fault_malformed_rate, fault_stream_error_rate, fault_seed, header_timeout, body_timeout, max_connections, otlp_traces_endpoint, **engine):  # type: ignore[no-untyped-def]
+@click.option("--num-gpu-blocks", type=int, default=None,
+              help="KV cache blocks per replica as vLLM counts them (its null block included; vLLM's "
+                   "--num-gpu-blocks-override) instead of sizing the cache from memory: small to see preemption.")
+def serve(host, port, time_scale, api_key, served_model_name, max_concurrent, max_request_bytes, output_len, reasoning_share, seed, fault_error_rate, fault_error_codes, fault_retry_after, fault_slow_first_byte_rate, fault_slow_first_byte_s, fault_stall_rate, fault_stall_s, fault_disconnect_rate, fault_malformed_rate, fault_stream_error_rate, fault_seed, header_timeout, body_timeout, max_connections, otlp_traces_endpoint, num_gpu_blocks, **engine):  # type: ignore[no-untyped-def]
     """Serve the reference engine over an OpenAI-compatible HTTP API.
 
     \b
@@ -189,7 +192,10 @@ def serve(host, port, time_scale, api_key, served_model_name, max_concurrent, ma
     )
     if port < 0 or port > 65535:
         raise UsageError(f"--port must be in 0..65535, got {port}")
+    if num_gpu_blocks is not None and num_gpu_blocks < 2:
+        raise UsageError(f"--num-gpu-blocks must be at least 2 (one is reserved), got {num_gpu_blocks}")
     cfg = ServeConfig(
+        num_blocks=num_gpu_blocks,
         **_engine_kwargs(engine),
         host=host,
         port=port,

@@ -105,6 +105,11 @@ class ServerStats:
         family("vllm:generation_tokens_total", "counter", "Number of generation tokens processed.", [(lab, e.generation_tokens) for lab, e in per])
         family("vllm:prefix_cache_queries_total", "counter", "Prefix cache queries, in tokens.", [(lab, e.prefix_queries) for lab, e in per])
         family("vllm:prefix_cache_hits_total", "counter", "Prefix cache hits, in tokens.", [(lab, e.prefix_hits) for lab, e in per])
+        # vLLM's cache_config_info (an info gauge of value 1): the KV size a replay of a run needs
+        # (``simulate --replay-run --num-gpu-blocks auto``); vLLM's count includes its null block
+        family("vllm:cache_config_info", "gauge", "Information of the LLMEngine CacheConfig.", [
+            (f'{lab},block_size="{e.block_size}",num_gpu_blocks="{e.pool.num_blocks}",'
+             f'enable_prefix_caching="{e.pool.enable_caching}"', 1.0) for lab, e in per])
         base = f'model_name="{name}"'
         family(
             "vllm:request_success_total",
