@@ -265,8 +265,9 @@ def analyze(store: str | None, run_id: str | None, slo: str | None, window: floa
 
                 sc = compare_series(sa, sb)
                 result["scheduler"] = {k: v for k, v in sc.items() if k != "series"}
-                tables.append(_kv_table("Scheduler series: A measured, B its replay (distance: area between the "
-                                        "curves / area under A's)", series_rows(sc), ["quantity", "A", "B", "distance"]))
+                tables.append(_kv_table("Scheduler series, B against A (e.g. A measured, B its replay; distance: "
+                                        "area between the curves / area under A's)", series_rows(sc),
+                                        ["quantity", "A", "B", "distance"]))
     finally:
         status.stop()
         con.close()
