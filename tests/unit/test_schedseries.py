@@ -56,13 +56,21 @@ def test_replay_of_a_run_at_its_kv_size_reproduces_its_series(store: Path) -> No
     p = _cli("simulate", str(store), "--replay-run", "a", "--num-gpu-blocks", "33", *LIMITS,
              "-o", str(store), "--label", "roomy", "--no-chunks")
     assert p.returncode == 0, p.stderr
+    # a slower cost model, its step times scaled so the replay lasts as long as the run
+    p = _cli("simulate", str(store), "--replay-run", "a", "--num-gpu-blocks", "9", *LIMITS, "--hardware", "l40s",
+             "--match-duration", "-o", str(store), "--label", "matched", "--no-chunks")
+    assert p.returncode == 0, p.stderr
+    assert "step times x" in p.stderr
     con = duckdb.connect(str(store), read_only=True)
     try:
         ids = dict(con.execute("SELECT label, run_id FROM runs").fetchall())
         same = compare_runs_series(con, ids["a"], ids["same"])
         roomy = compare_runs_series(con, ids["a"], ids["roomy"])
+        matched = compare_runs_series(con, ids["a"], ids["matched"])
     finally:
         con.close()
+    assert matched["duration_s"]["simulated"] == pytest.approx(matched["duration_s"]["measured"], rel=0.02)
+    assert matched["preemptions"]["simulated"] == matched["preemptions"]["measured"]
     assert same["preemptions"]["measured"] == same["preemptions"]["simulated"] > 0
     assert same["time_axis"]["running"] == same["time_axis"]["waiting"] == 0.0
     assert same["work_axis"]["running"] == 0.0
