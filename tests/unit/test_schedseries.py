@@ -133,3 +133,19 @@ def test_a_run_without_scheduler_gauges_is_named(tmp_path: Path) -> None:
             compare_runs_series(con, rid, rid)
     finally:
         con.close()
+
+
+def test_replay_with_a_twins_cost(store: Path, tmp_path: Path) -> None:
+    from burstbench.twin.spec import TwinSpec
+
+    twin = TwinSpec(model="llama-3.1-8b", hardware="h100-sxm", overrides={"step_overhead_s": 0.05}).write(
+        tmp_path / "twin.yaml")
+    out = tmp_path / "t.duckdb"
+    p = _cli("simulate", str(store), "--replay-run", "a", "--num-gpu-blocks", "9", *LIMITS, "--twin", str(twin),
+             "-o", str(out), "--label", "twin", "--json", "--no-chunks")
+    assert p.returncode == 0, p.stderr
+    res = json.loads(p.stdout)
+    assert res["duration_s"] > 0.05 * res["iterations"]  # every step pays the twin's 50 ms overhead
+    p = _cli("simulate", str(store), "--replay-run", "a", "--twin", str(twin), "--model", "llama-3.1-8b",
+             "-o", str(out))
+    assert p.returncode != 0 and "--model and --twin" in p.stderr
