@@ -61,6 +61,7 @@ class ReplaySource:
 
 
 def read_source(store: str | Path, run: str) -> ReplaySource:
+    """Everything a replay takes from the store, read at once (the store may then be appended to)."""
     from burstbench.analysis.metrics import open_store, resolve_run
     from burstbench.analysis.schedseries import kv_config, run_as_trace, sample_interval
 
