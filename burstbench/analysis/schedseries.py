@@ -146,7 +146,9 @@ def compare_series(measured: SchedSeries, simulated: SchedSeries, *, grid: int =
         out["time_axis"][name] = distance(m, s)
         out.setdefault("mean", {})[name] = {"measured": _mean_busy(measured, name),
                                              "simulated": _mean_busy(simulated, name)}
-    wg = np.linspace(0.0, 1.0, grid)
+    # shares in (0, 1]: at share 0 (before the first token) many samples tie and say only
+    # how the arrivals fell between scrapes, not what the scheduler did
+    wg = np.linspace(0.0, 1.0, grid + 1)[1:]
     if measured.generated[-1] > 0 and simulated.generated[-1] > 0:
         for name in ("running", "waiting", "preemptions"):
             m = _on_work(measured, name, wg)
