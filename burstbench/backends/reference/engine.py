@@ -385,7 +385,7 @@ class EngineCore:
                 hit_tokens = len(hit) * bs
                 n = min(num_tokens - hit_tokens, self._budget)
                 need = -(-(hit_tokens + n) // bs) - len(hit)
-                # vLLM >= 0.11's scheduler_reserve_full_isl (on by default): admit only when the
+                # vLLM 0.32's scheduler_reserve_full_isl (on by default): admit only when the
                 # whole sequence so far (prompt, plus the output of a resumed request) fits, not
                 # just its first chunk, so chunked prefill cannot over-admit and then thrash.
                 fits = -(-num_tokens // bs) - len(hit) if self.reserve_full_isl else need
