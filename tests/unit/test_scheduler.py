@@ -297,3 +297,17 @@ def test_preemption_counter_reaches_vllms_metrics_when_the_request_emits_again()
             assert eng.preemptions_reported == eng.num_preemptions
     assert lagged and eng.num_preemptions >= 1
     assert eng.preemptions_reported == eng.num_preemptions == b.preemptions
+
+
+def test_metrics_count_prompts_and_prefix_lookups_at_first_scheduling_only():
+    # vLLM 0.32: vllm:prompt_tokens_total and the prefix-cache queries/hits come from a
+    # request's first scheduling; a preempted request's recompute and its lookup on resume
+    # are not counted there (the lookup goes to separate "preempted" stats).
+    eng = EngineCore(LinearCost(), 21, max_num_seqs=2, max_num_batched_tokens=512)  # 320 slots
+    a = Seq(rid=0, prompt_len=150, max_out=100, hashes=chain_hashes(range(1000, 1015)))
+    b = Seq(rid=1, prompt_len=150, max_out=100, hashes=chain_hashes(range(2000, 2015)))
+    run_to_completion(eng, [a, b])
+    assert b.preemptions >= 1
+    assert eng.prompt_tokens > 300  # the work done includes the recompute
+    assert eng.prompt_tokens_reported == 300
+    assert eng.prefix_queries == 300

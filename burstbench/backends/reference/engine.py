@@ -168,10 +168,11 @@ class EngineCore:
         # has been recomputed and emits a token again; so vLLM's series lags the preemptions
         # by the recompute (and equals num_preemptions once every preempted request resumed).
         self.preemptions_reported = 0
-        self.prompt_tokens = 0  # vllm:prompt_tokens_total (computed prompt tokens, incl. recompute)
+        self.prompt_tokens = 0  # computed prompt tokens, recompute included (the work done)
+        self.prompt_tokens_reported = 0  # vllm:prompt_tokens_total: prompts of requests first scheduled
         self.generation_tokens = 0  # vllm:generation_tokens_total
-        self.prefix_queries = 0  # vllm:prefix_cache_queries_total (tokens)
-        self.prefix_hits = 0  # vllm:prefix_cache_hits_total (tokens)
+        self.prefix_queries = 0  # vllm:prefix_cache_queries_total (tokens; first scheduling only)
+        self.prefix_hits = 0  # vllm:prefix_cache_hits_total (tokens; first scheduling only)
         self.num_finished = 0
         self.max_batch_tokens_seen = 0
         self.last_batch_tokens = 0  # tokens scheduled in the last step (tests, metrics)
@@ -392,9 +393,13 @@ class EngineCore:
                 if fits + (pool.evictable_among(hit) if hit else 0) > pool.num_free():
                     break
                 self._pop_head()
-                if pool.enable_caching:
-                    self.prefix_queries += num_tokens
-                    self.prefix_hits += hit_tokens
+                if s.preemptions == 0:
+                    # what vLLM's metrics count: a request's prompt, and its prefix lookup, when first
+                    # scheduled; a resumed request's lookup goes to separate "preempted" stats
+                    self.prompt_tokens_reported += s.prompt_len
+                    if pool.enable_caching:
+                        self.prefix_queries += num_tokens
+                        self.prefix_hits += hit_tokens
                 if hit:
                     pool.touch(hit)
                 s.lk_ver = -1

@@ -101,7 +101,7 @@ class ServerStats:
         family("vllm:kv_cache_usage_perc", "gauge", "KV-cache usage. 1 means 100 percent usage.", [(lab, e.kv_usage()) for lab, e in per])
         family("vllm:gpu_cache_usage_perc", "gauge", "GPU KV-cache usage (older name).", [(lab, e.kv_usage()) for lab, e in per])
         family("vllm:num_preemptions_total", "counter", "Cumulative number of preemptions.", [(lab, e.preemptions_reported) for lab, e in per])
-        family("vllm:prompt_tokens_total", "counter", "Number of prefill tokens processed.", [(lab, e.prompt_tokens) for lab, e in per])
+        family("vllm:prompt_tokens_total", "counter", "Number of prefill tokens processed.", [(lab, e.prompt_tokens_reported) for lab, e in per])
         family("vllm:generation_tokens_total", "counter", "Number of generation tokens processed.", [(lab, e.generation_tokens) for lab, e in per])
         family("vllm:prefix_cache_queries_total", "counter", "Prefix cache queries, in tokens.", [(lab, e.prefix_queries) for lab, e in per])
         family("vllm:prefix_cache_hits_total", "counter", "Prefix cache hits, in tokens.", [(lab, e.prefix_hits) for lab, e in per])
