@@ -257,6 +257,17 @@ def analyze(store: str | None, run_id: str | None, slo: str | None, window: floa
                      "significant": "yes" if r["significant"] else "no"} for r in cmp["metrics"]]
             tables.append(_kv_table(f"B ({cmp['run_b']}) − A ({cmp['run_a']}), 95% bootstrap CI", rows,
                                     ["metric", "A", "B", "delta", "ci_low", "ci_high", "significant"]))
+            from burstbench.analysis.schedseries import read_series, series_rows
+
+            sa, sb = read_series(con, cmp["run_a"]), read_series(con, cmp["run_b"])
+            if sa is not None and sb is not None:  # both recorded the scheduler's gauges: set them side by side
+                from burstbench.analysis.schedseries import compare_series
+
+                sc = compare_series(sa, sb)
+                result["scheduler"] = {k: v for k, v in sc.items() if k != "series"}
+                tables.append(_kv_table("Scheduler series, B against A (e.g. A measured, B its replay; distance: "
+                                        "area between the curves / area under A's)", series_rows(sc),
+                                        ["quantity", "A", "B", "distance"]))
     finally:
         status.stop()
         con.close()

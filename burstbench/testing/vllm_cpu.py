@@ -286,6 +286,28 @@ def scrape_metrics(url: str, timeout_s: float = 10.0) -> dict[str, float]:
     return out
 
 
+def check_limits(max_model_len: int, num_gpu_blocks: int | None = None, max_num_seqs: int | None = None,
+                 max_num_batched_tokens: int | None = None) -> None:
+    """Refuse in one line what vLLM would refuse only after ~30 s of start-up.
+
+    vLLM holds one block back (the null block) and requires the rest to hold one
+    request of ``max_model_len`` tokens, and a token budget of at least ``max_num_seqs``."""
+    if max_model_len < 1:
+        raise UsageError(f"--max-model-len must be positive (got {max_model_len})")
+    if num_gpu_blocks is not None:
+        need = 1 + -(-max_model_len // BLOCK_SIZE)
+        if num_gpu_blocks < need:
+            raise UsageError(
+                f"--num-gpu-blocks {num_gpu_blocks} cannot hold one request of --max-model-len {max_model_len} "
+                f"({BLOCK_SIZE}-token blocks, one reserved): use at least {need}, or lower --max-model-len")
+    for name, v in (("--max-num-seqs", max_num_seqs), ("--max-num-batched-tokens", max_num_batched_tokens)):
+        if v is not None and v < 1:
+            raise UsageError(f"{name} must be positive (got {v})")
+    if max_num_seqs and max_num_batched_tokens and max_num_batched_tokens < max_num_seqs:
+        raise UsageError(f"--max-num-batched-tokens ({max_num_batched_tokens}) must be >= --max-num-seqs "
+                         f"({max_num_seqs}), as vLLM requires")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -307,6 +329,12 @@ class VllmServer:
     max_model_len: int = 4096
     threads_bind: str = "nobind"
     enforce_eager: bool = True
+    # KV blocks of the cache (vLLM's --num-gpu-blocks-override, which the CPU build honours:
+    # it replaces the count derived from VLLM_CPU_KVCACHE_SPACE; one block is vLLM's
+    # reserved null block). Small on purpose to make vLLM preempt; None: sized by memory.
+    num_gpu_blocks: int | None = None
+    max_num_seqs: int | None = None  # None: vLLM's CPU default
+    max_num_batched_tokens: int | None = None
     extra_args: list[str] = field(default_factory=list)
     log_path: Path | None = None
     proc: subprocess.Popen | None = None
@@ -323,6 +351,12 @@ class VllmServer:
                "--block-size", str(BLOCK_SIZE)]
         if self.enforce_eager:
             cmd.append("--enforce-eager")
+        if self.num_gpu_blocks is not None:
+            cmd += ["--num-gpu-blocks-override", str(self.num_gpu_blocks)]
+        if self.max_num_seqs is not None:
+            cmd += ["--max-num-seqs", str(self.max_num_seqs)]
+        if self.max_num_batched_tokens is not None:
+            cmd += ["--max-num-batched-tokens", str(self.max_num_batched_tokens)]
         return cmd + list(self.extra_args)
 
     def start(self, ready_timeout_s: float = 300.0) -> VllmServer:

@@ -80,29 +80,41 @@ def build_model_cmd(env: str | None, model: str | None, layers: int, hidden: int
 @click.option("--port", default=0, help="Port on 127.0.0.1 [a free one].")
 @click.option("--kv-cache-gib", default=1.0, show_default=True, help="VLLM_CPU_KVCACHE_SPACE.")
 @click.option("--max-model-len", default=4096, show_default=True)
+@click.option("--num-gpu-blocks", type=int, default=None,
+              help="KV cache blocks (vLLM's --num-gpu-blocks-override; one is vLLM's reserved null block), "
+                   "instead of sizing the cache by --kv-cache-gib: small to make vLLM preempt. "
+                   "At least 1 + max-model-len / 128.")
+@click.option("--max-num-seqs", type=int, default=None, help="vLLM's --max-num-seqs [vLLM's CPU default].")
+@click.option("--max-num-batched-tokens", type=int, default=None,
+              help="vLLM's --max-num-batched-tokens [vLLM's CPU default].")
 @click.option("--threads-bind", default="nobind", show_default=True,
               help="VLLM_CPU_OMP_THREADS_BIND: nobind (the OS schedules; for shared machines), auto, or CPU ids such as 0-1.")
 @click.option("--ready-timeout", default=300.0, show_default=True, help="Seconds to wait for /health.")
 @click.option("--log", "log_path", default=None, type=click.Path(dir_okay=False), help="Server log file.")
 def serve_cmd(env: str | None, model: str | None, port: int, kv_cache_gib: float, max_model_len: int,
+              num_gpu_blocks: int | None, max_num_seqs: int | None, max_num_batched_tokens: int | None,
               threads_bind: str, ready_timeout: float, log_path: str | None) -> None:
     """Run `vllm serve` on the tiny model until Ctrl-C (or SIGTERM); print its URL.
 
     \b
     Example:
       burstbench vllm-cpu serve --port 8000 --log vllm.log
+      # a KV cache of 16 usable blocks (2048 tokens): vLLM preempts under a burst
+      burstbench vllm-cpu serve --num-gpu-blocks 17 --max-model-len 1024 --max-num-seqs 16
     """
     from pathlib import Path
 
     from burstbench.errors import BackendError, UsageError
-    from burstbench.testing.vllm_cpu import VllmServer, env_dir, model_dir
+    from burstbench.testing.vllm_cpu import VllmServer, check_limits, env_dir, model_dir
 
     if not 0 <= port <= 65535:
         raise UsageError(f"--port must be between 0 and 65535 (got {port})")
     if not kv_cache_gib > 0:
         raise UsageError(f"--kv-cache-gib must be positive (got {kv_cache_gib})")
+    check_limits(max_model_len, num_gpu_blocks, max_num_seqs, max_num_batched_tokens)
     srv = VllmServer(env=env_dir(env), model=model_dir(model, env), port=port, kv_cache_gib=kv_cache_gib,
-                     max_model_len=max_model_len, threads_bind=threads_bind,
+                     max_model_len=max_model_len, threads_bind=threads_bind, num_gpu_blocks=num_gpu_blocks,
+                     max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
                      log_path=Path(log_path) if log_path else None)
 
     def _term(*_: object) -> None:

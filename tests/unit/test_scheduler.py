@@ -256,3 +256,58 @@ def test_blocks_filled_by_decoding_are_cached_when_hashes_cover_the_output():
     b = Seq(rid=1, prompt_len=128, max_out=1, hashes=h)
     run_to_completion(eng, [b])
     assert b.cached_tokens == 7 * 16
+
+
+def _admits_chunk_only_when_whole_sequence_fits(reserve_full_isl: bool) -> EngineCore:
+    """A (100-token prompt) prefills in 16-token chunks into 7 of 8 usable blocks, then
+    decodes; B (100-token prompt) waits for room."""
+    eng = EngineCore(LinearCost(), 9, block_size=16, max_num_seqs=4, max_num_batched_tokens=16,
+                     enable_prefix_caching=False, reserve_full_isl=reserve_full_isl)
+    a, b = Seq(rid=0, prompt_len=100, max_out=20), Seq(rid=1, prompt_len=100, max_out=4)
+    emitted = run_to_completion(eng, [a, b])
+    assert emitted == {0: 20, 1: 4}
+    return eng
+
+
+def test_admission_needs_room_for_the_whole_sequence_not_only_its_first_chunk():
+    # vLLM 0.32 (scheduler_reserve_full_isl, on by default) admits B only when its whole
+    # 100-token prompt fits (7 blocks); the older rule admitted B's first 15-token chunk
+    # into the one free block while A decoded, and A then had to preempt B for its 8th block.
+    new = _admits_chunk_only_when_whole_sequence_fits(True)
+    old = _admits_chunk_only_when_whole_sequence_fits(False)
+    assert new.num_preemptions == 0
+    assert old.num_preemptions >= 1
+
+
+def test_preemption_counter_reaches_vllms_metrics_when_the_request_emits_again():
+    # vLLM counts a preemption (vllm:num_preemptions_total) from the request's PREEMPTED
+    # event, which travels with its next output: after the recompute, not at the preemption.
+    eng = EngineCore(LinearCost(), 21, max_num_seqs=2, max_num_batched_tokens=512)  # 320 slots
+    a = Seq(rid=0, prompt_len=150, max_out=100)
+    b = Seq(rid=1, prompt_len=150, max_out=100)
+    eng.add(a)
+    eng.add(b)
+    lagged = False
+    while eng.has_work():
+        out = eng.step(collect=True)
+        if out.preempted:
+            assert eng.preemptions_reported < eng.num_preemptions  # b has not emitted since
+            lagged = True
+        if b in out.emitted and b.preemptions:
+            assert eng.preemptions_reported == eng.num_preemptions
+    assert lagged and eng.num_preemptions >= 1
+    assert eng.preemptions_reported == eng.num_preemptions == b.preemptions
+
+
+def test_metrics_count_prompts_and_prefix_lookups_at_first_scheduling_only():
+    # vLLM 0.32: vllm:prompt_tokens_total and the prefix-cache queries/hits come from a
+    # request's first scheduling; a preempted request's recompute and its lookup on resume
+    # are not counted there (the lookup goes to separate "preempted" stats).
+    eng = EngineCore(LinearCost(), 21, max_num_seqs=2, max_num_batched_tokens=512)  # 320 slots
+    a = Seq(rid=0, prompt_len=150, max_out=100, hashes=chain_hashes(range(1000, 1015)))
+    b = Seq(rid=1, prompt_len=150, max_out=100, hashes=chain_hashes(range(2000, 2015)))
+    run_to_completion(eng, [a, b])
+    assert b.preemptions >= 1
+    assert eng.prompt_tokens > 300  # the work done includes the recompute
+    assert eng.prompt_tokens_reported == 300
+    assert eng.prefix_queries == 300

@@ -124,7 +124,11 @@ def test_prefix_hashes_give_hits_on_mooncake(mooncake):
     head = Trace(tr.df.head(300), dict(tr.meta))
     with_cache = simulate(head, model="llama-3.1-8b", hardware="h100-sxm")
     without = simulate(head, model="llama-3.1-8b", hardware="h100-sxm", enable_prefix_caching=False)
-    assert with_cache.prefix_hit_rate > 0.05
+    # 2% of prompt tokens are shared prefixes in this head. (Before the engine admitted only
+    # what fits whole, as vLLM 0.32 does, it over-admitted long prompts, preempted 52 times
+    # and re-hit the preempted requests' own blocks: a 16% "hit rate" made of thrashing.)
+    assert with_cache.prefix_hit_rate > 0.01
+    assert with_cache.preemptions == 0
     assert without.prefix_hit_rate == 0.0
     assert with_cache.duration_s < without.duration_s  # cached prefill is skipped
 

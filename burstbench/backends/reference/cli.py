@@ -49,29 +49,73 @@ def _engine_kwargs(options: dict) -> dict:
 @click.option("--seed", type=int, default=0, show_default=True, help="Recorded with the run (the simulation itself is deterministic).")
 @click.option("--reasoning-share", type=float, default=None, help="Share of output tokens that are reasoning (reasoning models; default 0.74).")
 @click.option("--no-chunks", is_flag=True, help="Do not record per-token chunk rows (very large runs).")
+@click.option("--num-gpu-blocks", default=None, metavar="N|auto",
+              help="KV cache blocks per replica as vLLM counts them (its reserved null block included), instead of "
+                   "sizing the cache from memory; 'auto' with --replay-run: what the server reported "
+                   "(vllm:cache_config_info), block size included.")
+@click.option("--replay-run", default=None, metavar="RUN",
+              help="TRACE is a results store: replay this run's own requests (send times, the server's prompt and "
+                   "output counts), e.g. to set the engine's scheduler beside the server's (analyze --compare).")
+@click.option("--twin", "twin_file", default=None, type=click.Path(dir_okay=False),
+              help="Step times from a calibrated twin (calibrate's twin.yaml) instead of --model/--hardware.")
+@click.option("--match-duration", is_flag=True,
+              help="With --replay-run: scale every step time by one factor so the replay lasts as long as the run "
+                   "(the engine's speed, when no calibrated twin is at hand; the factor is printed).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object on stdout.")
-def simulate(trace, out, label, seed, reasoning_share, no_chunks, as_json, **engine):  # type: ignore[no-untyped-def]
+@click.pass_context
+def simulate(ctx, trace, out, label, seed, reasoning_share, no_chunks, num_gpu_blocks, replay_run, twin_file,  # type: ignore[no-untyped-def]
+             match_duration, as_json, **engine):
     """Run TRACE through the reference engine in virtual time and write results.
 
     \b
     Example:
       burstbench simulate $(burstbench trace examples)/azure_llm_2023_conv.csv \\
           --model llama-3.1-8b --hardware h100-sxm -o sim.duckdb --json
+      # a measured vLLM run replayed at the server's KV size; then compare the scheduler series
+      burstbench simulate r.duckdb --replay-run RUN --num-gpu-blocks auto --max-num-seqs 16 \\
+          --max-num-batched-tokens 1024 --twin twin.yaml -o r.duckdb --label RUN-sim
+      burstbench analyze r.duckdb --run RUN --compare RUN-sim
     """
     from burstbench.backends.reference.simulator import simulate as run
     from burstbench.outfile import check_output
 
-    check_output(out, kind="duckdb", inputs=[trace])
-    res = run(
-        trace,
-        **_engine_kwargs(engine),
-        seed=seed,
-        out=out,
-        label=label,
-        record_chunks=not no_chunks,
-        progress=not as_json and sys.stderr.isatty(),
-        reasoning_share=reasoning_share,
-    )
+    # --replay-run appends the replay to its own store (a new run; nothing is overwritten)
+    check_output(out, kind="duckdb", inputs=[] if replay_run else [trace])
+    kw = _engine_kwargs(engine)
+    if num_gpu_blocks not in (None, "auto"):
+        try:
+            num_gpu_blocks = int(num_gpu_blocks)
+        except ValueError:
+            raise UsageError(f"--num-gpu-blocks must be a whole number or 'auto' (got '{num_gpu_blocks}')") from None
+        if num_gpu_blocks < 2:
+            raise UsageError(f"--num-gpu-blocks must be at least 2 (one is reserved), got {num_gpu_blocks}")
+    if replay_run is None and (num_gpu_blocks == "auto" or match_duration):
+        raise UsageError("--num-gpu-blocks auto and --match-duration read a measured run: give --replay-run RUN")
+    cost = None
+    if twin_file is not None:
+        from burstbench.twin.spec import build_cost, load_twin
+
+        spec = load_twin(twin_file)
+        for name in ("model", "hardware", "tp"):
+            if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE:
+                raise UsageError(f"--{name} and --twin both set the cost model: give one")
+        kw.update(model=spec.model, hardware=spec.hardware, tp=spec.tp)
+        cost = build_cost(spec.model, spec.hardware, spec.tp, spec.overrides)
+    common = dict(seed=seed, out=out, label=label, record_chunks=not no_chunks,
+                  progress=not as_json and sys.stderr.isatty(), reasoning_share=reasoning_share)
+    if replay_run is None:
+        res = run(trace, **kw, num_blocks=num_gpu_blocks, cost=cost, **common)
+    else:
+        from burstbench.analysis import replay
+
+        src = replay.read_source(trace, replay_run)
+        blocks, kw["block_size"], notes = replay.num_blocks_of(src, num_gpu_blocks, kw["block_size"])
+        for n in notes:
+            click.echo(f"note: {n}", err=True)
+        res, scale = replay.replay(src, cost=cost, match_duration=match_duration, num_blocks=blocks, **kw, **common)
+        if match_duration:
+            click.echo(f"note: step times x{scale:.4g} to last as long as run {src.run_id} "
+                       f"({src.duration_s:.1f} s)", err=True)
     d = res.to_dict()
     if as_json:
         emit_json(d)
@@ -112,7 +156,10 @@ def simulate(trace, out, label, seed, reasoning_share, no_chunks, as_json, **eng
 @click.option("--body-timeout", type=float, default=30.0, show_default=True, help="Seconds a request body may take to arrive (then 408).")
 @click.option("--max-connections", type=int, default=None, help="Open connections at once; past it a connection gets 503 and is closed (default: --max-concurrent + 1024, within the open-file limit).")
 @click.option("--otlp-traces-endpoint", default=None, metavar="URL", help="Export a vLLM-like span per request (queue, prefill, decode, TTFT, E2E) to this OTLP/HTTP collector, e.g. the one 'run --server-spans' starts: http://127.0.0.1:4318/v1/traces.")
-def serve(host, port, time_scale, api_key, served_model_name, max_concurrent, max_request_bytes, output_len, reasoning_share, seed, fault_error_rate, fault_error_codes, fault_retry_after, fault_slow_first_byte_rate, fault_slow_first_byte_s, fault_stall_rate, fault_stall_s, fault_disconnect_rate, fault_malformed_rate, fault_stream_error_rate, fault_seed, header_timeout, body_timeout, max_connections, otlp_traces_endpoint, **engine):  # type: ignore[no-untyped-def]
+@click.option("--num-gpu-blocks", type=int, default=None,
+              help="KV cache blocks per replica as vLLM counts them (its null block included; vLLM's "
+                   "--num-gpu-blocks-override) instead of sizing the cache from memory: small to see preemption.")
+def serve(host, port, time_scale, api_key, served_model_name, max_concurrent, max_request_bytes, output_len, reasoning_share, seed, fault_error_rate, fault_error_codes, fault_retry_after, fault_slow_first_byte_rate, fault_slow_first_byte_s, fault_stall_rate, fault_stall_s, fault_disconnect_rate, fault_malformed_rate, fault_stream_error_rate, fault_seed, header_timeout, body_timeout, max_connections, otlp_traces_endpoint, num_gpu_blocks, **engine):  # type: ignore[no-untyped-def]
     """Serve the reference engine over an OpenAI-compatible HTTP API.
 
     \b
@@ -145,7 +192,10 @@ def serve(host, port, time_scale, api_key, served_model_name, max_concurrent, ma
     )
     if port < 0 or port > 65535:
         raise UsageError(f"--port must be in 0..65535, got {port}")
+    if num_gpu_blocks is not None and num_gpu_blocks < 2:
+        raise UsageError(f"--num-gpu-blocks must be at least 2 (one is reserved), got {num_gpu_blocks}")
     cfg = ServeConfig(
+        num_blocks=num_gpu_blocks,
         **_engine_kwargs(engine),
         host=host,
         port=port,

@@ -11,7 +11,9 @@ One ``EngineCore.step()`` is one engine iteration, as vLLM V1's
    be recomputed; partially prefilled requests get ``min(remaining, budget)``
    tokens (chunked prefill);
 2. if nothing was preempted in this step, waiting requests are admitted in
-   queue order while the token budget, ``max_num_seqs`` and the KV cache allow;
+   queue order while the token budget, ``max_num_seqs`` and the KV cache allow
+   (the cache must hold the request's whole sequence so far, not only the chunk
+   scheduled now: vLLM's ``scheduler_reserve_full_isl``, on by default);
    a prefix-cache lookup (chained block hashes) skips the cached part of the
    prompt (always recomputing at least the last token, as vLLM does);
 3. the step's time comes from the cost model; every request whose prefill
@@ -79,6 +81,7 @@ class Seq:
     last_it: int = -1
     cached_tokens: int = -1
     preemptions: int = 0
+    preemptions_told: int = 0  # of them, how many vLLM's counter has seen (see EngineCore.preemptions_reported)
     lk_ver: int = -1  # prefix lookup memo: pool version and result (blocked queue heads)
     lk_hit: list[int] = field(default_factory=list)
 
@@ -122,6 +125,7 @@ class EngineCore:
         max_waiting: int | None = None,
         policy: str = "fcfs",
         max_context: int | None = None,
+        reserve_full_isl: bool = True,
     ) -> None:
         if max_num_seqs < 1 or max_num_batched_tokens < 1 or block_size < 1:
             raise UsageError("max_num_seqs, max_num_batched_tokens and block_size must be positive")
@@ -142,6 +146,7 @@ class EngineCore:
         self.max_tokens = max_num_batched_tokens
         self.max_waiting = max_waiting
         self.policy = policy
+        self.reserve_full_isl = reserve_full_isl
         capacity = self.pool.num_usable * block_size
         self.max_context = min(max_context or capacity, capacity)
         self.waiting: deque[Seq] = deque()
@@ -157,11 +162,17 @@ class EngineCore:
         self._budget = 0
         self._chunks: dict[Seq, int] = {}
         # statistics (vLLM counter names in comments)
-        self.num_preemptions = 0  # vllm:num_preemptions_total
-        self.prompt_tokens = 0  # vllm:prompt_tokens_total (computed prompt tokens, incl. recompute)
+        self.num_preemptions = 0  # preemptions as they happen
+        # vllm:num_preemptions_total as vLLM exports it: a preemption is an event on the
+        # request that reaches the metrics only with the request's next output, i.e. when it
+        # has been recomputed and emits a token again; so vLLM's series lags the preemptions
+        # by the recompute (and equals num_preemptions once every preempted request resumed).
+        self.preemptions_reported = 0
+        self.prompt_tokens = 0  # computed prompt tokens, recompute included (the work done)
+        self.prompt_tokens_reported = 0  # vllm:prompt_tokens_total: prompts of requests first scheduled
         self.generation_tokens = 0  # vllm:generation_tokens_total
-        self.prefix_queries = 0  # vllm:prefix_cache_queries_total (tokens)
-        self.prefix_hits = 0  # vllm:prefix_cache_hits_total (tokens)
+        self.prefix_queries = 0  # vllm:prefix_cache_queries_total (tokens; first scheduling only)
+        self.prefix_hits = 0  # vllm:prefix_cache_hits_total (tokens; first scheduling only)
         self.num_finished = 0
         self.max_batch_tokens_seen = 0
         self.last_batch_tokens = 0  # tokens scheduled in the last step (tests, metrics)
@@ -375,12 +386,20 @@ class EngineCore:
                 hit_tokens = len(hit) * bs
                 n = min(num_tokens - hit_tokens, self._budget)
                 need = -(-(hit_tokens + n) // bs) - len(hit)
-                if need + (pool.evictable_among(hit) if hit else 0) > pool.num_free():
+                # vLLM 0.32's scheduler_reserve_full_isl (on by default): admit only when the
+                # whole sequence so far (prompt, plus the output of a resumed request) fits, not
+                # just its first chunk, so chunked prefill cannot over-admit and then thrash.
+                fits = -(-num_tokens // bs) - len(hit) if self.reserve_full_isl else need
+                if fits + (pool.evictable_among(hit) if hit else 0) > pool.num_free():
                     break
                 self._pop_head()
-                if pool.enable_caching:
-                    self.prefix_queries += num_tokens
-                    self.prefix_hits += hit_tokens
+                if s.preemptions == 0:
+                    # what vLLM's metrics count: a request's prompt, and its prefix lookup, when first
+                    # scheduled; a resumed request's lookup goes to separate "preempted" stats
+                    self.prompt_tokens_reported += s.prompt_len
+                    if pool.enable_caching:
+                        self.prefix_queries += num_tokens
+                        self.prefix_hits += hit_tokens
                 if hit:
                     pool.touch(hit)
                 s.lk_ver = -1
@@ -456,6 +475,9 @@ class EngineCore:
             if s.computed >= s.prompt_len + s.out:
                 s.out += 1
                 self.generation_tokens += 1
+                if s.preemptions != s.preemptions_told:
+                    self.preemptions_reported += s.preemptions - s.preemptions_told
+                    s.preemptions_told = s.preemptions
                 if s.first_it < 0:
                     s.first_it = it
                 s.seg_start = it

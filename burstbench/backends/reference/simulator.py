@@ -323,7 +323,7 @@ def run_pool(
     def sample(r: int, t: float) -> None:
         e = engines[r]
         u = e.pool.usage()
-        tel.append((t, r, (e.num_running, e.num_waiting, u, u, e.num_preemptions, e.generation_tokens)))
+        tel.append((t, r, (e.num_running, e.num_waiting, u, u, e.preemptions_reported, e.generation_tokens)))
 
     def advance(r: int, until: float) -> None:
         e = engines[r]
@@ -353,6 +353,8 @@ def run_pool(
             if nt <= until and until != float("inf"):
                 sample(r, max(t, nt))
                 nt = until
+            elif until == float("inf") and telemetry_interval_s is not None and not (tel and tel[-1][:2] == (t, r)):
+                sample(r, t)  # the run's end: the counters' final values (preemptions, tokens)
             t = until
         clocks[r] = t
         next_tel[r] = nt

@@ -100,11 +100,16 @@ class ServerStats:
         family("vllm:num_requests_waiting", "gauge", "Requests waiting to be processed.", [(lab, e.num_waiting) for lab, e in per])
         family("vllm:kv_cache_usage_perc", "gauge", "KV-cache usage. 1 means 100 percent usage.", [(lab, e.kv_usage()) for lab, e in per])
         family("vllm:gpu_cache_usage_perc", "gauge", "GPU KV-cache usage (older name).", [(lab, e.kv_usage()) for lab, e in per])
-        family("vllm:num_preemptions_total", "counter", "Cumulative number of preemptions.", [(lab, e.num_preemptions) for lab, e in per])
-        family("vllm:prompt_tokens_total", "counter", "Number of prefill tokens processed.", [(lab, e.prompt_tokens) for lab, e in per])
+        family("vllm:num_preemptions_total", "counter", "Cumulative number of preemptions.", [(lab, e.preemptions_reported) for lab, e in per])
+        family("vllm:prompt_tokens_total", "counter", "Number of prefill tokens processed.", [(lab, e.prompt_tokens_reported) for lab, e in per])
         family("vllm:generation_tokens_total", "counter", "Number of generation tokens processed.", [(lab, e.generation_tokens) for lab, e in per])
         family("vllm:prefix_cache_queries_total", "counter", "Prefix cache queries, in tokens.", [(lab, e.prefix_queries) for lab, e in per])
         family("vllm:prefix_cache_hits_total", "counter", "Prefix cache hits, in tokens.", [(lab, e.prefix_hits) for lab, e in per])
+        # vLLM's cache_config_info (an info gauge of value 1): the KV size a replay of a run needs
+        # (``simulate --replay-run --num-gpu-blocks auto``); vLLM's count includes its null block
+        family("vllm:cache_config_info", "gauge", "Information of the LLMEngine CacheConfig.", [
+            (f'{lab},block_size="{e.block_size}",num_gpu_blocks="{e.pool.num_blocks}",'
+             f'enable_prefix_caching="{e.pool.enable_caching}"', 1.0) for lab, e in per])
         base = f'model_name="{name}"'
         family(
             "vllm:request_success_total",
