@@ -30,6 +30,12 @@ new KV block (every ``block_size`` tokens), finishing, being preempted. The
 step time comes from running sums (decode count, context sum) through the cost
 model's ``step_time_sums`` when it has one. Output token times are recorded as
 iteration-index segments per request and turned into times in bulk by the caller.
+
+Block needs recur with period ``block_size``, so they sit on a wheel of
+``block_size`` slots (slot = iteration mod ``block_size``) instead of a heap: an
+iteration visits one slot, whose requests are in running order already (requests
+start decoding in the order they were admitted), and one block per request is
+about a list append, not a heap pop and push. Finishes (one per request) keep a heap.
 """
 
 from __future__ import annotations
@@ -38,68 +44,19 @@ import contextlib
 import heapq
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from burstbench.backends.reference.kvcache import BlockPool
+from burstbench.backends.reference.seq import (
+    ABORTED,
+    DONE,
+    REJECTED,
+    RUNNING,
+    WAITING,
+    Seq,
+    StepOutput,
+)
 from burstbench.errors import UsageError
-
-WAITING, RUNNING, DONE, REJECTED, ABORTED = 0, 1, 2, 3, 4
-_BLOCK, _FINISH = 0, 1
-
-
-@dataclass(slots=True, eq=False)
-class Seq:
-    """One request inside the engine. ``eq=False``: identity is the object (dict/set keys)."""
-
-    rid: int
-    prompt_len: int
-    max_out: int
-    arrival: float = 0.0
-    priority: int = 0
-    hashes: list[int] | None = None  # chained hashes of full blocks (prompt, and output when known)
-    tag: Any = None  # the caller's payload (server: the stream state)
-    # progress (materialised fields; for a decoding request see c0/o0/sync)
-    computed: int = 0
-    out: int = 0
-    state: int = WAITING
-    decoding: bool = False
-    c0: int = 0
-    o0: int = 0
-    sync: int = 0
-    seg_start: int = -1
-    rorder: int = 0  # position key in the running order
-    qorder: int = 0  # arrival order (tie-break in the waiting queue)
-    ver: int = 0  # bumps invalidate queued events
-    blocks: list[int] = field(default_factory=list)
-    n_cached: int = 0
-    segs: list[int] = field(default_factory=list)  # flat [start_it, count, ...] of emitted tokens
-    sched_it: int = -1  # iteration that first scheduled it (vLLM's scheduled_ts; preemptions ignored)
-    first_it: int = -1
-    last_it: int = -1
-    cached_tokens: int = -1
-    preemptions: int = 0
-    lk_ver: int = -1  # prefix lookup memo: pool version and result (blocked queue heads)
-    lk_hit: list[int] = field(default_factory=list)
-
-    def context_at(self, it: int) -> int:
-        """Tokens in the KV cache before iteration ``it``."""
-        return self.c0 + (it - self.sync) if self.decoding else self.computed
-
-    def out_at(self, it: int) -> int:
-        """Output tokens produced before iteration ``it``."""
-        return self.o0 + (it - self.sync) if self.decoding else self.out
-
-
-@dataclass(slots=True)
-class StepOutput:
-    """What one iteration did, for callers that stream (the server)."""
-
-    dt: float
-    emitted: list[Seq]  # each produced exactly one token in this step
-    finished: list[Seq]
-    preempted: list[Seq]
-    admitted: list[Seq] = field(default_factory=list)  # first scheduled in this step
 
 
 class EngineCore:
@@ -151,7 +108,8 @@ class EngineCore:
         self.B = 0  # decoding requests
         self.S = 0  # sum of their contexts at the current iteration
         self.it = 0
-        self._events: list[tuple[int, int, int, int, Seq]] = []
+        self._wheel: list[dict[Seq, None]] = [{} for _ in range(block_size)]
+        self._fin: list[tuple[int, int, int, Seq]] = []  # (last-token iteration, rorder, ver, seq)
         self._rorder = 0
         self._qorder = 0
         self._budget = 0
@@ -228,14 +186,27 @@ class EngineCore:
 
     # -- events ----------------------------------------------------------------------
     def _push_events(self, s: Seq) -> None:
-        """Block-need and finish events of a decoding request from its anchor."""
+        """Put a request that starts decoding on the block wheel and its finish on the heap."""
         bs = self.block_size
         it_fin = s.sync + (s.max_out - s.o0) - 1
         it_need = s.sync + len(s.blocks) * bs - s.c0
-        ev = self._events
         if it_need <= it_fin:
-            heapq.heappush(ev, (it_need, _BLOCK, s.rorder, s.ver, s))
-        heapq.heappush(ev, (it_fin, _FINISH, s.rorder, s.ver, s))
+            s.need_it = it_need
+            s.wslot = it_need % bs
+            self._wheel[s.wslot][s] = None
+        heapq.heappush(self._fin, (it_fin, s.rorder, s.ver, s))
+
+    def _unwheel(self, s: Seq) -> None:
+        if s.wslot >= 0:
+            del self._wheel[s.wslot][s]
+            s.wslot = -1
+
+    def _grow(self, s: Seq) -> None:
+        """One more KV block for a decoding request at its block boundary (room is known)."""
+        if s.hashes is not None and len(s.hashes) > s.n_cached:
+            self._cache_full_blocks(s, len(s.blocks) * self.block_size)  # blocks filled by decoding
+        s.blocks.extend(self.pool.allocate(1))
+        s.need_it += self.block_size
 
     # -- preemption --------------------------------------------------------------------
     def _victim(self) -> Seq:
@@ -260,6 +231,7 @@ class EngineCore:
             s.out = s.out_at(it)
             s.computed = ctx
             self._close_segment(s, it)
+            self._unwheel(s)
             self.B -= 1
             self.S -= ctx
             self._budget += 1
@@ -321,21 +293,16 @@ class EngineCore:
         preempted: list[Seq] = []
         self._budget = self.max_tokens - self.B
         self._chunks = chunks = {}
-        ev = self._events
+        fin = self._fin
 
-        # 1a. decodes: only those crossing a block boundary need work.
-        while ev and ev[0][0] <= it and ev[0][1] == _BLOCK:
-            _, _, _, ver, s = heapq.heappop(ev)
-            if ver != s.ver or s.state != RUNNING:
-                continue
-            if not self._make_room(s, 1, preempted):
-                continue
-            if s.hashes is not None and len(s.hashes) > s.n_cached:
-                self._cache_full_blocks(s, len(s.blocks) * bs)  # blocks filled by decoding
-            s.blocks.extend(pool.allocate(1))
-            nxt = s.sync + len(s.blocks) * bs - s.c0
-            if nxt <= s.sync + (s.max_out - s.o0) - 1:
-                heapq.heappush(ev, (nxt, _BLOCK, s.rorder, s.ver, s))
+        # 1a. decodes: only those crossing a block boundary need work, in running order.
+        slot = self._wheel[it % bs]
+        if slot:
+            for s in list(slot):
+                if s.wslot < 0 or s.need_it > it:  # preempted meanwhile / not due yet
+                    continue
+                if self._make_room(s, 1, preempted):
+                    self._grow(s)
 
         # 1b. partially prefilled running requests (they sit at the running tail).
         if self.prefilling:
@@ -470,11 +437,12 @@ class EngineCore:
                     new_dec.append(s)
         self.generation_tokens += B
         # decodes that produced their last token in this step
-        while ev and ev[0][0] <= it:
-            _, kind, _, ver, s = heapq.heappop(ev)
-            if ver != s.ver or s.state != RUNNING or kind != _FINISH:
+        while fin and fin[0][0] <= it:
+            _, _, ver, s = heapq.heappop(fin)
+            if ver != s.ver or s.state != RUNNING:
                 continue
             self._close_segment(s, it + 1)
+            self._unwheel(s)
             self.B -= 1
             self.S -= s.context_at(it)
             s.out = s.max_out
@@ -512,54 +480,59 @@ class EngineCore:
         sums = self._sums
         if sums is None or self.prefilling or self.num_waiting or not self.B:
             return t
-        ev = self._events
+        fin = self._fin
+        wheel = self._wheel
         pool = self.pool
         num_free = pool.num_free
+        # Without prefix caching block ids are interchangeable: take them off the free
+        # stack directly (what ``allocate(1)`` would hand out, in the same order).
+        stack = pool.free_stack
+        grow = self._grow
         bs = self.block_size
         it = self.it
         B, S = self.B, self.S
         append = times.append
         gen = 0
-        last_B = -1
+        # The step time is affine in the context sum for a fixed batch (decode attention
+        # reads KV linearly), and the batch is fixed here (a finish ends the loop): two
+        # evaluations give the line and a third checks it, else fall back to exact calls.
+        # (Fitted at the first step taken: a call that stops at once costs nothing.)
         a = b = 0.0
+        line = None
         while t < until:
-            while ev and ev[0][0] <= it:
-                top = ev[0]
-                s = top[4]
-                if top[3] != s.ver or s.state != RUNNING:
-                    heapq.heappop(ev)
+            if fin and fin[0][0] <= it:
+                top = fin[0]
+                s = top[3]
+                if top[2] != s.ver or s.state != RUNNING:
+                    heapq.heappop(fin)  # stale: preempted or finished since
                     continue
-                if top[1] != _BLOCK or not num_free():
-                    break
-                heapq.heappop(ev)
-                if s.hashes is not None and len(s.hashes) > s.n_cached:
-                    self._cache_full_blocks(s, len(s.blocks) * bs)
-                s.blocks.extend(pool.allocate(1))
-                nxt = s.sync + len(s.blocks) * bs - s.c0
-                if nxt <= s.sync + (s.max_out - s.o0) - 1:
-                    heapq.heappush(ev, (nxt, _BLOCK, s.rorder, s.ver, s))
-            else:
-                # no event due at this iteration: a plain decode step
-                if last_B != B:
-                    # step time is affine in the context sum for a fixed batch (decode
-                    # attention reads KV linearly); two evaluations give the line and a
-                    # third checks it, else fall back to exact calls.
-                    t0 = sums(decode_seqs=B, decode_context_sum=S)
-                    t1 = sums(decode_seqs=B, decode_context_sum=S + 4096 * B)
-                    b = (t1 - t0) / (4096 * B)
-                    a = t0 - b * S
-                    t2 = sums(decode_seqs=B, decode_context_sum=S + 1024 * B)
-                    if abs(a + b * (S + 1024 * B) - t2) > 1e-9 * t2:
-                        b = float("nan")
-                    last_B = B
-                dt = a + b * S if b == b else sums(decode_seqs=B, decode_context_sum=S)
-                t += dt
-                append(t)
-                gen += B
-                S += B
-                it += 1
-                continue
-            break
+                break  # a request finishes in this iteration: step()'s work
+            slot = wheel[it % bs]
+            if slot:
+                if len(slot) > num_free():
+                    break  # a block must preempt: step() does it in running order
+                if stack is not None:
+                    pop = stack.pop
+                    for s in slot:
+                        if s.need_it <= it:
+                            s.blocks.append(pop())
+                            s.need_it += bs
+                else:
+                    for s in slot:
+                        if s.need_it <= it:
+                            grow(s)
+            if line is None:
+                t0 = sums(decode_seqs=B, decode_context_sum=S)
+                t1 = sums(decode_seqs=B, decode_context_sum=S + 4096 * B)
+                b = (t1 - t0) / (4096 * B)
+                a = t0 - b * S
+                t2 = sums(decode_seqs=B, decode_context_sum=S + 1024 * B)
+                line = abs(a + b * (S + 1024 * B) - t2) <= 1e-9 * t2
+            t += a + b * S if line else sums(decode_seqs=B, decode_context_sum=S)
+            append(t)
+            gen += B
+            S += B
+            it += 1
         self.it = it
         self.S = S
         self.generation_tokens += gen
@@ -593,6 +566,7 @@ class EngineCore:
                 ctx = s.context_at(self.it)
                 s.out = s.out_at(self.it)
                 self._close_segment(s, self.it)
+                self._unwheel(s)
                 self.B -= 1
                 self.S -= ctx
                 s.decoding = False
@@ -627,6 +601,16 @@ class EngineCore:
             need = -(-s.context_at(it) // self.block_size)
             assert len(s.blocks) >= need, (s.rid, len(s.blocks), need)
             assert s.out_at(it) < s.max_out
+        # the block wheel: every decode that still needs a block sits in the slot of its
+        # next need, slots hold only decodes, in running order (step() relies on it)
+        for k, slot in enumerate(self._wheel):
+            order = [s.rorder for s in slot]
+            assert order == sorted(order), (k, order)
+            for s in slot:
+                assert s.decoding and s.wslot == k == s.need_it % self.block_size and s.need_it >= it
+        for s in dec:
+            ends = s.sync + s.max_out - s.o0 - 1
+            assert s.wslot >= 0 or len(s.blocks) * self.block_size - s.c0 + s.sync > ends
 
 
 StepTime = Callable[[Sequence[tuple[int, int]], Sequence[int]], float]
