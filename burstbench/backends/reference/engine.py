@@ -589,28 +589,9 @@ class EngineCore:
 
     def check_invariants(self) -> None:
         """Assert the engine's bookkeeping is consistent (tests call this every step)."""
-        it = self.it
-        dec = [s for s in self.running if s.decoding]
-        assert len(dec) == self.B, (len(dec), self.B)
-        assert sum(s.context_at(it) for s in dec) == self.S
-        assert len(self.running) <= self.max_num_seqs
-        held = {b for s in self.running for b in s.blocks}
-        assert 0 not in held
-        assert len(held) + self.pool.num_free() == self.pool.num_usable, (len(held), self.pool.num_free())
-        for s in self.running:
-            need = -(-s.context_at(it) // self.block_size)
-            assert len(s.blocks) >= need, (s.rid, len(s.blocks), need)
-            assert s.out_at(it) < s.max_out
-        # the block wheel: every decode that still needs a block sits in the slot of its
-        # next need, slots hold only decodes, in running order (step() relies on it)
-        for k, slot in enumerate(self._wheel):
-            order = [s.rorder for s in slot]
-            assert order == sorted(order), (k, order)
-            for s in slot:
-                assert s.decoding and s.wslot == k == s.need_it % self.block_size and s.need_it >= it
-        for s in dec:
-            ends = s.sync + s.max_out - s.o0 - 1
-            assert s.wslot >= 0 or len(s.blocks) * self.block_size - s.c0 + s.sync > ends
+        from burstbench.backends.reference.invariants import check_engine
+
+        check_engine(self)
 
 
 StepTime = Callable[[Sequence[tuple[int, int]], Sequence[int]], float]
