@@ -46,6 +46,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from burstbench.backends.reference.decodes import DecodeLoop
 from burstbench.backends.reference.kvcache import BlockPool
 from burstbench.backends.reference.seq import (
     ABORTED,
@@ -59,7 +60,7 @@ from burstbench.backends.reference.seq import (
 from burstbench.errors import UsageError
 
 
-class EngineCore:
+class EngineCore(DecodeLoop):
     """vLLM V1 scheduling over a ``BlockPool``; the cost object gives each step's time.
 
     ``cost`` needs ``step_time(prefill, decode)``; if it also has
@@ -436,20 +437,8 @@ class EngineCore:
                 else:
                     new_dec.append(s)
         self.generation_tokens += B
-        # decodes that produced their last token in this step
-        while fin and fin[0][0] <= it:
-            _, _, ver, s = heapq.heappop(fin)
-            if ver != s.ver or s.state != RUNNING:
-                continue
-            self._close_segment(s, it + 1)
-            self._unwheel(s)
-            self.B -= 1
-            self.S -= s.context_at(it)
-            s.out = s.max_out
-            s.computed = s.context_at(it) + 1
-            s.decoding = False
-            self._finish(s)
-            finished.append(s)
+        if fin and fin[0][0] <= it:
+            self._finish_decodes(it, finished)
         self.S += self.B
         nxt_it = it + 1
         for s in new_dec:
@@ -466,79 +455,24 @@ class EngineCore:
             return StepOutput(dt, emitted, finished, preempted, admitted)
         return dt
 
-    def run_decodes(self, t: float, until: float, times: Any) -> float:
-        """Run decode-only iterations from time ``t`` while nothing else needs scheduling.
-
-        Exactly what ``step()`` would do for a step with no waiting request, no
-        partial prefill and no finishing request, minus its bookkeeping: block
-        boundary allocations that fit are made inline, and the loop stops (leaving
-        the rest to ``step()``) at the first iteration that needs more: a finish,
-        a block that must preempt, an admission, or the clock reaching ``until``.
-        Appends each iteration's end time to ``times``; returns the new time.
-        Needs a cost with ``step_time_sums``.
-        """
-        sums = self._sums
-        if sums is None or self.prefilling or self.num_waiting or not self.B:
-            return t
+    def _finish_decodes(self, it: int, finished: list[Seq] | None) -> None:
+        """Finish the decodes whose last token is produced in iteration ``it`` (heap order)."""
         fin = self._fin
-        wheel = self._wheel
-        pool = self.pool
-        num_free = pool.num_free
-        # Without prefix caching block ids are interchangeable: take them off the free
-        # stack directly (what ``allocate(1)`` would hand out, in the same order).
-        stack = pool.free_stack
-        grow = self._grow
-        bs = self.block_size
-        it = self.it
-        B, S = self.B, self.S
-        append = times.append
-        gen = 0
-        # The step time is affine in the context sum for a fixed batch (decode attention
-        # reads KV linearly), and the batch is fixed here (a finish ends the loop): two
-        # evaluations give the line and a third checks it, else fall back to exact calls.
-        # (Fitted at the first step taken: a call that stops at once costs nothing.)
-        a = b = 0.0
-        line = None
-        while t < until:
-            if fin and fin[0][0] <= it:
-                top = fin[0]
-                s = top[3]
-                if top[2] != s.ver or s.state != RUNNING:
-                    heapq.heappop(fin)  # stale: preempted or finished since
-                    continue
-                break  # a request finishes in this iteration: step()'s work
-            slot = wheel[it % bs]
-            if slot:
-                if len(slot) > num_free():
-                    break  # a block must preempt: step() does it in running order
-                if stack is not None:
-                    pop = stack.pop
-                    for s in slot:
-                        if s.need_it <= it:
-                            s.blocks.append(pop())
-                            s.need_it += bs
-                else:
-                    for s in slot:
-                        if s.need_it <= it:
-                            grow(s)
-            if line is None:
-                t0 = sums(decode_seqs=B, decode_context_sum=S)
-                t1 = sums(decode_seqs=B, decode_context_sum=S + 4096 * B)
-                b = (t1 - t0) / (4096 * B)
-                a = t0 - b * S
-                t2 = sums(decode_seqs=B, decode_context_sum=S + 1024 * B)
-                line = abs(a + b * (S + 1024 * B) - t2) <= 1e-9 * t2
-            t += a + b * S if line else sums(decode_seqs=B, decode_context_sum=S)
-            append(t)
-            gen += B
-            S += B
-            it += 1
-        self.it = it
-        self.S = S
-        self.generation_tokens += gen
-        if gen and self.max_batch_tokens_seen < B:
-            self.max_batch_tokens_seen = B
-        return t
+        while fin and fin[0][0] <= it:
+            _, _, ver, s = heapq.heappop(fin)
+            if ver != s.ver or s.state != RUNNING:
+                continue
+            self._close_segment(s, it + 1)
+            self._unwheel(s)
+            ctx = s.context_at(it)
+            self.B -= 1
+            self.S -= ctx
+            s.out = s.max_out
+            s.computed = ctx + 1
+            s.decoding = False
+            self._finish(s)
+            if finished is not None:
+                finished.append(s)
 
     def _decode_contexts(self) -> list[int]:
         it = self.it

@@ -1,0 +1,129 @@
+"""The simulator's fast path: stretches of decode-only engine iterations in one tight loop.
+
+A busy hour is ~10^5–10^6 iterations and most of them only decode: every running
+request gets one token, a few cross a KV block boundary, now and then one finishes.
+``step()`` handles the general case (admissions, chunked prefill, preemption) at
+O(events) but with per-step set-up; this loop runs what is left at a few bytecodes
+per iteration and hands back to ``step()`` as soon as something else must happen.
+It is a mixin of ``EngineCore`` (kept apart for size and because only the virtual-
+time simulator uses it: the server streams every step through ``step()``).
+"""
+
+from __future__ import annotations
+
+import heapq
+from typing import Any
+
+from burstbench.backends.reference.seq import RUNNING
+
+
+class DecodeLoop:
+    """``run_decodes`` for ``EngineCore`` (which provides every attribute used here)."""
+
+    _sums: Any
+    _fin: list
+    _wheel: list
+    pool: Any
+    prefilling: dict
+    block_size: int
+    it: int
+    B: int
+    S: int
+    generation_tokens: int
+    max_batch_tokens_seen: int
+    last_batch_tokens: int
+    last_decodes: int
+    last_chunks: dict
+    num_waiting: int
+
+    def run_decodes(self, t: float, until: float, times: Any) -> float:
+        """Run decode-only iterations from time ``t`` while nothing else needs scheduling.
+
+        Exactly what ``step()`` would do for a step with no waiting request and no
+        partial prefill, minus its bookkeeping: block boundary allocations that fit
+        and finishing requests are handled inline, and the loop stops (leaving the
+        rest to ``step()``) at the first iteration that needs more: a block that must
+        preempt, an admission, an idle engine, or the clock reaching ``until``.
+        Appends each iteration's end time to ``times``; returns the new time.
+        Needs a cost with ``step_time_sums``.
+        """
+        sums = self._sums
+        if sums is None or self.prefilling or self.num_waiting or not self.B:
+            return t
+        fin = self._fin
+        wheel = self._wheel
+        pool = self.pool
+        num_free = pool.num_free
+        # Without prefix caching block ids are interchangeable: take them off the free
+        # stack directly (what ``allocate(1)`` would hand out, in the same order).
+        stack = pool.free_stack
+        grow = self._grow  # type: ignore[attr-defined]
+        bs = self.block_size
+        it = self.it
+        B0 = B = self.B
+        S = self.S
+        append = times.append
+        gen = 0
+        # The step time is affine in the context sum for a fixed batch (decode attention
+        # reads KV linearly): two evaluations give the line and a third checks it, else
+        # fall back to exact calls. Fitted at the first plain step of each batch size.
+        a = b = 0.0
+        line = None
+        while t < until:
+            finishing = False
+            if fin and fin[0][0] <= it:
+                top = fin[0]
+                s = top[3]
+                if top[2] != s.ver or s.state != RUNNING:
+                    heapq.heappop(fin)  # stale: preempted or finished since
+                    continue
+                finishing = True
+            slot = wheel[it % bs]
+            if slot:
+                if len(slot) > num_free():
+                    break  # a block must preempt: step() does it in running order
+                if stack is not None:
+                    pop = stack.pop
+                    for s in slot:
+                        if s.need_it <= it:
+                            s.blocks.append(pop())
+                            s.need_it += bs
+                else:
+                    for s in slot:
+                        if s.need_it <= it:
+                            grow(s)
+            if finishing:
+                # what step() does for a decode-only step in which requests finish: the
+                # exact cost call, then the batch shrinks (and the line is fitted anew)
+                t += sums(decode_seqs=B, decode_context_sum=S)
+                append(t)
+                gen += B
+                self.last_batch_tokens = self.last_decodes = B
+                self.last_chunks = {}
+                self.S = S
+                self._finish_decodes(it, None)  # type: ignore[attr-defined]
+                B = self.B
+                S = self.S + B
+                it += 1
+                line = None
+                if not B:
+                    break
+                continue
+            if line is None:
+                t0 = sums(decode_seqs=B, decode_context_sum=S)
+                t1 = sums(decode_seqs=B, decode_context_sum=S + 4096 * B)
+                b = (t1 - t0) / (4096 * B)
+                a = t0 - b * S
+                t2 = sums(decode_seqs=B, decode_context_sum=S + 1024 * B)
+                line = abs(a + b * (S + 1024 * B) - t2) <= 1e-9 * t2
+            t += a + b * S if line else sums(decode_seqs=B, decode_context_sum=S)
+            append(t)
+            gen += B
+            S += B
+            it += 1
+        self.it = it
+        self.S = S
+        self.generation_tokens += gen
+        if gen and self.max_batch_tokens_seen < B0:
+            self.max_batch_tokens_seen = B0
+        return t
