@@ -69,18 +69,21 @@ class DecodeLoop:
         # fall back to exact calls. Fitted at the first plain step of each batch size.
         a = b = 0.0
         line = None
+        never = it + (1 << 62)
+        next_fin = fin[0][0] if fin else never
         while t < until:
             finishing = False
-            if fin and fin[0][0] <= it:
+            if it >= next_fin:
                 top = fin[0]
                 s = top[3]
                 if top[2] != s.ver or s.state != RUNNING:
                     heapq.heappop(fin)  # stale: preempted or finished since
+                    next_fin = fin[0][0] if fin else never
                     continue
                 finishing = True
             slot = wheel[it % bs]
             if slot:
-                if len(slot) > num_free():
+                if len(slot) > (len(stack) if stack is not None else num_free()):
                     break  # a block must preempt: step() does it in running order
                 if stack is not None:
                     pop = stack.pop
@@ -106,6 +109,7 @@ class DecodeLoop:
                 S = self.S + B
                 it += 1
                 line = None
+                next_fin = fin[0][0] if fin else never
                 if not B:
                     break
                 continue
