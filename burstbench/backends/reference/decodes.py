@@ -21,6 +21,8 @@ class DecodeLoop:
     """``run_decodes`` for ``EngineCore`` (which provides every attribute used here)."""
 
     _sums: Any
+    _terms: Any
+    _terms_ok: dict
     _fin: list
     _wheel: list
     pool: Any
@@ -69,6 +71,7 @@ class DecodeLoop:
         # fall back to exact calls. Fitted at the first plain step of each batch size.
         a = b = 0.0
         line = None
+        terms = self._decode_terms(B, S)
         never = it + (1 << 62)
         next_fin = fin[0][0] if fin else never
         while t < until:
@@ -98,7 +101,7 @@ class DecodeLoop:
             if finishing:
                 # what step() does for a decode-only step in which requests finish: the
                 # exact cost call, then the batch shrinks (and the line is fitted anew)
-                t += sums(decode_seqs=B, decode_context_sum=S)
+                t += terms[0] + (S + B) * terms[1] if terms else sums(decode_seqs=B, decode_context_sum=S)
                 append(t)
                 gen += B
                 self.last_batch_tokens = self.last_decodes = B
@@ -109,16 +112,23 @@ class DecodeLoop:
                 S = self.S + B
                 it += 1
                 line = None
+                terms = self._decode_terms(B, S) if B else None
                 next_fin = fin[0][0] if fin else never
                 if not B:
                     break
                 continue
             if line is None:
-                t0 = sums(decode_seqs=B, decode_context_sum=S)
-                t1 = sums(decode_seqs=B, decode_context_sum=S + 4096 * B)
+                if terms:  # the values step_time_sums would return, without the calls
+                    e0, e1 = terms
+                    t0 = e0 + (S + B) * e1
+                    t1 = e0 + (S + 4096 * B + B) * e1
+                    t2 = e0 + (S + 1024 * B + B) * e1
+                else:
+                    t0 = sums(decode_seqs=B, decode_context_sum=S)
+                    t1 = sums(decode_seqs=B, decode_context_sum=S + 4096 * B)
+                    t2 = sums(decode_seqs=B, decode_context_sum=S + 1024 * B)
                 b = (t1 - t0) / (4096 * B)
                 a = t0 - b * S
-                t2 = sums(decode_seqs=B, decode_context_sum=S + 1024 * B)
                 line = abs(a + b * (S + 1024 * B) - t2) <= 1e-9 * t2
             t += a + b * S if line else sums(decode_seqs=B, decode_context_sum=S)
             append(t)
@@ -131,3 +141,16 @@ class DecodeLoop:
         if gen and self.max_batch_tokens_seen < B0:
             self.max_batch_tokens_seen = B0
         return t
+
+    def _decode_terms(self, B: int, S: int) -> tuple[float, float] | None:
+        """The cost's exact decode-step terms for batch ``B`` (``CostModel.decode_terms``), or None.
+
+        Checked once per batch size against ``step_time_sums`` itself, so a cost whose
+        decode step is not ``base + (S + B)·coef`` is simply called instead."""
+        got = self._terms_ok.get(B, False)
+        if got is False:
+            got = self._terms(B) if self._terms is not None else None
+            if got is not None and got[0] + (S + B) * got[1] != self._sums(decode_seqs=B, decode_context_sum=S):
+                got = None
+            self._terms_ok[B] = got
+        return got

@@ -94,6 +94,8 @@ class EngineCore(DecodeLoop):
             raise UsageError("max_waiting must be >= 0")
         self.cost = cost
         self._sums = getattr(cost, "step_time_sums", None)
+        self._terms = getattr(cost, "decode_terms", None)
+        self._terms_ok: dict[int, tuple[float, float] | None] = {}  # per batch size, checked once
         self.pool = BlockPool(num_blocks, enable_caching=enable_prefix_caching)
         self.block_size = block_size
         self.max_num_seqs = max_num_seqs
