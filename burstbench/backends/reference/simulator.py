@@ -303,7 +303,12 @@ def run_pool(
     replicas = len(engines)
     seqs: list[Seq | None] = [None] * n
     invalid_msg: dict[int, str] = {}
-    replica_of = np.zeros(n, dtype=np.int32)
+    rep_of = [0] * n
+    # plain Python numbers: reading numpy scalars one by one costs more than the engine step
+    arr_l = np.asarray(arrivals, dtype=np.float64).tolist()
+    prompt_l = np.asarray(prompt).tolist()
+    out_l = np.asarray(out).tolist()
+    prio_l = np.asarray(priority).tolist() if priority is not None else None
     clocks = [0.0] * replicas
     times = [array("d") for _ in range(replicas)]
     tel: list[tuple[float, int, tuple[float, ...]]] = []
@@ -348,15 +353,15 @@ def run_pool(
         next_tel[r] = nt
 
     for i in range(n):
-        ta = float(arrivals[i])
+        ta = arr_l[i]
         for r in range(replicas):
             if clocks[r] < ta:
                 advance(r, ta)
         r = router.pick(engines)
-        replica_of[i] = r
+        rep_of[i] = r
         e = engines[r]
-        p_len = int(prompt[i])
-        o_len = int(out[i])
+        p_len = int(prompt_l[i])
+        o_len = int(out_l[i])
         why = e.check(p_len, o_len)
         if why is not None:
             invalid_msg[i] = why
@@ -366,7 +371,7 @@ def run_pool(
             prompt_len=p_len,
             max_out=o_len,
             arrival=ta,
-            priority=int(priority[i]) if priority is not None else 0,
+            priority=int(prio_l[i]) if prio_l is not None else 0,
             hashes=hashes[i] if hashes is not None else None,
         )
         seqs[i] = s
@@ -378,7 +383,7 @@ def run_pool(
     stuck = [s.rid for s in seqs if s is not None and s.state not in (DONE, REJECTED)]
     if stuck:  # a bug, not a user error: every accepted request must finish
         raise RuntimeError(f"simulation ended with {len(stuck)} unfinished requests (first: {stuck[:5]})")
-    return PoolRun(seqs, invalid_msg, replica_of, times, tel)
+    return PoolRun(seqs, invalid_msg, np.array(rep_of, dtype=np.int32), times, tel)
 
 
 def _prefix_keys(tr: Trace, block_size: int, inp: np.ndarray) -> list[list[int] | None] | None:
