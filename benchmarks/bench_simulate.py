@@ -341,5 +341,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(ROOT))
+    if "--worker" not in sys.argv:  # a worker imports the code its PYTHONPATH names, nothing else
+        sys.path.insert(0, str(ROOT))
     main()
