@@ -66,44 +66,38 @@ class DecodeLoop:
         S = self.S
         append = times.append
         gen = 0
-        # The step time is affine in the context sum for a fixed batch (decode attention
-        # reads KV linearly): two evaluations give the line and a third checks it, else
-        # fall back to exact calls. Fitted at the first plain step of each batch size.
-        a = b = 0.0
-        line = None
+        mark = it  # tokens are counted per stretch of one batch size: B per iteration
         terms = self._decode_terms(B, S)
+        a, b, line = self._decode_line(B, S, terms)
         never = it + (1 << 62)
         next_fin = fin[0][0] if fin else never
         while t < until:
-            finishing = False
-            if it >= next_fin:
-                top = fin[0]
-                s = top[3]
-                if top[2] != s.ver or s.state != RUNNING:
-                    heapq.heappop(fin)  # stale: preempted or finished since
-                    next_fin = fin[0][0] if fin else never
-                    continue
-                finishing = True
+            if it >= next_fin:  # drop finish entries of requests preempted or finished since
+                while fin and fin[0][0] <= it and (fin[0][2] != fin[0][3].ver or fin[0][3].state != RUNNING):
+                    heapq.heappop(fin)
+                next_fin = fin[0][0] if fin else never
             slot = wheel[it % bs]
             if slot:
-                if len(slot) > (len(stack) if stack is not None else num_free()):
-                    break  # a block must preempt: step() does it in running order
                 if stack is not None:
+                    if len(slot) > len(stack):
+                        break  # a block must preempt: step() does it in running order
                     pop = stack.pop
                     for s in slot:
                         if s.need_it <= it:
                             s.blocks.append(pop())
                             s.need_it += bs
                 else:
+                    if len(slot) > num_free():
+                        break
                     for s in slot:
                         if s.need_it <= it:
                             grow(s)
-            if finishing:
+            if it >= next_fin:
                 # what step() does for a decode-only step in which requests finish: the
-                # exact cost call, then the batch shrinks (and the line is fitted anew)
+                # exact cost, then the batch shrinks and the line is fitted anew
                 t += terms[0] + (S + B) * terms[1] if terms else sums(decode_seqs=B, decode_context_sum=S)
                 append(t)
-                gen += B
+                gen += B * (it + 1 - mark)
                 self.last_batch_tokens = self.last_decodes = B
                 self.last_chunks = {}
                 self.S = S
@@ -111,30 +105,18 @@ class DecodeLoop:
                 B = self.B
                 S = self.S + B
                 it += 1
-                line = None
-                terms = self._decode_terms(B, S) if B else None
+                mark = it
                 next_fin = fin[0][0] if fin else never
                 if not B:
                     break
+                terms = self._decode_terms(B, S)
+                a, b, line = self._decode_line(B, S, terms)
                 continue
-            if line is None:
-                if terms:  # the values step_time_sums would return, without the calls
-                    e0, e1 = terms
-                    t0 = e0 + (S + B) * e1
-                    t1 = e0 + (S + 4096 * B + B) * e1
-                    t2 = e0 + (S + 1024 * B + B) * e1
-                else:
-                    t0 = sums(decode_seqs=B, decode_context_sum=S)
-                    t1 = sums(decode_seqs=B, decode_context_sum=S + 4096 * B)
-                    t2 = sums(decode_seqs=B, decode_context_sum=S + 1024 * B)
-                b = (t1 - t0) / (4096 * B)
-                a = t0 - b * S
-                line = abs(a + b * (S + 1024 * B) - t2) <= 1e-9 * t2
             t += a + b * S if line else sums(decode_seqs=B, decode_context_sum=S)
             append(t)
-            gen += B
             S += B
             it += 1
+        gen += B * (it - mark)
         self.it = it
         self.S = S
         self.generation_tokens += gen
@@ -154,3 +136,23 @@ class DecodeLoop:
                 got = None
             self._terms_ok[B] = got
         return got
+
+    def _decode_line(self, B: int, S: int, terms: tuple[float, float] | None) -> tuple[float, float, bool]:
+        """``(a, b, ok)``: the step time of batch ``B`` as ``a + b·S``, fitted at context sum ``S``.
+
+        The step time is affine in the context sum for a fixed batch (decode attention
+        reads KV linearly): two evaluations give the line and a third checks it (``ok``
+        false: the caller costs every step exactly instead)."""
+        if terms:  # the values step_time_sums would return, without the calls
+            e0, e1 = terms
+            t0 = e0 + (S + B) * e1
+            t1 = e0 + (S + 4096 * B + B) * e1
+            t2 = e0 + (S + 1024 * B + B) * e1
+        else:
+            sums = self._sums
+            t0 = sums(decode_seqs=B, decode_context_sum=S)
+            t1 = sums(decode_seqs=B, decode_context_sum=S + 4096 * B)
+            t2 = sums(decode_seqs=B, decode_context_sum=S + 1024 * B)
+        b = (t1 - t0) / (4096 * B)
+        a = t0 - b * S
+        return a, b, abs(a + b * (S + 1024 * B) - t2) <= 1e-9 * t2
