@@ -302,6 +302,7 @@ def main() -> None:
                 print(line(f"  {label}", med) + f" [walls {walls}]")
             if not store:
                 ours = median([r["wall"] for r in runs["this code"]])
+                ours_cpu = median([r["cpu"] for r in runs["this code"]])
             if args.baseline_rev:
                 base = runs[f"baseline {args.baseline_rev}"]
                 same = all(r["digest"] == runs["this code"][0]["digest"] for rs in runs.values() for r in rs)
@@ -312,8 +313,10 @@ def main() -> None:
                 print(f"  per-request first/last token times {'identical' if same else 'DIFFER'} to the baseline's")
         if ours is not None:
             bar = span / 3000
-            print(f"goal >= 3000x real time without store ({bar:.2f} s): {'met' if ours <= bar else 'NOT met'} "
-                  f"({span / ours:.0f}x)")
+            print(f"goal >= 3000x real time without store ({bar:.2f} s): wall {span / ours:.0f}x "
+                  f"({'met' if ours <= bar else 'NOT met'}), per CPU-second {span / ours_cpu:.0f}x "
+                  f"({'met' if ours_cpu <= bar else 'NOT met'}); wall counts only on an idle host "
+                  f"(load average now {load_avg()} on {os.cpu_count()} CPUs)")
         if args.curve:
             print("-- cost curve: azure-conv preset, N requests, no store (one run each)")
             for n in (int(x) for x in args.curve.split(",")):
@@ -325,7 +328,9 @@ def main() -> None:
                     row.append(r)
                     print(line(f"  N={n:>9,} {label}", r) + f", {r['wall'] / n * 1e6:.0f} us/request")
                 if n >= 1_000_000:
-                    print(f"  goal 1M requests < 60 s: {'met' if row[0]['wall'] < 60 else 'NOT met'} ({row[0]['wall']:.1f} s)")
+                    r0 = row[0]
+                    print(f"  goal 1M requests < 60 s: wall {r0['wall']:.1f} s ({'met' if r0['wall'] < 60 else 'NOT met'}), "
+                          f"CPU {r0['cpu']:.1f} s ({'met' if r0['cpu'] < 60 else 'NOT met'}); load average now {load_avg()}")
                 path.unlink()
     if args.vidur_src and args.vidur_python:
         lines = run_vidur(args.vidur_src, args.vidur_python, args.synthesize_attention, args.vidur_timeout, args.vidur_small_grid)
