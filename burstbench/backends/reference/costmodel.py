@@ -218,6 +218,13 @@ class CostModel:
         base, coef = self._decode_cache.get(decode_seqs) or self._decode_entry(decode_seqs)
         return base + decode_seqs * coef, coef
 
+    def decode_terms(self, decode_seqs: int) -> tuple[float, float]:
+        """``(base, coef)`` with ``step_time_sums(decode_seqs=B, decode_context_sum=S)`` being
+        exactly ``base + (S + B) * coef`` for ``B > 0`` (the same operations on the same cached
+        values): a decode loop costs a step without a call."""
+        entry = self._decode_cache.get(decode_seqs)
+        return entry if entry is not None else self._decode_entry(decode_seqs)
+
     # --- the formula, piece by piece (cached above by the batch shape) -------------------
     def _base(self, tokens: int, seqs: int) -> float:
         """Everything but attention: overheads, linear layers, elementwise, all-reduce."""

@@ -32,6 +32,12 @@ new KV block (every ``block_size`` tokens), finishing, being preempted. The
 step time comes from running sums (decode count, context sum) through the cost
 model's ``step_time_sums`` when it has one. Output token times are recorded as
 iteration-index segments per request and turned into times in bulk by the caller.
+
+Block needs recur with period ``block_size``, so they sit on a wheel of
+``block_size`` slots (slot = iteration mod ``block_size``) instead of a heap: an
+iteration visits one slot, whose requests are in running order already (requests
+start decoding in the order they were admitted), and one block per request is
+about a list append, not a heap pop and push. Finishes (one per request) keep a heap.
 """
 
 from __future__ import annotations
@@ -40,72 +46,23 @@ import contextlib
 import heapq
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
+from burstbench.backends.reference.decodes import DecodeLoop
 from burstbench.backends.reference.kvcache import BlockPool
+from burstbench.backends.reference.seq import (
+    ABORTED,
+    DONE,
+    REJECTED,
+    RUNNING,
+    WAITING,
+    Seq,
+    StepOutput,
+)
 from burstbench.errors import UsageError
 
-WAITING, RUNNING, DONE, REJECTED, ABORTED = 0, 1, 2, 3, 4
-_BLOCK, _FINISH = 0, 1
 
-
-@dataclass(slots=True, eq=False)
-class Seq:
-    """One request inside the engine. ``eq=False``: identity is the object (dict/set keys)."""
-
-    rid: int
-    prompt_len: int
-    max_out: int
-    arrival: float = 0.0
-    priority: int = 0
-    hashes: list[int] | None = None  # chained hashes of full blocks (prompt, and output when known)
-    tag: Any = None  # the caller's payload (server: the stream state)
-    # progress (materialised fields; for a decoding request see c0/o0/sync)
-    computed: int = 0
-    out: int = 0
-    state: int = WAITING
-    decoding: bool = False
-    c0: int = 0
-    o0: int = 0
-    sync: int = 0
-    seg_start: int = -1
-    rorder: int = 0  # position key in the running order
-    qorder: int = 0  # arrival order (tie-break in the waiting queue)
-    ver: int = 0  # bumps invalidate queued events
-    blocks: list[int] = field(default_factory=list)
-    n_cached: int = 0
-    segs: list[int] = field(default_factory=list)  # flat [start_it, count, ...] of emitted tokens
-    sched_it: int = -1  # iteration that first scheduled it (vLLM's scheduled_ts; preemptions ignored)
-    first_it: int = -1
-    last_it: int = -1
-    cached_tokens: int = -1
-    preemptions: int = 0
-    preemptions_told: int = 0  # of them, how many vLLM's counter has seen (see EngineCore.preemptions_reported)
-    lk_ver: int = -1  # prefix lookup memo: pool version and result (blocked queue heads)
-    lk_hit: list[int] = field(default_factory=list)
-
-    def context_at(self, it: int) -> int:
-        """Tokens in the KV cache before iteration ``it``."""
-        return self.c0 + (it - self.sync) if self.decoding else self.computed
-
-    def out_at(self, it: int) -> int:
-        """Output tokens produced before iteration ``it``."""
-        return self.o0 + (it - self.sync) if self.decoding else self.out
-
-
-@dataclass(slots=True)
-class StepOutput:
-    """What one iteration did, for callers that stream (the server)."""
-
-    dt: float
-    emitted: list[Seq]  # each produced exactly one token in this step
-    finished: list[Seq]
-    preempted: list[Seq]
-    admitted: list[Seq] = field(default_factory=list)  # first scheduled in this step
-
-
-class EngineCore:
+class EngineCore(DecodeLoop):
     """vLLM V1 scheduling over a ``BlockPool``; the cost object gives each step's time.
 
     ``cost`` needs ``step_time(prefill, decode)``; if it also has
@@ -140,6 +97,8 @@ class EngineCore:
             raise UsageError("max_waiting must be >= 0")
         self.cost = cost
         self._sums = getattr(cost, "step_time_sums", None)
+        self._terms = getattr(cost, "decode_terms", None)
+        self._terms_ok: dict[int, tuple[float, float] | None] = {}  # per batch size, checked once
         self.pool = BlockPool(num_blocks, enable_caching=enable_prefix_caching)
         self.block_size = block_size
         self.max_num_seqs = max_num_seqs
@@ -156,7 +115,8 @@ class EngineCore:
         self.B = 0  # decoding requests
         self.S = 0  # sum of their contexts at the current iteration
         self.it = 0
-        self._events: list[tuple[int, int, int, int, Seq]] = []
+        self._wheel: list[dict[Seq, None]] = [{} for _ in range(block_size)]
+        self._fin: list[tuple[int, int, int, Seq]] = []  # (last-token iteration, rorder, ver, seq)
         self._rorder = 0
         self._qorder = 0
         self._budget = 0
@@ -239,14 +199,27 @@ class EngineCore:
 
     # -- events ----------------------------------------------------------------------
     def _push_events(self, s: Seq) -> None:
-        """Block-need and finish events of a decoding request from its anchor."""
+        """Put a request that starts decoding on the block wheel and its finish on the heap."""
         bs = self.block_size
         it_fin = s.sync + (s.max_out - s.o0) - 1
         it_need = s.sync + len(s.blocks) * bs - s.c0
-        ev = self._events
         if it_need <= it_fin:
-            heapq.heappush(ev, (it_need, _BLOCK, s.rorder, s.ver, s))
-        heapq.heappush(ev, (it_fin, _FINISH, s.rorder, s.ver, s))
+            s.need_it = it_need
+            s.wslot = it_need % bs
+            self._wheel[s.wslot][s] = None
+        heapq.heappush(self._fin, (it_fin, s.rorder, s.ver, s))
+
+    def _unwheel(self, s: Seq) -> None:
+        if s.wslot >= 0:
+            del self._wheel[s.wslot][s]
+            s.wslot = -1
+
+    def _grow(self, s: Seq) -> None:
+        """One more KV block for a decoding request at its block boundary (room is known)."""
+        if s.hashes is not None and len(s.hashes) > s.n_cached:
+            self._cache_full_blocks(s, len(s.blocks) * self.block_size)  # blocks filled by decoding
+        s.blocks.extend(self.pool.allocate(1))
+        s.need_it += self.block_size
 
     # -- preemption --------------------------------------------------------------------
     def _victim(self) -> Seq:
@@ -271,6 +244,7 @@ class EngineCore:
             s.out = s.out_at(it)
             s.computed = ctx
             self._close_segment(s, it)
+            self._unwheel(s)
             self.B -= 1
             self.S -= ctx
             self._budget += 1
@@ -332,21 +306,16 @@ class EngineCore:
         preempted: list[Seq] = []
         self._budget = self.max_tokens - self.B
         self._chunks = chunks = {}
-        ev = self._events
+        fin = self._fin
 
-        # 1a. decodes: only those crossing a block boundary need work.
-        while ev and ev[0][0] <= it and ev[0][1] == _BLOCK:
-            _, _, _, ver, s = heapq.heappop(ev)
-            if ver != s.ver or s.state != RUNNING:
-                continue
-            if not self._make_room(s, 1, preempted):
-                continue
-            if s.hashes is not None and len(s.hashes) > s.n_cached:
-                self._cache_full_blocks(s, len(s.blocks) * bs)  # blocks filled by decoding
-            s.blocks.extend(pool.allocate(1))
-            nxt = s.sync + len(s.blocks) * bs - s.c0
-            if nxt <= s.sync + (s.max_out - s.o0) - 1:
-                heapq.heappush(ev, (nxt, _BLOCK, s.rorder, s.ver, s))
+        # 1a. decodes: only those crossing a block boundary need work, in running order.
+        slot = self._wheel[it % bs]
+        if slot:
+            for s in list(slot):
+                if s.wslot < 0 or s.need_it > it:  # preempted meanwhile / not due yet
+                    continue
+                if self._make_room(s, 1, preempted):
+                    self._grow(s)
 
         # 1b. partially prefilled running requests (they sit at the running tail).
         if self.prefilling:
@@ -491,19 +460,8 @@ class EngineCore:
                 else:
                     new_dec.append(s)
         self.generation_tokens += B
-        # decodes that produced their last token in this step
-        while ev and ev[0][0] <= it:
-            _, kind, _, ver, s = heapq.heappop(ev)
-            if ver != s.ver or s.state != RUNNING or kind != _FINISH:
-                continue
-            self._close_segment(s, it + 1)
-            self.B -= 1
-            self.S -= s.context_at(it)
-            s.out = s.max_out
-            s.computed = s.context_at(it) + 1
-            s.decoding = False
-            self._finish(s)
-            finished.append(s)
+        if fin and fin[0][0] <= it:
+            self._finish_decodes(it, finished)
         self.S += self.B
         nxt_it = it + 1
         for s in new_dec:
@@ -520,74 +478,24 @@ class EngineCore:
             return StepOutput(dt, emitted, finished, preempted, admitted)
         return dt
 
-    def run_decodes(self, t: float, until: float, times: Any) -> float:
-        """Run decode-only iterations from time ``t`` while nothing else needs scheduling.
-
-        Exactly what ``step()`` would do for a step with no waiting request, no
-        partial prefill and no finishing request, minus its bookkeeping: block
-        boundary allocations that fit are made inline, and the loop stops (leaving
-        the rest to ``step()``) at the first iteration that needs more: a finish,
-        a block that must preempt, an admission, or the clock reaching ``until``.
-        Appends each iteration's end time to ``times``; returns the new time.
-        Needs a cost with ``step_time_sums``.
-        """
-        sums = self._sums
-        if sums is None or self.prefilling or self.num_waiting or not self.B:
-            return t
-        ev = self._events
-        pool = self.pool
-        num_free = pool.num_free
-        bs = self.block_size
-        it = self.it
-        B, S = self.B, self.S
-        append = times.append
-        gen = 0
-        last_B = -1
-        a = b = 0.0
-        while t < until:
-            while ev and ev[0][0] <= it:
-                top = ev[0]
-                s = top[4]
-                if top[3] != s.ver or s.state != RUNNING:
-                    heapq.heappop(ev)
-                    continue
-                if top[1] != _BLOCK or not num_free():
-                    break
-                heapq.heappop(ev)
-                if s.hashes is not None and len(s.hashes) > s.n_cached:
-                    self._cache_full_blocks(s, len(s.blocks) * bs)
-                s.blocks.extend(pool.allocate(1))
-                nxt = s.sync + len(s.blocks) * bs - s.c0
-                if nxt <= s.sync + (s.max_out - s.o0) - 1:
-                    heapq.heappush(ev, (nxt, _BLOCK, s.rorder, s.ver, s))
-            else:
-                # no event due at this iteration: a plain decode step
-                if last_B != B:
-                    # step time is affine in the context sum for a fixed batch (decode
-                    # attention reads KV linearly); two evaluations give the line and a
-                    # third checks it, else fall back to exact calls.
-                    t0 = sums(decode_seqs=B, decode_context_sum=S)
-                    t1 = sums(decode_seqs=B, decode_context_sum=S + 4096 * B)
-                    b = (t1 - t0) / (4096 * B)
-                    a = t0 - b * S
-                    t2 = sums(decode_seqs=B, decode_context_sum=S + 1024 * B)
-                    if abs(a + b * (S + 1024 * B) - t2) > 1e-9 * t2:
-                        b = float("nan")
-                    last_B = B
-                dt = a + b * S if b == b else sums(decode_seqs=B, decode_context_sum=S)
-                t += dt
-                append(t)
-                gen += B
-                S += B
-                it += 1
+    def _finish_decodes(self, it: int, finished: list[Seq] | None) -> None:
+        """Finish the decodes whose last token is produced in iteration ``it`` (heap order)."""
+        fin = self._fin
+        while fin and fin[0][0] <= it:
+            _, _, ver, s = heapq.heappop(fin)
+            if ver != s.ver or s.state != RUNNING:
                 continue
-            break
-        self.it = it
-        self.S = S
-        self.generation_tokens += gen
-        if gen and self.max_batch_tokens_seen < B:
-            self.max_batch_tokens_seen = B
-        return t
+            self._close_segment(s, it + 1)
+            self._unwheel(s)
+            ctx = s.context_at(it)
+            self.B -= 1
+            self.S -= ctx
+            s.out = s.max_out
+            s.computed = ctx + 1
+            s.decoding = False
+            self._finish(s)
+            if finished is not None:
+                finished.append(s)
 
     def _decode_contexts(self) -> list[int]:
         it = self.it
@@ -615,6 +523,7 @@ class EngineCore:
                 ctx = s.context_at(self.it)
                 s.out = s.out_at(self.it)
                 self._close_segment(s, self.it)
+                self._unwheel(s)
                 self.B -= 1
                 self.S -= ctx
                 s.decoding = False
@@ -637,18 +546,9 @@ class EngineCore:
 
     def check_invariants(self) -> None:
         """Assert the engine's bookkeeping is consistent (tests call this every step)."""
-        it = self.it
-        dec = [s for s in self.running if s.decoding]
-        assert len(dec) == self.B, (len(dec), self.B)
-        assert sum(s.context_at(it) for s in dec) == self.S
-        assert len(self.running) <= self.max_num_seqs
-        held = {b for s in self.running for b in s.blocks}
-        assert 0 not in held
-        assert len(held) + self.pool.num_free() == self.pool.num_usable, (len(held), self.pool.num_free())
-        for s in self.running:
-            need = -(-s.context_at(it) // self.block_size)
-            assert len(s.blocks) >= need, (s.rid, len(s.blocks), need)
-            assert s.out_at(it) < s.max_out
+        from burstbench.backends.reference.invariants import check_engine
+
+        check_engine(self)
 
 
 StepTime = Callable[[Sequence[tuple[int, int]], Sequence[int]], float]

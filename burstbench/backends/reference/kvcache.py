@@ -53,6 +53,13 @@ class BlockPool:
 
     # -- queries ---------------------------------------------------------------------
     @property
+    def free_stack(self) -> list[int] | None:
+        """The free blocks as a stack (next handed out = last) when caching is off, else None.
+
+        Hot loops may ``pop()`` from it directly: that is exactly ``allocate(1)``."""
+        return self._stack
+
+    @property
     def num_usable(self) -> int:
         return self.num_blocks - 1
 

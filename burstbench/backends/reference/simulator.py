@@ -15,13 +15,12 @@ names. Times are seconds from the run's start; ``sent_s = scheduled_s`` =
 the trace arrival (the simulated client is never late).
 
 Speed: the engine keeps per-request work to events (see ``engine``); token
-times are produced here in bulk from the per-replica iteration end times with
-numpy, and rows go to DuckDB as Arrow frames.
+times are produced in bulk from the per-replica iteration end times with numpy,
+and rows go to DuckDB as Arrow frames (``simstore``).
 """
 
 from __future__ import annotations
 
-import json
 import time
 from array import array
 from dataclasses import asdict, dataclass, field
@@ -34,19 +33,10 @@ import polars as pl
 from burstbench.backends.reference.engine import DONE, REJECTED, EngineCore, Seq
 from burstbench.backends.reference.kvcache import chain_hashes, engine_block_keys, text_block_keys
 from burstbench.backends.reference.router import Router
-from burstbench.backends.reference.spans import simulated_span_rows
+from burstbench.backends.reference.simstore import write_results
 from burstbench.backends.reference.tokens import DEFAULT_REASONING_SHARE
 from burstbench.errors import InputError, UsageError
 from burstbench.traces.schema import Trace
-
-TELEMETRY_NAMES = (
-    "vllm:num_requests_running",
-    "vllm:num_requests_waiting",
-    "vllm:kv_cache_usage_perc",
-    "vllm:gpu_cache_usage_perc",
-    "vllm:num_preemptions_total",
-    "vllm:generation_tokens_total",
-)
 
 
 @dataclass
@@ -256,7 +246,7 @@ def simulate(
             "chunked_prefill": True,
             "preemption_mode": "recompute",
         }
-        _write(
+        write_results(
             out, result, tr, seqs, invalid_msg, replica_of, times, tel, label, scenario,
             m.name, share_col, default_share, record_chunks,
         )
@@ -313,7 +303,12 @@ def run_pool(
     replicas = len(engines)
     seqs: list[Seq | None] = [None] * n
     invalid_msg: dict[int, str] = {}
-    replica_of = np.zeros(n, dtype=np.int32)
+    rep_of = [0] * n
+    # plain Python numbers: reading numpy scalars one by one costs more than the engine step
+    arr_l = np.asarray(arrivals, dtype=np.float64).tolist()
+    prompt_l = np.asarray(prompt).tolist()
+    out_l = np.asarray(out).tolist()
+    prio_l = np.asarray(priority).tolist() if priority is not None else None
     clocks = [0.0] * replicas
     times = [array("d") for _ in range(replicas)]
     tel: list[tuple[float, int, tuple[float, ...]]] = []
@@ -360,15 +355,15 @@ def run_pool(
         next_tel[r] = nt
 
     for i in range(n):
-        ta = float(arrivals[i])
+        ta = arr_l[i]
         for r in range(replicas):
             if clocks[r] < ta:
                 advance(r, ta)
         r = router.pick(engines)
-        replica_of[i] = r
+        rep_of[i] = r
         e = engines[r]
-        p_len = int(prompt[i])
-        o_len = int(out[i])
+        p_len = int(prompt_l[i])
+        o_len = int(out_l[i])
         why = e.check(p_len, o_len)
         if why is not None:
             invalid_msg[i] = why
@@ -378,7 +373,7 @@ def run_pool(
             prompt_len=p_len,
             max_out=o_len,
             arrival=ta,
-            priority=int(priority[i]) if priority is not None else 0,
+            priority=int(prio_l[i]) if prio_l is not None else 0,
             hashes=hashes[i] if hashes is not None else None,
         )
         seqs[i] = s
@@ -390,7 +385,7 @@ def run_pool(
     stuck = [s.rid for s in seqs if s is not None and s.state not in (DONE, REJECTED)]
     if stuck:  # a bug, not a user error: every accepted request must finish
         raise RuntimeError(f"simulation ended with {len(stuck)} unfinished requests (first: {stuck[:5]})")
-    return PoolRun(seqs, invalid_msg, replica_of, times, tel)
+    return PoolRun(seqs, invalid_msg, np.array(rep_of, dtype=np.int32), times, tel)
 
 
 def _prefix_keys(tr: Trace, block_size: int, inp: np.ndarray) -> list[list[int] | None] | None:
@@ -413,192 +408,6 @@ def _prefix_keys(tr: Trace, block_size: int, inp: np.ndarray) -> list[list[int] 
         else:
             out.append(None)
     return out
-
-
-def _write(
-    path: str | Path,
-    result: SimResult,
-    tr: Trace,
-    seqs: list[Seq | None],
-    invalid_msg: dict[int, str],
-    replica_of: np.ndarray,
-    times: list[array],
-    tel: list[tuple[float, int, tuple[float, ...]]],
-    label: str | None,
-    scenario: dict[str, Any],
-    model_name: str,
-    share_col: np.ndarray | None,
-    default_share: float,
-    record_chunks: bool,
-) -> None:
-    from burstbench.store import ResultsStore, RunInfo
-
-    df = tr.df
-    n = df.height
-    arrivals = df["arrival_s"].to_numpy()
-    done_idx = np.array([i for i, s in enumerate(seqs) if s is not None and s.state == DONE], dtype=np.int64)
-    # Token times, in bulk: expand every request's iteration segments, index the replica's times.
-    seg_start: list[int] = []
-    seg_count: list[int] = []
-    seg_rep: list[int] = []
-    n_out = np.zeros(n, dtype=np.int64)
-    for i in done_idx:
-        s = seqs[i]
-        segs = s.segs
-        r = int(replica_of[i])
-        for k in range(0, len(segs), 2):
-            seg_start.append(segs[k])
-            seg_count.append(segs[k + 1])
-            seg_rep.append(r)
-        n_out[i] = s.max_out
-    counts = np.asarray(seg_count, dtype=np.int64)
-    total = int(counts.sum())
-    starts = np.asarray(seg_start, dtype=np.int64)
-    reps = np.asarray(seg_rep, dtype=np.int64)
-    seg_first = np.cumsum(counts) - counts
-    it_idx = np.repeat(starts - seg_first, counts) + np.arange(total, dtype=np.int64)
-    # One concatenated times array; offset each replica's iteration indices into it.
-    rep_off = np.cumsum([0] + [len(t) for t in times])[:-1]
-    all_times = np.concatenate([np.frombuffer(t, dtype=np.float64) if len(t) else np.zeros(0) for t in times])
-    it_idx += np.repeat(rep_off[reps], counts) if total else 0
-    tok_t = all_times[it_idx] if total else np.zeros(0)
-    outs_done = n_out[done_idx]
-    assert int(outs_done.sum()) == total, "token segments disagree with output counts"
-    req_first = np.cumsum(outs_done) - outs_done  # offset of each done request's first token
-
-    # Reasoning split per request.
-    if share_col is not None:
-        shares = np.nan_to_num(share_col[done_idx].astype(np.float64), nan=default_share)
-    else:
-        shares = np.full(len(done_idx), default_share)
-    reasoning = np.where(outs_done > 1, np.minimum((shares * outs_done).astype(np.int64), outs_done - 1), 0)
-
-    first_t = np.full(n, np.nan)
-    last_t = np.full(n, np.nan)
-    vis_t = np.full(n, np.nan)
-    if len(done_idx):
-        first_t[done_idx] = tok_t[req_first]
-        last_t[done_idx] = tok_t[req_first + outs_done - 1]
-        vis_t[done_idx] = tok_t[req_first + reasoning]
-    reasoning_full = np.zeros(n, dtype=np.int64)
-    reasoning_full[done_idx] = reasoning
-    cached = np.full(n, -1, dtype=np.int64)
-    status = ["ok"] * n
-    http = np.full(n, 200, dtype=np.int64)
-    err_class: list[str | None] = [None] * n
-    err_msg: list[str | None] = [None] * n
-    for i, s in enumerate(seqs):
-        if s is None:
-            status[i], http[i], err_class[i] = "error", 400, "http_400"
-            err_msg[i] = invalid_msg.get(i)
-        elif s.state == REJECTED:
-            status[i], http[i], err_class[i] = "error", 503, "http_503"
-            err_msg[i] = "waiting queue full; retry later"
-        else:
-            cached[i] = max(s.cached_tokens, 0)
-    ok = np.array([st == "ok" for st in status])
-    end_t = np.where(ok, last_t, arrivals)
-
-    def col(name: str, default: Any = None) -> Any:
-        return df[name] if name in df.columns else pl.repeat(default, n, eager=True)
-
-    with ResultsStore(path) as store:
-        run_id = store.create_run(
-            RunInfo(backend="simulate", endpoint=None, model=model_name, label=label, clock="virtual", scenario=scenario)
-        )
-        inp = df["input_tokens"]
-        outp = df["output_tokens"]
-        req = pl.DataFrame(
-            {
-                "run_id": pl.repeat(run_id, n, eager=True),
-                "request_id": np.arange(n, dtype=np.int64),
-                "session_id": col("session_id").cast(pl.String),
-                "turn": col("turn").cast(pl.Int32),
-                "tenant": col("tenant").cast(pl.String),
-                "model": pl.repeat(model_name, n, eager=True),
-                "phase": pl.repeat("measure", n, eager=True),
-                "scheduled_s": arrivals,
-                "sent_s": arrivals,
-                "first_token_s": first_t,
-                "first_visible_s": vis_t,
-                "last_token_s": last_t,
-                "end_s": end_t,
-                "input_tokens": inp,
-                "input_tokens_server": pl.Series(np.where(ok, inp.to_numpy(), 0)).cast(pl.Int64),
-                "output_tokens_target": outp,
-                "output_tokens_server": n_out,
-                "output_tokens_counted": n_out,
-                "reasoning_tokens": reasoning_full,
-                "cached_tokens": cached,
-                "chunk_count": n_out.astype(np.int32),
-                "status": status,
-                "http_status": http.astype(np.int32),
-                "error_class": pl.Series(err_class, dtype=pl.String),
-                "error_message": pl.Series(err_msg, dtype=pl.String),
-                "worker_id": replica_of,
-            }
-        ).with_columns(
-            # numpy NaN -> SQL NULL for the optional times and counts of failed requests
-            *[pl.col(c).fill_nan(None) for c in ("first_token_s", "first_visible_s", "last_token_s")],
-            *[
-                pl.when(pl.col("status") == "ok").then(pl.col(c)).otherwise(None).alias(c)
-                for c in ("input_tokens_server", "output_tokens_server", "output_tokens_counted", "reasoning_tokens", "cached_tokens")
-            ],
-        )
-        store.append_requests(req)
-        # vLLM's per-request span phases, as serve --otlp-traces-endpoint would export them
-        store.append_server_spans(simulated_span_rows(run_id, seqs, replica_of, times, model_name))
-        if record_chunks and total:
-            rid_rep = np.repeat(done_idx, outs_done)
-            seq_no = np.arange(total, dtype=np.int64) - np.repeat(req_first, outs_done)
-            chunks = pl.DataFrame(
-                {
-                    "run_id": pl.repeat(run_id, total, eager=True),
-                    "request_id": rid_rep,
-                    "seq": seq_no.astype(np.int32),
-                    "t_s": tok_t,
-                    "tokens": np.ones(total, dtype=np.int32),
-                    "reasoning": seq_no < np.repeat(reasoning, outs_done),
-                }
-            )
-            store.append_chunks(chunks)
-        if tel:
-            rows_t: list[float] = []
-            rows_name: list[str] = []
-            rows_val: list[float] = []
-            rows_lab: list[str] = []
-            rows_w: list[int] = []
-            for t, r, vals in tel:
-                lab = json.dumps({"replica": str(r), "model_name": model_name})
-                for name, v in zip(TELEMETRY_NAMES, vals, strict=True):
-                    rows_t.append(t)
-                    rows_name.append(name)
-                    rows_val.append(float(v))
-                    rows_lab.append(lab)
-                    rows_w.append(r)
-            k = len(rows_t)
-            store.append_telemetry(
-                pl.DataFrame(
-                    {
-                        "run_id": pl.repeat(run_id, k, eager=True),
-                        "t_s": rows_t,
-                        "source": pl.repeat("engine", k, eager=True),
-                        "name": rows_name,
-                        "value": rows_val,
-                        "labels": rows_lab,
-                        "worker_id": pl.Series(rows_w, dtype=pl.Int32),
-                    }
-                )
-            )
-        notes = list(result.notes)
-        notes.append(
-            f"simulated: {result.iterations} iterations, {result.preemptions} preemptions, "
-            f"prefix hit rate {result.prefix_hit_rate:.3f}"
-        )
-        store.finish_run(run_id, status="done", end_reason="completed", duration_s=result.duration_s, notes=notes)
-        store.checkpoint()
-    result.run_id = run_id
-    result.store = str(path)
 
 
 class _Progress:

@@ -8,7 +8,7 @@ engine does the same, so a measured run and a simulated one decompose alike:
 - ``serve --otlp-traces-endpoint URL``: ``SpanEmitter`` batches spans and POSTs them
   as OTLP/HTTP protobuf from the server's event loop, every ``interval_s`` (vLLM's
   batch processor waits up to 5 s; a shorter wait only shortens the grace window);
-- ``simulate``: ``simulated_span_rows`` writes the same phases straight into the
+- ``simulate``: ``simulated_span_frame`` writes the same phases straight into the
   ``server_spans`` table from the virtual-time timestamps.
 
 The engine itself stays clock-free: it records the iteration that first scheduled a
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import sys
 import time
@@ -28,19 +27,27 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import polars as pl
 
 from burstbench.backends.reference.engine import DONE, Seq
 from burstbench.otlp import (
+    COMPLETION_TOKENS,
+    DECODE,
+    E2E,
+    INFERENCE,
     MAX_TOKENS,
+    PREFILL,
+    PROMPT_TOKENS,
+    QUEUE,
     REQUEST_ID,
     SPAN_KIND_SERVER,
+    TTFT,
     SpanData,
     collector_url,
     encode,
     parse_traceparent,
     phase_attributes,
-    phase_seconds,
-    trace_id,
+    run_prefix,
     wall_ns,
 )
 
@@ -144,21 +151,54 @@ def iteration_starts(seq: Seq, times: np.ndarray) -> float:
     return max(prev, seq.arrival)
 
 
-def simulated_span_rows(run_id: str, seqs: Sequence[Seq | None], replica_of: np.ndarray, times: list[array],
-                        service: str) -> list[tuple]:
-    """``server_spans`` rows of a simulation: vLLM's phases from virtual time, one per completed request."""
-    arrs = [np.frombuffer(t, dtype=np.float64) if len(t) else np.zeros(0) for t in times]
-    rows = []
-    for i, s in enumerate(seqs):
-        if s is None or s.state != DONE or s.sched_it < 0:
-            continue
-        ts = arrs[int(replica_of[i])]
-        first, last = float(ts[s.first_it]), float(ts[s.last_it])
-        attrs = phase_attributes(arrival=s.arrival, queued=s.arrival, scheduled=iteration_starts(s, ts),
-                                 first_token=first, last_token=last, end=last, prompt_tokens=s.prompt_len,
-                                 completion_tokens=s.max_out)
-        p = phase_seconds(attrs)
-        rows.append((run_id, i, trace_id(run_id, i).hex(), f"{i + 1:016x}", SPAN_NAME, service, s.arrival, None,
-                     p["queue_s"], p["prefill_s"], p["decode_s"], p["inference_s"], p["ttft_s"], p["e2e_s"],
-                     s.prompt_len, s.max_out, json.dumps(attrs, sort_keys=True)))
-    return rows
+def simulated_span_frame(run_id: str, seqs: Sequence[Seq | None], replica_of: np.ndarray, times: list[array],
+                         service: str) -> pl.DataFrame:
+    """``server_spans`` rows of a simulation: vLLM's phases from virtual time, one per completed request.
+
+    Column-wise (numpy) because a simulated hour has 10^4–10^6 requests: the phases are
+    the same subtractions ``phase_attributes`` makes, element by element, and the
+    attributes JSON is the text ``json.dumps(phase_attributes(...), sort_keys=True)``
+    gives (keys in sorted order, floats as ``repr``), built without a dict per row."""
+    idx = [i for i, s in enumerate(seqs) if s is not None and s.state == DONE and s.sched_it >= 0]
+    n = len(idx)
+    done = [seqs[i] for i in idx]
+    rep = replica_of[idx].astype(np.int64) if n else np.zeros(0, dtype=np.int64)
+    off = np.cumsum([0] + [len(t) for t in times])
+    all_t = np.concatenate([np.frombuffer(t, dtype=np.float64) for t in times if len(t)] or [np.zeros(0)])
+    base = off[rep]
+    sched_it = np.fromiter((s.sched_it for s in done), dtype=np.int64, count=n)
+    arrival = np.fromiter((s.arrival for s in done), dtype=np.float64, count=n)
+    first = all_t[base + np.fromiter((s.first_it for s in done), dtype=np.int64, count=n)]
+    last = all_t[base + np.fromiter((s.last_it for s in done), dtype=np.int64, count=n)]
+    prev = np.where(sched_it > 0, all_t[np.maximum(base + sched_it - 1, 0)] if n else all_t[:0], 0.0)
+    scheduled = np.maximum(prev, arrival)
+    ph = {  # phase_attributes' arithmetic; queued = arrival, end = last token
+        "queue_s": scheduled - arrival, "prefill_s": first - scheduled, "decode_s": last - first,
+        "inference_s": last - scheduled, "ttft_s": first - arrival, "e2e_s": last - arrival,
+    }
+    prompt = [s.prompt_len for s in done]
+    completion = [s.max_out for s in done]
+    cols = {k: v.tolist() for k, v in ph.items()}
+    attrs = [
+        f'{{"{E2E}": {e2e!r}, "{DECODE}": {dec!r}, "{INFERENCE}": {inf!r}, "{PREFILL}": {pre!r}, '
+        f'"{QUEUE}": {q!r}, "{TTFT}": {tt!r}, "{COMPLETION_TOKENS}": {c}, "{PROMPT_TOKENS}": {p}}}'
+        for e2e, dec, inf, pre, q, tt, c, p in zip(
+            cols["e2e_s"], cols["decode_s"], cols["inference_s"], cols["prefill_s"], cols["queue_s"],
+            cols["ttft_s"], completion, prompt, strict=True)
+    ]
+    prefix = run_prefix(run_id).hex()
+    rid = np.asarray(idx, dtype=np.int64)
+    return pl.DataFrame({
+        "run_id": pl.repeat(run_id, n, eager=True, dtype=pl.String),
+        "request_id": rid,
+        "trace_id": [f"{prefix}{i & 0xFFFF_FFFF_FFFF_FFFF:016x}" for i in idx],
+        "span_id": [f"{i + 1:016x}" for i in idx],
+        "name": pl.repeat(SPAN_NAME, n, eager=True, dtype=pl.String),
+        "service": pl.repeat(service, n, eager=True, dtype=pl.String),
+        "arrival_s": arrival,
+        "received_s": pl.repeat(None, n, eager=True, dtype=pl.Float64),
+        **ph,
+        "prompt_tokens": pl.Series(prompt, dtype=pl.Int64),
+        "completion_tokens": pl.Series(completion, dtype=pl.Int64),
+        "attributes": pl.Series(attrs, dtype=pl.String),
+    })
