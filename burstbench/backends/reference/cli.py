@@ -106,7 +106,7 @@ def simulate(ctx, trace, out, label, seed, reasoning_share, no_chunks, num_gpu_b
     if replay_run is None:
         res = run(trace, **kw, num_blocks=num_gpu_blocks, cost=cost, **common)
     else:
-        from burstbench.analysis import replay
+        from burstbench.backends.reference import replay
 
         src = replay.read_source(trace, replay_run)
         blocks, kw["block_size"], notes = replay.num_blocks_of(src, num_gpu_blocks, kw["block_size"])

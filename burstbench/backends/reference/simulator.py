@@ -98,7 +98,8 @@ def _fallback_azure(path: Path) -> Trace:
     return Trace(conform(out), {"source_format": "azure", "source_file": str(path)})
 
 
-def _load_parts(model: Any, hardware: Any, tp: int) -> tuple[Any, Any, Any]:
+def load_parts(model: Any, hardware: Any, tp: int) -> tuple[Any, Any, Any]:
+    """(model, hardware, cost model) from names, files or objects: what ``simulate`` and a replay build."""
     from burstbench.backends.hardware.profile import HardwareProfile, load_hardware
     from burstbench.backends.reference.costmodel import CostModel
     from burstbench.backends.reference.models import ModelConfig, load_model
@@ -145,7 +146,7 @@ def simulate(
         raise UsageError("telemetry_interval_s must be positive")
     if reasoning_share is not None and not 0 <= reasoning_share <= 1:
         raise UsageError(f"reasoning_share must be in [0, 1], got {reasoning_share}")
-    m, hw, cm = _load_parts(model, hardware, tp)
+    m, hw, cm = load_parts(model, hardware, tp)
     if cost is not None:
         cm = cost
     if num_blocks is None:

@@ -94,13 +94,11 @@ def replay(src: ReplaySource, *, cost: Any, match_duration: bool = False, **sim:
     """Simulate ``src``'s requests (``simulator.simulate`` keywords in ``sim``); with
     ``match_duration`` the step times are scaled to last as long as the run did.
     Returns the result of the last simulation and the scale used (1 without matching)."""
-    from burstbench.backends.reference.simulator import simulate
+    from burstbench.backends.reference.simulator import load_parts, simulate
 
     sim = {**sim, "telemetry_interval_s": src.interval_s}
     if cost is None:
-        from burstbench.backends.reference.simulator import _load_parts
-
-        cost = _load_parts(sim["model"], sim["hardware"], sim.get("tp", 1))[2]
+        cost = load_parts(sim["model"], sim["hardware"], sim.get("tp", 1))[2]
     if not match_duration:
         return simulate(src.trace, cost=cost, **sim), 1.0
     if not src.duration_s > 0:
