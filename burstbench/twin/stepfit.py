@@ -20,6 +20,10 @@ subtracted to turn them into the overhead scale, the per-sequence overhead and t
 scale the fit searches. It is only a start, and calibrate takes only its per-sequence cost
 (the scales search well from the preset; from this start a GPU run's fit ended in a worse
 optimum): queueing, chunking and the scheduler's limits are what the simulation gets right.
+
+The per-sequence term lives here whole: its start (``choose_start``) and whether it is
+kept at all (``fit_with_or_without_seq``, a likelihood-ratio test against the fit
+without it), so ``calibrate`` stays about the search itself.
 """
 
 from __future__ import annotations
