@@ -241,8 +241,11 @@ def model_facts(model: str | Path | None = None, env: str | Path | None = None) 
 
 
 def build_model(model: str | Path | None = None, env: str | Path | None = None, *,
-                layers: int = 4, hidden: int = 256, force: bool = False) -> dict:
-    """Write the random-weight Llama and its tokenizer into ``model`` (runs in the vLLM env)."""
+                layers: int = 4, hidden: int = 256, kv_heads: int | None = None, force: bool = False) -> dict:
+    """Write the random-weight Llama and its tokenizer into ``model`` (runs in the vLLM env).
+
+    ``kv_heads``: key/value heads (grouped-query attention when below ``hidden / 64``, the
+    attention heads); None for as many as the attention heads."""
     from burstbench.backends.prompts import WORDS
 
     e = env_dir(env)
@@ -253,7 +256,11 @@ def build_model(model: str | Path | None = None, env: str | Path | None = None, 
     from burstbench.testing.vllm_model import BUILDER
 
     facts = model_facts(out)
-    same = facts and (facts.get("layers"), facts.get("hidden_size"), facts.get("builder")) == (layers, hidden, BUILDER)
+    heads = max(hidden // 64, 1)
+    kv = kv_heads or heads
+    # a model built before --kv-heads existed has as many KV heads as attention heads
+    same = facts and (facts.get("layers"), facts.get("hidden_size"), facts.get("kv_heads", heads),
+                      facts.get("builder")) == (layers, hidden, kv, BUILDER)
     if same and not force:
         _log(f"model already built at {out}")
         return facts
@@ -263,7 +270,7 @@ def build_model(model: str | Path | None = None, env: str | Path | None = None, 
     try:
         t0 = time.monotonic()
         _run([str(_python(e)), str(script), str(out), f.name, "--layers", str(layers),
-              "--hidden", str(hidden)], "build model", timeout_s=600)
+              "--hidden", str(hidden), "--kv-heads", str(kv)], "build model", timeout_s=600)
     finally:
         os.unlink(f.name)
     facts = model_facts(out) or {}

@@ -55,13 +55,17 @@ def install_cmd(env: str | None, python: str | None, force: bool) -> None:
 @_MODEL
 @click.option("--layers", default=4, show_default=True, help="Decoder layers.")
 @click.option("--hidden", default=256, show_default=True, help="Hidden size (a multiple of 64).")
+@click.option("--kv-heads", default=None, type=int,
+              help="Key/value heads; fewer than the attention heads (hidden/64) is grouped-query attention [as many].")
 @click.option("--force", is_flag=True, help="Rebuild even when the model exists.")
-def build_model_cmd(env: str | None, model: str | None, layers: int, hidden: int, force: bool) -> None:
+def build_model_cmd(env: str | None, model: str | None, layers: int, hidden: int, kv_heads: int | None,
+                    force: bool) -> None:
     """Write a random-weight Llama and a tokenizer covering burstbench's prompt words.
 
     \b
     Example:
       burstbench vllm-cpu build-model --layers 4 --hidden 256
+      burstbench vllm-cpu build-model --model /tmp/llama8-gqa --layers 8 --kv-heads 2
     """
     from burstbench.errors import UsageError
     from burstbench.testing.vllm_cpu import build_model, model_dir
@@ -70,7 +74,10 @@ def build_model_cmd(env: str | None, model: str | None, layers: int, hidden: int
         raise UsageError(f"--layers must be between 1 and 64 (got {layers})")
     if hidden < 64 or hidden > 4096 or hidden % 64:
         raise UsageError(f"--hidden must be a multiple of 64 between 64 and 4096 (got {hidden})")
-    facts = build_model(model, env, layers=layers, hidden=hidden, force=force)
+    heads = hidden // 64
+    if kv_heads is not None and not (1 <= kv_heads <= heads and heads % kv_heads == 0):
+        raise UsageError(f"--kv-heads must divide the {heads} attention heads of --hidden {hidden} (got {kv_heads})")
+    facts = build_model(model, env, layers=layers, hidden=hidden, kv_heads=kv_heads, force=force)
     emit_json({"model": str(model_dir(model, env)), **facts})
 
 

@@ -19,7 +19,11 @@ need to account for a server's ``usage.prompt_tokens``: the special tokens added
 to a completions prompt (BOS) and the chat template's wrapping of one user turn,
 both counted here by ``transformers`` itself, not by the server under test.
 
-Usage: ``python vllm_model.py OUT_DIR WORDS_JSON [--layers 4] [--hidden 256]``
+Usage: ``python vllm_model.py OUT_DIR WORDS_JSON [--layers 4] [--hidden 256] [--kv-heads N]``
+
+``--kv-heads`` below the number of attention heads (``hidden / 64``) gives grouped-query
+attention, as most served models have: fewer KV heads mean fewer KV-cache bytes per token,
+which is what the twin's cost model reads, so a second model shape checks that term.
 """
 
 from __future__ import annotations
@@ -64,7 +68,8 @@ def train_tokenizer(words: list[str]):
     return tok
 
 
-def build(out: Path, words: list[str], *, layers: int, hidden: int, seed: int) -> dict:
+def build(out: Path, words: list[str], *, layers: int, hidden: int, seed: int,
+          kv_heads: int | None = None) -> dict:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
@@ -79,9 +84,12 @@ def build(out: Path, words: list[str], *, layers: int, hidden: int, seed: int) -
 
     torch.manual_seed(seed)
     heads = max(hidden // 64, 1)
+    kv_heads = kv_heads or heads
+    if heads % kv_heads:
+        raise SystemExit(f"--kv-heads {kv_heads} must divide the {heads} attention heads")
     config = LlamaConfig(
         vocab_size=raw.get_vocab_size(), hidden_size=hidden, intermediate_size=hidden * 2 + hidden // 2,
-        num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
+        num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
         max_position_embeddings=4096, bos_token_id=raw.token_to_id("<s>"),
         eos_token_id=raw.token_to_id("</s>"), pad_token_id=raw.token_to_id("</s>"),
         tie_word_embeddings=False, torch_dtype="bfloat16",
@@ -100,7 +108,7 @@ def build(out: Path, words: list[str], *, layers: int, hidden: int, seed: int) -
         "completions_special_tokens": with_special - plain,
         "chat_overhead_tokens": len(chat_ids) - plain,
         "vocab_size": raw.get_vocab_size(),
-        "layers": layers, "hidden_size": hidden, "seed": seed,
+        "layers": layers, "hidden_size": hidden, "kv_heads": kv_heads, "seed": seed,
         "words_single_token": True, "builder": BUILDER,
     }
     (out / FACTS).write_text(json.dumps(facts, indent=1) + "\n")
@@ -113,10 +121,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("words_json", type=Path)
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--hidden", type=int, default=256)
+    ap.add_argument("--kv-heads", type=int, default=None, help="[the attention heads: no grouping]")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args(argv)
     words = json.loads(a.words_json.read_text())
-    facts = build(a.out, words, layers=a.layers, hidden=a.hidden, seed=a.seed)
+    facts = build(a.out, words, layers=a.layers, hidden=a.hidden, seed=a.seed, kv_heads=a.kv_heads)
     print(json.dumps(facts), file=sys.stderr)
     return 0
 

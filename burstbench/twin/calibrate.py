@@ -40,14 +40,8 @@ Free coefficients (four searched, one profiled):
   The step overhead and this term are told apart by runs at different loads (batch sizes).
 
 Scheduler limits (``max_num_seqs``, ``max_num_batched_tokens``) are inputs when the
-endpoint's are known (vLLM's defaults otherwise). When they are not (``fit_limits``),
-each is a discrete choice: the candidates are the values the run allows (for
-``max_num_seqs``, from the peak number of requests seen decoding at once, which it
-cannot be below; for the token budget, vLLM's usual powers of two), each is scored by
-the loss after a re-fit of the coefficients at that value (a short one for every
-candidate, a longer one for the best three and the current value), and the
-coefficients are fitted again at the chosen limits. A limit the run never reached fits as well at
-any larger value: the given one is kept and the twin says it was not binding.
+endpoint's are known (vLLM's defaults otherwise); ``fit_limits`` chooses the unknown ones
+(``twin.limits``), then the coefficients are fitted again at the chosen limits.
 
 Uncertainty is a sandwich around the fit's Jacobian ``J`` in log-parameter space:
 ``cov = (JᵀJ)⁻¹ Jᵀ (s² I + Σ) J (JᵀJ)⁻¹``, with ``s²`` the residual variance and ``Σ``
@@ -73,14 +67,23 @@ import datetime as dt
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from burstbench.errors import StoreError, UsageError
+from burstbench.twin.limits import LIMITS, budget, limit_candidates, scan
 from burstbench.twin.spec import TwinSpec, build_cost
+from burstbench.twin.stepfit import (
+    SEQ,
+    SEQ_HI,
+    SEQ_MARGIN,
+    choose_start,
+    fit_with_or_without_seq,
+    seq_ref,
+)
 from burstbench.twin.vsim import Latencies, Sched, Workload, colocated
 
 QUANTILES = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
@@ -96,13 +99,6 @@ METRIC_WEIGHTS = {"ttft": 0.5, "tpot": 1.0, "e2el": 1.0}
 PARAMS = ("bandwidth_efficiency_scale", "flops_efficiency_scale", "overhead_scale", "seq_overhead_s",
           "frontend_latency_s")
 ENGINE = 4  # the searched coefficients: PARAMS[:ENGINE]; the frontend latency is profiled
-# The per-sequence cost is searched *linearly*, in units of the base step overhead, from 0
-# (none: a GPU preset's) to SEQ_HI steps per sequence. Not in log space like the scales: an
-# additive term whose truth may be 0 has no scale, and a log step from near 0 changes
-# nothing the quantiles can see (the fit never left 13 us when the engine spent 10 ms).
-SEQ = 3  # its index in theta
-SEQ_HI = 1000.0  # steps of the base overhead per sequence (1.3 s on the preset's 1.3 ms)
-SEQ_MARGIN = 0.02  # the start's distance from 0 (2.6 us per sequence on the preset overhead)
 
 
 @dataclass
@@ -186,13 +182,6 @@ def _quantiles(lat: Latencies, mask: np.ndarray | None = None) -> dict[str, np.n
         x = x[np.isfinite(x)]
         out[m] = np.quantile(x, QUANTILES) if x.size else np.full(len(QUANTILES), np.nan)
     return out
-
-
-def seq_ref(base_hw: Any) -> float:
-    """The unit of the searched per-sequence cost: the base profile's step overhead."""
-    from burstbench.backends.hardware.presets import STEP_OVERHEAD_S
-
-    return float(base_hw.step_overhead_s or STEP_OVERHEAD_S)
 
 
 def start_point(base_hw: Any) -> np.ndarray:
@@ -446,70 +435,10 @@ class _Fitter:
         return theta, res
 
 
-def _fit_with_or_without_seq(fitter: _Fitter, sched: Sched, max_evals: int) -> tuple[np.ndarray, Any, dict[str, Any]]:
-    """Fit the three scales with no per-sequence cost, then all four from there; keep the
-    per-sequence term only when it buys more than ``LIMIT_EVIDENCE`` residual variances
-    (the likelihood-ratio test that ``_pick`` applies to the scheduler limits).
-
-    Why not always four: on an engine that has no such cost (a GPU, the reference server)
-    the fourth coordinate trades with the bandwidth scale and the profiled frontend along
-    a flat, rough valley, and the search stopped there at a few % rms with held-out errors
-    of 15% where three coordinates reach the optimum; a term that only bends to one run's
-    noise is a defect, and this test keeps it out."""
-    fitter.free[:] = True
-    fitter.free[SEQ] = False
-    theta3, res3 = fitter.fit(sched, max_evals)
-    loss3 = 2 * res3.cost
-    fitter.free[:] = True
-    x0 = theta3.copy()
-    x0[SEQ] = max(fitter.seq_guess, SEQ_MARGIN)  # the regression's guess, when it had one
-    theta4, res4 = fitter.fit(sched, max_evals, x0=x0)
-    loss4 = 2 * res4.cost
-    margin = LIMIT_EVIDENCE * loss3 / max(int(fitter.valid.sum()) - ENGINE, 1)
-    if loss3 - loss4 > margin:
-        # fair terms: the fit with the term had a second budget, so the fit without it
-        # gets one too (from where it stopped) before the test; otherwise the term "wins"
-        # by the extra search alone (a GPU run without one kept it, its bandwidth 0.90 for 0.55)
-        fitter.free[SEQ] = False
-        theta3b, res3b = fitter.fit(sched, max_evals, x0=theta3)
-        if 2 * res3b.cost < loss3:
-            theta3, res3, loss3 = theta3b, res3b, 2 * res3b.cost
-            margin = LIMIT_EVIDENCE * loss3 / max(int(fitter.valid.sum()) - ENGINE, 1)
-    kept = loss3 - loss4 > margin
-    fitter.free[:] = True
-    fitter.free[SEQ] = kept
-    info = {"loss_without": loss3, "loss_with": loss4, "margin": margin, "kept": bool(kept)}
-    return (theta4, res4, info) if kept else (theta3, res3, info)
-
-
 def _put(theta: np.ndarray, free: np.ndarray, x: np.ndarray) -> np.ndarray:
     """``theta`` with its ``free`` coordinates set to ``x``."""
     out = np.array(theta, dtype=np.float64)
     out[free] = x
-    return out
-
-
-def _choose_start(fitter: _Fitter, runs: Sequence[MeasuredRun], sched: Sched) -> dict[str, Any]:
-    """The per-sequence cost's start from the per-step regression (``twin.stepfit``), and
-    how the regression's point and the preset fit (two simulations, for the record)."""
-    from burstbench.twin.stepfit import linear_terms, start_from_steps
-
-    out: dict[str, Any] = {"used": "preset"}
-    if fitter.replicas != 1:  # a batch per instance is not known from the client's view
-        return out
-    cost = build_cost(fitter.model, fitter.base_hw, fitter.tp, {})
-    guess = start_from_steps(runs, cost, fitter.base_hw, seq_ref(fitter.base_hw))
-    if guess is None:
-        return out
-    g, p = fitter.inside(guess), fitter.inside(fitter.start)
-    lg, lp = fitter.loss(g, sched), fitter.loss(p, sched)
-    out.update({"linear_terms": linear_terms(runs), "loss_preset": lp, "loss_steps": lg})
-    # only the per-sequence cost is taken from the regression, as the start of the fit
-    # with it: the three scales start at the preset, since a regression start that fitted
-    # a GPU run 100x better than the preset still led the search to a worse optimum
-    # (bandwidth 0.93 for 0.55) than the preset did
-    fitter.seq_guess = float(g[SEQ])
-    out["used"] = "preset; per-sequence cost from the per-step regression"
     return out
 
 
@@ -535,61 +464,6 @@ def _paired_offset(runs: Sequence[MeasuredRun], lats: Sequence[Latencies]) -> fl
     """Median of measured - simulated TTFT over the same requests, at least 0 (see module doc)."""
     d = _paired_diffs(runs, lats)
     return max(float(np.median(d)), 0.0) if d.size else 0.0
-
-
-def _max_overlap(start: np.ndarray, end: np.ndarray) -> int:
-    """Most intervals [start, end] open at once (an interval that ends as another starts
-    does not overlap it)."""
-    times = np.concatenate([start, end])
-    delta = np.concatenate([np.ones(len(start), dtype=np.int64), -np.ones(len(end), dtype=np.int64)])
-    order = np.lexsort((delta, times))  # at equal times, ends (-1) before starts
-    return int(np.cumsum(delta[order]).max())
-
-
-SEQS_SPAN = 8  # candidates max_num_seqs = peak .. peak + SEQS_SPAN (requests still in prefill)
-TOKEN_BUDGETS = (512, 1024, 2048, 4096, 8192, 16384, 32768)  # vLLM's usual max_num_batched_tokens
-LIMIT_POLISH_EVALS = 40  # simulations of a finalist's re-fit of the coefficients
-LIMIT_SCREEN_EVALS = 20  # ... and of every candidate's first look
-LIMIT_FINALISTS = 3
-LIMITS = ("max_num_seqs", "max_num_batched_tokens")
-
-
-def _limit_candidates(name: str, runs: Sequence[MeasuredRun], sched: Sched) -> tuple[list[int], dict[str, Any]]:
-    """Values of one scheduler limit to try, and what the runs say about it."""
-    given = int(getattr(sched, name))
-    if name == "max_num_seqs":
-        # Requests between their first and last token at once ran in one iteration, so the
-        # limit is at least their peak count; when it binds, the count reaches it less the
-        # few requests still in (chunked) prefill. Each interval is trimmed by 1 ms so
-        # timestamps of one iteration split by jitter never overlap (undercounting is safe).
-        peak = 1
-        for run in runs:
-            arrival, lat = run.work.arrival, run.measured
-            ok = np.isfinite(lat.ttft) & np.isfinite(lat.e2el) & (lat.e2el - lat.ttft > 2e-3)
-            if ok.any():
-                peak = max(peak, _max_overlap(arrival[ok] + lat.ttft[ok] + 1e-3, arrival[ok] + lat.e2el[ok] - 1e-3))
-        cands = sorted({*range(peak, peak + SEQS_SPAN + 1), *([given] if given > peak + SEQS_SPAN else [])})
-        return cands, {"lower_bound": peak}
-    longest = max((int(run.work.input_tokens.max()) for run in runs if len(run.work)), default=0)
-    cands = sorted({*[v for v in TOKEN_BUDGETS if v >= sched.max_num_seqs], given})
-    return cands, {"longest_prompt": longest}
-
-
-LIMIT_EVIDENCE = 3.84  # chi-square(1 dof) at 95%: what one more parameter must buy
-
-
-def _pick(losses: dict[int, float], given: int, n_resid: int) -> tuple[int, float]:
-    """The value to keep and the loss margin within which values fit alike.
-
-    A limit is one more parameter: another value replaces the given one only when it
-    lowers the loss by more than ``LIMIT_EVIDENCE`` residual variances (a likelihood-ratio
-    test), so a limit the run never reached, which fits as well at any larger value,
-    stays as given, and noise between near-perfect fits picks nothing."""
-    best = min(losses, key=lambda v: (losses[v], v))
-    margin = LIMIT_EVIDENCE * losses[best] / max(n_resid - ENGINE - 1, 1) + 1e-12
-    if losses.get(given, math.inf) - losses[best] <= margin:
-        return given, margin
-    return best, margin
 
 
 def calibrate(
@@ -635,41 +509,12 @@ def calibrate(
     run = runs[0]
     base_hw = load_hardware(hardware)
     fitter = _Fitter(runs, model, base_hw, tp, replicas, progress)
-    plan = {name: _limit_candidates(name, runs, sched) for name in LIMITS if name in fit_limits}
-    per_scan = [LIMIT_SCREEN_EVALS * len(c) + (LIMIT_POLISH_EVALS - LIMIT_SCREEN_EVALS) * (LIMIT_FINALISTS + 2)
-                for c, _ in plan.values()]
-    fitter.budget = max_evals * (2 if plan else 1) + sum(per_scan) * (2 if len(plan) > 1 else 1)  # at most
-    start = _choose_start(fitter, runs, sched)
-    fitter.budget += 2 * max_evals  # the per-sequence test: up to two more fits
-    theta, res, seq_test = _fit_with_or_without_seq(fitter, sched, max_evals)
-    limit_fit: dict[str, Any] = {}
-    pending, scans = list(plan), 0
-    while pending and scans < 2 * len(plan):  # max_num_seqs first: the token budget must cover it
-        name = pending.pop(0)
-        scans += 1
-        cands, facts = plan[name]
-        if name == "max_num_batched_tokens":
-            cands = [v for v in cands if v >= sched.max_num_seqs] or [sched.max_num_batched_tokens]
-        current = int(getattr(sched, name))
-        # screen every candidate with a short re-fit, then finish the best few and the current
-        tried = {v: fitter.polish(theta, replace(sched, **{name: v}), LIMIT_SCREEN_EVALS) for v in cands}
-        losses = {v: fitter.loss(t, replace(sched, **{name: v})) for v, t in tried.items()}
-        # (the largest candidate too: it stands for 'no limit' in the binding test below)
-        for v in {*sorted(cands, key=losses.__getitem__)[:LIMIT_FINALISTS], current, max(cands)} & set(cands):
-            sv = replace(sched, **{name: v})
-            tried[v] = fitter.polish(tried[v], sv, LIMIT_POLISH_EVALS - LIMIT_SCREEN_EVALS)
-            losses[v] = fitter.loss(tried[v], sv)
-        chosen, margin = _pick(losses, current, int(fitter.valid.sum()))
-        theta, sched = tried[chosen], replace(sched, **{name: chosen})
-        if chosen != current:  # the limits interact: look at the others again at this value
-            pending += [other for other in plan if other != name and other not in pending]
-        alike = [v for v in cands if losses[v] - losses[chosen] <= margin]
-        limit_fit[name] = {"value": chosen, **facts,
-                           # binding: the largest candidate (in effect no limit) fits worse
-                           "binding": max(cands) not in alike,
-                           # the smallest value that fits as well as the chosen one
-                           "fits_from": min(alike),
-                           "loss": {str(v): losses[v] for v in cands}}
+    plan = {name: limit_candidates(name, runs, sched) for name in LIMITS if name in fit_limits}
+    # at most: a fit, the per-sequence test's two more, the limits' scan and a fit after it
+    fitter.budget = max_evals * (4 if plan else 3) + budget(plan)
+    start = choose_start(fitter, runs, sched)
+    theta, res, seq_test = fit_with_or_without_seq(fitter, sched, max_evals)
+    theta, sched, limit_fit = scan(fitter, theta, sched, plan)
     if plan:
         theta, res = fitter.fit(sched, max_evals, x0=theta)
     evals, valid, lo, hi = fitter.evals, fitter.valid, fitter.lo, fitter.hi

@@ -87,3 +87,13 @@ def test_stop_ends_the_process_group_and_children_that_ignore_sigterm(tmp_path):
     for pid in (parent_pid, child_pid):
         assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     assert srv.proc is None
+
+
+@pytest.mark.parametrize("kv", ["3", "0", "8"])
+def test_build_model_refuses_kv_heads_that_do_not_divide_the_heads(tmp_path, kv):
+    # hidden 256 has 4 attention heads: grouped-query attention needs a divisor of 4
+    proc = subprocess.run([sys.executable, "-m", "burstbench", "vllm-cpu", "build-model", "--env", str(tmp_path / "e"),
+                           "--kv-heads", kv], capture_output=True, text=True, timeout=60)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and "--kv-heads must divide the 4" in lines[0], proc.stderr
+    assert proc.stdout == ""
