@@ -43,6 +43,10 @@ def generate(path: Path, n_requests: int, chunks_per_request: int, rate: float =
     with ResultsStore(path) as st:
         rid = st.create_run(RunInfo(backend="bench", model="synthetic-8b", label="bench", target_rate=rate))
         k = max(chunks_per_request, 1)
+        # 3M requests are 300M chunks: bound DuckDB so the generator spills instead of
+        # taking a shared machine's memory (its default is 80 % of RAM).
+        st.con.execute("SET memory_limit = '2GB'")
+        st.con.execute("SET preserve_insertion_order = true")
         # One token per chunk (vLLM streams a token per SSE event): output lengths are
         # exponential with mean ~k, so the store holds ~k chunks per successful request.
         st.con.execute(

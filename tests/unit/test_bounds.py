@@ -212,7 +212,7 @@ def test_sql_runs_under_a_memory_limit(tmp_path, capsys):
     capsys.readouterr()
     assert main(["analyze", str(store), "--sql", "SELECT current_setting('memory_limit') AS m", "--json"]) == 0
     limit = json.loads(capsys.readouterr().out)["rows"][0][0]
-    assert limit == "1.8 GiB"  # DuckDB's rendering of SQL_MEMORY_LIMIT = 2GB
+    assert limit == "953.6 MiB"  # DuckDB's rendering of SQL_MEMORY_LIMIT = 1GB
     # a query that needs more than that fails in one line instead of taking the machine
     big = "SELECT list(range) FROM range(400000000)"
     assert main(["analyze", str(store), "--sql", big]) == 2
