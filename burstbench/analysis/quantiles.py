@@ -46,35 +46,61 @@ def exact_quantiles(
     ``weight`` is an integer expression over ``src``'s columns, at least 1).
 
     ``params`` binds ``src``'s named parameters (names starting ``bbq_`` are this
-    function's own). Returns ``([], 0)`` when there is no value.
+    module's own). Returns ``([], 0)`` when there is no value.
     """
-    params = dict(params or {})
-    w = f"CAST({weight} AS BIGINT)" if weight else "1"
-    every = f"SELECT v, {w} AS w FROM ({src}) WHERE v IS NOT NULL AND NOT isnan(v)"
-    row = con.execute(
-        f"SELECT min(v) FILTER (WHERE isfinite(v)), max(v) FILTER (WHERE isfinite(v)), sum(w),"
-        f" COALESCE(sum(w) FILTER (WHERE v = '-inf'::DOUBLE), 0), COALESCE(sum(w) FILTER (WHERE v = 'inf'::DOUBLE), 0)"
-        f" FROM ({every})", params).fetchone()
-    if row is None or row[2] is None or int(row[2]) == 0:
-        return [], 0
-    n, n_neg, n_pos = int(row[2]), int(row[3]), int(row[4])
-    h = (n - 1) * np.asarray(probs, dtype=np.float64)
-    lo = np.floor(h).astype(np.int64)
-    hi = np.minimum(lo + 1, n - 1)
-    ranks = sorted(set(lo.tolist()) | set(hi.tolist()))
-    # infinite values (a failure counted as +inf) sit at the ends; the rest is bucketed
-    at = {r: -math.inf for r in ranks if r < n_neg}
-    at.update({r: math.inf for r in ranks if r >= n - n_pos})
-    mid = [r - n_neg for r in ranks if r not in at]
-    if mid:
-        finite = f"SELECT v, w FROM ({every}) WHERE isfinite(v)"
-        got = _values_at_ranks(con, finite, params, mid, float(row[0]), float(row[1]), n - n_neg - n_pos)
-        at.update({r + n_neg: v for r, v in got.items()})
-    vlo = np.array([at[i] for i in lo.tolist()], dtype=np.float64)
-    vhi = np.array([at[i] for i in hi.tolist()], dtype=np.float64)
-    with np.errstate(invalid="ignore"):  # inf - inf where both ends are infinite
-        out = np.where(vhi == vlo, vlo, vlo + (h - lo) * (vhi - vlo))
-    return out.tolist(), n
+    col = SortedColumn(con, src, params, weight=weight)
+    return col.quantiles(probs), col.n
+
+
+class SortedColumn:
+    """A column as if sorted, without sorting it: ``n``, and the value at any rank.
+
+    One summary pass on creation (count, finite min and max, infinities); each ``at``
+    call then costs one to three bucket passes, whatever the number of ranks asked.
+    """
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, src: str, params: dict[str, Any] | None = None, *,
+                 weight: str | None = None) -> None:
+        self.con, self.params = con, dict(params or {})
+        w = f"CAST({weight} AS BIGINT)" if weight else "1"
+        self.every = f"SELECT v, {w} AS w FROM ({src}) WHERE v IS NOT NULL AND NOT isnan(v)"
+        row = con.execute(
+            "SELECT min(v) FILTER (WHERE isfinite(v)), max(v) FILTER (WHERE isfinite(v)), COALESCE(sum(w), 0),"
+            " COALESCE(sum(w) FILTER (WHERE v = '-inf'::DOUBLE), 0), COALESCE(sum(w) FILTER (WHERE v = 'inf'::DOUBLE), 0)"
+            f" FROM ({self.every})", self.params).fetchone()
+        assert row is not None
+        self.n, self.n_neg, self.n_pos = int(row[2]), int(row[3]), int(row[4])
+        self.vmin, self.vmax = row[0], row[1]
+
+    def at(self, ranks: Sequence[int]) -> dict[int, float]:
+        """The value at each 0-based rank (0 <= rank < n) of the sorted, weight-expanded column."""
+        ranks = sorted({int(r) for r in ranks})
+        if ranks and not 0 <= ranks[0] <= ranks[-1] < self.n:
+            raise ValueError(f"ranks must lie in [0, {self.n}); got {ranks[0]}..{ranks[-1]}")
+        # infinite values (a failure counted as +inf) sit at the ends; the rest is bucketed
+        out = {r: -math.inf for r in ranks if r < self.n_neg}
+        out.update({r: math.inf for r in ranks if r >= self.n - self.n_pos})
+        mid = [r - self.n_neg for r in ranks if r not in out]
+        if mid:
+            finite = f"SELECT v, w FROM ({self.every}) WHERE isfinite(v)"
+            got = _values_at_ranks(self.con, finite, self.params, mid, float(self.vmin), float(self.vmax),
+                                   self.n - self.n_neg - self.n_pos)
+            out.update({r + self.n_neg: v for r, v in got.items()})
+        return out
+
+    def quantiles(self, probs: Sequence[float]) -> list[float]:
+        """Linear interpolation between the two ranks around ``(n - 1) p``, for each p."""
+        if self.n == 0:
+            return []
+        h = (self.n - 1) * np.asarray(probs, dtype=np.float64)
+        lo = np.floor(h).astype(np.int64)
+        hi = np.minimum(lo + 1, self.n - 1)
+        at = self.at([*lo.tolist(), *hi.tolist()])
+        vlo = np.array([at[i] for i in lo.tolist()], dtype=np.float64)
+        vhi = np.array([at[i] for i in hi.tolist()], dtype=np.float64)
+        with np.errstate(invalid="ignore"):  # inf - inf where both ends are infinite
+            out = np.where(vhi == vlo, vlo, vlo + (h - lo) * (vhi - vlo))
+        return out.tolist()
 
 
 def _bucket_expr(v: str, lo: str, width: str) -> str:
