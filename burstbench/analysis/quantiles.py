@@ -31,6 +31,8 @@ import numpy as np
 BUCKETS = 65_536
 # Values fetched into Python at once (8 bytes each, and their weights): 4M is ~64 MB.
 FETCH_CAP = 4_000_000
+# Value ranges fetched in one pass (an OR of BETWEENs).
+_RANGES_PER_PASS = 64
 
 
 def exact_quantiles(
@@ -161,11 +163,21 @@ def _values_at_ranks(con: duckdb.DuckDBPyConnection, base: str, params: dict[str
         heavy_ranges = leaves
     else:
         heavy_ranges = [(h[3], h[4], h[1], h[5]) for h in heavy]
-    # Fetch the values of every remaining range (disjoint value intervals) and pick.
-    for mn, mx, start, rk in heavy_ranges:
-        local = _pick_sorted(con, f"SELECT v, w FROM ({base}) WHERE v BETWEEN $bbq_mn AND $bbq_mx",
-                             {**params, "bbq_mn": mn, "bbq_mx": mx}, [r - start for r in rk])
-        out.update({r: local[r - start] for r in rk})
+    # Fetch the values of the remaining ranges (disjoint value intervals), a batch of
+    # ranges per pass, and pick each rank inside its own range.
+    heavy_ranges.sort()
+    for i in range(0, len(heavy_ranges), _RANGES_PER_PASS):
+        batch = heavy_ranges[i:i + _RANGES_PER_PASS]
+        cond = " OR ".join(f"v BETWEEN $bbq_a{j} AND $bbq_b{j}" for j in range(len(batch)))
+        bounds = {**params, **{f"bbq_a{j}": r[0] for j, r in enumerate(batch)},
+                  **{f"bbq_b{j}": r[1] for j, r in enumerate(batch)}}
+        got = con.execute(f"SELECT v, w FROM ({base}) WHERE {cond}", bounds).fetchnumpy()
+        v = np.asarray(got["v"], dtype=np.float64)
+        order = np.argsort(v, kind="stable")
+        v, w = v[order], np.asarray(got["w"], dtype=np.int64)[order]
+        for mn, mx, start, rk in batch:
+            a, b = int(np.searchsorted(v, mn, "left")), int(np.searchsorted(v, mx, "right"))
+            out.update(_pick(v[a:b], w[a:b], [r - start for r in rk], start))
     return out
 
 
@@ -195,8 +207,12 @@ def _pick_sorted(con: duckdb.DuckDBPyConnection, src: str, params: dict[str, Any
     """Fetch ``src``'s (v, w), sort in NumPy and read each rank off the cumulative weights."""
     got = con.execute(f"SELECT v, w FROM ({src})", params).fetchnumpy()
     v = np.asarray(got["v"], dtype=np.float64)
-    w = np.asarray(got["w"], dtype=np.int64)
     order = np.argsort(v, kind="stable")
-    v, cw = v[order], np.cumsum(w[order])
+    return _pick(v[order], np.asarray(got["w"], dtype=np.int64)[order], ranks, 0)
+
+
+def _pick(v: np.ndarray, w: np.ndarray, ranks: Sequence[int], offset: int) -> dict[int, float]:
+    """Sorted values ``v`` with weights ``w``: the value at each local rank, keyed by rank + offset."""
+    cw = np.cumsum(w)
     idx = np.searchsorted(cw, np.asarray(ranks, dtype=np.int64), side="right")
-    return {int(r): float(v[min(int(i), len(v) - 1)]) for r, i in zip(ranks, idx, strict=True)}
+    return {int(r) + offset: float(v[min(int(i), len(v) - 1)]) for r, i in zip(ranks, idx, strict=True)}
