@@ -240,6 +240,8 @@ def curve(args: argparse.Namespace, d: Path) -> None:
         out = d / f"out-{n}"
         out.mkdir(exist_ok=True)
         for name, tmpl in CURVE_COMMANDS.items():
+            if args.commands and not any(c.strip() == name for c in args.commands.split(";")):
+                continue
             argv = [a.format(s=store, o=out) for a in tmpl]
             new = run_child(new_code, argv)
             old = None
@@ -268,6 +270,8 @@ def main() -> None:
     ap.add_argument("--browser", action="store_true", help="Also time opening the reports in headless Chromium.")
     ap.add_argument("--curve", action="store_true", help="Peak RSS and time of every store-reading command.")
     ap.add_argument("--sizes", default="100000,1000000,3000000", help="Requests per store for --curve.")
+    ap.add_argument("--commands", default=None,
+                    help="For --curve: only these commands, ';'-separated names as printed (e.g. 'report;analyze --json --slo').")
     ap.add_argument("--baseline-code", type=Path, default=None,
                     help="For --curve: a checkout of older code to run the same commands from.")
     ap.add_argument("--baseline-max-requests", type=int, default=1_000_000,

@@ -398,7 +398,7 @@ def _gap_quantiles(con: duckdb.DuckDBPyConnection, table: str, value: str, weigh
     """
     from burstbench.analysis.quantiles import exact_quantiles
 
-    src = f"SELECT {value} AS v, k FROM {table} WHERE gap_s IS NOT NULL"
+    src = f"SELECT {value} AS v{'' if weight == '1' else ', ' + weight} FROM {table} WHERE gap_s IS NOT NULL"
     return exact_quantiles(con, src, None, PERCENTILES, weight=None if weight == "1" else weight)[0]
 
 
@@ -442,13 +442,17 @@ def chunk_stats(con: duckdb.DuckDBPyConnection, run_id: str, sel: Selection) -> 
         for a, b in bounds
     )
     table = f"_bb_gaps_{uuid.uuid4().hex[:12]}"
+    # The table holds one row per chunk that is not its request's first (a gap, or NULL
+    # where the fast path found no predecessor) and the token count only when a chunk
+    # carried several: 8 bytes a row, so a 100M-chunk run stays near the memory limit.
+    k_fast = ", GREATEST(COALESCE(a.tokens, 1), 1) AS k" if multi else ""
+    k_sure = ", unnest(tk[2:]) AS k" if multi else ""
     fast = sel_cte + f"""
     , adj AS ({adj})
-    SELECT CASE WHEN a.p_rid = a.request_id AND a.p_seq = a.seq - 1 THEN a.t_s - a.p_t END AS gap_s,
-           a.seq = 0 AS is_first, GREATEST(COALESCE(a.tokens, 1), 1) AS k
-    FROM adj a SEMI JOIN sel ON a.request_id = sel.request_id"""
+    SELECT CASE WHEN a.p_rid = a.request_id AND a.p_seq = a.seq - 1 THEN a.t_s - a.p_t END AS gap_s{k_fast}
+    FROM adj a SEMI JOIN sel ON a.request_id = sel.request_id WHERE a.seq <> 0"""
     tok_cols = ", sum(k) FILTER (WHERE gap_s IS NOT NULL) AS tok_n, max(gap_s / k) AS tok_max" if multi else ""
-    stats_sql = (f"SELECT count(gap_s) AS itl_n, count(*) FILTER (WHERE NOT is_first) AS expected_pairs,"
+    stats_sql = (f"SELECT count(gap_s) AS itl_n, count(*) AS expected_pairs,"
                  f" avg(gap_s) AS itl_mean, stddev_pop(gap_s) AS itl_std, max(gap_s) AS itl_max{tok_cols}"
                  f" FROM {table}")
     try:
@@ -456,15 +460,14 @@ def chunk_stats(con: duckdb.DuckDBPyConnection, run_id: str, sel: Selection) -> 
         row = _fetch_dict(con, stats_sql, [])
         path = "adjacent rows"
         if int(row["itl_n"] or 0) != int(row["expected_pairs"] or 0):
-            sure = sel_cte + """
+            sure = sel_cte + f"""
             , l AS (
                 SELECT list(c.t_s ORDER BY c.seq) AS ts, list(GREATEST(COALESCE(c.tokens, 1), 1) ORDER BY c.seq) AS tk
                 FROM chunks c SEMI JOIN sel ON c.request_id = sel.request_id
                 WHERE c.run_id = ?
                 GROUP BY c.request_id HAVING count(*) > 1
             )
-            SELECT unnest(list_transform(range(2, len(ts) + 1), lambda i: ts[i] - ts[i - 1])) AS gap_s,
-                   false AS is_first, unnest(tk[2:]) AS k
+            SELECT unnest(list_transform(range(2, len(ts) + 1), lambda i: ts[i] - ts[i - 1])) AS gap_s{k_sure}
             FROM l"""
             con.execute(f"DROP TABLE {table}")
             con.execute(f"CREATE TEMP TABLE {table} AS {sure}", [run_id, *params, run_id])
