@@ -15,6 +15,10 @@ rank come into Python, sorted, and the rank is picked. Every pass is a streaming
 the length. Buckets are value intervals (``floor`` of a monotone expression), so a
 bucket's values are contiguous in sorted order and each rank is exact, ties included.
 
+A column of at most ``QUANTILE_CONT_MAX`` values asked for a few probabilities goes to
+``quantile_cont`` after all (its state is small then, and it is cheaper), so the figures
+of small stores are DuckDB's own, as before.
+
 The interpolation is ``quantile_cont``'s and NumPy's ``percentile`` (linear):
 ``h = (n - 1) p``, ``v[floor h] + (h - floor h) (v[floor h + 1] - v[floor h])``.
 """
@@ -31,6 +35,10 @@ import numpy as np
 BUCKETS = 65_536
 # Values fetched into Python at once (8 bytes each, and their weights): 4M is ~64 MB.
 FETCH_CAP = 4_000_000
+# Up to this many values (and a few probabilities), DuckDB's own ``quantile_cont`` is
+# used: its in-memory state is then at most ~128 MB, and its selection is ~1.5x cheaper
+# than the bucket pass (10M chunk gaps: 0.33 s of CPU against 0.5 s).
+QUANTILE_CONT_MAX = 16_000_000
 # Value ranges fetched in one pass (an OR of BETWEENs).
 _RANGES_PER_PASS = 64
 
@@ -63,7 +71,7 @@ class SortedColumn:
 
     def __init__(self, con: duckdb.DuckDBPyConnection, src: str, params: dict[str, Any] | None = None, *,
                  weight: str | None = None) -> None:
-        self.con, self.params = con, dict(params or {})
+        self.con, self.params, self.weighted = con, dict(params or {}), weight is not None
         w = f"CAST({weight} AS BIGINT)" if weight else "1"
         self.every = f"SELECT v, {w} AS w FROM ({src}) WHERE v IS NOT NULL AND NOT isnan(v)"
         row = con.execute(
@@ -94,6 +102,10 @@ class SortedColumn:
         """Linear interpolation between the two ranks around ``(n - 1) p``, for each p."""
         if self.n == 0:
             return []
+        if not self.weighted and self.n <= QUANTILE_CONT_MAX and len(probs) <= 16:
+            got = self.con.execute(f"SELECT quantile_cont(v, $bbq_p::DOUBLE[]) FROM ({self.every})",
+                                   {**self.params, "bbq_p": [float(p) for p in probs]}).fetchone()
+            return [float(x) for x in got[0]]  # type: ignore[index]
         h = (self.n - 1) * np.asarray(probs, dtype=np.float64)
         lo = np.floor(h).astype(np.int64)
         hi = np.minimum(lo + 1, self.n - 1)
