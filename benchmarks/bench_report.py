@@ -204,13 +204,15 @@ CURVE_COMMANDS: dict[str, list[str]] = {
 
 def run_child(code: Path, args: list[str]) -> tuple[float, float, int, str]:
     """(wall s, peak RSS MB, exit code, last stderr line) of ``python -m burstbench ARGS``
-    with ``code`` first on the path; the peak is that child's own (``wait4``)."""
+    run from ``code`` (a checkout); the peak is that child's own (``wait4``)."""
     import subprocess
     import sys
 
     env = {**os.environ, "PYTHONPATH": str(code)}
     t0 = time.perf_counter()
-    p = subprocess.Popen([sys.executable, "-m", "burstbench", *args], env=env, stdout=subprocess.DEVNULL,
+    # cwd too: ``python -m`` puts the working folder before PYTHONPATH on sys.path, so
+    # run from elsewhere the baseline would import whatever burstbench sits there.
+    p = subprocess.Popen([sys.executable, "-m", "burstbench", *args], env=env, cwd=code, stdout=subprocess.DEVNULL,
                          stderr=subprocess.PIPE, text=True)
     assert p.stderr is not None
     err = p.stderr.read()
