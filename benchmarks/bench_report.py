@@ -26,8 +26,19 @@ version, e.g. ``git worktree add /tmp/old <commit>``) runs the same commands on 
 stores from that code, alternating old and new, at sizes up to ``--baseline-max-requests``
 only (the old code took ~4 GB at 1M requests; 3M would take the machine):
 
-    python benchmarks/bench_report.py --curve --chunks-per-request 100 --dir /tmp/bb \
+    python benchmarks/bench_report.py --curve --chunks-per-request 100 --dir /tmp/bb \\
         --sizes 100000,1000000,3000000 --baseline-code /tmp/old
+
+Measured 2026-12-07 on a shared 2-core, 24 GB host (load average 2-25 from other work, so
+times are loose; peaks are each child's own), ~100 chunks per request, peak RSS / wall:
+
+    requests  command                 before (fd280c2)     after
+    0.1M      report                  473 MB   3.1 s      419 MB   5.7 s   (in-process: 3.2 s vs 2.7 s)
+    0.1M      analyze --json --slo    462 MB   1.7 s      423 MB   2.0 s
+    1M        report                  3.96 GB  165 s      1.06 GB  200 s
+    1M        analyze --json --slo    3.95 GB  122 s      1.05 GB   73 s
+    3M        report                  not run (memory)    1.26 GB  558 s
+    3M        analyze --json --slo    not run (memory)    1.15 GB   54 s
 """
 
 from __future__ import annotations
