@@ -37,6 +37,10 @@ times are loose; peaks are each child's own), ~100 chunks per request, peak RSS 
     0.1M      analyze --json --slo    462 MB   1.7 s      423 MB   2.0 s
     1M        report                  3.96 GB  165 s      1.06 GB  200 s
     1M        analyze --json --slo    3.95 GB  122 s      1.05 GB   73 s
+    1M        analyze --window --tenants                  1.05 GB   34 s
+    1M        analyze --compare (a run with itself)       1.24 GB  563 s
+    1M        analyze --sql (over chunk_gaps)             1.08 GB   28 s
+    1M        analyze --list                               84 MB  0.3 s
     3M        report                  not run (memory)    1.26 GB  558 s
     3M        analyze --json --slo    not run (memory)    1.15 GB   54 s
 """
