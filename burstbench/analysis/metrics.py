@@ -126,13 +126,46 @@ def install_views(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(VIEWS_SQL)
 
 
-def open_store(path: str | Path, *, lock: bool = False) -> duckdb.DuckDBPyConnection:
-    """Open a results file read-only with the metric views installed.
+def bound_memory(con: duckdb.DuckDBPyConnection) -> None:
+    """DuckDB's memory and threads for reading a store, and where it spills past them.
 
-    With ``lock`` the connection can read nothing outside the file, may use at
-    most ``SQL_MEMORY_LIMIT`` (a user's query may join anything with anything; it
-    fails with DuckDB's out-of-memory error instead of taking the machine), and its
-    configuration cannot be changed any more (what ``--sql`` uses).
+    Every command that reads a results store comes through ``open_store``, so this is
+    the one place its memory is bounded (``limits.READ_MEMORY_LIMIT``). The spill
+    folder is private to the process (a read-only store must not grow a ``.tmp``
+    folder beside the user's file) and removed when the process ends.
+    """
+    import os
+
+    from burstbench.limits import READ_MEMORY_LIMIT, READ_THREADS
+
+    con.execute(f"SET memory_limit = '{READ_MEMORY_LIMIT}'")
+    con.execute(f"SET threads = {max(1, min(os.cpu_count() or 1, READ_THREADS))}")
+    con.execute("SET temp_directory = ?", [_spill_dir()])
+
+
+_SPILL: list[str] = []
+
+
+def _spill_dir() -> str:
+    """This process's folder for DuckDB's spill files, made on first use."""
+    if not _SPILL:
+        import atexit
+        import shutil
+        import tempfile
+
+        _SPILL.append(tempfile.mkdtemp(prefix="burstbench-spill-"))
+        atexit.register(shutil.rmtree, _SPILL[0], True)
+    return _SPILL[0]
+
+
+def open_store(path: str | Path, *, lock: bool = False) -> duckdb.DuckDBPyConnection:
+    """Open a results file read-only with the metric views installed and DuckDB's
+    memory bounded (``bound_memory``).
+
+    With ``lock`` the connection can read nothing outside the file (a user's query
+    that needs more than the memory limit fails with DuckDB's out-of-memory error
+    instead of taking the machine) and its configuration cannot be changed any more
+    (what ``--sql`` uses).
     """
     p = Path(path)
     if not p.exists():
@@ -151,6 +184,7 @@ def open_store(path: str | Path, *, lock: bool = False) -> duckdb.DuckDBPyConnec
         con.close()
         raise
     install_views(con)
+    bound_memory(con)
     if lock:
         from burstbench.limits import SQL_MEMORY_LIMIT
 
@@ -359,16 +393,13 @@ def request_stats(con: duckdb.DuckDBPyConnection, run_id: str, sel: Selection) -
 def _gap_quantiles(con: duckdb.DuckDBPyConnection, table: str, value: str, weight: str) -> list[float]:
     """PERCENTILES of ``value`` over ``table``'s gaps, each counted ``weight`` times.
 
-    (A histogram-and-pick variant was measured slower than DuckDB's own selection
-    on 100 million gaps, 28 s against 18 s of CPU, so DuckDB selects.)
+    Exact, in bounded memory (``analysis.quantiles``): ``quantile_cont`` over a hundred
+    million gaps held ~0.8 GB per thread outside DuckDB's memory limit.
     """
-    qs = "[" + ", ".join(str(q) for q in PERCENTILES) + "]"
-    if weight == "1":
-        src = f"SELECT {value} AS v FROM {table} WHERE gap_s IS NOT NULL"
-    else:
-        src = (f"SELECT {value} AS v FROM {table} WHERE gap_s IS NOT NULL AND {weight} = 1 UNION ALL "
-               f"SELECT {value} AS v FROM {table}, range({weight}) WHERE gap_s IS NOT NULL AND {weight} > 1")
-    return list(con.execute(f"SELECT quantile_cont(v, {qs}) FROM ({src})").fetchone()[0])
+    from burstbench.analysis.quantiles import exact_quantiles
+
+    src = f"SELECT {value} AS v{'' if weight == '1' else ', ' + weight} FROM {table} WHERE gap_s IS NOT NULL"
+    return exact_quantiles(con, src, None, PERCENTILES, weight=None if weight == "1" else weight)[0]
 
 
 def chunk_stats(con: duckdb.DuckDBPyConnection, run_id: str, sel: Selection) -> dict[str, Any]:
@@ -411,13 +442,17 @@ def chunk_stats(con: duckdb.DuckDBPyConnection, run_id: str, sel: Selection) -> 
         for a, b in bounds
     )
     table = f"_bb_gaps_{uuid.uuid4().hex[:12]}"
+    # The table holds one row per chunk that is not its request's first (a gap, or NULL
+    # where the fast path found no predecessor) and the token count only when a chunk
+    # carried several: 8 bytes a row, so a 100M-chunk run stays near the memory limit.
+    k_fast = ", GREATEST(COALESCE(a.tokens, 1), 1) AS k" if multi else ""
+    k_sure = ", unnest(tk[2:]) AS k" if multi else ""
     fast = sel_cte + f"""
     , adj AS ({adj})
-    SELECT CASE WHEN a.p_rid = a.request_id AND a.p_seq = a.seq - 1 THEN a.t_s - a.p_t END AS gap_s,
-           a.seq = 0 AS is_first, GREATEST(COALESCE(a.tokens, 1), 1) AS k
-    FROM adj a SEMI JOIN sel ON a.request_id = sel.request_id"""
+    SELECT CASE WHEN a.p_rid = a.request_id AND a.p_seq = a.seq - 1 THEN a.t_s - a.p_t END AS gap_s{k_fast}
+    FROM adj a SEMI JOIN sel ON a.request_id = sel.request_id WHERE a.seq <> 0"""
     tok_cols = ", sum(k) FILTER (WHERE gap_s IS NOT NULL) AS tok_n, max(gap_s / k) AS tok_max" if multi else ""
-    stats_sql = (f"SELECT count(gap_s) AS itl_n, count(*) FILTER (WHERE NOT is_first) AS expected_pairs,"
+    stats_sql = (f"SELECT count(gap_s) AS itl_n, count(*) AS expected_pairs,"
                  f" avg(gap_s) AS itl_mean, stddev_pop(gap_s) AS itl_std, max(gap_s) AS itl_max{tok_cols}"
                  f" FROM {table}")
     try:
@@ -425,15 +460,14 @@ def chunk_stats(con: duckdb.DuckDBPyConnection, run_id: str, sel: Selection) -> 
         row = _fetch_dict(con, stats_sql, [])
         path = "adjacent rows"
         if int(row["itl_n"] or 0) != int(row["expected_pairs"] or 0):
-            sure = sel_cte + """
+            sure = sel_cte + f"""
             , l AS (
                 SELECT list(c.t_s ORDER BY c.seq) AS ts, list(GREATEST(COALESCE(c.tokens, 1), 1) ORDER BY c.seq) AS tk
                 FROM chunks c SEMI JOIN sel ON c.request_id = sel.request_id
                 WHERE c.run_id = ?
                 GROUP BY c.request_id HAVING count(*) > 1
             )
-            SELECT unnest(list_transform(range(2, len(ts) + 1), lambda i: ts[i] - ts[i - 1])) AS gap_s,
-                   false AS is_first, unnest(tk[2:]) AS k
+            SELECT unnest(list_transform(range(2, len(ts) + 1), lambda i: ts[i] - ts[i - 1])) AS gap_s{k_sure}
             FROM l"""
             con.execute(f"DROP TABLE {table}")
             con.execute(f"CREATE TEMP TABLE {table} AS {sure}", [run_id, *params, run_id])

@@ -19,6 +19,7 @@ from typing import Any
 import duckdb
 import numpy as np
 
+from burstbench.analysis.quantiles import exact_quantiles
 from burstbench.store import RequestCounts, request_counts
 
 # Probability grid for CDFs: dense in the body, denser still in the upper tail,
@@ -161,42 +162,6 @@ def _metric_sql(metric: str, view: str) -> tuple[str, str]:
     return (f"(SELECT {col} AS v FROM {view} WHERE run_id = $r AND ok AND phase = 'measure')", "v")
 
 
-def quantiles(
-    con: duckdb.DuckDBPyConnection,
-    src: str,
-    params: dict[str, Any],
-    probs: Sequence[float],
-    *,
-    n: int | None = None,
-) -> tuple[list[float], int]:
-    """Exact quantiles (linear interpolation, = ``quantile_cont`` = ``np.percentile``) of
-    column ``v`` of the subquery ``src``, for many probabilities at once.
-
-    Why not ``quantile_cont(v, [1100 probabilities])``: DuckDB selects each quantile
-    separately, which costs ~8x more than one sort at a thousand points. Here the
-    values are ranked once (``row_number`` over a sort, which DuckDB can spill to
-    disk) and only the ~2k ranks that the interpolation needs come back to Python.
-    ``n`` (the non-null count) may be passed when the caller knows it cheaply.
-    """
-    if n is None:
-        n = int(con.execute(f"SELECT count(v) FROM {src} WHERE v IS NOT NULL", params).fetchone()[0])  # type: ignore[index]
-    if n == 0:
-        return [], 0
-    h = (n - 1) * np.asarray(probs, dtype=np.float64)
-    lo = np.floor(h).astype(np.int64)
-    hi = np.minimum(lo + 1, n - 1)
-    ranks = sorted(set(lo.tolist()) | set(hi.tolist()))
-    rows = con.execute(
-        f"SELECT rn, v FROM (SELECT v, row_number() OVER (ORDER BY v) - 1 AS rn FROM {src}"
-        f" WHERE v IS NOT NULL) WHERE rn IN (SELECT unnest($bb_ranks::BIGINT[]))",
-        {**params, "bb_ranks": ranks},
-    ).fetchall()
-    at = dict(rows)
-    vlo = np.array([at[i] for i in lo.tolist()], dtype=np.float64)
-    vhi = np.array([at[i] for i in hi.tolist()], dtype=np.float64)
-    return (vlo + (h - lo) * (vhi - vlo)).tolist(), n
-
-
 @dataclass
 class CDF:
     """Quantile points of one metric of one run (ms); ``sampled`` = gaps used / all gaps."""
@@ -242,7 +207,7 @@ def latency_cdf(
         if total > max_gaps:
             params["keep"] = max(1, int(_HASH_SPACE * max_gaps / total))
             n = count(params["keep"])
-    xs, n = quantiles(con, src, params, CDF_PROBS, n=n)
+    xs, n = exact_quantiles(con, src, params, CDF_PROBS)
     if not n:
         return CDF([], [], 0, total or 0)
     return CDF(_finite([v * 1000.0 for v in xs]), CDF_PROBS, n, total if total is not None else n)

@@ -212,11 +212,39 @@ def test_sql_runs_under_a_memory_limit(tmp_path, capsys):
     capsys.readouterr()
     assert main(["analyze", str(store), "--sql", "SELECT current_setting('memory_limit') AS m", "--json"]) == 0
     limit = json.loads(capsys.readouterr().out)["rows"][0][0]
-    assert limit == "1.8 GiB"  # DuckDB's rendering of SQL_MEMORY_LIMIT = 2GB
+    assert limit == "953.6 MiB"  # DuckDB's rendering of SQL_MEMORY_LIMIT = 1GB
     # a query that needs more than that fails in one line instead of taking the machine
     big = "SELECT list(range) FROM range(400000000)"
     assert main(["analyze", str(store), "--sql", big]) == 2
     assert "--sql failed" in _one_line_error(capsys)
+
+
+def test_every_store_reader_bounds_duckdb_and_spills_privately(tmp_path, monkeypatch):
+    # DuckDB's defaults (80 % of RAM, every core, spill beside the file) let `report` on a
+    # million requests take 9.2 GB; open_store, which every reading command goes through,
+    # sets the limits, and a read-only store gets no .tmp folder beside it.
+    import duckdb
+
+    from burstbench.analysis import metrics
+    from burstbench.analysis.metrics import open_store
+
+    monkeypatch.setattr(metrics, "_SPILL", [])
+    src = _csv(tmp_path / "t.csv", ["0,ChatGPT,5,10,15,Conv", "1,ChatGPT,5,10,15,Conv"])
+    store = tmp_path / "r.duckdb"
+    assert main(["simulate", str(src), "--model", "llama-3.1-8b", "--hardware", "l40s", "-o", str(store)]) == 0
+    before = sorted(p.name for p in tmp_path.iterdir())
+    con = open_store(store)
+    try:
+        mem, threads, tmp = con.execute("SELECT current_setting('memory_limit'), current_setting('threads'),"
+                                        " current_setting('temp_directory')").fetchone()
+        assert mem == "953.6 MiB"  # DuckDB's rendering of READ_MEMORY_LIMIT = 1GB
+        assert 1 <= int(threads) <= limits.READ_THREADS
+        assert Path(tmp).is_dir() and Path(tmp).parent != tmp_path and Path(tmp).name.startswith("burstbench-spill-")
+    finally:
+        con.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    with duckdb.connect(str(store), read_only=True) as raw:  # the store itself is untouched: defaults there
+        assert raw.execute("SELECT current_setting('temp_directory')").fetchone()[0] != tmp
 
 
 # -- lines of a trace file ---------------------------------------------------------------------

@@ -196,3 +196,33 @@ def test_compare_names_mean_what_analyze_names_mean(tmp_path: Path) -> None:
     assert len(gaps["gap_s"]) == n_gaps
     naive = 2 * 1.96 * float(np.std(gaps["gap_s"])) / np.sqrt(n_gaps) * 1000 * np.sqrt(2)
     assert res[("itl", "mean")]["ci"][1] - res[("itl", "mean")]["ci"][0] > 1.3 * naive
+
+
+def test_large_itl_stays_in_duckdb_and_equals_the_loaded_arrays(tmp_path: Path) -> None:
+    # Past max_bootstrap_n the pooled gaps are not loaded (a 100M-gap run was 1.6 GB of
+    # arrays per run); the SQL passes give the same point and cluster-robust interval
+    # as the NumPy formulas on the loaded, sorted gaps.
+    from burstbench.analysis import compare as cmp
+
+    rng = np.random.default_rng(11)
+    db = tmp_path / "gaps.duckdb"
+    with ResultsStore(db) as st:
+        a, b = add_chunked_run(st, rng, 120, 0.01), add_chunked_run(st, rng, 120, 0.011)
+    con = open_store(db)
+    try:
+        stats = ["mean", "p50", "p90", "p99"]
+        got = {r["stat"]: r for r in compare_runs(con, a, b, metrics=[f"itl.{s}" for s in stats],
+                                                   max_bootstrap_n=10)["metrics"]}
+        (xa, ga), (xb, gb) = cmp._values(con, a, "itl", None), cmp._values(con, b, "itl", None)
+        z = cmp._norm_ppf(0.975)
+        for s in stats:
+            pa, pb = cmp._point(xa, s), cmp._point(xb, s)
+            se = float(np.hypot(cmp._asymptotic_se(xa, s, z, ga), cmp._asymptotic_se(xb, s, z, gb)))
+            r = got[s]
+            assert r["method"] == "asymptotic" and r["n_a"] == len(xa) and r["n_b"] == len(xb)
+            assert r["a"] == pytest.approx(pa * 1000, rel=1e-12) and r["b"] == pytest.approx(pb * 1000, rel=1e-12)
+            assert r["ci"] == pytest.approx([((pb - pa) - z * se) * 1000, ((pb - pa) + z * se) * 1000], rel=1e-9), s
+        # the temporary gap tables are gone
+        assert not con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name LIKE '_bb_cmp_gaps_%'").fetchone()[0]
+    finally:
+        con.close()
