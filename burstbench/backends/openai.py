@@ -145,7 +145,11 @@ class _TimedResponseHandler(ResponseHandler):
     rx_perf = 0.0
 
     def data_received(self, data: bytes) -> None:
-        self.rx_perf = _perf()
+        # aiohttp 3.14's resume_reading() calls data_received(b"") from inside every
+        # readany() to resume its parser: no bytes arrived, and stamping it would move
+        # rx_perf to when the task ran, undoing the back-dating below.
+        if data:
+            self.rx_perf = _perf()
         super().data_received(data)
 
 
