@@ -40,6 +40,24 @@ StreamReader per socket read (parsing SSE in the protocol callback would remove 
 and on Python 3.11 aiohttp writes the body one loop turn after the headers (3.12+
 writes it eagerly).
 
+Second pass (issue 15, experiment A; py-spy at 500 Hz on ``loopcpu``'s worker loop,
+uvloop, 1,024 requests x 256 tokens, server unpaced; shares of the streaming loop):
+JSON decode 21%, aiohttp's ``readany`` 18% (10 points of it ``resume_reading``, which aiohttp
+3.14 calls after every read that leaves its buffer low, paused or not: it re-feeds its
+parser ``b""`` and resumes a transport that was never paused), aiohttp's
+``data_received`` with HTTP parsing 16%, SSE split 11%, the rest our loop body, the
+send path and the loop. Changed: orjson decodes first (``_decode_event``): callgrind
+(same process, ``--itl 0.005``, per chunk after subtracting start-up) 45.4k -> 35.0k
+instructions per chunk (-23%); ``loopcpu --repeats 7``: 110k -> 122k chunks/CPU-s on
+uvloop (1.47x -> 1.63x the vLLM-style reader; load 5 on 2 cores). Also fixed: that
+``data_received(b"")`` restamped the arrival time. Measured, not changed: skipping
+``resume_reading`` when nothing is paused cuts another 16% (29.5k instructions per
+chunk) but leans on aiohttp's private flow-control state, which differs across the
+aiohttp versions pyproject allows. With a paced server (``loopcpu --itl 0.01``: 64
+streams, 6,400 chunks/s) the loop sleeps between reads and per-read wake-ups
+dominate: ~36k chunks/CPU-s for burstbench and the vLLM-style reader alike, so the
+per-chunk savings above barely show there.
+
     python benchmarks/bench_loadgen.py capacity
     python benchmarks/bench_loadgen.py accuracy --rates 77 154 --tokens 128 --workers 1 2 --asyncio
     python benchmarks/bench_loadgen.py loopcpu
@@ -275,15 +293,21 @@ def loopcpu(a: argparse.Namespace) -> None:
     loop on the stdlib loop (the design before) and on uvloop."""
     import uvloop
 
+    from burstbench.backends import openai
+
+    fast_json = openai._orjson_loads
     print(f"# loopcpu: {a.requests} requests x {a.tokens} tokens, {a.concurrency} streams; {load()}")
-    srv = Server("--no-record", "--events-per-write", str(a.events_per_write))
-    runs = {"baseline (vLLM-style, asyncio)": (asyncio.run, _baseline_capacity),
-            "burstbench loop, asyncio": (asyncio.run, _core_chunks),
-            "burstbench loop, uvloop": (uvloop.run, _core_chunks)}
+    srv = Server("--no-record", "--events-per-write", str(a.events_per_write), "--itl", str(a.itl))
+    runs = {"baseline (vLLM-style, asyncio)": (asyncio.run, _baseline_capacity, None),
+            "burstbench loop, asyncio": (asyncio.run, _core_chunks, fast_json),
+            "burstbench loop, uvloop": (uvloop.run, _core_chunks, fast_json)}
+    if fast_json is not None:  # the decode before orjson, side by side
+        runs["burstbench loop, uvloop, stdlib json"] = (uvloop.run, _core_chunks, None)
     results: dict[str, list[float]] = {}
     try:
         for rep in range(a.repeats):
-            for name, (runner, fn) in runs.items():
+            for name, (runner, fn, loads) in runs.items():
+                openai._orjson_loads = loads
                 c0, t0 = time.process_time(), time.perf_counter()
                 chunks = runner(fn(srv.url, a.requests, a.concurrency, a.tokens))
                 cpu, wall = time.process_time() - c0, time.perf_counter() - t0
@@ -291,6 +315,7 @@ def loopcpu(a: argparse.Namespace) -> None:
                 print(f"  rep {rep} {name:32s} chunks={chunks} cpu={cpu:.2f}s wall={wall:.2f}s -> "
                       f"{chunks / cpu:,.0f} chunks/CPU-s", flush=True)
     finally:
+        openai._orjson_loads = fast_json
         srv.stop()
     base = float(np.median(results["baseline (vLLM-style, asyncio)"]))
     print(f"# medians over {a.repeats} alternating repeats ({load()})")
@@ -525,6 +550,10 @@ def main() -> None:
     lc.add_argument("--tokens", type=int, default=256)
     lc.add_argument("--concurrency", type=int, default=64)
     lc.add_argument("--events-per-write", type=int, default=1)
+    lc.add_argument("--itl", type=float, default=0.0,
+                    help="server's seconds between chunks; 0 = as fast as it can (a slower client then "
+                         "gets more events per read); a pace below every client's capacity (e.g. 0.01) "
+                         "gives all of them one event per read")
     lc.add_argument("--repeats", type=int, default=5)
     ac = sub.add_parser("accuracy")
     ac.add_argument("--streams", type=int, default=200)
