@@ -83,6 +83,7 @@ from burstbench.backends.base import Clock, Outcome, Request, check_url
 from burstbench.backends.prompts import PromptBuilder
 from burstbench.backends.sse import DONE, SSEError, SSEParser
 from burstbench.errors import BackendError, UsageError
+from burstbench.limits import MAX_TOKENS
 from burstbench.store import redact_url
 
 __all__ = ["OpenAIBackend"]
@@ -597,15 +598,16 @@ class OpenAIBackend:
                                         texts.append(content)
                                 u = obj.get("usage")
                                 if u and (ctok := u.get("completion_tokens")) is not None:
-                                    tokens_at.append((len(chunk_t) - 1, int(ctok) - prev_ct))
-                                    prev_ct = int(ctok)
+                                    ctok = _count(ctok)
+                                    tokens_at.append((len(chunk_t) - 1, ctok - prev_ct))
+                                    prev_ct = ctok
                                     usage = u
                                 continue
                         u = obj.get("usage")
                         if u:
                             usage = u
                             if (ctok := u.get("completion_tokens")) is not None:
-                                prev_ct = int(ctok)
+                                prev_ct = _count(ctok)
                         elif "error" in obj or obj.get("object") == "error":
                             self._fail(out, "error", "stream_error", _message_of(obj))
                             break
@@ -685,7 +687,7 @@ class OpenAIBackend:
             usage = obj.get("usage")
             if content or reasoning:
                 ctok = usage.get("completion_tokens") if usage else None
-                n_tok = int(ctok) if ctok is not None else -1
+                n_tok = _count(ctok) if ctok is not None else -1
                 out.chunk_t.append(t)
                 out.chunk_reasoning.append(0 if content else 1)
                 out.chunk_tokens.append(n_tok)
@@ -752,19 +754,39 @@ def _apply_usage(out: Outcome, usage: Any) -> None:
         _apply_usage_fields(out, usage)
 
 
+def _count(value: Any) -> int:
+    """A token count a server reported, as an int in [0, MAX_TOKENS]; ValueError otherwise.
+
+    Why bounded: the counts go into 32-bit per-chunk arrays and result columns, and a
+    count past 2^31 from a broken or hostile server raised OverflowError while the
+    outcome was being saved, losing the request's timings; a negative one made the
+    per-chunk deltas nonsense."""
+    try:
+        n = int(value)
+    except OverflowError:  # int(inf): JSON's 1e400
+        raise ValueError(f"token count {value} outside [0, {MAX_TOKENS}]") from None
+    if not 0 <= n <= MAX_TOKENS:
+        raise ValueError(f"token count {n} outside [0, {MAX_TOKENS}]")
+    return n
+
+
 def _apply_usage_fields(out: Outcome, usage: dict) -> None:
     ct = usage.get("completion_tokens")
-    if ct is not None:
-        out.output_tokens_server = int(ct)
     pt = usage.get("prompt_tokens")
-    if pt is not None:
-        out.input_tokens_server = int(pt)
     pd = usage.get("prompt_tokens_details")
-    if isinstance(pd, dict) and pd.get("cached_tokens") is not None:
-        out.cached_tokens = int(pd["cached_tokens"])
     cd = usage.get("completion_tokens_details")
-    if isinstance(cd, dict) and cd.get("reasoning_tokens") is not None:
-        out.reasoning_tokens = int(cd["reasoning_tokens"])
+    cached = pd.get("cached_tokens") if isinstance(pd, dict) else None
+    reasoning = cd.get("reasoning_tokens") if isinstance(cd, dict) else None
+    # all counted before any is kept: one impossible count makes the whole object unusable
+    ct, pt, cached, reasoning = (None if v is None else _count(v) for v in (ct, pt, cached, reasoning))
+    if ct is not None:
+        out.output_tokens_server = ct
+    if pt is not None:
+        out.input_tokens_server = pt
+    if cached is not None:
+        out.cached_tokens = cached
+    if reasoning is not None:
+        out.reasoning_tokens = reasoning
 
 
 def _message_of(obj: dict) -> str:

@@ -792,3 +792,26 @@ async def test_warm_pools_connections_that_the_sends_then_reuse() -> None:
         await runner.cleanup()
     assert [o.status for o in outs] == ["ok"] * 6
     assert len(ports["completions"]) == 6 and ports["completions"] <= ports["models"]
+
+
+@pytest.mark.parametrize("count", ["4294967296", "-3", "1e400", "18446744073709551616"])
+async def test_an_impossible_per_chunk_token_count_fails_the_request_and_keeps_its_timings(count: str) -> None:
+    """A per-chunk usage count past the 32-bit chunk arrays (or negative, or infinite) is a malformed
+    stream: the request fails with its chunk times kept, where it used to raise OverflowError while
+    the outcome was being saved."""
+    ok = '{"choices": [{"text": "a"}], "usage": {"completion_tokens": 1}}'
+    bad = '{"choices": [{"text": "b"}], "usage": {"completion_tokens": ' + count + "}}"
+    async with RawServer(sse(ok, bad, "[DONE]")) as url:
+        o = await one(url)
+    assert (o.status, o.error_class) == ("error", "sse_malformed"), o
+    assert "token count" in (o.error_message or "")
+    assert len(o.chunk_t) == 2 and o.chunk_tokens[0] == 1
+
+
+async def test_an_impossible_final_usage_is_ignored_and_the_chunks_counted() -> None:
+    usage = '{"choices": [], "usage": {"completion_tokens": 2, "prompt_tokens": 99999999999}}'
+    async with RawServer(sse('{"choices": [{"text": "a"}]}', '{"choices": [{"text": "b"}]}', usage, "[DONE]")) as url:
+        o = await one(url)
+    assert o.status == "ok", o
+    assert o.output_tokens_server is None and o.input_tokens_server is None  # the object as a whole is unusable
+    assert o.output_tokens_counted == 2
