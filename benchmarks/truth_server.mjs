@@ -72,12 +72,16 @@ const records = [];
 let dropped = 0;
 let serial = 0;
 
-const sleepUntil = (t) =>
-  new Promise((resolve) => {
+// Never before t: Node's timers run on libuv's loop time, cached in whole milliseconds at the
+// start of a loop turn, so a setTimeout can fire up to ~1 ms early by CLOCK_MONOTONIC (seen:
+// a write 0.55 ms before its deadline). The rest is waited out in loop turns (setImmediate).
+const sleepUntil = async (t) => {
+  for (;;) {
     const ms = Number(t - now()) / 1e6;
-    if (ms <= 0) setImmediate(resolve);
-    else setTimeout(resolve, ms);
-  });
+    if (ms <= 0) return;
+    await new Promise((resolve) => (ms < 1 ? setImmediate(resolve) : setTimeout(resolve, ms)));
+  }
+};
 
 // wait until the socket takes more, or the client went away (then 'drain' never comes)
 const drained = (res) =>
