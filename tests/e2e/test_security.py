@@ -23,6 +23,7 @@ import polars as pl
 import psutil
 import pytest
 from aiohttp import web
+from app_server import start_app
 from chromium_cdp import CHROMIUM, Browser
 from live_server import live_server
 from url_process import url_process
@@ -239,12 +240,7 @@ async def _evil_server() -> tuple[web.AppRunner, str]:
         return web.json_response({"data": [{"id": PAYLOADS[0]}]})
 
     app.router.add_get("/v1/models", models)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    return runner, f"http://127.0.0.1:{port}"
+    return await start_app(app, access_log=None)
 
 
 @pytest.mark.browser

@@ -17,6 +17,7 @@ import time
 import aiohttp
 import pytest
 from aiohttp import web
+from app_server import start_app
 
 from burstbench.backends.base import Backend, Outcome, Request, get_backend
 from burstbench.backends.openai import OpenAIBackend
@@ -328,13 +329,9 @@ async def test_api_key_sent_as_bearer_and_never_kept(monkeypatch: pytest.MonkeyP
 
     app = web.Application()
     app.router.add_post("/v1/completions", echo_401)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
+    runner, url = await start_app(app)
     try:
-        o = await one(f"http://127.0.0.1:{port}", api_key_env="BB_TEST_KEY")
+        o = await one(url, api_key_env="BB_TEST_KEY")
     finally:
         await runner.cleanup()
     assert seen == [f"Bearer {secret}"]
@@ -517,11 +514,8 @@ class RawServer:
         app = web.Application()
         app.router.add_post("/v1/completions", handle)
         app.router.add_post("/v1/chat/completions", handle)
-        self.runner = web.AppRunner(app)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        return f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+        self.runner, url = await start_app(app)
+        return url
 
     async def __aexit__(self, *exc: object) -> None:
         await self.runner.cleanup()
@@ -777,13 +771,9 @@ async def test_warm_pools_connections_that_the_sends_then_reuse() -> None:
     app = web.Application()
     app.router.add_get("/v1/models", models)
     app.router.add_post("/v1/completions", completions)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
+    runner, url = await start_app(app)
     try:
-        async with OpenAIBackend(f"http://127.0.0.1:{port}") as b:
+        async with OpenAIBackend(url) as b:
             ports["models"].clear()  # start()'s own model lookup
             assert await b.warm(6) == 6
             assert len(ports["models"]) == 6

@@ -8,6 +8,7 @@ import time
 
 import numpy as np
 from aiohttp import web
+from app_server import start_app
 
 from burstbench.loadgen.progress import BottleneckWatch
 from burstbench.loadgen.telemetry import (
@@ -55,14 +56,10 @@ async def test_scraper_gives_up_when_the_endpoint_has_no_metrics():
 
     app = web.Application()
     app.router.add_get("/v1/models", models)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
+    runner, url = await start_app(app)
     try:
         rows: list = []
-        scraper = MetricsScraper(f"http://127.0.0.1:{port}", lambda: 0.0, rows.extend, interval_s=0.05)
+        scraper = MetricsScraper(url, lambda: 0.0, rows.extend, interval_s=0.05)
         scraper.start()
         await asyncio.to_thread(scraper._thread.join, 5.0)
         assert not scraper._thread.is_alive()
