@@ -9,11 +9,16 @@ What it does, all bounded (``--requests`` per run, Poisson arrivals, 127.0.0.1 o
 3. records the fit runs (``--fit-rates``) and the held-out runs: loads between and above
    the fit loads (``--holdout-rates``) and two other length mixes (long prompts with
    short answers, short prompts with long answers);
-4. calibrates on the fit runs only, then predicts every held-out run with (a) the
-   uncalibrated engine on the profiled hardware and (b) the calibrated twin.
+4. with ``--probe``, also records ``calibrate --probe``'s designed phases (single requests
+   over prompt lengths, decode batches of 1, 4 and 16, a mixed phase) into the same store;
+5. calibrates on the fit runs only, then predicts every held-out run with (a) the
+   uncalibrated engine on the profiled hardware and (b) the twin fitted on the runs; where
+   the store holds the probe, also (c) a twin fitted on the probe alone and (d) one fitted
+   on the probe and the fit runs together. Closed-loop runs are predicted as closed loops of
+   their users (the twin's own send times, so its throughput is a prediction).
 
-Prints per run and metric the p50/p90 errors of (a) and (b), the noise beside them, and
-MAPE over the sweep; ``--json`` writes the whole table. Example::
+Prints per run and metric the p50/p90 errors of each, the noise beside them, and MAPE over
+the held-out runs; ``--json`` writes the whole table. Example::
 
     burstbench profile --quick -o hw.json
     python benchmarks/bench_fidelity.py --hardware hw.json --out /tmp/fid --requests 60
@@ -21,35 +26,22 @@ MAPE over the sweep; ``--json`` writes the whole table. Example::
 The machine's load (``uptime``) is printed at the start and end: on a shared 2-core
 machine the real engine's speed changes with it, and so does every figure here.
 
-Measured (issue 12; vLLM 0.32 CPU build, tiny-llama 4 layers, 2 shared cores, 50 requests
-per run of the 40/300/900 x 16/64/160 mix, fit on 0.3 and 0.8 req/s, held out 0.55):
+Measured (issue 12; vLLM 0.32 CPU build, 2 cores otherwise idle, load 2.3-4.8 from the server
+and the client themselves; 60 requests per closed-loop run, ``--closed --requests 60
+--fit-rates 1 4 --holdout-rates 2 8 --mix-rate 2 --probe``, the idle machine's profile):
 
-- load 4.8-14 during the runs (``--no-mixes``): two identical runs differed by 83% (TTFT
-  p50), 35% (TPOT p50), 41% (E2EL p50); held out, uncalibrated vs twin: TTFT p50 -94.7% vs
-  -12.1%, p90 -90.5% vs -2.1%; TPOT p50 -99.2% vs -7.1%, p90 -98.7% vs -13.2%; E2EL p50
-  -98.4% vs -13.7%, p90 -97.8% vs +5.6%; throughput +28.8% vs -3.5%. MAPE over p50/p90
-  uncalibrated 93-99%, twin TTFT 7.1%, TPOT 10.2%, E2EL 9.6%;
-- load 12-18 (first sweep, no warm-up): noise 96% (TTFT p50); twin MAPE over 0.55, 1.0
-  and an aborted long-prompt run: TTFT 53%, TPOT 28%, E2EL 25%;
-- load 1-5 (tests/real_vllm/test_twin_fidelity.py): held out TTFT p50 -10%, p90 -19%;
-  TPOT p50 +30%, p90 +3%; E2EL p50 +22%, p90 +28% (TPOT p50 of the three runs 25, 32 and
-  18 ms: not monotonic in the load they were sent at, so the machine moved under them).
+- 4 layers: two identical runs differed by TTFT 33% / 63% (p50 / p90), TPOT 18% / 3.7%,
+  E2EL 11% / 0%. MAPE over the four held-out runs at p50 and p90, uncalibrated / runs-twin /
+  probe-twin: TTFT 91% / 25% / 23%, TPOT 85% / 26% / 12%, E2EL 85% / 26% / 14%;
+- 8 layers, grouped-query attention: noise TTFT 49% / 32%, TPOT 0.2% / 7.8%, E2EL 6.4% /
+  5.4%; MAPE TTFT 93% / 25% / 19%, TPOT 89% / 15% / 12%, E2EL 88% / 13% / 17%.
 
-- load 22 -> 1 (this session, ``--closed --requests 30 --fit-rates 1 4 --holdout-rates 2 8
-  --mix-rate 2``, the committed CPU profile): two identical runs (4 users, own seeds)
-  differed by TTFT p50 61% / p90 49%, TPOT 23% / 14%, E2EL 20% / 4%. The fit runs were
-  recorded at load ~20 (TPOT p50 290 ms at 1 and 4 users), then the other engineers' work
-  stopped and the held-out runs ran at load 13 -> 1 (TPOT p50 144 ms at 8 users, 9 ms on
-  the long-answer mix at load ~1: the engine 30x faster than when the twin was fitted).
-  Held out, uncalibrated vs twin: 2 users (between the fit loads) TTFT p50 -91% vs -15%,
-  TPOT p50 -98% vs +38%, E2EL p50 -96% vs +63%; 8 users +118..+325% for the twin; the
-  mixes +700..+4700%. MAPE over the held-out runs: uncalibrated TTFT 68%, TPOT 83%, E2EL
-  74%; twin 727%, 1500%, 1438%. The twin follows the machine it was fitted on only roughly (fit runs
-  5-49% off at p50) and cannot know that the machine got 30x faster afterwards.
-
-Every figure is within the run-to-run noise measured beside it, which is larger than the
-issue's bounds (10% at p50, 20% at p90) on this machine; none of them shows the twin
-meeting those bounds, and none can until the noise is measured on a quiet machine.
+The probe-twin is the better one on both shapes except the 8-layer E2EL; neither meets the
+issue's bounds (10% at p50, 20% at p90) on every held-out run. Before the closed-loop
+replay and the per-token cost, the same 4-layer runs gave the runs-twin TTFT 29%, TPOT 209%
+and E2EL 63% (the long-prompt mix: TPOT p50 +1140%).
+Earlier sweeps on a loaded machine (load 5-22) had noise of 20-96% at p50 and are not
+comparable.
 """
 
 from __future__ import annotations
@@ -101,17 +93,20 @@ def record(url: str, trace: Path, store: Path, label: str, load: float, n: int, 
 
 def predict(store: Path, label: str, model: str, hardware: str, overrides: dict[str, float],
             sched: Any, frontend_s: float = 0.0) -> dict[str, Any]:
-    """p50/p90 of TTFT, TPOT and E2EL, measured vs simulated, on one recorded run."""
+    """p50/p90 of TTFT, TPOT and E2EL, measured vs simulated, on one recorded run.
+
+    A closed-loop run is simulated as a closed loop of its users (``MeasuredRun.replay``):
+    its send times are the twin's, so its throughput is a prediction, not a replay."""
     from burstbench.twin.calibrate import compare, read_run
     from burstbench.twin.fidelity import throughput
     from burstbench.twin.spec import build_cost
-    from burstbench.twin.vsim import colocated
 
     run = read_run(store, label)
-    lat = colocated(run.work, build_cost(model, hardware, 1, overrides), sched, frontend_s=frontend_s)
+    lat = run.replay(build_cost(model, hardware, 1, overrides), sched, frontend_s=frontend_s)
     out = compare(run.measured, lat)
+    sent = lat.arrival if lat.arrival is not None else run.work.arrival
     out["throughput"] = {"measured": throughput(run.work.arrival, run.measured.e2el),
-                         "twin": throughput(run.work.arrival, lat.e2el)}
+                         "twin": throughput(sent, lat.e2el)}
     return out
 
 
@@ -134,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-mixes", dest="mixes", action="store_false",
                     help="skip the two other length mixes (long answers take minutes on a loaded machine)")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--probe", action="store_true",
+                    help="also record calibrate --probe's phases and fit twins on them (alone and with the fit runs)")
     ap.add_argument("--record-only", action="store_true", help="record the runs, fit later")
     a = ap.parse_args(argv)
     from burstbench.testing.vllm_cpu import model_dir, serving
@@ -159,6 +156,12 @@ def main(argv: list[str] | None = None) -> int:
     def sweep(url: str) -> None:
         for label, mix, rate, seed in plan:
             record(url, traces[mix], store, label, rate, 10 if label == "warmup" else n, tok, seed, a.closed)
+        if a.probe:
+            from burstbench.backends.reference.models import load_model
+            from burstbench.twin.probe import run_probe
+
+            print(f"probe: its phases into {store}  (load average {os.getloadavg()[0]:.1f})", file=sys.stderr)
+            run_probe(url, store, tokenizer=tok, max_context=load_model(model).max_context, progress=False)
 
     if recorded:
         print(f"{store} exists: fitting its runs again without recording", file=sys.stderr)
@@ -174,16 +177,26 @@ def main(argv: list[str] | None = None) -> int:
     from burstbench.twin.vsim import Sched
 
     sched = Sched(max_num_seqs=a.max_num_seqs, max_num_batched_tokens=a.max_num_batched_tokens, block_size=128)
-    cal = calibrate(store, ["fit-low", "fit-high"], model=model, hardware=a.hardware, sched=sched,
-                    max_evals=a.max_evals)
-    cal.spec.write(a.out / "twin.yaml")
-    sched = cal.spec.sched()
-    base_hw_overrides: dict[str, float] = {}
+    from burstbench.analysis.metrics import open_store
+
+    con = open_store(store)
+    try:
+        phases = [r[0] for r in con.execute("SELECT run_id FROM runs WHERE label LIKE 'probe-%' ORDER BY started_at")
+                  .fetchall()]
+    finally:
+        con.close()
+    fits = {"twin": ["fit-low", "fit-high"], **({"probe-twin": phases, "both-twin": ["fit-low", "fit-high", *phases]}
+                                                if phases else {})}
+    twins = {side: calibrate(store, ids, model=model, hardware=a.hardware, sched=sched, max_evals=a.max_evals)
+             for side, ids in fits.items()}
+    for side, cal in twins.items():
+        cal.spec.write(a.out / f"{side}.yaml")
     from burstbench.twin.fidelity import run_to_run
 
     table: dict[str, Any] = {"noise": run_to_run(store, "noise-a", "noise-b"), "runs": {},
                              "load": {"start": load_start, "end": load_end},
-                             "twin": {k: v["value"] for k, v in cal.spec.uncertainty.items()}}
+                             "twins": {side: {k: v["value"] for k, v in cal.spec.uncertainty.items()}
+                                       for side, cal in twins.items()}}
     from burstbench.errors import BurstbenchError
     from burstbench.twin.calibrate import read_run
 
@@ -194,8 +207,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"skipped {label}: {exc}", file=sys.stderr)
             continue
         table["runs"][label] = {
-            "uncalibrated": predict(store, label, model, a.hardware, base_hw_overrides, sched),
-            "twin": predict(store, label, model, a.hardware, cal.spec.overrides, sched, cal.spec.frontend_s),
+            "uncalibrated": predict(store, label, model, a.hardware, {}, sched),
+            **{side: predict(store, label, model, a.hardware, cal.spec.overrides, cal.spec.sched(),
+                             cal.spec.frontend_s) for side, cal in twins.items()},
         }
     report(table)
     if a.json:
@@ -205,30 +219,32 @@ def main(argv: list[str] | None = None) -> int:
 
 def report(table: dict[str, Any]) -> None:
     nz = table["noise"]
+    sides = [k for k in ("uncalibrated", "twin", "probe-twin", "both-twin") if any(k in r for r in table["runs"].values())]
     print(f"load average at start {table['load']['start'][0]:.1f}, at end {table['load']['end'][0]:.1f}")
-    print("twin: " + ", ".join(f"{k} {v:.4g}" for k, v in table["twin"].items()))
+    for side, tw in table["twins"].items():
+        print(f"{side}: " + ", ".join(f"{k} {v:.4g}" for k, v in tw.items()))
     print("run-to-run noise (two identical runs): " + ", ".join(
         f"{m} {q} {nz[m][q]:.1%}" for m in METRICS for q in QS if q in nz[m]))
-    print(f"{'run':18s} {'metric':8s} {'q':4s} {'measured':>10s} {'uncal.':>9s} {'twin':>9s} {'noise':>7s}")
-    errs: dict[str, dict[str, list[float]]] = {"uncalibrated": {m: [] for m in METRICS},
-                                               "twin": {m: [] for m in METRICS}}
+    head = {"uncalibrated": "uncal.", "twin": "runs-twin", "probe-twin": "probe-twin", "both-twin": "both-twin"}
+    print(f"{'run':18s} {'metric':8s} {'q':4s} {'measured':>10s} " + " ".join(f"{head[k]:>10s}" for k in sides)
+          + f" {'noise':>7s}")
+    errs: dict[str, dict[str, list[float]]] = {k: {m: [] for m in METRICS} for k in sides}
     for label, r in table["runs"].items():
         for m in METRICS:
             for q in QS:
-                u, t = r["uncalibrated"][m][q], r["twin"][m][q]
-                if t["rel_err"] is None:
+                if r["twin"][m][q]["rel_err"] is None:
                     continue
-                print(f"{label:18s} {m:8s} {q:4s} {t['measured']:10.1f} {u['rel_err']:+9.1%} {t['rel_err']:+9.1%} "
-                      f"{nz[m].get(q, float('nan')):7.1%}")
-                if label.startswith("fit"):
-                    continue
-                errs["uncalibrated"][m].append(abs(u["rel_err"]))
-                errs["twin"][m].append(abs(t["rel_err"]))
-        th = r["twin"]["throughput"]
-        print(f"{label:18s} {'req/s':8s} {'':4s} {th['measured']:10.3f} "
-              f"{r['uncalibrated']['throughput']['twin'] / th['measured'] - 1:+9.1%} {th['twin'] / th['measured'] - 1:+9.1%}")
+                print(f"{label:18s} {m:8s} {q:4s} {r['twin'][m][q]['measured']:10.1f} "
+                      + " ".join(f"{r[k][m][q]['rel_err']:+10.1%}" for k in sides)
+                      + f" {nz[m].get(q, float('nan')):7.1%}")
+                if not label.startswith("fit"):
+                    for k in sides:
+                        errs[k][m].append(abs(r[k][m][q]["rel_err"]))
+        th = r["twin"]["throughput"]["measured"]
+        print(f"{label:18s} {'req/s':8s} {'':4s} {th:10.3f} "
+              + " ".join(f"{r[k]['throughput']['twin'] / th - 1:+10.1%}" for k in sides))
     print("MAPE over the held-out runs (p50 and p90): " + "; ".join(
-        f"{side}: " + ", ".join(f"{m} {np.mean(v):.1%}" for m, v in e.items() if v) for side, e in errs.items()))
+        f"{head[side]}: " + ", ".join(f"{m} {np.mean(v):.1%}" for m, v in e.items() if v) for side, e in errs.items()))
 
 
 if __name__ == "__main__":

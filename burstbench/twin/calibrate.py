@@ -7,16 +7,17 @@ measured ones: residuals are log-ratios of quantiles (5th to 99th) of each metri
 2 ms and a 2 s latency count alike, and the least-squares fit is over log-parameters
 (scales stay positive; a factor of 2 off is one step either way).
 
-Search: from the preset, least squares over the three scales (no per-sequence cost),
-then over all four from there with the per-sequence cost started where a per-step linear
-regression on the run puts it (``twin.stepfit``), then a Nelder-Mead polish of each; the
-per-sequence term is kept only when a likelihood-ratio test says it earns its parameter;
+Search: from the preset, least squares over the three scales (no additive costs), then
+over all five from there with the per-sequence and per-token costs started where a
+per-step linear regression on the run puts them (``twin.stepfit``), then a Nelder-Mead
+polish of each; the additive terms are kept only when a likelihood-ratio test says they
+earn their parameters;
 the Jacobian uses a coarse step (the loss is piecewise constant at fine scales: a
 request lands in one iteration or the next) and the best point ever evaluated is kept,
 since the trust region can stop on a rough patch. The frontend latency is not searched:
 for each engine point it is profiled out (below).
 
-Free coefficients (four searched, one profiled):
+Free coefficients (five searched, one profiled):
 
 - ``bandwidth_efficiency_scale``: decode steps are weight- and KV-read bound, so TPOT
   pins it;
@@ -37,7 +38,14 @@ Free coefficients (four searched, one profiled):
   that grows with the batch when the model is small; a CPU engine's step does (vLLM's CPU
   build on a 4-layer model: TPOT grows with the number of requests decoding), and without
   this term the fit can only trade a wrong step overhead against a wrong FLOP/s scale.
-  The step overhead and this term are told apart by runs at different loads (batch sizes).
+  The step overhead and this term are told apart by runs at different loads (batch sizes);
+- ``token_overhead_s``: seconds each token of a step adds outside the GEMM and attention
+  rooflines. vLLM's CPU build spent 0.5 ms per prompt token of a 4-layer, 256-wide model
+  whose GEMMs the profile puts at 0.03 ms; a FLOP/s scale of 0.06 could match the
+  prefill but, through the profile's efficiency curve (a 1-token GEMM of the profile
+  streams a 64 MB matrix), charged each decode token 4.5 ms where the engine took ~1.
+  Prefill TTFT against prompt length pins it; the per-sequence cost is then what a
+  decode adds beyond it.
 
 Scheduler limits (``max_num_seqs``, ``max_num_batched_tokens``) are inputs when the
 endpoint's are known (vLLM's defaults otherwise); ``fit_limits`` chooses the unknown ones
@@ -64,7 +72,6 @@ stretch keeps the load the endpoint saw, which a random sample would not).
 from __future__ import annotations
 
 import datetime as dt
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -75,16 +82,20 @@ import numpy as np
 
 from burstbench.errors import StoreError, UsageError
 from burstbench.twin.limits import LIMITS, budget, limit_candidates, scan
+from burstbench.twin.measured import MeasuredRun, read_run
 from burstbench.twin.spec import TwinSpec, build_cost
 from burstbench.twin.stepfit import (
+    ADDITIVE,
     SEQ,
     SEQ_HI,
     SEQ_MARGIN,
+    TOK,
+    TOK_HI,
     choose_start,
     fit_with_or_without_seq,
-    seq_ref,
+    units,
 )
-from burstbench.twin.vsim import Latencies, Sched, Workload, colocated
+from burstbench.twin.vsim import Latencies, Sched
 
 QUANTILES = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 METRICS = ("ttft", "tpot", "e2el")
@@ -97,80 +108,8 @@ START_MARGIN = 2 * JAC_STEP  # a start this far inside the bounds (log space): s
 # all within the 5%/10% acceptance at 0.5 and at 1.0 (worst TTFT p99 7.6% and 7.1%).
 METRIC_WEIGHTS = {"ttft": 0.5, "tpot": 1.0, "e2el": 1.0}
 PARAMS = ("bandwidth_efficiency_scale", "flops_efficiency_scale", "overhead_scale", "seq_overhead_s",
-          "frontend_latency_s")
-ENGINE = 4  # the searched coefficients: PARAMS[:ENGINE]; the frontend latency is profiled
-
-
-@dataclass
-class MeasuredRun:
-    """A run's schedule and latencies in the engine's own time (seconds)."""
-
-    run_id: str
-    work: Workload
-    measured: Latencies
-    time_scale: float
-    dropped: int
-    total: int
-    label: str | None = None
-    scored: np.ndarray | None = None  # requests the loss counts (None: all)
-    # measured outside-the-engine share of TTFT (client TTFT - server queue - prefill), from
-    # the run's server spans; None when the run has none (then it is profiled, see module doc)
-    frontend: np.ndarray | None = None
-
-
-def read_run(store: str | Path, run_id: str, *, time_scale: float | None = None,
-             max_requests: int | None = None, use_spans: bool = False) -> MeasuredRun:
-    """The run's completed requests as a schedule (``sent_s``) plus their latencies.
-
-    ``time_scale``: how many times faster than the modelled hardware the endpoint ran
-    (``serve --time-scale``); by default the run's scenario ``time_scale`` for live
-    runs and 1 for simulated ones. Times are multiplied by it.
-    """
-    from burstbench.analysis.metrics import open_store, require_timeline, resolve_run, run_info
-    from burstbench.analysis.phases import outside_engine_s
-
-    con = open_store(store)
-    try:
-        rid = resolve_run(con, run_id)
-        require_timeline(run_info(con, rid), "a twin (which replays the run's send times)")
-        clock, scenario, label = con.execute(
-            "SELECT clock, scenario, label FROM runs WHERE run_id = ?", [rid]).fetchone()
-        rows = con.execute(
-            "SELECT sent_s, input_tokens, COALESCE(output_tokens_server, output_tokens_counted, output_tokens_target),"
-            " first_token_s, last_token_s, status FROM requests WHERE run_id = ? ORDER BY sent_s, request_id",
-            [rid],
-        ).fetchall()
-        frontend = outside_engine_s(con, rid) if use_spans else None
-    finally:
-        con.close()
-    if not rows:
-        raise StoreError(f"run '{rid}' in {store} has no request rows to calibrate on")
-    if time_scale is None:
-        sc = json.loads(scenario) if isinstance(scenario, str) else (scenario or {})
-        time_scale = float(sc.get("time_scale") or 1.0) if clock != "virtual" else 1.0
-    if not time_scale > 0:
-        raise UsageError(f"--time-scale must be positive, got {time_scale}")
-    arr = np.array([(r[0], r[1] or 0, r[2] or 0, r[3], r[4]) for r in rows if r[5] == "ok"
-                    and r[0] is not None and r[3] is not None and r[4] is not None], dtype=np.float64)
-    total = len(rows)
-    if len(arr) < 20:
-        raise StoreError(
-            f"run '{rid}' has {len(arr)} completed requests with token times; calibration needs at least 20")
-    scored = None
-    if max_requests is not None and len(arr) > max_requests:
-        # keep a contiguous head; requests still running when the first dropped one was
-        # sent shared batches with requests the twin will not see, so they are replayed
-        # (they load the engine) but not scored
-        cut = arr[max_requests, 0]
-        arr = arr[:max_requests]
-        scored = arr[:, 4] <= cut
-    sent = (arr[:, 0] - arr[0, 0]) * time_scale
-    work = Workload(sent, arr[:, 1].astype(np.int64), arr[:, 2].astype(np.int64))
-    lat = Latencies((arr[:, 3] - arr[:, 0]) * time_scale, (arr[:, 4] - arr[:, 0]) * time_scale,
-                    work.output_tokens, np.ones(len(arr), dtype=bool))
-    if frontend is not None:
-        frontend = frontend * time_scale
-    return MeasuredRun(rid, work, lat, time_scale, total - len(arr), total, label, scored, frontend)
+          "token_overhead_s", "frontend_latency_s")
+ENGINE = 5  # the searched coefficients: PARAMS[:ENGINE]; the frontend latency is profiled
 
 
 def _quantiles(lat: Latencies, mask: np.ndarray | None = None) -> dict[str, np.ndarray]:
@@ -185,27 +124,31 @@ def _quantiles(lat: Latencies, mask: np.ndarray | None = None) -> dict[str, np.n
 
 
 def start_point(base_hw: Any) -> np.ndarray:
-    """The preset: every scale 1 and the base profile's per-sequence cost (0 in the presets)."""
-    return np.array([0.0, 0.0, 0.0, base_hw.seq_overhead_s / seq_ref(base_hw)])
+    """The preset: every scale 1 and the base profile's additive costs (0 in the presets)."""
+    seq_unit, tok_unit = units(base_hw)
+    return np.array([0.0, 0.0, 0.0, base_hw.seq_overhead_s / seq_unit, base_hw.token_overhead_s / tok_unit])
 
 
 def values_of(theta: np.ndarray, base_hw: Any) -> np.ndarray:
-    """What each searched coordinate reports: three scales (log), then seconds per sequence."""
+    """What each searched coordinate reports: three scales (log), then seconds per
+    sequence and per token."""
     t = np.asarray(theta[:ENGINE], dtype=np.float64)
     v = np.exp(t)
-    v[SEQ] = max(float(t[SEQ]), 0.0) * seq_ref(base_hw)
+    for i, unit in zip(ADDITIVE, units(base_hw), strict=True):
+        v[i] = max(float(t[i]), 0.0) * unit
     return v
 
 
 def overrides_from(theta: np.ndarray, base_hw: Any, frontend_s: float = 0.0) -> dict[str, float]:
     """The hardware overrides of engine point ``theta`` (log scales) plus a frontend latency."""
-    bw, fl, oh, seq = values_of(theta, base_hw)
+    bw, fl, oh, seq, tok = values_of(theta, base_hw)
     return {
         "bandwidth_efficiency_scale": float(bw),
         "flops_efficiency_scale": float(fl),
         "step_overhead_s": float(base_hw.step_overhead_s * oh),
         "layer_overhead_s": float(base_hw.layer_overhead_s * oh),
         "seq_overhead_s": float(seq),
+        "token_overhead_s": float(tok),
         "frontend_latency_s": float(frontend_s),
     }
 
@@ -278,17 +221,21 @@ class _Fitter:
         # load 9-18), and the fit stopped on them with the held-out TTFT 15-30% off.
         top_bw = max(y for _, y in base_hw.bandwidth_efficiency.points)
         top_fl = max(y for _, y in base_hw.flops_efficiency.points)
-        self.lo = np.array([*np.log([1e-3, 1e-3, 0.02]), 0.0])
-        self.hi = np.array([*np.log([1.0 / top_bw, 1.0 / top_fl, 1000.0]), SEQ_HI])
+        self.lo = np.array([*np.log([1e-3, 1e-3, 0.02]), 0.0, 0.0])
+        self.hi = np.array([*np.log([1.0 / top_bw, 1.0 / top_fl, 1000.0]), SEQ_HI, TOK_HI])
         self.start = start_point(base_hw)
         self.free = np.ones(ENGINE, dtype=bool)  # searched coordinates; the rest stay at 0
-        self.seq_guess = float(self.start[SEQ])  # the per-sequence cost's start (_choose_start)
+        # the additive costs' starts (stepfit.choose_start)
+        self.seq_guess, self.tok_guess = float(self.start[SEQ]), float(self.start[TOK])
 
         self.cache: dict[tuple[Sched, bytes], tuple[np.ndarray, float]] = {}
         spans = [r.frontend for r in runs]
         # every run has server spans: the frontend latency is measured, not profiled
         self.measured_frontend = (max(float(np.median(np.concatenate(spans))), 0.0)
                                   if all(f is not None for f in spans) else None)
+        # the frontend a closed loop's clients wait out before they send again, during the
+        # search (stepfit.choose_start puts it where its regression does)
+        self.frontend_hint = self.measured_frontend or 0.0
 
     def target_cov(self, resamples: int = 200, seed: int = 0) -> np.ndarray:
         """Covariance of the weighted target vector under a moving-block bootstrap of each run.
@@ -318,9 +265,10 @@ class _Fitter:
         boot = np.where(np.isfinite(boot), boot, np.nan)
         return np.ma.cov(np.ma.masked_invalid(boot), rowvar=False).filled(0.0)
 
-    def simulate(self, theta: np.ndarray, work: Workload, sched: Sched, frontend_s: float = 0.0) -> Latencies:
+    def simulate(self, theta: np.ndarray, run: MeasuredRun, sched: Sched, frontend_s: float = 0.0,
+                 seen_frontend_s: float | None = None) -> Latencies:
         cost = build_cost(self.model, self.base_hw, self.tp, overrides_from(theta, self.base_hw))
-        return colocated(work, cost, sched, self.replicas, frontend_s=frontend_s)
+        return run.replay(cost, sched, self.replicas, frontend_s, seen_frontend_s)
 
     def _eval(self, theta: np.ndarray, sched: Sched) -> tuple[np.ndarray, float]:
         """Weighted log-quantile residuals at ``theta`` and the frontend latency profiled there."""
@@ -329,7 +277,9 @@ class _Fitter:
             self.evals += 1
             if self.progress:
                 self.progress(self.evals, max(self.budget, self.evals))
-            lats = [self.simulate(theta, run.work, sched) for run in self.runs]
+            # the frontend is profiled from these (below); a closed loop's clients see it before
+            # they send again, so it takes the best guess available before the fit
+            lats = [self.simulate(theta, run, sched, 0.0, self.frontend_hint) for run in self.runs]
             fe = self.measured_frontend if self.measured_frontend is not None else _paired_offset(self.runs, lats)
             parts = []
             for run, lat in zip(self.runs, lats, strict=True):
@@ -393,7 +343,7 @@ class _Fitter:
         ``ftol`` while the loss was still 400x the optimum's (issue 12), and the simplex
         polish, whose vertices were clipped back onto the bound, never moved either."""
         m = np.minimum(START_MARGIN, (self.hi - self.lo) / 4)
-        m[SEQ] = SEQ_MARGIN
+        m[list(ADDITIVE)] = SEQ_MARGIN
         return np.clip(theta, self.lo + m, self.hi - m)
 
     def fit(self, sched: Sched, max_evals: int, x0: np.ndarray | None = None) -> tuple[np.ndarray, Any]:
@@ -403,8 +353,9 @@ class _Fitter:
 
         free = self.free
         base = self.inside(self.start if x0 is None else x0)
-        if not free[SEQ]:
-            base[SEQ] = 0.0
+        for i in ADDITIVE:
+            if not free[i]:
+                base[i] = 0.0
         start = self.evals
         best: list[Any] = [math.inf, None]
 
@@ -510,8 +461,8 @@ def calibrate(
     base_hw = load_hardware(hardware)
     fitter = _Fitter(runs, model, base_hw, tp, replicas, progress)
     plan = {name: limit_candidates(name, runs, sched) for name in LIMITS if name in fit_limits}
-    # at most: a fit, the per-sequence test's two more, the limits' scan and a fit after it
-    fitter.budget = max_evals * (4 if plan else 3) + budget(plan)
+    # at most: a fit, the additive terms' test's three more, the limits' scan and a fit after it
+    fitter.budget = max_evals * (5 if plan else 4) + budget(plan)
     start = choose_start(fitter, runs, sched)
     theta, res, seq_test = fit_with_or_without_seq(fitter, sched, max_evals)
     theta, sched, limit_fit = scan(fitter, theta, sched, plan)
@@ -519,8 +470,8 @@ def calibrate(
         theta, res = fitter.fit(sched, max_evals, x0=theta)
     evals, valid, lo, hi = fitter.evals, fitter.valid, fitter.lo, fitter.hi
 
-    def simulate(theta: np.ndarray, work: Workload) -> Latencies:
-        return fitter.simulate(theta, work, sched, fitter.frontend(theta, sched))
+    def simulate(theta: np.ndarray, run: MeasuredRun) -> Latencies:
+        return fitter.simulate(theta, run, sched, fitter.frontend(theta, sched))
 
     m_res, p = int(valid.sum()), ENGINE
     s2 = 2 * res.cost / max(m_res - p, 1)
@@ -530,11 +481,12 @@ def calibrate(
     sd = np.sqrt(np.clip(np.diag(cov), 0, None))
     unc: dict[str, Any] = {}
     val, lo95, hi95 = (values_of(theta + k * 1.96 * sd, base_hw) for k in (0, -1, 1))
+    unit = dict(zip(ADDITIVE, units(base_hw), strict=True))
     for i, name in enumerate(PARAMS[:ENGINE]):
         unc[name] = {
             "value": float(val[i]),
-            # the scales' standard deviation in log space; the per-sequence cost's in seconds
-            **({"std": float(sd[i] * seq_ref(base_hw))} if i == SEQ else {"log_std": float(sd[i])}),
+            # the scales' standard deviation in log space; the additive costs' in seconds
+            **({"std": float(sd[i] * unit[i])} if i in unit else {"log_std": float(sd[i])}),
             "ci95": [float(lo95[i]), float(hi95[i])],
             "at_bound": bool(np.isclose(theta[i], lo[i], atol=1e-3) or np.isclose(theta[i], hi[i], atol=1e-3)),
         }
@@ -543,7 +495,7 @@ def calibrate(
     # against (the points of the last Jacobian: already simulated, no new runs)
     grad = np.array([(fitter.frontend(theta + JAC_STEP * e, sched) - fe) / JAC_STEP for e in np.eye(ENGINE)])
     if fitter.measured_frontend is None:
-        fe_sd = math.hypot(_median_se(runs, [fitter.simulate(theta, r.work, sched) for r in runs]),
+        fe_sd = math.hypot(_median_se(runs, [fitter.simulate(theta, r, sched, 0.0, fe) for r in runs]),
                            math.sqrt(max(float(grad @ cov @ grad), 0.0)))
     else:  # measured from spans: the standard error of its median only (grad is 0)
         d = np.concatenate([r.frontend for r in runs if r.frontend is not None])
@@ -552,7 +504,7 @@ def calibrate(
                                  "at_bound": fe == 0.0}
     overrides = overrides_from(theta, base_hw, fe)
     def errors_on(r: MeasuredRun) -> dict[str, Any]:
-        cmp_ = compare(r.measured, simulate(theta, r.work), r.scored)
+        cmp_ = compare(r.measured, simulate(theta, r), r.scored)
         return {"run_id": r.run_id, "requests": len(r.work),
                 "scored": int(r.scored.sum()) if r.scored is not None else len(r.work), "percentiles": cmp_,
                 "max_abs_rel_err_p50": max_rel_err(cmp_, "p50"), "max_abs_rel_err_p99": max_rel_err(cmp_, "p99")}
@@ -585,10 +537,11 @@ def calibrate(
             "frontend_from_spans": fitter.measured_frontend is not None,
             "scheduler_fit": limit_fit,
             "start": start,  # where the search began (twin.stepfit) and why
-            "seq_overhead_test": seq_test,  # was the per-sequence term worth its parameter
+            "seq_overhead_test": seq_test,  # were the additive terms worth their parameters
             # of the log engine scales, for whatif --band (TwinSpec.draws)
-            # (the per-sequence coordinate is linear, in units of seq_unit_s)
-            "covariance": {"params": list(PARAMS[:ENGINE]), "log_cov": cov.tolist(), "seq_unit_s": seq_ref(base_hw)},
+            # (the additive coordinates are linear, in units of seq_unit_s and token_unit_s)
+            "covariance": {"params": list(PARAMS[:ENGINE]), "log_cov": cov.tolist(), "seq_unit_s": unit[SEQ],
+                           "token_unit_s": unit[TOK]},
             "evaluations": evals, "optimizer_status": int(res.status), "optimizer_message": str(res.message),
             "base_hardware": {"step_overhead_s": base_hw.step_overhead_s, "layer_overhead_s": base_hw.layer_overhead_s,
                               "note": "step and layer overheads are collinear for one model; fitted as one scale"},

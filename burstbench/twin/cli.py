@@ -104,9 +104,10 @@ def calibrate(results: str, run_ids: tuple[str, ...], probe_url: str | None, tok
     """Fit the reference engine to a measured run and write a digital twin (twin.yaml).
 
     The run's own schedule (send times, prompt and output lengths) is replayed in
-    virtual time and the cost model's free coefficients (bandwidth and FLOP/s
-    efficiency scales, per-step/per-layer overheads, a per-sequence step cost kept only
-    when the runs show one, a fixed frontend latency) are fitted
+    virtual time (a closed-loop run as a closed loop of its users) and the cost
+    model's free coefficients (bandwidth and FLOP/s efficiency scales,
+    per-step/per-layer overheads, per-sequence and per-token step costs kept only when
+    the runs show them, a fixed frontend latency) are fitted
     so simulated TTFT, TPOT and E2EL quantiles match the measured ones. Scheduler
     limits given as 'auto' are chosen too, among the values the run allows (slower:
     each candidate is scored after a short re-fit). Fit on the busiest run you have and

@@ -122,7 +122,7 @@ class Deployment:
             engines += [make_engine(cost, nb, self.sched, max_context=cost.model.max_context) for _ in range(g.count)]
         # a mixed fleet needs a load-aware router: round robin would overload the slower type
         kind = self.sched.router if len(self.groups) == 1 else "least_outstanding"
-        first, last, code = run_pool(engines, Router(kind, len(engines)), work.arrival, work.input_tokens,
+        _, first, last, code = run_pool(engines, Router(kind, len(engines)), work.arrival, work.input_tokens,
                                      work.output_tokens)
         f = self.frontend_s
         return Latencies(first - work.arrival + f, last - work.arrival + f, work.output_tokens, code == 0,

@@ -24,7 +24,7 @@ from burstbench.twin.vsim import Sched
 
 FORMAT = "burstbench.twin/1"
 OVERRIDE_KEYS = ("bandwidth_efficiency_scale", "flops_efficiency_scale", "step_overhead_s", "layer_overhead_s",
-                 "seq_overhead_s", "frontend_latency_s")
+                 "seq_overhead_s", "token_overhead_s", "frontend_latency_s")
 SCHED_KEYS = {f.name for f in dataclasses.fields(Sched)}
 
 
@@ -67,7 +67,7 @@ class TwinSpec:
             raise UsageError("this twin carries no covariance of its coefficients; write it with "
                              "'burstbench calibrate' to use --band")
         rng = np.random.default_rng(seed)
-        cov = np.asarray(cov, dtype=float)  # 3 scales (older twins) or 4 with the per-sequence cost
+        cov = np.asarray(cov, dtype=float)  # 3 scales, then the per-sequence and per-token costs (newer twins)
         z = rng.multivariate_normal(np.zeros(len(cov)), cov, size=n, method="eigh")
         e = rng.standard_normal(n) * float(fe.get("std") or 0.0)
         out = []
@@ -78,8 +78,10 @@ class TwinSpec:
                                ("step_overhead_s", f[2]), ("layer_overhead_s", f[2])):
                 if key in ov:
                     ov[key] = float(ov[key] * scale)
-            if len(z[k]) > 3 and "seq_overhead_s" in ov:  # linear, in units of seq_unit_s
-                ov["seq_overhead_s"] = max(ov["seq_overhead_s"] + float(z[k][3]) * float(covariance["seq_unit_s"]), 0.0)
+            # the additive terms are linear, in their units (older twins: no per-token term)
+            for i, key, unit in ((3, "seq_overhead_s", "seq_unit_s"), (4, "token_overhead_s", "token_unit_s")):
+                if len(z[k]) > i and key in ov and unit in covariance:
+                    ov[key] = max(ov[key] + float(z[k][i]) * float(covariance[unit]), 0.0)
             ov["frontend_latency_s"] = max(self.frontend_s + float(e[k]), 0.0)
             out.append(dataclasses.replace(self, overrides=ov))
         return out
@@ -115,7 +117,7 @@ def apply_overrides(hw: Any, overrides: dict[str, float]) -> Any:
             s = float(overrides[key])
             curve = getattr(hw, curve_name)
             changes[curve_name] = [[x, min(1.0, y * s)] for x, y in curve.points]
-    for key in ("step_overhead_s", "layer_overhead_s", "seq_overhead_s"):
+    for key in ("step_overhead_s", "layer_overhead_s", "seq_overhead_s", "token_overhead_s"):
         if key in overrides:
             changes[key] = float(overrides[key])
     if not changes:

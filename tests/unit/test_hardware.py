@@ -229,3 +229,20 @@ def test_profile_list_shows_presets(capsys: pytest.CaptureFixture[str]) -> None:
     by_name = {r["name"]: r for r in rows}
     assert set(by_name) == set(DATASHEET)
     assert by_name["h200"]["mem_bandwidth_tbps"] == pytest.approx(4.8)
+
+
+@pytest.mark.parametrize(("load", "warned"), [(8.0, True), (0.0, False)])
+def test_profile_warns_when_the_machine_is_busy(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+                                                load: float, warned: bool) -> None:
+    """A profile taken under other work records what that work left: say so (issue 12's
+    committed profile, taken at load 12-15, measured a 13x lower peak than the idle machine)."""
+    import os
+
+    from burstbench.backends.hardware import cli
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
+    msg = cli._busy_before()
+    assert (msg is not None) == warned
+    if warned:
+        assert "load average 8.0 on 2 CPUs" in msg and "idle" in msg

@@ -48,6 +48,7 @@ def profile(output: Path | None, quick: bool, name: str | None, as_json: bool, l
         if not output.parent.exists():
             raise UsageError(f"-o {output}: folder {output.parent} does not exist")
     console = make_console()
+    busy = _busy_before()
     with Progress(
         TextColumn("[bold]profile[/]"),
         TextColumn("{task.description}"),
@@ -86,10 +87,32 @@ def profile(output: Path | None, quick: bool, name: str | None, as_json: bool, l
     out.print(f"η_F(tokens): {curve}")
     if hw.kind == "cpu":
         console.print("no GPU measured (torch with CUDA not available); this is the CPU")
+    if busy:
+        console.print(Text(busy, style="yellow"), soft_wrap=True)
     if output is not None:
         console.print(f"wrote {output}")
     if as_json:
         emit_json(hw.to_dict())
+
+
+def _busy_before() -> str | None:
+    """A warning when other work loads the CPUs as the profile starts, else None.
+
+    What a busy machine leaves to the GEMMs is what the profile records: the committed
+    CPU profile of issue 12, measured at load 12-15 on 2 cores, put the peak at 14.4
+    GFLOP/s where the same machine idle measured 185.5, and a twin fitted from it had to
+    push its FLOP/s scale against its bound. Measured before the profile's own threads
+    start, so its own load does not count."""
+    import os
+
+    if not hasattr(os, "getloadavg"):
+        return None
+    load = os.getloadavg()[0]
+    cpus = os.cpu_count() or 1
+    if load <= cpus / 2:
+        return None
+    return (f"warning: load average {load:.1f} on {cpus} CPUs as the profile started: the figures are what "
+            "other work left over; profile again on an idle machine")
 
 
 def _list_presets(as_json: bool) -> None:

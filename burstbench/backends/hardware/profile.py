@@ -11,6 +11,12 @@ sampling, output processing) and ``layer_overhead_s`` the per-layer gap between 
 preparation, sampling, detokenisation and streamed chunk): 0 in the presets, where it hides
 in the step overhead, but on a CPU engine serving a small model it is most of a step's
 time growing with the batch, and no roofline term grows that way (issue 12).
+``token_overhead_s`` is what each token in a step adds outside the GEMM and attention
+rooflines: 0 in the presets, where a token's cost is its arithmetic, but a CPU engine
+spends most of a small model's prefill outside it (vLLM's CPU build on a 4-layer,
+256-wide Llama: 0.5 ms per prompt token where the profiled GEMMs need 0.03 ms), and a
+FLOP/s scale cannot stand in for it: the profile's efficiency curve would then charge a
+decode token ~9 times a prefill token's cost (its 1-token GEMM streams a 64 MB matrix).
 
 The same JSON form holds the bundled presets (``burstbench/data/hardware``) and what
 ``burstbench profile`` measures on this machine, so ``--hardware`` accepts either.
@@ -119,6 +125,7 @@ class HardwareProfile:
     fp8_flops_multiplier: float = 2.0
     int8_flops_multiplier: float = 2.0
     seq_overhead_s: float = 0.0
+    token_overhead_s: float = 0.0
     source: str = ""
     kind: str = "gpu"
     measured: dict[str, Any] = field(default_factory=dict, compare=False)
@@ -155,6 +162,7 @@ _NUMBERS = {
     "step_overhead_s": (False, 0.0),
     "layer_overhead_s": (False, 0.0),
     "seq_overhead_s": (False, 0.0),
+    "token_overhead_s": (False, 0.0),
     "fp8_flops_multiplier": (True, 2.0),
     "int8_flops_multiplier": (True, 2.0),
 }

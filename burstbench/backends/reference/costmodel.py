@@ -23,7 +23,10 @@ Per iteration (one forward pass over every scheduled token, as vLLM runs it):
   graphs) and ``step_overhead_s`` per step (CPU scheduling, input preparation, sampling,
   output processing), and ``seq_overhead_s`` per sequence in the step (its input
   preparation, sampling, detokenisation and streamed chunk: what makes a CPU engine's step
-  grow with the batch when the arithmetic of a small model is nothing).
+  grow with the batch when the arithmetic of a small model is nothing), and
+  ``token_overhead_s`` per token in the step (a CPU engine's per-token work outside the
+  GEMM and attention rooflines: positions, slot mappings, dtype conversions, unfused
+  kernels; 0 in the presets).
 - **Tensor parallel**: FLOPs, weights, heads and KV heads divided by ``tp`` (KV heads never
   below one per rank; MLA's latent is replicated), plus two ring all-reduces per layer of
   ``T·hidden`` activations: ``2(tp−1)/tp · bytes / link_bandwidth + link_latency``.
@@ -141,6 +144,7 @@ class CostModel:
 
         self._fixed = hw.step_overhead_s + m.num_layers * hw.layer_overhead_s
         self._per_seq = hw.seq_overhead_s
+        self._per_token = hw.token_overhead_s
 
     # ------------------------------------------------------------------------------------
     def step_time(self, prefill: Sequence[tuple[int, int]], decode: Sequence[int]) -> float:
@@ -247,7 +251,7 @@ class CostModel:
             t_comm = self._allreduces * (
                 self._ar_bytes_per_token * tokens / self._link_bw + self._link_latency
             )
-        return self._fixed + self._per_seq * seqs + t_lin + t_elem + t_comm
+        return self._fixed + self._per_seq * seqs + self._per_token * tokens + t_lin + t_elem + t_comm
 
     def _bw_at(self, tokens: int) -> float:
         return self._mem_bw * self._eta_b(tokens)

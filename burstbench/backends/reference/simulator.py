@@ -267,6 +267,7 @@ class PoolRun:
     replica_of: np.ndarray
     times: list[array]
     tel: list[tuple[float, int, tuple[float, ...]]]
+    arrivals: list[float] | None = None  # each request's arrival, where the pool chose it (a closed loop)
 
     def token_bounds(self) -> tuple[np.ndarray, np.ndarray]:
         """First and last token time per request (NaN when it did not complete)."""
@@ -293,12 +294,17 @@ def run_pool(
     priority: np.ndarray | None = None,
     telemetry_interval_s: float | None = None,
     progress: _Progress | None = None,
+    closed: tuple[int, float] | None = None,
 ) -> PoolRun:
     """Requests through a pool of engines in virtual time: the one event loop.
 
     Replicas advance independently; before each arrival is routed every replica is
     brought up to that time, so a least-outstanding router sees what a real one would.
     Engine telemetry is sampled every ``telemetry_interval_s`` when given.
+
+    ``closed = (users, delay_s)``: a closed loop instead of a schedule. The first
+    ``users`` requests arrive at their ``arrivals``; each later one ``delay_s`` after the
+    earliest answer that has not yet freed a user ended (``ClosedLoop``).
     """
     n = len(arrivals)
     replicas = len(engines)
@@ -315,6 +321,10 @@ def run_pool(
     tel: list[tuple[float, int, tuple[float, ...]]] = []
     interval = telemetry_interval_s if telemetry_interval_s is not None else float("inf")
     next_tel = [0.0 if telemetry_interval_s is not None else float("inf")] * replicas
+
+    loop = ClosedLoop(engines, clocks, times, seqs, *closed) if closed is not None else None
+    if loop is not None and telemetry_interval_s is not None:
+        raise UsageError("a closed loop is simulated without telemetry")
 
     def sample(r: int, t: float) -> None:
         e = engines[r]
@@ -356,6 +366,8 @@ def run_pool(
         next_tel[r] = nt
 
     for i in range(n):
+        if loop is not None and i >= loop.users:
+            arr_l[i] = loop.next_send()
         ta = arr_l[i]
         for r in range(replicas):
             if clocks[r] < ta:
@@ -368,6 +380,8 @@ def run_pool(
         why = e.check(p_len, o_len)
         if why is not None:
             invalid_msg[i] = why
+            if loop is not None:
+                loop.ended(ta)  # answered at once (HTTP 400): its user is free
             continue
         s = Seq(
             rid=i,
@@ -378,7 +392,10 @@ def run_pool(
             hashes=hashes[i] if hashes is not None else None,
         )
         seqs[i] = s
-        e.add(s)
+        if not e.add(s) and loop is not None:
+            loop.ended(ta)  # refused (503): its user is free
+        elif loop is not None:
+            loop.sent(r, i)
         if progress is not None and (i & 1023) == 0:
             progress.update(i)
     for r in range(replicas):
@@ -386,7 +403,70 @@ def run_pool(
     stuck = [s.rid for s in seqs if s is not None and s.state not in (DONE, REJECTED)]
     if stuck:  # a bug, not a user error: every accepted request must finish
         raise RuntimeError(f"simulation ended with {len(stuck)} unfinished requests (first: {stuck[:5]})")
-    return PoolRun(seqs, invalid_msg, np.array(rep_of, dtype=np.int32), times, tel)
+    return PoolRun(seqs, invalid_msg, np.array(rep_of, dtype=np.int32), times, tel,
+                   arr_l if loop is not None else None)
+
+
+class ClosedLoop:
+    """When the next request of a closed loop goes out, from the answers as they end.
+
+    Why exact event order and not a replay of a closed run's recorded send times: those
+    are the real engine's completions, so a twin a little slower or faster sends the next
+    request into the wrong step (``twin.vsim.closed_loop``). Each answer's end is read from
+    its sequence's last token time (so decode stretches that ran ahead in the fast loop
+    are still exact); an end counts only once every replica still working has reached it,
+    since one behind could still end an answer earlier."""
+
+    def __init__(self, engines: list[EngineCore], clocks: list[float], times: list[Any], seqs: list[Seq | None],
+                 users: int, delay_s: float) -> None:
+        if users < 1:
+            raise UsageError(f"a closed loop needs at least one user, got {users}")
+        self.engines, self.clocks, self.times, self.seqs = engines, clocks, times, seqs
+        self.users, self.delay_s = users, delay_s
+        self.ends: list[float] = []  # answers ended (heap), not yet spent on a send
+        self.out: list[list[int]] = [[] for _ in engines]  # request ids in flight per replica
+        self.seen = [0] * len(engines)  # each engine's num_finished already harvested
+
+    def sent(self, r: int, rid: int) -> None:
+        self.out[r].append(rid)
+
+    def ended(self, t: float) -> None:
+        import heapq
+
+        heapq.heappush(self.ends, t)
+
+    def _harvest(self, r: int) -> None:
+        e = self.engines[r]
+        if e.num_finished == self.seen[r]:
+            return
+        self.seen[r] = e.num_finished
+        ts, keep = self.times[r], []
+        for rid in self.out[r]:
+            s = self.seqs[rid]
+            if s is not None and s.state == DONE:
+                self.ended(ts[s.last_it])
+            else:
+                keep.append(rid)
+        self.out[r] = keep
+
+    def next_send(self) -> float:
+        """The next send time; steps the replica furthest behind until an end is certain."""
+        import heapq
+
+        while True:
+            for r in range(len(self.engines)):  # what the pool's own advances finished too
+                self._harvest(r)
+            busy = [r for r, e in enumerate(self.engines) if e.has_work()]
+            if self.ends and (not busy or self.ends[0] <= min(self.clocks[r] for r in busy)):
+                return heapq.heappop(self.ends) + self.delay_s
+            if not busy:
+                raise RuntimeError("closed loop: no request in flight and no user free")  # a bug
+            r = min(busy, key=self.clocks.__getitem__)
+            e = self.engines[r]
+            dt = e.step()  # one iteration: a decode stretch could pass the answer's end
+            if dt is not None:
+                self.clocks[r] += dt
+                self.times[r].append(self.clocks[r])
 
 
 def _prefix_keys(tr: Trace, block_size: int, inp: np.ndarray) -> list[list[int] | None] | None:
