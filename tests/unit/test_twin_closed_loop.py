@@ -30,8 +30,8 @@ def _work(n: int, seed: int) -> Workload:
 
 @pytest.mark.parametrize("users", [1, 2, 5])
 def test_each_user_sends_when_an_answer_ends(users: int) -> None:
-    """The fixed point: request users + j goes out ``turnaround`` after the (j+1)-th end the
-    clients saw (frontend included), whatever send times the loop started from."""
+    """Request users + j goes out ``turnaround`` after the (j+1)-th end the clients saw
+    (frontend included); the given send times of those requests are not used."""
     work, turn, fe = _work(40, users), 0.004, 0.02
     lat = closed_loop(work, users, turn, COST, SCHED, frontend_s=fe)
     assert lat.arrival is not None and lat.ok.all()
@@ -68,7 +68,7 @@ def test_a_replay_of_another_engines_sends_is_not_a_closed_loop() -> None:
     replay = colocated(Workload(recorded, work.input_tokens, work.output_tokens), COST, SCHED)
     loop = closed_loop(Workload(recorded, work.input_tokens, work.output_tokens), 2, 0.002, COST, SCHED)
     assert np.nanmedian(replay.e2el) > 1.3 * np.median(loop.e2el)  # queued behind sends that came too early
-    # the loop forgets where it started: from the recorded sends or from all at 0, one answer
+    # only the first users' send times are taken: from the recorded sends or from all at 0, one answer
     cold = closed_loop(work, 2, 0.002, COST, SCHED)
     np.testing.assert_allclose(loop.arrival, cold.arrival, rtol=0, atol=1e-9)
 
