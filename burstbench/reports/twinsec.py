@@ -98,7 +98,8 @@ def calibration_section(doc: dict[str, Any], source: str) -> Section:
         f"{doc.get('model')} on {doc.get('hardware')} (TP {doc.get('tp', 1)}, {doc.get('replicas', 1)} replica(s)), "
         f"fitted to run(s) {', '.join(prov.get('run_ids') or [str(prov.get('run_id'))])} "
         f"({prov.get('requests_used')} requests, time scale "
-        f"{prov.get('time_scale')}); the run's own schedule replayed in virtual time."))
+        f"{prov.get('time_scale')}); each run replayed in virtual time at its own send times, or a closed-loop run "
+        "as a closed loop of its users."))
     rows = [(name, _num(u.get("value")), f"{_num((u.get('ci95') or [None])[0])} .. {_num((u.get('ci95') or [None, None])[1])}",
              "at a bound of the search" if u.get("at_bound") else "")
             for name, u in (doc.get("uncertainty") or {}).items()]
