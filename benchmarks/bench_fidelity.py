@@ -94,17 +94,16 @@ def record(url: str, trace: Path, store: Path, label: str, load: float, n: int, 
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
 
 
-def predict(store: Path, label: str, model: str, hardware: str, overrides: dict[str, float],
-            sched: Any, frontend_s: float = 0.0) -> dict[str, Any]:
-    """p50/p90 of TTFT, TPOT and E2EL, measured vs simulated, on one recorded run.
+def predict(run: Any, model: str, hardware: str, overrides: dict[str, float], sched: Any,
+            frontend_s: float = 0.0) -> dict[str, Any]:
+    """p50/p90 of TTFT, TPOT and E2EL, measured vs simulated, on one recorded run (``read_run``).
 
     A closed-loop run is simulated as a closed loop of its users (``MeasuredRun.replay``):
     its send times are the twin's, so its throughput is a prediction, not a replay."""
-    from burstbench.twin.calibrate import compare, read_run
+    from burstbench.twin.calibrate import compare
     from burstbench.twin.fidelity import throughput
     from burstbench.twin.spec import build_cost
 
-    run = read_run(store, label)
     lat = run.replay(build_cost(model, hardware, 1, overrides), sched, frontend_s=frontend_s)
     out = compare(run.measured, lat)
     sent = lat.arrival if lat.arrival is not None else run.work.arrival
@@ -205,14 +204,14 @@ def main(argv: list[str] | None = None) -> int:
 
     for label, *_ in plan[3:]:
         try:
-            read_run(store, label)
+            run = read_run(store, label)  # once, for every side
         except BurstbenchError as exc:  # a sweep stopped early: say which runs are missing
             print(f"skipped {label}: {exc}", file=sys.stderr)
             continue
         table["runs"][label] = {
-            "uncalibrated": predict(store, label, model, a.hardware, {}, sched),
-            **{side: predict(store, label, model, a.hardware, cal.spec.overrides, cal.spec.sched(),
-                             cal.spec.frontend_s) for side, cal in twins.items()},
+            "uncalibrated": predict(run, model, a.hardware, {}, sched),
+            **{side: predict(run, model, a.hardware, cal.spec.overrides, cal.spec.sched(), cal.spec.frontend_s)
+               for side, cal in twins.items()},
         }
     report(table)
     if a.json:

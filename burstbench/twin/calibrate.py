@@ -92,7 +92,7 @@ from burstbench.twin.stepfit import (
     TOK,
     TOK_HI,
     choose_start,
-    fit_with_or_without_seq,
+    fit_with_or_without_additive,
     units,
 )
 from burstbench.twin.vsim import Latencies, Sched
@@ -464,7 +464,7 @@ def calibrate(
     # at most: a fit, the additive terms' test's three more, the limits' scan and a fit after it
     fitter.budget = max_evals * (5 if plan else 4) + budget(plan)
     start = choose_start(fitter, runs, sched)
-    theta, res, seq_test = fit_with_or_without_seq(fitter, sched, max_evals)
+    theta, res, seq_test = fit_with_or_without_additive(fitter, sched, max_evals)
     theta, sched, limit_fit = scan(fitter, theta, sched, plan)
     if plan:
         theta, res = fitter.fit(sched, max_evals, x0=theta)

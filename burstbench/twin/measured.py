@@ -38,14 +38,14 @@ class MeasuredRun:
     def replay(self, cost: Any, sched: Sched, replicas: int = 1, frontend_s: float = 0.0,
                seen_frontend_s: float | None = None) -> Latencies:
         """The twin's latencies of this run's requests: sent at the run's own times, or, for
-        a closed loop, by its users as the twin's answers end (``vsim.closed_loop``).
-        ``frontend_s`` is added to every latency; ``seen_frontend_s`` (default the same) is
-        the one the closed loop's clients see before they send again."""
+        a closed loop, by its users as the twin's answers end (``vsim.closed_loop`` says
+        why). ``frontend_s`` is added to every latency; ``seen_frontend_s`` (default the
+        same) is the one the closed loop's clients see before they send again."""
         if self.users is None:
             return colocated(self.work, cost, sched, replicas, frontend_s=frontend_s)
         seen = frontend_s if seen_frontend_s is None else seen_frontend_s
-        return closed_loop(self.work, self.users, self.turnaround_s + seen - frontend_s, cost, sched, replicas,
-                           frontend_s=frontend_s)
+        return closed_loop(self.work, self.users, self.turnaround_s, cost, sched, replicas, frontend_s=frontend_s,
+                           seen_frontend_s=seen)
 
 
 def read_run(store: str | Path, run_id: str, *, time_scale: float | None = None,

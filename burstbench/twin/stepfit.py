@@ -22,7 +22,7 @@ well from the preset; from this start a GPU run's fit ended in a worse optimum):
 queueing, chunking and the scheduler's limits are what the simulation gets right.
 
 The additive terms live here whole: their start (``choose_start``) and whether they are
-kept at all (``fit_with_or_without_seq``, a likelihood-ratio test against the fit
+kept at all (``fit_with_or_without_additive``, a likelihood-ratio test against the fit
 without them), so ``calibrate`` stays about the search itself.
 """
 
@@ -115,14 +115,11 @@ def linear_terms(runs: Sequence[Any]) -> dict[str, float] | None:
             "frontend_s": float(coef[3])}
 
 
-def start_from_steps(runs: Sequence[Any], cost: Any, base_hw: Any) -> np.ndarray | None:
+def start_from_steps(terms: dict[str, float], cost: Any, base_hw: Any) -> np.ndarray:
     """The fit's start (log scales of bandwidth, FLOP/s and overhead; per-sequence and
-    per-token seconds in their ``units``) from ``linear_terms``, or None. ``cost`` is the
-    base profile's cost model (no overrides). A prompt token's cost beyond the
-    roofline's at the profile's own FLOP/s is the per-token start."""
-    terms = linear_terms(runs)
-    if terms is None:
-        return None
+    per-token seconds in their ``units``) from ``linear_terms``. ``cost`` is the base
+    profile's cost model (no overrides). A prompt token's cost beyond the roofline's at
+    the profile's own FLOP/s is the per-token start."""
     fixed = base_hw.step_overhead_s + cost.model.num_layers * base_hw.layer_overhead_s
     one = cost.step_time_sums(decode_seqs=1, decode_context_sum=256)
     two = cost.step_time_sums(decode_seqs=2, decode_context_sum=512)
@@ -137,7 +134,7 @@ def start_from_steps(runs: Sequence[Any], cost: Any, base_hw: Any) -> np.ndarray
                      max(terms["prefill_token_s"] - roof_token, 0.0) / tok_unit])
 
 
-def fit_with_or_without_seq(fitter: Any, sched: Any, max_evals: int) -> tuple[np.ndarray, Any, dict[str, Any]]:
+def fit_with_or_without_additive(fitter: Any, sched: Any, max_evals: int) -> tuple[np.ndarray, Any, dict[str, Any]]:
     """Fit the three scales with no additive terms, then all five from there; keep the
     per-sequence and per-token costs only when they buy more than ``EVIDENCE_PAIR`` residual
     variances (the likelihood-ratio test that ``twin.limits.pick`` applies to the
@@ -199,11 +196,11 @@ def choose_start(fitter: Any, runs: Sequence[Any], sched: Any) -> dict[str, Any]
     if fitter.replicas != 1:  # a batch per instance is not known from the client's view
         return out
     cost = build_cost(fitter.model, fitter.base_hw, fitter.tp, {})
-    guess = start_from_steps(runs, cost, fitter.base_hw)
-    if guess is None:
+    terms = linear_terms(runs)  # O(n^2) in a run's requests: once
+    if terms is None:
         return out
-    terms = linear_terms(runs)
-    if fitter.measured_frontend is None and terms:  # before any simulation: it keys no cache
+    guess = start_from_steps(terms, cost, fitter.base_hw)
+    if fitter.measured_frontend is None:  # before any simulation: it keys no cache
         fitter.frontend_hint = terms["frontend_s"]
     g, p = fitter.inside(guess), fitter.inside(fitter.start)
     lg, lp = fitter.loss(g, sched), fitter.loss(p, sched)

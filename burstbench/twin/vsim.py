@@ -187,22 +187,25 @@ def colocated(work: Workload, cost: Any, sched: Sched, replicas: int = 1, *, num
 
     ``frontend_s``: fixed time outside the engine added to every token's arrival (HTTP,
     API server, tokenisation, network): what a client measures beyond the engine.
-    ``closed``: ``(users, turnaround_s)`` of a closed loop (``closed_loop``) instead of
-    ``work``'s arrivals.
+    ``closed``: ``(users, delay_s)`` of a closed loop instead of ``work``'s arrivals: a
+    user sends again ``delay_s`` after the engine ended its answer (``closed_loop``).
     """
     router = Router(sched.router, replicas)  # first: it refuses a replica count beyond the limit
     nb = num_blocks or kv_blocks(cost, sched)
     engines = [make_engine(cost, nb, sched, max_context=cost.model.max_context) for _ in range(replicas)]
-    loop = None if closed is None else (closed[0], closed[1] + frontend_s)  # clients see the frontend first
-    sent, first, last, code = run_pool(engines, router, work.arrival, work.input_tokens, work.output_tokens, loop)
+    sent, first, last, code = run_pool(engines, router, work.arrival, work.input_tokens, work.output_tokens, closed)
     return Latencies(first - sent + frontend_s, last - sent + frontend_s, work.output_tokens,
                      code == 0, [_STATUS[int(c)] for c in code], sent if closed is not None else None)
 
 
 def closed_loop(work: Workload, users: int, turnaround_s: float, cost: Any, sched: Sched, replicas: int = 1, *,
-                frontend_s: float = 0.0, num_blocks: int | None = None) -> Latencies:
+                frontend_s: float = 0.0, seen_frontend_s: float | None = None,
+                num_blocks: int | None = None) -> Latencies:
     """``work`` sent by ``users`` closed-loop clients: each sends its next request (in
-    ``work``'s order) ``turnaround_s`` after it saw its last one end (frontend included).
+    ``work``'s order) ``turnaround_s`` after it saw its last one end. The clients see an
+    answer end ``seen_frontend_s`` (default ``frontend_s``, which is added to every
+    latency) after the engine ended it; a calibration profiles the frontend from the
+    latencies, so it simulates them without it and lets the clients wait its best guess.
 
     The first ``users`` requests go at their given arrival times, every later one when a
     user is free, in the simulator's own event loop (``simulator.ClosedLoop``). Why not
@@ -214,7 +217,7 @@ def closed_loop(work: Workload, users: int, turnaround_s: float, cost: Any, sche
     +55% and +3% with the same coefficients.
     """
     return colocated(work, cost, sched, replicas, num_blocks=num_blocks, frontend_s=frontend_s,
-                     closed=(users, turnaround_s))
+                     closed=(users, turnaround_s + (frontend_s if seen_frontend_s is None else seen_frontend_s)))
 
 
 class _MigratedCost:

@@ -246,3 +246,8 @@ def test_profile_warns_when_the_machine_is_busy(monkeypatch: pytest.MonkeyPatch,
     assert (msg is not None) == warned
     if warned:
         assert "load average 8.0 on 2 CPUs" in msg and "idle" in msg
+    # and what the user sees: the profile is still measured and written, the warning beside it
+    assert main(["profile", "--quick"]) == 0
+    printed = capsys.readouterr()
+    assert ("profile again on an idle machine" in printed.out + printed.err) == warned
+    assert "GFLOP/s" in printed.out

@@ -21,6 +21,7 @@ and rows go to DuckDB as Arrow frames (``simstore``).
 
 from __future__ import annotations
 
+import heapq
 import time
 from array import array
 from dataclasses import asdict, dataclass, field
@@ -431,8 +432,6 @@ class ClosedLoop:
         self.out[r].append(rid)
 
     def ended(self, t: float) -> None:
-        import heapq
-
         heapq.heappush(self.ends, t)
 
     def _harvest(self, r: int) -> None:
@@ -451,8 +450,6 @@ class ClosedLoop:
 
     def next_send(self) -> float:
         """The next send time; steps the replica furthest behind until an end is certain."""
-        import heapq
-
         while True:
             for r in range(len(self.engines)):  # what the pool's own advances finished too
                 self._harvest(r)
