@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import http.client
 import json
 import os
@@ -204,7 +205,7 @@ def run_burstbench(url: str, ld: Load, tmp: Path, sampler: CpuSampler, workers: 
         cmd += ["--rate", str(ld.rate), "--duration", str(ld.requests / ld.rate)]
     else:
         cmd += ["--concurrency", str(ld.concurrency or n), "--requests", str(n)]
-    _run(cmd, "burstbench", sampler)
+    _run(cmd, "burstbench" if workers == 1 else f"burstbench-w{workers}", sampler)  # the CPU sampler's key
     con = duckdb.connect(str(out), read_only=True)
     run_id = con.execute("SELECT run_id FROM runs ORDER BY started_at DESC LIMIT 1").fetchall()[0][0]
     req = con.sql("SELECT request_id, scheduled_s, sent_s, first_token_s, last_token_s, status FROM requests "
@@ -287,7 +288,8 @@ def _run(cmd: list[str], name: str, sampler: CpuSampler, env: dict[str, str] | N
         raise RuntimeError(f"{name} exited {proc.returncode}: {tail}")
 
 
-CLIENTS = {"burstbench": run_burstbench, "vllm": run_vllm, "aiperf": run_aiperf}
+CLIENTS = {"burstbench": run_burstbench, "burstbench-w2": functools.partial(run_burstbench, workers=2),
+           "vllm": run_vllm, "aiperf": run_aiperf}
 
 
 def available(name: str) -> str | None:
@@ -398,7 +400,8 @@ def table(res: dict[tuple[str, str], list[dict[str, float]]], clients: list[str]
         ours = {r["rep"]: r[key] for r in res.get((exp, "burstbench"), [])}
         return [ours[r["rep"]] / r[key] for r in res.get((exp, client), []) if r["rep"] in ours]
 
-    names = {"burstbench": "burstbench", "vllm": "`vllm bench serve` 0.32", "aiperf": "AIPerf"}
+    names = {"burstbench": "burstbench", "burstbench-w2": "burstbench --workers 2", "vllm": "`vllm bench serve` 0.32",
+             "aiperf": "AIPerf"}
     lines = ["| experiment | " + " | ".join(names[c] for c in clients) + " |", "|---" * (len(clients) + 1) + "|"]
 
     def row(label: str, cell) -> None:
@@ -435,7 +438,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--experiments", nargs="+", choices=["A", "B", "C"], default=["A", "B", "C"])
-    p.add_argument("--clients", nargs="+", choices=list(CLIENTS), default=list(CLIENTS))
+    p.add_argument("--clients", nargs="+", choices=list(CLIENTS), default=["burstbench", "vllm", "aiperf"])
     p.add_argument("--a-requests", type=int, default=1280, help="requests in A (64 in flight) [1280]")
     p.add_argument("--b-rates", type=float, nargs="+", default=[77.0, 154.0])
     p.add_argument("--b-seconds", type=float, default=10.0)

@@ -92,7 +92,8 @@ class Backend(Protocol):
 
     # Optional, looked up with getattr by the dispatcher:
     # ``prepare(request) -> None``: encode ``request.body`` before its send deadline;
-    # ``async warm(n) -> int``: open up to n pooled connections before the run starts.
+    # ``async warm(n) -> int``: open up to n pooled connections before the run starts;
+    # ``top_up() -> None``: reopen, in the background, the idle connections sends took.
 
 
 def available_backends() -> dict[str, str]:

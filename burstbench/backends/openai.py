@@ -80,6 +80,7 @@ import aiohttp
 from aiohttp.client_proto import ResponseHandler
 
 from burstbench.backends.base import Clock, Outcome, Request, check_url
+from burstbench.backends.pool import ConnectionReserve
 from burstbench.backends.prompts import PromptBuilder
 from burstbench.backends.sse import DONE, SSEError, SSEParser
 from burstbench.errors import BackendError, UsageError
@@ -270,6 +271,7 @@ class OpenAIBackend:
             block_size=block_size, seed=prompt_seed, tokenizer_json=tokenizer_json
         )
         self._session: aiohttp.ClientSession | None = None
+        self._reserve: ConnectionReserve | None = None
         self._headers: dict[str, str] = {}
         self._secret: str | None = None
         self.arrival_timestamps = False  # set by start(): chunk times from the socket callback
@@ -317,6 +319,7 @@ class OpenAIBackend:
             max_field_size=1024 * 1024,
             auto_decompress=True,
         )
+        self._reserve = ConnectionReserve(self._session, self.url, self._timeout)
         models = await self._models()
         if self.model is None and self.discover_model and models is not None and len(models) == 1:
             self.model = models[0]
@@ -372,7 +375,18 @@ class OpenAIBackend:
             except (aiohttp.ClientError, TimeoutError, OSError):
                 return False
 
-        return sum(await asyncio.gather(*(one() for _ in range(n))))
+        answered = sum(await asyncio.gather(*(one() for _ in range(n))))
+        if self._reserve is not None:
+            self._reserve.target = n  # from now on, top_up keeps n idle ahead of the sends
+        return answered
+
+    def top_up(self) -> None:
+        """Open connections in the background until ``warm``'s n are idle again.
+
+        The dispatcher calls this as it prepares each send (see ``backends/pool.py`` for
+        why and what it measured)."""
+        if self._reserve is not None:
+            self._reserve.top_up()
 
     def _auth_advice(self, status: int) -> str:
         where = redact_url(self.base_url)
@@ -394,6 +408,9 @@ class OpenAIBackend:
     async def close(self) -> None:
         """Close the session and every pooled connection."""
         session, self._session = self._session, None
+        reserve, self._reserve = self._reserve, None
+        if reserve is not None:
+            await reserve.close()
         self._headers = {}  # forget the key with the session
         self._secret = None
         if session is not None:

@@ -70,6 +70,7 @@ class WorkerCore:
         self._wake = asyncio.Event()  # set when the task set empties or a stop arrives
         self._sem = asyncio.Semaphore(plan.max_concurrency) if plan.max_concurrency else None
         self._prepare: Callable[[Request], None] | None = getattr(backend, "prepare", None)
+        self._top_up: Callable[[], None] | None = getattr(backend, "top_up", None)
         self._reset_buffers()
         self.sent = self.completed = self.failed = self.cancelled = self.in_flight = 0
         self.last_scheduled_s = 0.0
@@ -242,6 +243,8 @@ class WorkerCore:
         """Prepare ``req`` now, send it at its ``scheduled_s`` (None: stopped before that)."""
         if self._prepare is not None:
             self._prepare(req)
+        if self._top_up is not None:  # replace the pooled connection this send will take
+            self._top_up()
         if not await self.sleep_until(req.scheduled_s):
             return None
         return await self.send_one(req)

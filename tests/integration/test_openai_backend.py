@@ -784,6 +784,60 @@ async def test_warm_pools_connections_that_the_sends_then_reuse() -> None:
     assert len(ports["completions"]) == 6 and ports["completions"] <= ports["models"]
 
 
+async def test_top_up_reopens_the_connections_sends_took_so_later_sends_do_not_connect() -> None:
+    """After ``warm(n)``, sends held open take pooled connections; ``top_up`` opens as many new
+    ones in the background, so the next n concurrent sends all find one: no send connects, and
+    the server sees exactly the connections warm and top_up opened."""
+    accepted: list[int] = []  # peer port of every request, in order
+    hold = asyncio.Event()
+
+    async def models(request: web.Request) -> web.Response:
+        accepted.append(request.transport.get_extra_info("peername")[1])
+        await asyncio.sleep(0.05)  # the n warm requests overlap, so n connections are opened
+        return web.json_response({"object": "list", "data": [{"id": "m", "object": "model"}]})
+
+    async def completions(request: web.Request) -> web.Response:
+        accepted.append(request.transport.get_extra_info("peername")[1])
+        if request.headers.get("traceparent"):  # the first wave stays in flight until released
+            await hold.wait()
+        return web.json_response({"choices": [{"text": "hi", "finish_reason": "length"}],
+                                  "usage": {"prompt_tokens": 3, "completion_tokens": 1}})
+
+    app = web.Application()
+    app.router.add_get("/v1/models", models)
+    app.router.add_post("/v1/completions", completions)
+    runner, url = await start_app(app)
+    try:
+        async with OpenAIBackend(url) as b:
+            reserve = b._reserve
+            assert reserve is not None and reserve.usable
+            assert await b.warm(4) == 4
+            assert reserve.idle() == 4
+            held_reqs = [req(i) for i in range(4)]
+            for r in held_reqs:
+                r.traceparent = "00-" + "1" * 32 + "-" + "2" * 16 + "-01"
+            held = [asyncio.ensure_future(b.send(r, clock)) for r in held_reqs]
+            while len(accepted) < 1 + 4 + 4:  # start()'s lookup, warm's four, the four held sends
+                await asyncio.sleep(0.01)
+            assert reserve.idle() == 0  # the held sends took every warm connection
+            b.top_up()
+            b.top_up()  # a second call while the first is opening adds nothing
+            await asyncio.wait_for(asyncio.gather(*reserve._tasks), 10)
+            assert reserve.idle() == 4 and reserve.opened == 4
+            before = len(set(accepted))
+            outs = await asyncio.wait_for(asyncio.gather(*(b.send(req(10 + i), clock) for i in range(4))), 10)
+            idle_after = reserve.idle()  # 4: they ran on the reserve's; 8 had they opened their own
+            hold.set()
+            outs += await asyncio.wait_for(asyncio.gather(*held), 10)
+    finally:
+        await runner.cleanup()
+    assert [o.status for o in outs] == ["ok"] * 8
+    assert idle_after == 4
+    later = accepted[-4:]
+    assert not set(later) & set(accepted[1:9])  # not warm's or the held sends' connections
+    assert len(set(later)) == 4 and len(set(accepted)) == before + 4  # the reserve's four, no others
+
+
 @pytest.mark.parametrize("count", ["4294967296", "-3", "1e400", "18446744073709551616"])
 async def test_an_impossible_per_chunk_token_count_fails_the_request_and_keeps_its_timings(count: str) -> None:
     """A per-chunk usage count past the 32-bit chunk arrays (or negative, or infinite) is a malformed
