@@ -293,9 +293,9 @@ def loopcpu(a: argparse.Namespace) -> None:
     loop on the stdlib loop (the design before) and on uvloop."""
     import uvloop
 
-    from burstbench.backends import openai
+    from burstbench.backends import answers
 
-    fast_json = openai._orjson_loads
+    fast_json = answers._orjson_loads
     print(f"# loopcpu: {a.requests} requests x {a.tokens} tokens, {a.concurrency} streams; {load()}")
     srv = Server("--no-record", "--events-per-write", str(a.events_per_write), "--itl", str(a.itl))
     runs = {"baseline (vLLM-style, asyncio)": (asyncio.run, _baseline_capacity, None),
@@ -307,7 +307,7 @@ def loopcpu(a: argparse.Namespace) -> None:
     try:
         for rep in range(a.repeats):
             for name, (runner, fn, loads) in runs.items():
-                openai._orjson_loads = loads
+                answers._orjson_loads = loads
                 c0, t0 = time.process_time(), time.perf_counter()
                 chunks = runner(fn(srv.url, a.requests, a.concurrency, a.tokens))
                 cpu, wall = time.process_time() - c0, time.perf_counter() - t0
@@ -315,7 +315,7 @@ def loopcpu(a: argparse.Namespace) -> None:
                 print(f"  rep {rep} {name:32s} chunks={chunks} cpu={cpu:.2f}s wall={wall:.2f}s -> "
                       f"{chunks / cpu:,.0f} chunks/CPU-s", flush=True)
     finally:
-        openai._orjson_loads = fast_json
+        answers._orjson_loads = fast_json
         srv.stop()
     base = float(np.median(results["baseline (vLLM-style, asyncio)"]))
     print(f"# medians over {a.repeats} alternating repeats ({load()})")

@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from burstbench.backends import openai as oa
+from burstbench.backends import answers as oa
 
 
 def test_timed_protocol_ignores_the_empty_resume_feed() -> None:
@@ -16,7 +16,7 @@ def test_timed_protocol_ignores_the_empty_resume_feed() -> None:
     must not restamp the arrival time, or a chunk's time becomes when its task ran."""
     loop = asyncio.new_event_loop()
     try:
-        proto = oa._TimedResponseHandler(loop)
+        proto = oa.TimedResponseHandler(loop)
         proto.data_received(b"HTTP/1.1")
         arrived = proto.rx_perf
         assert arrived > 0
