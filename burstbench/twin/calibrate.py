@@ -156,14 +156,19 @@ def overrides_from(theta: np.ndarray, base_hw: Any, frontend_s: float = 0.0) -> 
 def _subset(lat: Latencies, mask: np.ndarray | None) -> Latencies:
     if mask is None:
         return lat
-    return Latencies(lat.ttft[mask], lat.e2el[mask], lat.output_tokens[mask], lat.ok[mask])
+    itl = itl_of = None
+    if lat.itl is not None and lat.itl_of is not None:  # the gaps of the kept requests, renumbered
+        keep = mask[lat.itl_of]
+        itl, itl_of = lat.itl[keep], (np.cumsum(mask) - 1)[lat.itl_of[keep]]
+    return Latencies(lat.ttft[mask], lat.e2el[mask], lat.output_tokens[mask], lat.ok[mask], itl=itl, itl_of=itl_of)
 
 
 def compare(measured: Latencies, twin: Latencies, mask: np.ndarray | None = None) -> dict[str, Any]:
-    """p50/p90/p99 of each metric, measured vs twin (ms), with the relative error."""
+    """p50/p90/p99 of each metric, measured vs twin (ms), with the relative error (ITL where
+    both kept their gaps)."""
     mp, tp = _subset(measured, mask).percentiles(), _subset(twin, mask).percentiles()
     out: dict[str, Any] = {}
-    for key in mp:
+    for key in [k for k in mp if k in tp]:
         out[key] = {}
         for q in mp[key]:
             a, b = mp[key][q], tp[key][q]
@@ -266,9 +271,9 @@ class _Fitter:
         return np.ma.cov(np.ma.masked_invalid(boot), rowvar=False).filled(0.0)
 
     def simulate(self, theta: np.ndarray, run: MeasuredRun, sched: Sched, frontend_s: float = 0.0,
-                 seen_frontend_s: float | None = None) -> Latencies:
+                 seen_frontend_s: float | None = None, *, itl: bool = False) -> Latencies:
         cost = build_cost(self.model, self.base_hw, self.tp, overrides_from(theta, self.base_hw))
-        return run.replay(cost, sched, self.replicas, frontend_s, seen_frontend_s)
+        return run.replay(cost, sched, self.replicas, frontend_s, seen_frontend_s, itl=itl)
 
     def _eval(self, theta: np.ndarray, sched: Sched) -> tuple[np.ndarray, float]:
         """Weighted log-quantile residuals at ``theta`` and the frontend latency profiled there."""
@@ -470,8 +475,8 @@ def calibrate(
         theta, res = fitter.fit(sched, max_evals, x0=theta)
     evals, valid, lo, hi = fitter.evals, fitter.valid, fitter.lo, fitter.hi
 
-    def simulate(theta: np.ndarray, run: MeasuredRun) -> Latencies:
-        return fitter.simulate(theta, run, sched, fitter.frontend(theta, sched))
+    def simulate(theta: np.ndarray, run: MeasuredRun, *, itl: bool = False) -> Latencies:
+        return fitter.simulate(theta, run, sched, fitter.frontend(theta, sched), itl=itl)
 
     m_res, p = int(valid.sum()), ENGINE
     s2 = 2 * res.cost / max(m_res - p, 1)
@@ -504,7 +509,7 @@ def calibrate(
                                  "at_bound": fe == 0.0}
     overrides = overrides_from(theta, base_hw, fe)
     def errors_on(r: MeasuredRun) -> dict[str, Any]:
-        cmp_ = compare(r.measured, simulate(theta, r), r.scored)
+        cmp_ = compare(r.measured, simulate(theta, r, itl=r.measured.itl is not None), r.scored)
         return {"run_id": r.run_id, "requests": len(r.work),
                 "scored": int(r.scored.sum()) if r.scored is not None else len(r.work), "percentiles": cmp_,
                 "max_abs_rel_err_p50": max_rel_err(cmp_, "p50"), "max_abs_rel_err_p99": max_rel_err(cmp_, "p99")}

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 BOUNDS = {"p50": 0.10, "p90": 0.20}  # issue 12: held-out error at p50 and p90
-METRICS = ("ttft_ms", "tpot_ms", "e2el_ms")
+METRICS = ("ttft_ms", "tpot_ms", "itl_ms", "e2el_ms")
 
 
 def run_to_run(store: str | Path, a: str, b: str) -> dict[str, dict[str, float]]:
@@ -32,7 +32,7 @@ def run_to_run(store: str | Path, a: str, b: str) -> dict[str, dict[str, float]]
     pa = read_run(store, a).measured.percentiles((50, 90))
     pb = read_run(store, b).measured.percentiles((50, 90))
     out: dict[str, dict[str, float]] = {}
-    for m in METRICS:
+    for m in [m for m in METRICS if m in pa and m in pb]:  # ITL where both kept chunks
         out[m] = {}
         for q in BOUNDS:
             x, y = pa[m][q], pb[m][q]

@@ -36,16 +36,17 @@ class MeasuredRun:
     turnaround_s: float = 0.0  # closed loop: a client's median time from an answer's end to its next send
 
     def replay(self, cost: Any, sched: Sched, replicas: int = 1, frontend_s: float = 0.0,
-               seen_frontend_s: float | None = None) -> Latencies:
+               seen_frontend_s: float | None = None, *, itl: bool = False) -> Latencies:
         """The twin's latencies of this run's requests: sent at the run's own times, or, for
         a closed loop, by its users as the twin's answers end (``vsim.closed_loop`` says
         why). ``frontend_s`` is added to every latency; ``seen_frontend_s`` (default the
-        same) is the one the closed loop's clients see before they send again."""
+        same) is the one the closed loop's clients see before they send again. ``itl``: keep
+        the gaps between tokens too."""
         if self.users is None:
-            return colocated(self.work, cost, sched, replicas, frontend_s=frontend_s)
+            return colocated(self.work, cost, sched, replicas, frontend_s=frontend_s, itl=itl)
         seen = frontend_s if seen_frontend_s is None else seen_frontend_s
         return closed_loop(self.work, self.users, self.turnaround_s, cost, sched, replicas, frontend_s=frontend_s,
-                           seen_frontend_s=seen)
+                           seen_frontend_s=seen, itl=itl)
 
 
 def read_run(store: str | Path, run_id: str, *, time_scale: float | None = None,
@@ -67,10 +68,11 @@ def read_run(store: str | Path, run_id: str, *, time_scale: float | None = None,
             "SELECT clock, scenario, label FROM runs WHERE run_id = ?", [rid]).fetchone()
         rows = con.execute(
             "SELECT sent_s, input_tokens, COALESCE(output_tokens_server, output_tokens_counted, output_tokens_target),"
-            " first_token_s, last_token_s, status FROM requests WHERE run_id = ? ORDER BY sent_s, request_id",
+            " first_token_s, last_token_s, status, request_id FROM requests WHERE run_id = ? ORDER BY sent_s, request_id",
             [rid],
         ).fetchall()
         frontend = outside_engine_s(con, rid) if use_spans else None
+        gaps = _chunk_gaps(con, rid)
     finally:
         con.close()
     if not rows:
@@ -80,8 +82,9 @@ def read_run(store: str | Path, run_id: str, *, time_scale: float | None = None,
         time_scale = float(sc.get("time_scale") or 1.0) if clock != "virtual" else 1.0
     if not time_scale > 0:
         raise UsageError(f"--time-scale must be positive, got {time_scale}")
-    arr = np.array([(r[0], r[1] or 0, r[2] or 0, r[3], r[4]) for r in rows if r[5] == "ok"
-                    and r[0] is not None and r[3] is not None and r[4] is not None], dtype=np.float64)
+    kept = [r for r in rows if r[5] == "ok" and r[0] is not None and r[3] is not None and r[4] is not None]
+    arr = np.array([(r[0], r[1] or 0, r[2] or 0, r[3], r[4]) for r in kept], dtype=np.float64)
+    ids = np.array([r[6] for r in kept], dtype=np.int64)
     total = len(rows)
     if len(arr) < 20:
         raise StoreError(
@@ -92,12 +95,13 @@ def read_run(store: str | Path, run_id: str, *, time_scale: float | None = None,
         # sent shared batches with requests the twin will not see, so they are replayed
         # (they load the engine) but not scored
         cut = arr[max_requests, 0]
-        arr = arr[:max_requests]
+        arr, ids = arr[:max_requests], ids[:max_requests]
         scored = arr[:, 4] <= cut
     sent = (arr[:, 0] - arr[0, 0]) * time_scale
     work = Workload(sent, arr[:, 1].astype(np.int64), arr[:, 2].astype(np.int64))
+    itl, itl_of = _owned(gaps, ids, time_scale)
     lat = Latencies((arr[:, 3] - arr[:, 0]) * time_scale, (arr[:, 4] - arr[:, 0]) * time_scale,
-                    work.output_tokens, np.ones(len(arr), dtype=bool))
+                    work.output_tokens, np.ones(len(arr), dtype=bool), itl=itl, itl_of=itl_of)
     if frontend is not None:
         frontend = frontend * time_scale
     users = int(sc.get("concurrency") or 0) if sc.get("mode") == "closed" and clock != "virtual" else 0
@@ -109,3 +113,31 @@ def read_run(store: str | Path, run_id: str, *, time_scale: float | None = None,
                        users or None, turnaround)
 
 
+
+
+MAX_GAPS = 1_000_000  # chunk gaps read per run (a reservoir sample beyond): 16 MB, quantiles within ~0.1%
+
+
+def _chunk_gaps(con: Any, run_id: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """(request id, gap s) of every pair of consecutive chunks of a request: the chunk ITL
+    (DESIGN section 4; vLLM's CPU build sends one token per chunk at these loads), or None
+    when the run kept no chunks or none has two. At most ``MAX_GAPS``, sampled repeatably."""
+    rows = con.execute(
+        "SELECT request_id, gap FROM (SELECT request_id, t_s - lag(t_s) OVER (PARTITION BY request_id ORDER BY seq) "
+        "AS gap FROM chunks WHERE run_id = ?) WHERE gap IS NOT NULL "
+        f"USING SAMPLE reservoir({MAX_GAPS} ROWS) REPEATABLE (7)", [run_id]).fetchnumpy()
+    if not len(rows["gap"]):
+        return None
+    return np.asarray(rows["request_id"], dtype=np.int64), np.asarray(rows["gap"], dtype=np.float64)
+
+
+def _owned(gaps: tuple[np.ndarray, np.ndarray] | None, ids: np.ndarray,
+           time_scale: float) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The gaps of the requests kept (``ids``, in their order), and each one's position."""
+    if gaps is None:
+        return None, None
+    rid, gap = gaps
+    order = np.argsort(ids, kind="stable")
+    pos = np.searchsorted(ids[order], rid)
+    found = (pos < len(ids)) & (ids[order][np.minimum(pos, len(ids) - 1)] == rid)
+    return gap[found] * time_scale, order[pos[found]]

@@ -106,6 +106,10 @@ class Latencies:
     ok: np.ndarray
     status: list[str] = field(default_factory=list)
     arrival: np.ndarray | None = None  # the send times, where the twin chose them (closed loops)
+    # gaps between consecutive tokens (s) of completed requests, pooled, and whose each is;
+    # only where asked for (``itl=True``): a calibration's loss does not use them
+    itl: np.ndarray | None = None
+    itl_of: np.ndarray | None = None
 
     @property
     def tpot(self) -> np.ndarray:
@@ -134,7 +138,10 @@ class Latencies:
     def percentiles(self, qs: tuple[float, ...] = (50, 90, 99)) -> dict[str, dict[str, float | None]]:
         """Milliseconds per metric, over completed requests (linear interpolation)."""
         out: dict[str, dict[str, float | None]] = {}
-        for name, arr in (("ttft_ms", self.ttft), ("tpot_ms", self.tpot), ("e2el_ms", self.e2el)):
+        metrics = [("ttft_ms", self.ttft), ("tpot_ms", self.tpot), ("e2el_ms", self.e2el)]
+        if self.itl is not None:
+            metrics.append(("itl_ms", self.itl))
+        for name, arr in metrics:
             x = arr[np.isfinite(arr)]
             out[name] = {f"p{q:g}": (float(np.percentile(x, q)) * 1000 if x.size else None) for q in qs}
         return out
@@ -158,15 +165,18 @@ def kv_blocks(cost: Any, s: Sched) -> int:
 
 def run_pool(
     engines: list[EngineCore], router: Router, arrival: np.ndarray, prompt: np.ndarray, out: np.ndarray,
-    closed: tuple[int, float] | None = None,
+    closed: tuple[int, float] | None = None, gaps: list | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Requests through a pool of engines in virtual time (the simulator's own event loop).
 
     Returns arrival, first-token time, last-token time (NaN when not done) and a status
     code per request: 0 ok, 1 invalid (HTTP 400), 2 rejected (503). The arrivals are the
     given ones, or for a ``closed`` loop ``(users, delay_s)`` the ones the loop chose.
+    ``gaps``: a list that receives ``PoolRun.token_gaps()`` (the inter-token gaps).
     """
     run = simulator.run_pool(engines, router, arrival, prompt, out, closed=closed)
+    if gaps is not None:
+        gaps.extend(run.token_gaps())
     first, last = run.token_bounds()
     code = np.zeros(len(arrival), dtype=np.int8)
     for i, s in enumerate(run.seqs):
@@ -182,25 +192,29 @@ _STATUS = {0: "ok", 1: "error", 2: "error"}
 
 
 def colocated(work: Workload, cost: Any, sched: Sched, replicas: int = 1, *, num_blocks: int | None = None,
-              frontend_s: float = 0.0, closed: tuple[int, float] | None = None) -> Latencies:
+              frontend_s: float = 0.0, closed: tuple[int, float] | None = None, itl: bool = False) -> Latencies:
     """``replicas`` identical instances behind the router (the usual deployment).
 
     ``frontend_s``: fixed time outside the engine added to every token's arrival (HTTP,
     API server, tokenisation, network): what a client measures beyond the engine.
     ``closed``: ``(users, delay_s)`` of a closed loop instead of ``work``'s arrivals: a
     user sends again ``delay_s`` after the engine ended its answer (``closed_loop``).
+    ``itl``: also keep every gap between tokens (``Latencies.itl``).
     """
     router = Router(sched.router, replicas)  # first: it refuses a replica count beyond the limit
     nb = num_blocks or kv_blocks(cost, sched)
     engines = [make_engine(cost, nb, sched, max_context=cost.model.max_context) for _ in range(replicas)]
-    sent, first, last, code = run_pool(engines, router, work.arrival, work.input_tokens, work.output_tokens, closed)
+    gaps: list | None = [] if itl else None
+    sent, first, last, code = run_pool(engines, router, work.arrival, work.input_tokens, work.output_tokens, closed,
+                                       gaps)
     return Latencies(first - sent + frontend_s, last - sent + frontend_s, work.output_tokens,
-                     code == 0, [_STATUS[int(c)] for c in code], sent if closed is not None else None)
+                     code == 0, [_STATUS[int(c)] for c in code], sent if closed is not None else None,
+                     *(gaps or (None, None)))
 
 
 def closed_loop(work: Workload, users: int, turnaround_s: float, cost: Any, sched: Sched, replicas: int = 1, *,
                 frontend_s: float = 0.0, seen_frontend_s: float | None = None,
-                num_blocks: int | None = None) -> Latencies:
+                num_blocks: int | None = None, itl: bool = False) -> Latencies:
     """``work`` sent by ``users`` closed-loop clients: each sends its next request (in
     ``work``'s order) ``turnaround_s`` after it saw its last one end. The clients see an
     answer end ``seen_frontend_s`` (default ``frontend_s``, which is added to every
@@ -217,7 +231,8 @@ def closed_loop(work: Workload, users: int, turnaround_s: float, cost: Any, sche
     +55% and +3% with the same coefficients.
     """
     return colocated(work, cost, sched, replicas, num_blocks=num_blocks, frontend_s=frontend_s,
-                     closed=(users, turnaround_s + (frontend_s if seen_frontend_s is None else seen_frontend_s)))
+                     closed=(users, turnaround_s + (frontend_s if seen_frontend_s is None else seen_frontend_s)),
+                     itl=itl)
 
 
 class _MigratedCost:

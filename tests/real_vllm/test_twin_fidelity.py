@@ -13,7 +13,7 @@ fitted on runs at 1 and 4 users) and takes about a minute.
 The twin starts from the idle machine's profile (tests/data/cpu-x86_64-2t-idle-profile.json)
 with the server's own scheduler limits (vLLM's CPU defaults for the API server: 128
 sequences, 2048 batched tokens; block size 128), and must predict the held-out run's
-TTFT, TPOT and E2EL within 10% at p50 and 20% at p90 (``twin.fidelity``). Where the two
+TTFT, TPOT, ITL and E2EL within 10% at p50 and 20% at p90 (``twin.fidelity``). Where the two
 identical runs differ by more than a bound, that metric is reported with its figures and
 not asserted (a shared machine moves more than the bounds); every other one is asserted.
 When no metric can be asserted the test skips with the figures, so a noisy machine never
@@ -78,7 +78,7 @@ def test_the_twin_predicts_a_held_out_run(vllm_server, tmp_path):
                     holdout="hold-2")
     assert read_run(out, "hold-2").users == 2  # predicted as the closed loop it was
     verdicts = judge(cal.spec.errors["holdout"]["percentiles"], run_to_run(out, "noise-a", "noise-b"))
-    assert len(verdicts) == 6, verdicts
+    assert len(verdicts) == 8, verdicts  # TTFT, TPOT, ITL, E2EL at p50 and p90
     table = "\n".join(map(str, verdicts))
     print(table)  # with -s; the assertion and the skip carry it too
     for v in verdicts:

@@ -35,6 +35,43 @@ TELEMETRY_NAMES = (
 )
 
 
+def token_times(seqs: list[Seq | None], replica_of: np.ndarray,
+                times: list[array]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every completed request's token times, in bulk: (its index, its token count, and the
+    times of all their tokens, request after request).
+
+    A request's tokens are iteration-index segments (a preemption splits them) into its
+    replica's iteration end times; they are expanded and indexed without a per-token loop."""
+    done_idx = np.array([i for i, s in enumerate(seqs) if s is not None and s.state == DONE], dtype=np.int64)
+    seg_start: list[int] = []
+    seg_count: list[int] = []
+    seg_rep: list[int] = []
+    outs = np.zeros(len(done_idx), dtype=np.int64)
+    for j, i in enumerate(done_idx):
+        s = seqs[i]
+        assert s is not None
+        segs = s.segs
+        r = int(replica_of[i])
+        for k in range(0, len(segs), 2):
+            seg_start.append(segs[k])
+            seg_count.append(segs[k + 1])
+            seg_rep.append(r)
+        outs[j] = s.max_out
+    counts = np.asarray(seg_count, dtype=np.int64)
+    total = int(counts.sum())
+    starts = np.asarray(seg_start, dtype=np.int64)
+    reps = np.asarray(seg_rep, dtype=np.int64)
+    seg_first = np.cumsum(counts) - counts
+    it_idx = np.repeat(starts - seg_first, counts) + np.arange(total, dtype=np.int64)
+    # One concatenated times array; offset each replica's iteration indices into it.
+    rep_off = np.cumsum([0] + [len(t) for t in times])[:-1]
+    all_times = np.concatenate([np.frombuffer(t, dtype=np.float64) if len(t) else np.zeros(0) for t in times])
+    it_idx += np.repeat(rep_off[reps], counts) if total else 0
+    tok_t = all_times[it_idx] if total else np.zeros(0)
+    assert int(outs.sum()) == total, "token segments disagree with output counts"
+    return done_idx, outs, tok_t
+
+
 def write_results(
     path: str | Path,
     result: SimResult,
@@ -57,34 +94,10 @@ def write_results(
     df = tr.df
     n = df.height
     arrivals = df["arrival_s"].to_numpy()
-    done_idx = np.array([i for i, s in enumerate(seqs) if s is not None and s.state == DONE], dtype=np.int64)
-    # Token times, in bulk: expand every request's iteration segments, index the replica's times.
-    seg_start: list[int] = []
-    seg_count: list[int] = []
-    seg_rep: list[int] = []
+    done_idx, outs_done, tok_t = token_times(seqs, replica_of, times)
+    total = len(tok_t)
     n_out = np.zeros(n, dtype=np.int64)
-    for i in done_idx:
-        s = seqs[i]
-        segs = s.segs
-        r = int(replica_of[i])
-        for k in range(0, len(segs), 2):
-            seg_start.append(segs[k])
-            seg_count.append(segs[k + 1])
-            seg_rep.append(r)
-        n_out[i] = s.max_out
-    counts = np.asarray(seg_count, dtype=np.int64)
-    total = int(counts.sum())
-    starts = np.asarray(seg_start, dtype=np.int64)
-    reps = np.asarray(seg_rep, dtype=np.int64)
-    seg_first = np.cumsum(counts) - counts
-    it_idx = np.repeat(starts - seg_first, counts) + np.arange(total, dtype=np.int64)
-    # One concatenated times array; offset each replica's iteration indices into it.
-    rep_off = np.cumsum([0] + [len(t) for t in times])[:-1]
-    all_times = np.concatenate([np.frombuffer(t, dtype=np.float64) if len(t) else np.zeros(0) for t in times])
-    it_idx += np.repeat(rep_off[reps], counts) if total else 0
-    tok_t = all_times[it_idx] if total else np.zeros(0)
-    outs_done = n_out[done_idx]
-    assert int(outs_done.sum()) == total, "token segments disagree with output counts"
+    n_out[done_idx] = outs_done
     req_first = np.cumsum(outs_done) - outs_done  # offset of each done request's first token
 
     # Reasoning split per request.

@@ -34,7 +34,7 @@ import polars as pl
 from burstbench.backends.reference.engine import DONE, REJECTED, EngineCore, Seq
 from burstbench.backends.reference.kvcache import chain_hashes, engine_block_keys, text_block_keys
 from burstbench.backends.reference.router import Router
-from burstbench.backends.reference.simstore import write_results
+from burstbench.backends.reference.simstore import token_times, write_results
 from burstbench.backends.reference.tokens import DEFAULT_REASONING_SHARE
 from burstbench.errors import InputError, UsageError
 from burstbench.traces.schema import Trace
@@ -282,6 +282,15 @@ class PoolRun:
                 first[i] = ts[s.first_it]
                 last[i] = ts[s.last_it]
         return first, last
+
+    def token_gaps(self) -> tuple[np.ndarray, np.ndarray]:
+        """Each completed request's gaps between consecutive tokens (s; ITL, one token per
+        chunk), all requests in one array, and the request each gap belongs to."""
+        done, outs, tok_t = token_times(self.seqs, self.replica_of, self.times)
+        gaps = np.diff(tok_t)
+        owner = np.repeat(done, outs)[1:]
+        keep = owner == np.repeat(done, outs)[:-1]  # not across two requests
+        return gaps[keep], owner[keep]
 
 
 def run_pool(
