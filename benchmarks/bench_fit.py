@@ -20,14 +20,14 @@ import time
 import numpy as np
 from scipy import stats
 
-from burstbench.traces.fit import (
+from burstbench.traces.families import (
     Sample,
-    fit_continuous,
     fit_exponential,
     fit_gamma,
     fit_lognormal,
     fit_weibull,
 )
+from burstbench.traces.fit import fit_continuous
 
 OURS = {"exponential": fit_exponential, "gamma": fit_gamma, "weibull": fit_weibull, "lognormal": fit_lognormal}
 

@@ -82,7 +82,7 @@ def ppf(dist: Dist, u: np.ndarray) -> np.ndarray:
             return np.ones(u.shape)
         return np.maximum(1.0, np.ceil(np.log1p(-u) / math.log1p(-p["p"])))
     if f == "zipf":
-        from burstbench.traces.fit import zipf_pmf
+        from burstbench.traces.families import zipf_pmf
 
         cdf = np.cumsum(zipf_pmf(p["a"], int(p["max"])))
         return (np.searchsorted(cdf, u, side="right") + 1).astype(np.float64).clip(1, int(p["max"]))
