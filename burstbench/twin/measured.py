@@ -113,8 +113,6 @@ def read_run(store: str | Path, run_id: str, *, time_scale: float | None = None,
                        users or None, turnaround)
 
 
-
-
 MAX_GAPS = 1_000_000  # chunk gaps read per run (a reservoir sample beyond): 16 MB, quantiles within ~0.1%
 
 
