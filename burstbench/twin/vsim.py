@@ -139,8 +139,8 @@ class Latencies:
         """Milliseconds per metric, over completed requests (linear interpolation)."""
         out: dict[str, dict[str, float | None]] = {}
         metrics = [("ttft_ms", self.ttft), ("tpot_ms", self.tpot), ("e2el_ms", self.e2el)]
-        if self.itl is not None:
-            metrics.append(("itl_ms", self.itl))
+        if self.itl is not None:  # in the usual order: TTFT, TPOT, ITL, E2EL
+            metrics.insert(2, ("itl_ms", self.itl))
         for name, arr in metrics:
             x = arr[np.isfinite(arr)]
             out[name] = {f"p{q:g}": (float(np.percentile(x, q)) * 1000 if x.size else None) for q in qs}
