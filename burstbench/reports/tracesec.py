@@ -4,7 +4,7 @@ Why here and not in ``traces``: the characterisation and the fits are
 ``burstbench.traces.stats.characterise`` and ``burstbench.traces.fit.fit_trace``;
 this module only turns a Trace and those results into a bounded number of points
 (quantiles, bins), so a ten-million-row trace still makes a small figure.
-Fitted curves are drawn through ``traces.synth.ppf``, the same inverse CDF that
+Fitted curves are drawn through ``traces.processes.ppf``, the same inverse CDF that
 synthesis samples from, so the overlay is exactly the model ``trace synth`` uses.
 """
 
@@ -58,9 +58,9 @@ def trace_section(
 ) -> Section:
     """Arrivals over time, inter-arrival CDF with fits, QQ plot, lengths, joint density, sessions."""
     from burstbench.traces.fit import fit_trace, prepare_gaps
+    from burstbench.traces.processes import ppf
     from burstbench.traces.spec import Dist
     from burstbench.traces.stats import characterise
-    from burstbench.traces.synth import ppf
 
     df = trace.df
     if df.height == 0:

@@ -147,7 +147,7 @@ def preset(name: str, **overrides: Any) -> WorkloadSpec:
     bad = sorted(set(overrides) - set(OVERRIDES))
     if bad:
         raise UsageError(f"preset override {bad[0]!r} is not supported; use one of {', '.join(OVERRIDES)}")
-    from burstbench.traces.synth import with_burstiness, with_rate
+    from burstbench.traces.processes import with_burstiness, with_rate
 
     spec = PRESETS[name]()
     if overrides.get("burstiness") is not None:

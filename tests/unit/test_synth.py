@@ -14,6 +14,7 @@ from burstbench.cli import main
 from burstbench.errors import InputError, UsageError
 from burstbench.traces.fit import fit_continuous, fit_trace
 from burstbench.traces.presets import preset
+from burstbench.traces.processes import mean_rate, with_rate
 from burstbench.traces.schema import load_trace, read_trace
 from burstbench.traces.spec import (
     ArrivalSpec,
@@ -25,7 +26,7 @@ from burstbench.traces.spec import (
     WindowSpec,
     WorkloadSpec,
 )
-from burstbench.traces.synth import mean_rate, replay, synthesise, with_rate
+from burstbench.traces.synth import replay, synthesise
 
 LOGN = Dist("lognormal", {"s": 0.7, "scale": 300.0})
 
@@ -391,7 +392,7 @@ def test_cli_replay_and_piecewise_fit(burstgpt_v1: Path, azure_conv: Path, tmp_p
 def test_mmpp_chunks_continue_without_artificial_silences() -> None:
     # Both states at rate 10: arrivals must look Poisson across chunk boundaries, which
     # the generator uses when only a request count is given.
-    from burstbench.traces.synth import _mmpp
+    from burstbench.traces.processes import _mmpp
 
     p = {"rate_on": 10.0, "rate_off": 10.0, "mean_on_s": 30.0, "mean_off_s": 30.0}
     rng = np.random.default_rng(8)
