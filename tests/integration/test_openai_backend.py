@@ -745,6 +745,17 @@ async def test_sse_events_are_capped(body: bytes, want: tuple[str, str | None]) 
 
 # -- connections opened before the run -----------------------------------------------
 
+ONE_TOKEN = {"choices": [{"text": "hi", "finish_reason": "length"}],
+             "usage": {"prompt_tokens": 3, "completion_tokens": 1}}
+
+
+async def _pool_app(models, completions):
+    """A server with the two routes the connection tests watch; (runner, url)."""
+    app = web.Application()
+    app.router.add_get("/v1/models", models)
+    app.router.add_post("/v1/completions", completions)
+    return await start_app(app)
+
 
 async def test_warm_pools_connections_that_the_sends_then_reuse() -> None:
     """``warm(n)`` opens n connections at start-up; n concurrent sends then connect no more
@@ -765,13 +776,9 @@ async def test_warm_pools_connections_that_the_sends_then_reuse() -> None:
         if arrived == 6:
             gate.set()
         await gate.wait()  # the six are in flight together: none could reuse another's connection
-        return web.json_response({"choices": [{"text": "hi", "finish_reason": "length"}],
-                                  "usage": {"prompt_tokens": 3, "completion_tokens": 1}})
+        return web.json_response(ONE_TOKEN)
 
-    app = web.Application()
-    app.router.add_get("/v1/models", models)
-    app.router.add_post("/v1/completions", completions)
-    runner, url = await start_app(app)
+    runner, url = await _pool_app(models, completions)
     try:
         async with OpenAIBackend(url) as b:
             ports["models"].clear()  # start()'s own model lookup
@@ -800,13 +807,9 @@ async def test_top_up_reopens_the_connections_sends_took_so_later_sends_do_not_c
         accepted.append(request.transport.get_extra_info("peername")[1])
         if request.headers.get("traceparent"):  # the first wave stays in flight until released
             await hold.wait()
-        return web.json_response({"choices": [{"text": "hi", "finish_reason": "length"}],
-                                  "usage": {"prompt_tokens": 3, "completion_tokens": 1}})
+        return web.json_response(ONE_TOKEN)
 
-    app = web.Application()
-    app.router.add_get("/v1/models", models)
-    app.router.add_post("/v1/completions", completions)
-    runner, url = await start_app(app)
+    runner, url = await _pool_app(models, completions)
     try:
         async with OpenAIBackend(url) as b:
             reserve = b._reserve

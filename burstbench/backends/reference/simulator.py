@@ -287,10 +287,9 @@ class PoolRun:
         """Each completed request's gaps between consecutive tokens (s; ITL, one token per
         chunk), all requests in one array, and the request each gap belongs to."""
         done, outs, tok_t = token_times(self.seqs, self.replica_of, self.times)
-        gaps = np.diff(tok_t)
-        owner = np.repeat(done, outs)[1:]
-        keep = owner == np.repeat(done, outs)[:-1]  # not across two requests
-        return gaps[keep], owner[keep]
+        owner = np.repeat(done, outs)
+        keep = owner[1:] == owner[:-1]  # not across two requests
+        return np.diff(tok_t)[keep], owner[1:][keep]
 
 
 def run_pool(
