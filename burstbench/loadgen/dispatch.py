@@ -209,7 +209,7 @@ class WorkerCore:
             self._wake.set()
 
     # -- drivers ----------------------------------------------------------------------
-    async def _open_loop(self) -> None:
+    async def _open_loop(self, cols: dict[str, list]) -> None:
         df = self.plan.df
         sessions: dict[str, list[int]] = {}
         sess_col = df["session_id"].to_list() if self.plan.sessions else [None] * df.height
@@ -222,7 +222,6 @@ class WorkerCore:
             else:
                 sessions[s] = [i]
                 starts.append(i)
-        cols = {c: df[c].to_list() for c in df.columns}
         sched = cols["scheduled_s"]
         if sessions:
             for idx in sessions.values():
@@ -266,11 +265,10 @@ class WorkerCore:
                 return
             ready = (out.end_s if out.end_s is not None else self.clock()) + self.plan.think_time_s
 
-    async def _user(self) -> None:
+    async def _user(self, cols: dict[str, list]) -> None:
         """One closed-loop user: send, wait for the answer, think, repeat."""
         plan = self.plan
-        df = plan.df
-        cols = {c: df[c].to_list() for c in df.columns}
+        n = plan.df.height
         t = 0.0  # every user's first request is due at the run's start
         while not self.stopping:
             rid = plan.worker_id + plan.workers * self._next_closed
@@ -279,7 +277,7 @@ class WorkerCore:
             if plan.end_s is not None and t >= plan.end_s:
                 return
             self._next_closed += 1
-            req = self._request(cols, rid % df.height, t)
+            req = self._request(cols, rid % n, t)
             req.request_id = rid
             out = await self.send_one(req)
             if out is None:
@@ -321,14 +319,16 @@ class WorkerCore:
 
     async def run(self) -> dict[str, Any]:
         """Send everything (or until stopped); returns how it ended."""
+        df = self.plan.df
+        cols = {c: df[c].to_list() for c in df.columns}  # once, shared by the closed loop's users
         flusher = asyncio.get_running_loop().create_task(self._flusher())
         try:
             await self.sleep_until(0.0)  # the shared start instant
             if self.plan.mode == "closed":
                 for _ in range(self.plan.users):
-                    self._spawn(self._user())
+                    self._spawn(self._user(cols))
             else:
-                self._spawn(self._open_loop())
+                self._spawn(self._open_loop(cols))
             deadline: float | None = None
             while self._tasks:
                 self._wake.clear()

@@ -20,12 +20,19 @@ from aiohttp import web
 from app_server import start_app
 
 from burstbench.backends.base import Backend, Outcome, Request, get_backend
-from burstbench.backends.openai import OpenAIBackend
+from burstbench.backends.openai import TRANSPORT_ENV, TRANSPORTS, OpenAIBackend
 from burstbench.errors import BackendError, UsageError
 from burstbench.limits import MAX_SSE_EVENT_BYTES
 from burstbench.testing import StreamServer, StreamSettings
 
 clock = time.perf_counter
+
+
+@pytest.fixture(autouse=True, params=TRANSPORTS)
+def transport(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test here runs on both transports: the wire client (the default) and aiohttp."""
+    monkeypatch.setenv(TRANSPORT_ENV, request.param)
+    return request.param
 
 
 def req(i: int = 1, n_in: int = 12, n_out: int = 8, **kw) -> Request:
@@ -757,21 +764,44 @@ async def _pool_app(models, completions):
     return await start_app(app)
 
 
+def _server_ports(runner: web.AppRunner) -> set[int]:
+    """Peer ports of the connections the server holds open now."""
+    return {t.get_extra_info("peername")[1] for t in runner.server._connections.values()}  # type: ignore[union-attr]
+
+
+class _Reserve:
+    """What each transport's pool shows a test: idle connections, connections opened, top-up tasks."""
+
+    def __init__(self, b: OpenAIBackend) -> None:
+        self.pool, self.reserve = b._pool, b._reserve
+        assert (self.pool is not None) == (b.transport == "wire")
+        assert self.pool is not None or (self.reserve is not None and self.reserve.usable)
+
+    def idle(self) -> int:
+        return len(self.pool.idle) if self.pool is not None else self.reserve.idle()
+
+    def opened(self) -> int:
+        return self.pool.opened if self.pool is not None else self.reserve.opened
+
+    async def topped_up(self) -> None:
+        tasks = (self.pool.reserve if self.pool is not None else self.reserve)._tasks
+        await asyncio.wait_for(asyncio.gather(*tasks), 10)
+
+
 async def test_warm_pools_connections_that_the_sends_then_reuse() -> None:
     """``warm(n)`` opens n connections at start-up; n concurrent sends then connect no more
     (a send that has to connect pays it after its deadline, behind every open stream)."""
-    ports: dict[str, set[int]] = {"models": set(), "completions": set()}
+    ports: set[int] = set()
     gate = asyncio.Event()
     arrived = 0
 
     async def models(request: web.Request) -> web.Response:
-        ports["models"].add(request.transport.get_extra_info("peername")[1])
         await asyncio.sleep(0.05)  # all n are open at once, so n connections are needed
         return web.json_response({"object": "list", "data": [{"id": "m", "object": "model"}]})
 
     async def completions(request: web.Request) -> web.Response:
         nonlocal arrived
-        ports["completions"].add(request.transport.get_extra_info("peername")[1])
+        ports.add(request.transport.get_extra_info("peername")[1])
         arrived += 1
         if arrived == 6:
             gate.set()
@@ -781,25 +811,23 @@ async def test_warm_pools_connections_that_the_sends_then_reuse() -> None:
     runner, url = await _pool_app(models, completions)
     try:
         async with OpenAIBackend(url) as b:
-            ports["models"].clear()  # start()'s own model lookup
             assert await b.warm(6) == 6
-            assert len(ports["models"]) == 6
+            warmed = _server_ports(runner)  # warm's six (and start()'s model lookup's, which aiohttp may reuse)
             outs = await asyncio.wait_for(asyncio.gather(*(b.send(req(i), clock) for i in range(6))), 10)
     finally:
         await runner.cleanup()
     assert [o.status for o in outs] == ["ok"] * 6
-    assert len(ports["completions"]) == 6 and ports["completions"] <= ports["models"]
+    assert len(ports) == 6 and ports <= warmed  # every send on a connection open before the sends
 
 
 async def test_top_up_reopens_the_connections_sends_took_so_later_sends_do_not_connect() -> None:
     """After ``warm(n)``, sends held open take pooled connections; ``top_up`` opens as many new
     ones in the background, so the next n concurrent sends all find one: no send connects, and
     the server sees exactly the connections warm and top_up opened."""
-    accepted: list[int] = []  # peer port of every request, in order
+    accepted: list[int] = []  # peer port of every completion request, in order
     hold = asyncio.Event()
 
     async def models(request: web.Request) -> web.Response:
-        accepted.append(request.transport.get_extra_info("peername")[1])
         await asyncio.sleep(0.05)  # the n warm requests overlap, so n connections are opened
         return web.json_response({"object": "list", "data": [{"id": "m", "object": "model"}]})
 
@@ -812,33 +840,32 @@ async def test_top_up_reopens_the_connections_sends_took_so_later_sends_do_not_c
     runner, url = await _pool_app(models, completions)
     try:
         async with OpenAIBackend(url) as b:
-            reserve = b._reserve
-            assert reserve is not None and reserve.usable
+            reserve = _Reserve(b)
             assert await b.warm(4) == 4
             assert reserve.idle() == 4
             held_reqs = [req(i) for i in range(4)]
             for r in held_reqs:
                 r.traceparent = "00-" + "1" * 32 + "-" + "2" * 16 + "-01"
             held = [asyncio.ensure_future(b.send(r, clock)) for r in held_reqs]
-            while len(accepted) < 1 + 4 + 4:  # start()'s lookup, warm's four, the four held sends
+            while len(accepted) < 4:  # the four held sends
                 await asyncio.sleep(0.01)
             assert reserve.idle() == 0  # the held sends took every warm connection
+            opened, open_before = reserve.opened(), _server_ports(runner)
             b.top_up()
             b.top_up()  # a second call while the first is opening adds nothing
-            await asyncio.wait_for(asyncio.gather(*reserve._tasks), 10)
-            assert reserve.idle() == 4 and reserve.opened == 4
-            before = len(set(accepted))
+            await reserve.topped_up()
+            assert reserve.idle() == 4 and reserve.opened() == opened + 4
+            reserved = _server_ports(runner) - open_before
             outs = await asyncio.wait_for(asyncio.gather(*(b.send(req(10 + i), clock) for i in range(4))), 10)
             idle_after = reserve.idle()  # 4: they ran on the reserve's; 8 had they opened their own
+            opened_after = reserve.opened()
             hold.set()
             outs += await asyncio.wait_for(asyncio.gather(*held), 10)
     finally:
         await runner.cleanup()
     assert [o.status for o in outs] == ["ok"] * 8
-    assert idle_after == 4
-    later = accepted[-4:]
-    assert not set(later) & set(accepted[1:9])  # not warm's or the held sends' connections
-    assert len(set(later)) == 4 and len(set(accepted)) == before + 4  # the reserve's four, no others
+    assert idle_after == 4 and opened_after == opened + 4
+    assert len(reserved) == 4 and set(accepted[4:]) == reserved  # the reserve's four, no others
 
 
 @pytest.mark.parametrize("count", ["4294967296", "-3", "1e400", "18446744073709551616"])
