@@ -127,13 +127,15 @@ class StreamAnswer:
             events = self.parser.finish()
         chunk_t = self.chunk_t
         chat = self.chat
+        append = chunk_t.append
+        decode = _decode_event
         try:
             for ev in events:
                 if ev == DONE:
                     self.done = True
                     return True
                 try:
-                    obj = _decode_event(ev)
+                    obj = decode(ev)
                 except ValueError:
                     self.fail(out, "error", "sse_malformed", f"invalid JSON in SSE data: {ev[:200]!r}")
                     return True
@@ -159,7 +161,7 @@ class StreamAnswer:
                     if c.get("finish_reason"):
                         self.finish = str(c["finish_reason"])
                     if token:
-                        chunk_t.append(t)
+                        append(t)
                         if content:
                             if self.visible is None:
                                 self.visible = t

@@ -259,14 +259,22 @@ class Connection(asyncio.Protocol):
                         self.state = _IDLE
                         return b"".join(parts), True
                     continue
-                size = line.split(b";", 1)[0].strip()
                 try:
-                    self.left = int(size, 16)
+                    size = int(line, 16)  # (surrounding spaces are allowed; extensions are not)
                 except ValueError:
-                    raise WireError("protocol", f"bad chunk size {size[:40]!r}") from None
-                if self.left < 0:
-                    raise WireError("protocol", f"bad chunk size {size[:40]!r}")
-                state = _DATA if self.left else _TRAILER
+                    size = _chunk_size(line)
+                if size < 0:
+                    raise WireError("protocol", f"bad chunk size {line[:40]!r}")
+                if not size:
+                    state = _TRAILER
+                    continue
+                end = pos + size
+                if buf[end : end + 2] == b"\r\n":  # the whole chunk is here: one step
+                    parts.append(buf[pos:end])
+                    pos = end + 2
+                    continue
+                self.left = size
+                state = _DATA
         self.buf = buf[pos:]
         self.state = state
         return b"".join(parts), False
@@ -296,6 +304,14 @@ class Connection(asyncio.Protocol):
         if not (self.skip or stop):
             ex.end(t)
         self.skip = False
+
+
+def _chunk_size(line: bytes) -> int:
+    """The size of a chunk-size line that carries extensions (``1a;name=value``)."""
+    try:
+        return int(line.split(b";", 1)[0], 16)
+    except ValueError:
+        raise WireError("protocol", f"bad chunk size {line[:40]!r}") from None
 
 
 class _Drained(Exchange):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import time
 import zlib
 
 import pytest
@@ -156,7 +157,7 @@ def test_a_compression_bomb_is_refused() -> None:
 
 
 def test_bytes_on_an_idle_connection_close_it() -> None:
-    ex, conn, pool = _feed([LENGTH])
+    _ex, conn, pool = _feed([LENGTH])
     assert pool.idle == [conn]
     conn.data_received(b"HTTP/1.1 200 OK\r\n")  # nobody asked
     assert conn.closed
@@ -164,8 +165,59 @@ def test_bytes_on_an_idle_connection_close_it() -> None:
 
 
 async def test_idle_connections_past_the_keepalive_are_not_reused() -> None:
-    ex, conn, pool = _feed([LENGTH])
+    _ex, conn, pool = _feed([LENGTH])
     pool.keepalive_s = 0.0
     conn.idle_since -= 1.0
     assert pool.take_idle() is None and conn.closed
     await asyncio.sleep(0)
+
+
+async def test_https_through_the_wire(tmp_path, monkeypatch) -> None:
+    """An https endpoint is read by the same parser over asyncio's TLS, the certificate checked
+    against the trust store (here a self-signed one, named by SSL_CERT_FILE as a user would)."""
+    import shutil
+    import ssl
+    import subprocess
+
+    from aiohttp import web
+
+    from burstbench.backends.base import Request
+    from burstbench.backends.openai import OpenAIBackend
+
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command to make a certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+
+    async def completions(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        for word in ("a", "b", "c"):
+            await resp.write(b'data: {"choices": [{"text": "%s"}]}\n\n' % word.encode())
+        await resp.write(b'data: {"choices": [{"text": "", "finish_reason": "length"}]}\n\ndata: [DONE]\n\n')
+        return resp
+
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert, key)
+    app = web.Application()
+    app.router.add_post("/v1/completions", completions)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ctx)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        async with OpenAIBackend(f"https://127.0.0.1:{port}", model="m", transport="wire",
+                                 discover_model=False) as b:
+            o = await b.send(Request(request_id=1, input_tokens=4, output_tokens=4), time.perf_counter)
+        monkeypatch.delenv("SSL_CERT_FILE")  # an untrusted certificate is refused
+        async with OpenAIBackend(f"https://127.0.0.1:{port}", model="m", transport="wire",
+                                 discover_model=False) as b:
+            bad = await b.send(Request(request_id=2, input_tokens=4, output_tokens=4), time.perf_counter)
+    finally:
+        await runner.cleanup()
+    assert o.status == "ok" and len(o.chunk_t) == 4 and o.finish_reason == "length", o.error_message
+    assert bad.status == "error" and bad.error_class == "connect" and "CERTIFICATE_VERIFY_FAILED" in bad.error_message
