@@ -302,15 +302,19 @@ def analyze(store: str | None, run_id: str | None, slo: str | None, window: floa
 @click.option("--duration", type=float, default=None,
               help="Each rate step lasts S seconds: the rescaled trace repeats to fill it (live: sending stops at S).")
 @click.option("--requests", "max_requests", type=int, default=None, help="Live: at most N requests per step.")
+@click.option("--tokenizer", default=None, type=click.Path(dir_okay=False),
+              help="Live: the served model's tokenizer.json (or its folder), so prompts have exactly the trace's length.")
 @click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), help="Results DuckDB file (appended).")
 @click.option("--json", "as_json", is_flag=True, help="Every step and the max goodput rate as one JSON object.")
 def sweep(rates: str | None, concurrencies: str | None, search: str | None, slo: str | None, target: float,
           start: float, tolerance: float, max_steps: int, url: str | None, simulate: bool, model: str | None,
           hardware: str | None, tp: int, trace_path: str, duration: float | None, max_requests: int | None,
-          out: str, as_json: bool) -> None:
+          tokenizer: str | None, out: str, as_json: bool) -> None:
     """Sweep request rates or concurrencies, or search the max goodput rate.
 
-    Each step is a run in OUT labelled sweep:<rate>. The search doubles the rate
+    Each step is a run in OUT labelled sweep:<rate>; live, each step sends prompts
+    of its own, so a server's prefix cache never answers one step from the last.
+    The search doubles the rate
     until attainment drops below --target, then bisects; the answer is the highest
     rate measured to pass, with the Wilson 95% interval of its attainment. A rate
     step whose achieved rate falls short of its target (a trace too short for the
@@ -338,6 +342,8 @@ def sweep(rates: str | None, concurrencies: str | None, search: str | None, slo:
         raise UsageError("--simulate needs --model and --hardware (presets: see 'burstbench simulate --help')")
     if concurrencies and simulate:
         raise UsageError("--concurrencies needs a live --url; the simulator replays arrivals (use --rates)")
+    if tokenizer and simulate:
+        raise UsageError("--tokenizer is for a live --url (the simulator counts the trace's tokens as they are)")
     slo_s = parse_slo(slo) if slo else None
     from burstbench.outfile import check_output
     from burstbench.traces.schema import load_trace
@@ -350,8 +356,8 @@ def sweep(rates: str | None, concurrencies: str | None, search: str | None, slo:
         driver: Any = sw.SimDriver(trace=trace, out=outp, model=model, hardware=hardware, tp=tp,  # type: ignore[arg-type]
                                    duration_s=duration)
     else:
-        overrides = {k: v for k, v in {"model": model, "duration_s": duration, "max_requests": max_requests}.items()
-                     if v is not None}
+        overrides = {k: v for k, v in {"model": model, "duration_s": duration, "max_requests": max_requests,
+                                       "tokenizer": tokenizer}.items() if v is not None}
         driver = sw.LiveDriver(trace=trace, out=outp, url=url or "", overrides=overrides, progress=not as_json)
     console = _console()
 

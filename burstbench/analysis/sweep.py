@@ -95,19 +95,29 @@ MAX_REPEATED_ROWS = 10_000_000
 
 @dataclass
 class LiveDriver:
-    """Replays ``trace`` at each rate against a live endpoint with the load generator."""
+    """Replays ``trace`` at each rate against a live endpoint with the load generator.
+
+    Each step writes prompts of its own (prompt seed = the scenario's seed + the step's
+    number). Why: the prompt text is seeded, so with one seed every step sent the texts
+    of the step before, and a server with a prefix cache (vLLM's is on by default)
+    answered every step after the first from its cache: its TTFT measured the cache,
+    and a goodput search passed rates the server could not serve. Prefixes the trace
+    itself shares (``prefix_hashes``) are still shared within a step."""
 
     trace: Any
     out: Path
     url: str
     overrides: Mapping[str, Any] = field(default_factory=dict)
     progress: bool = True
+    steps: int = 0  # runs made so far
 
     def _run(self, trace: Any, label: str, **flags: Any) -> str:
         from burstbench.loadgen.runner import run_scenario
         from burstbench.loadgen.scenario import build_scenario
 
-        scenario = build_scenario(None, url=self.url, **{**self.overrides, **flags})
+        seed = int(self.overrides.get("seed", 0)) + self.steps
+        self.steps += 1
+        scenario = build_scenario(None, url=self.url, **{**self.overrides, **flags, "seed": seed})
         return run_scenario(trace, scenario, self.out, label=label, progress=self.progress)
 
     def run(self, rate: float, *, label: str) -> str:

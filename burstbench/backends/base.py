@@ -9,11 +9,13 @@ backend serves live runs and replays. Third-party backends register under the
 
 from __future__ import annotations
 
+import base64
 from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from burstbench.errors import UsageError
 
@@ -122,8 +124,6 @@ def check_url(url: str) -> str:
     ``:99999``; every place that takes ``--url`` (scenario validation, the OpenAI
     backend) asks here first, so neither reaches a socket or a traceback.
     """
-    from urllib.parse import urlsplit
-
     if not url.startswith(("http://", "https://")):
         return f"must start with http:// or https:// (got {url!r})"
     try:
@@ -134,3 +134,28 @@ def check_url(url: str) -> str:
     if not parts.hostname:
         return f"has no host (got {url!r}); e.g. http://127.0.0.1:8000"
     return ""
+
+
+class BasicAuth(NamedTuple):
+    """user:password from a URL, sent as an ``Authorization: Basic`` header."""
+
+    login: str
+    password: str
+
+    def encode(self) -> str:
+        raw = f"{self.login}:{self.password}".encode()
+        return "Basic " + base64.b64encode(raw).decode("ascii")
+
+
+def split_credentials(url: str) -> tuple[str, BasicAuth | None]:
+    """The URL without user:password, and those as Basic auth (sent as a header, so
+    they never travel in a URL that could be logged or stored)."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url, None
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = host if parts.port is None else f"{host}:{parts.port}"
+    auth = BasicAuth(unquote(parts.username or ""), unquote(parts.password or ""))
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment)), auth

@@ -76,12 +76,11 @@ outcome, and any server message that echoes it is redacted.
 from __future__ import annotations
 
 import asyncio
-import base64
 import functools
 import json
 import os
-from typing import Any, NamedTuple
-from urllib.parse import unquote, urlsplit, urlunsplit
+from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp.client_proto import ResponseHandler
@@ -95,7 +94,7 @@ from burstbench.backends.answers import (
     read_body,
     read_stream,
 )
-from burstbench.backends.base import Clock, Outcome, Request, check_url
+from burstbench.backends.base import Clock, Outcome, Request, check_url, split_credentials
 from burstbench.backends.pool import ConnectionReserve
 from burstbench.backends.prompts import PromptBuilder
 from burstbench.backends.wire import Pool, WireError
@@ -106,29 +105,6 @@ __all__ = ["OpenAIBackend"]
 
 TRANSPORT_ENV = "BURSTBENCH_TRANSPORT"
 TRANSPORTS = ("wire", "aiohttp")
-
-
-class _BasicAuth(NamedTuple):
-    login: str
-    password: str
-
-    def encode(self) -> str:
-        raw = f"{self.login}:{self.password}".encode()
-        return "Basic " + base64.b64encode(raw).decode("ascii")
-
-
-def _split_credentials(url: str) -> tuple[str, _BasicAuth | None]:
-    """The URL without user:password, and those as Basic auth (sent as a header, so
-    they never travel in a URL that could be logged or stored)."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url, None
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = host if parts.port is None else f"{host}:{parts.port}"
-    auth = _BasicAuth(unquote(parts.username or ""), unquote(parts.password or ""))
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment)), auth
 
 
 class _Written:
@@ -151,6 +127,18 @@ async def _mark_written(session: Any, ctx: Any, params: Any) -> None:
     if isinstance(w, _Written):
         w.out.sent_s = w.clock()
         ctx.trace_request_ctx = None  # a multi-chunk body keeps its first write
+
+
+def _cancelled_once(out: Outcome) -> bool:
+    """On a first cancel, mark ``out`` cancelled and let the task finish (the module's
+    cancellation contract); False when the task was cancelled again: re-raise."""
+    task = asyncio.current_task()
+    if task is not None and task.uncancel() > 0:
+        return False
+    out.status = "cancelled"
+    out.error_class = "cancelled"
+    out.error_message = f"cancelled in flight after {len(out.chunk_t)} token chunks"
+    return True
 
 
 # aiohttp >= 3.10 tells a connect timeout apart from a read timeout
@@ -208,7 +196,7 @@ class OpenAIBackend:
                 raise UsageError(f"{label} must be positive (or None for no limit), got {v}")
         # user:password in the URL become a Basic auth header (an API key, when set, wins),
         # so credentials never travel in a URL that could be logged or stored
-        root, self._basic_auth = _split_credentials(base_url.rstrip("/"))
+        root, self._basic_auth = split_credentials(base_url.rstrip("/"))
         if root.endswith("/v1"):
             root = root[:-3]
         self.base_url = root
@@ -501,12 +489,8 @@ class OpenAIBackend:
                     await read_body(resp, out, clock, chat=self.api == "chat", keep_text=self.keep_text,
                                     fail=self._fail)
         except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if task is not None and task.uncancel() > 0:
+            if not _cancelled_once(out):
                 raise  # cancelled more than once: stop at once
-            out.status = "cancelled"
-            out.error_class = "cancelled"
-            out.error_message = f"cancelled in flight after {len(out.chunk_t)} token chunks"
         except _CONNECT_TIMEOUT:
             t = self._timeout.sock_connect
             self._fail(out, "timeout", "connect_timeout", f"no connection within {t} s")
@@ -555,12 +539,8 @@ class OpenAIBackend:
             if err is not None:
                 raise err
         except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if task is not None and task.uncancel() > 0:
+            if not _cancelled_once(out):
                 raise  # cancelled more than once: stop at once
-            out.status = "cancelled"
-            out.error_class = "cancelled"
-            out.error_message = f"cancelled in flight after {len(out.chunk_t)} token chunks"
         except WireError as e:
             status = "timeout" if e.kind in ("stall", "connect_timeout") else "error"
             kind = "client_error" if e.kind == "protocol" else e.kind

@@ -203,3 +203,33 @@ def test_live_sweep_against_a_real_streaming_server(tmp_path: Path) -> None:
     assert spans["sweep:40"] == pytest.approx((n - 1) / 40, rel=1e-6)
     assert conc["mode"] == "concurrencies" and conc["steps"][0]["label"] == "sweep-concurrency:3"
     assert conc["steps"][0]["completed"] == 6
+
+
+def test_live_sweep_steps_do_not_hit_the_prefix_cache_of_the_step_before(tmp_path: Path) -> None:
+    """Each live step sends prompts of its own: against a server with a prefix cache (vLLM's
+    is on by default), a step that resent the last step's texts measured the cache."""
+    import subprocess
+    import sys
+
+    import duckdb
+    import polars as pl
+
+    from burstbench.traces.schema import Trace, conform, write_trace
+
+    n = 10
+    df = pl.DataFrame({"arrival_s": [i * 0.5 for i in range(n)], "input_tokens": [64] * n, "output_tokens": [2] * n})
+    trace = write_trace(Trace(conform(df), {"source": "test"}), tmp_path / "t.parquet")
+    out = tmp_path / "live.duckdb"
+    with url_process("burstbench.testing.stream_server", "--port", "0", "--prefix-block", "8") as (url, _):
+        proc = subprocess.run([sys.executable, "-m", "burstbench", "sweep", "--rates", "40,40,40", "--url", url,
+                               "--trace", str(trace), "-o", str(out), "--json"],
+                              capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    con = duckdb.connect(str(out), read_only=True)
+    try:
+        cached = con.execute("SELECT count(*), sum(cached_tokens), sum(input_tokens_server) FROM requests").fetchone()
+    finally:
+        con.close()
+    # every request was answered and counted; none found a cached block of another's prompt
+    assert cached[0] == 3 * n and cached[2] >= 3 * n * 64
+    assert cached[1] == 0, f"{cached[1]} prompt tokens came from the cache"
