@@ -302,18 +302,22 @@ def analyze(store: str | None, run_id: str | None, slo: str | None, window: floa
 @click.option("--duration", type=float, default=None,
               help="Each rate step lasts S seconds: the rescaled trace repeats to fill it (live: sending stops at S).")
 @click.option("--requests", "max_requests", type=int, default=None, help="Live: at most N requests per step.")
-@click.option("--tokenizer", default=None, type=click.Path(dir_okay=False),
+@click.option("--tokenizer", default=None, type=click.Path(),
               help="Live: the served model's tokenizer.json (or its folder), so prompts have exactly the trace's length.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Live: prompt seed of the first step (step k uses seed + k). A second sweep against a server "
+                   "with a prefix cache needs seeds the first did not use (or a restarted server).")
 @click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), help="Results DuckDB file (appended).")
 @click.option("--json", "as_json", is_flag=True, help="Every step and the max goodput rate as one JSON object.")
 def sweep(rates: str | None, concurrencies: str | None, search: str | None, slo: str | None, target: float,
           start: float, tolerance: float, max_steps: int, url: str | None, simulate: bool, model: str | None,
           hardware: str | None, tp: int, trace_path: str, duration: float | None, max_requests: int | None,
-          tokenizer: str | None, out: str, as_json: bool) -> None:
+          tokenizer: str | None, seed: int, out: str, as_json: bool) -> None:
     """Sweep request rates or concurrencies, or search the max goodput rate.
 
     Each step is a run in OUT labelled sweep:<rate>; live, each step sends prompts
-    of its own, so a server's prefix cache never answers one step from the last.
+    of its own (seed + step), so a server's prefix cache never answers one step
+    from the last; a second sweep against the same server needs another --seed.
     The search doubles the rate
     until attainment drops below --target, then bisects; the answer is the highest
     rate measured to pass, with the Wilson 95% interval of its attainment. A rate
@@ -357,7 +361,7 @@ def sweep(rates: str | None, concurrencies: str | None, search: str | None, slo:
                                    duration_s=duration)
     else:
         overrides = {k: v for k, v in {"model": model, "duration_s": duration, "max_requests": max_requests,
-                                       "tokenizer": tokenizer}.items() if v is not None}
+                                       "tokenizer": tokenizer, "seed": seed}.items() if v is not None}
         driver = sw.LiveDriver(trace=trace, out=outp, url=url or "", overrides=overrides, progress=not as_json)
     console = _console()
 
