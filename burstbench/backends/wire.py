@@ -9,7 +9,12 @@ to the write). Here a ``Connection`` (an ``asyncio.Protocol``) unframes the body
 ``data_received`` and hands it, with its arrival time, straight to the request's
 ``Exchange``, which parses the SSE there: no task runs per chunk, so an iteration is
 only the reads' own work, and a send writes its prepared bytes in the step that wakes
-it (a connection taken from the pool is used at once, with no await).
+it (a connection taken from the pool is used at once, with no await). Side by side
+with aiohttp (``benchmarks/bench_peers.py``, 3 interleaved repeats, one truth server):
+send lag p99 at 77 req/s 14.1 -> 5.4 ms, at 154 req/s 76 -> 26 ms; a burst's output
+tokens per client CPU-second 133k -> 184k (``vllm bench serve``: 88k). What remains of
+the lag is CPU: the worker waited 1.4-1.7 s on the run queue in a 12.9 s run at 154
+req/s (``/proc/thread-self/schedstat``), sharing 2 cores with the server.
 
 What it speaks: requests with a ``Content-Length`` body; answers framed by
 ``Content-Length``, ``chunked`` or the connection's close; keep-alive unless the
