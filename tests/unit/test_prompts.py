@@ -138,10 +138,10 @@ def test_one_token_per_word_in_packaged_vocabularies() -> None:
 def test_url_credentials_become_basic_auth_and_leave_the_url() -> None:
     import base64
 
-    from burstbench.backends.openai import _split_credentials
+    from burstbench.backends.base import split_credentials
 
-    url, auth = _split_credentials("http://alice:p%40ss@127.0.0.1:8000/v1")
+    url, auth = split_credentials("http://alice:p%40ss@127.0.0.1:8000/v1")
     assert url == "http://127.0.0.1:8000/v1"
     assert auth is not None and (auth.login, auth.password) == ("alice", "p@ss")
     assert base64.b64decode(auth.encode().split()[1]) == b"alice:p@ss"
-    assert _split_credentials("http://127.0.0.1:8000") == ("http://127.0.0.1:8000", None)
+    assert split_credentials("http://127.0.0.1:8000") == ("http://127.0.0.1:8000", None)
