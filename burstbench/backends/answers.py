@@ -396,10 +396,11 @@ class WireAnswer(Exchange):
     def watch(self, conn: Connection, stall_s: float) -> None:
         """Fail the answer as ``stall`` when no byte arrives for ``stall_s``."""
         loop = asyncio.get_running_loop()
-        conn.last_rx = time.monotonic()
+        clock = self.clock
+        conn.last_rx = clock()
 
         def check() -> None:
-            quiet = time.monotonic() - conn.last_rx
+            quiet = clock() - conn.last_rx
             if quiet >= stall_s:
                 self._resolve(WireError("stall", f"no data for {stall_s} s (stall timeout)"))
             else:

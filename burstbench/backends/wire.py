@@ -91,7 +91,7 @@ class Connection(asyncio.Protocol):
         self.left = 0  # bytes left of a Content-Length body or of a chunk
         self.keep = False  # may be reused when the answer ends
         self.idle_since = 0.0
-        self.last_rx = 0.0  # time.monotonic() of the last read, for the stall watch
+        self.last_rx = 0.0  # the last read's time on its exchange's clock, for the stall watch
         self.closed = False
         self.inflate: zlib._Decompress | None = None
         self.skip = False  # draining an answer whose reader stopped wanting it
@@ -119,8 +119,7 @@ class Connection(asyncio.Protocol):
         if ex is None:  # bytes nobody asked for: the connection cannot be trusted
             self.close()
             return
-        t = ex.clock()
-        self.last_rx = time.monotonic()
+        t = self.last_rx = ex.clock()
         try:
             self._parse(ex, data, t)
         except WireError as e:
@@ -340,11 +339,6 @@ class Pool:
         self.busy: set[Connection] = set()
         self.opened = 0  # connections made (for tests and the curious)
         self.reserve = _Reserve(self)  # idle connections kept ahead of the sends
-
-    async def take(self) -> Connection:
-        """An idle connection (the most recently used), or a new one."""
-        conn = self.take_idle()
-        return conn if conn is not None else await self.connect()
 
     def take_idle(self) -> Connection | None:
         idle = self.idle
