@@ -71,6 +71,7 @@ stretch keeps the load the endpoint saw, which a random sample would not).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import math
 from collections.abc import Sequence
@@ -81,6 +82,7 @@ from typing import Any
 import numpy as np
 
 from burstbench.errors import StoreError, UsageError
+from burstbench.twin.jitter import fit_step_jitter
 from burstbench.twin.limits import LIMITS, budget, limit_candidates, scan
 from burstbench.twin.measured import MeasuredRun, read_run
 from burstbench.twin.spec import TwinSpec, build_cost
@@ -438,6 +440,7 @@ def calibrate(
     max_evals: int = 150,
     progress: Any = None,
     use_spans: bool = False,
+    step_jitter: bool = False,
 ) -> Calibration:
     """Fit the twin to ``run_id`` (see module doc); check it on ``holdout`` when given.
 
@@ -447,7 +450,10 @@ def calibrate(
     ``fit_limits``: scheduler limits the endpoint's operator does not know (``LIMITS``);
     each is chosen among candidates the run allows (see ``_limit_candidates``) by the
     loss after a short re-fit of the coefficients at that value, then the coefficients
-    are fitted again at the chosen limits. Without it, ``sched``'s limits are inputs."""
+    are fitted again at the chosen limits. Without it, ``sched``'s limits are inputs.
+
+    ``step_jitter``: then fit the engine's per-step jitter from the runs' chunk gaps
+    (``twin.jitter``); the twin carries it when the runs had enough clean gaps."""
     from burstbench.backends.hardware.profile import load_hardware
 
     if max_requests < 20:
@@ -474,9 +480,16 @@ def calibrate(
     if plan:
         theta, res = fitter.fit(sched, max_evals, x0=theta)
     evals, valid, lo, hi = fitter.evals, fitter.valid, fitter.lo, fitter.hi
+    fe = fitter.frontend(theta, sched)
+    # the twin's scheduler: the fitted one, plus the step jitter fitted after the search
+    # (which stays deterministic: twin.jitter says why)
+    twin_sched, jitter = sched, {"why_none": "not asked for (calibrate --jitter)"}
+    if step_jitter:
+        table, jitter = fit_step_jitter(runs, [fitter.simulate(theta, r, sched, fe, itl=True) for r in runs])
+        twin_sched = dataclasses.replace(sched, step_jitter=table)
 
     def simulate(theta: np.ndarray, run: MeasuredRun, *, itl: bool = False) -> Latencies:
-        return fitter.simulate(theta, run, sched, fitter.frontend(theta, sched), itl=itl)
+        return fitter.simulate(theta, run, twin_sched, fe, itl=itl)
 
     m_res, p = int(valid.sum()), ENGINE
     s2 = 2 * res.cost / max(m_res - p, 1)
@@ -495,7 +508,6 @@ def calibrate(
             "ci95": [float(lo95[i]), float(hi95[i])],
             "at_bound": bool(np.isclose(theta[i], lo[i], atol=1e-3) or np.isclose(theta[i], hi[i], atol=1e-3)),
         }
-    fe = fitter.frontend(theta, sched)
     # its own standard error, plus how it moves with the engine coefficients it trades
     # against (the points of the last Jacobian: already simulated, no new runs)
     grad = np.array([(fitter.frontend(theta + JAC_STEP * e, sched) - fe) / JAC_STEP for e in np.eye(ENGINE)])
@@ -527,7 +539,9 @@ def calibrate(
         model=model, hardware=hardware, tp=tp, replicas=replicas, overrides=overrides,
         scheduler={"max_num_seqs": sched.max_num_seqs, "max_num_batched_tokens": sched.max_num_batched_tokens,
                    "block_size": sched.block_size, "gpu_memory_utilization": sched.gpu_memory_utilization,
-                   "router": sched.router, **({"max_waiting": sched.max_waiting} if sched.max_waiting else {})},
+                   "router": sched.router, **({"max_waiting": sched.max_waiting} if sched.max_waiting else {}),
+                   **({"step_jitter": [list(r) for r in twin_sched.step_jitter], "jitter_seed": twin_sched.jitter_seed}
+                      if twin_sched.step_jitter else {})},
         uncertainty=unc,
         provenance={
             "store": str(store), "run_id": run.run_id, "run_ids": [r.run_id for r in runs], "run_label": run.label, "holdout_run_id": hold.run_id if hold else None,
@@ -543,6 +557,7 @@ def calibrate(
             "scheduler_fit": limit_fit,
             "start": start,  # where the search began (twin.stepfit) and why
             "seq_overhead_test": seq_test,  # were the additive terms worth their parameters
+            "step_jitter": jitter,  # what the per-step jitter rests on, or why there is none
             # of the log engine scales, for whatif --band (TwinSpec.draws)
             # (the additive coordinates are linear, in units of seq_unit_s and token_unit_s)
             "covariance": {"params": list(PARAMS[:ENGINE]), "log_cov": cov.tolist(), "seq_unit_s": unit[SEQ],

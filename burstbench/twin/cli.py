@@ -94,13 +94,17 @@ def _sched_opts(max_num_seqs: int | None, max_num_batched_tokens: int | None) ->
 @click.option("--spans", "use_spans", is_flag=True,
               help="Measure the frontend latency from the runs' server spans (run --server-spans) as client "
                    "TTFT - server queue - prefill, instead of profiling it from TTFT.")
+@click.option("--jitter", "step_jitter", is_flag=True,
+              help="Also fit a random time per engine step from the runs' chunk gaps (a real engine's stalls): the "
+                   "twin's gaps between tokens (ITL) then spread as the endpoint's did. Off by default: on vLLM's CPU "
+                   "build it halved the ITL error and made TTFT's worse (twin.jitter).")
 @click.option("-o", "--out", "out", required=True, type=click.Path(dir_okay=False), help="twin.yaml to write.")
 @click.option("--json", "as_json", is_flag=True, help="Print the twin (with errors) as one JSON object.")
 @force_option
 def calibrate(results: str, run_ids: tuple[str, ...], probe_url: str | None, tokenizer: str | None, model: str,
               hardware: str, tp: int, replicas: int, max_num_seqs: str,
               max_num_batched_tokens: str, holdout: str | None, time_scale: float | None, max_requests: int,
-              max_evals: int, use_spans: bool, out: str, as_json: bool, force: bool) -> None:
+              max_evals: int, use_spans: bool, step_jitter: bool, out: str, as_json: bool, force: bool) -> None:
     """Fit the reference engine to a measured run and write a digital twin (twin.yaml).
 
     The run's own schedule (send times, prompt and output lengths) is replayed in
@@ -164,7 +168,8 @@ def calibrate(results: str, run_ids: tuple[str, ...], probe_url: str | None, tok
         task = bar.add_task("calibrating", total=max_evals)
         cal = fit(results, list(run_ids), model=model, hardware=hardware, tp=tp, replicas=replicas, sched=sched,
                   fit_limits=fit_limits, holdout=holdout, time_scale=time_scale, max_requests=max_requests, max_evals=max_evals,
-                  progress=lambda i, n: bar.update(task, completed=i, total=n), use_spans=use_spans)
+                  progress=lambda i, n: bar.update(task, completed=i, total=n), use_spans=use_spans,
+                  step_jitter=step_jitter)
     cal.spec.write(out)
     spec = cal.spec
     fitted_on = ", ".join(f"{len(r.work)} requests of run {r.run_id}" for r in cal.fit_runs)
@@ -175,6 +180,13 @@ def calibrate(results: str, run_ids: tuple[str, ...], probe_url: str | None, tok
     for name, u in spec.uncertainty.items():
         result_con.print(f"  {name:28s} {u['value']:.4g}  (95% CI {u['ci95'][0]:.4g} .. {u['ci95'][1]:.4g})"
                          + ("  [at bound]" if u.get("at_bound") else ""))
+    jit = spec.provenance.get("step_jitter") or {}
+    if spec.scheduler.get("step_jitter"):
+        lo, hi = jit["std_ci95_s"]
+        result_con.print(f"  {'step jitter (sd)':28s} {jit['std_s'] * 1e3:.3g} ms  (95% CI {lo * 1e3:.3g} .. {hi * 1e3:.3g}; "
+                         f"p99 {jit['p99_s'] * 1e3:+.3g} ms; {jit['pairs']} chunk gaps)")
+    elif step_jitter:
+        result_con.print(f"  {'step jitter':28s} none: {jit.get('why_none', '')}")
     for name, f in spec.provenance.get("scheduler_fit", {}).items():
         why = (f"at least {f['lower_bound']} requests decoded at once" if "lower_bound" in f
                else f"longest prompt {f['longest_prompt']} tokens")

@@ -119,7 +119,8 @@ class Deployment:
         engines = []
         for g, cost in zip(self.groups, self._costs, strict=True):
             nb = kv_blocks(cost, self.sched)
-            engines += [make_engine(cost, nb, self.sched, max_context=cost.model.max_context) for _ in range(g.count)]
+            engines += [make_engine(cost, nb, self.sched, max_context=cost.model.max_context, instance=len(engines) + k)
+                        for k in range(g.count)]
         # a mixed fleet needs a load-aware router: round robin would overload the slower type
         kind = self.sched.router if len(self.groups) == 1 else "least_outstanding"
         _, first, last, code = run_pool(engines, Router(kind, len(engines)), work.arrival, work.input_tokens,

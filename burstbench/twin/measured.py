@@ -120,10 +120,12 @@ def _chunk_gaps(con: Any, run_id: str) -> tuple[np.ndarray, np.ndarray] | None:
     """(request id, gap s) of every pair of consecutive chunks of a request: the chunk ITL
     (DESIGN section 4; vLLM's CPU build sends one token per chunk at these loads), or None
     when the run kept no chunks or none has two. At most ``MAX_GAPS``, sampled repeatably."""
+    # in token order within each request: ``twin.jitter`` pairs them with the twin's gaps
     rows = con.execute(
-        "SELECT request_id, gap FROM (SELECT request_id, t_s - lag(t_s) OVER (PARTITION BY request_id ORDER BY seq) "
-        "AS gap FROM chunks WHERE run_id = ?) WHERE gap IS NOT NULL "
-        f"USING SAMPLE reservoir({MAX_GAPS} ROWS) REPEATABLE (7)", [run_id]).fetchnumpy()
+        "SELECT request_id, gap FROM (SELECT request_id, seq, gap FROM (SELECT request_id, seq, "
+        "t_s - lag(t_s) OVER (PARTITION BY request_id ORDER BY seq) AS gap FROM chunks WHERE run_id = ?) "
+        f"WHERE gap IS NOT NULL USING SAMPLE reservoir({MAX_GAPS} ROWS) REPEATABLE (7)) ORDER BY request_id, seq",
+        [run_id]).fetchnumpy()
     if not len(rows["gap"]):
         return None
     return np.asarray(rows["request_id"], dtype=np.int64), np.asarray(rows["gap"], dtype=np.float64)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from burstbench.backends.reference.jitter import check_table
 from burstbench.errors import SpecError, UsageError
 from burstbench.twin.vsim import Sched
 
@@ -187,6 +188,14 @@ def load_twin(path: str | Path) -> TwinSpec:
                 raise SpecError(f"must be in (0, 1], got {v!r}", path=p, field=f"scheduler.{key}")
         elif key == "max_waiting" and v is None:
             continue
+        elif key == "step_jitter":
+            try:
+                check_table(v if isinstance(v, list | tuple) else [v])
+            except UsageError as exc:
+                raise SpecError(str(exc), path=p, field="scheduler.step_jitter") from None
+        elif key == "jitter_seed":
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise SpecError(f"must be a non-negative integer, got {v!r}", path=p, field="scheduler.jitter_seed")
         elif isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise SpecError(f"must be a positive integer, got {v!r}", path=p, field=f"scheduler.{key}")
     for key in ("uncertainty", "provenance", "errors"):

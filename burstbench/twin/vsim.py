@@ -30,6 +30,7 @@ import numpy as np
 
 from burstbench.backends.reference import simulator
 from burstbench.backends.reference.engine import REJECTED, EngineCore
+from burstbench.backends.reference.jitter import StepJitter, check_table
 from burstbench.backends.reference.router import Router
 from burstbench.errors import UsageError
 
@@ -44,6 +45,21 @@ class Sched:
     gpu_memory_utilization: float = 0.9
     max_waiting: int | None = None
     router: str = "round_robin"
+    # a random time added to every iteration: ``(probability, seconds)`` pairs of its inverse
+    # CDF (``backends.reference.jitter``; fitted by ``twin.jitter``); empty: none. Each
+    # instance draws from its own stream, seeded from ``jitter_seed``, so a run repeats.
+    step_jitter: tuple[tuple[float, float], ...] = ()
+    jitter_seed: int = 0
+
+    def __post_init__(self) -> None:  # a twin file gives lists; the fitter hashes a Sched
+        if self.step_jitter:
+            object.__setattr__(self, "step_jitter", check_table(self.step_jitter))
+        else:
+            object.__setattr__(self, "step_jitter", ())
+
+    def jitter(self, instance: int = 0) -> StepJitter | None:
+        """Instance ``instance``'s jitter stream, or None when the twin has none."""
+        return StepJitter(self.step_jitter, self.jitter_seed + instance) if self.step_jitter else None
 
 
 @dataclass
@@ -147,11 +163,13 @@ class Latencies:
         return out
 
 
-def make_engine(cost: Any, num_blocks: int, s: Sched, *, max_tokens: int | None = None, max_context: int | None = None) -> EngineCore:
+def make_engine(cost: Any, num_blocks: int, s: Sched, *, max_tokens: int | None = None, max_context: int | None = None,
+                instance: int = 0) -> EngineCore:
+    """One instance; ``instance`` numbers it within its pool (its own jitter stream)."""
     return EngineCore(
         cost, num_blocks, block_size=s.block_size, max_num_seqs=s.max_num_seqs,
         max_num_batched_tokens=max_tokens or s.max_num_batched_tokens, enable_prefix_caching=False,
-        max_waiting=s.max_waiting, policy="fcfs", max_context=max_context,
+        max_waiting=s.max_waiting, policy="fcfs", max_context=max_context, jitter=s.jitter(instance),
     )
 
 
@@ -203,7 +221,7 @@ def colocated(work: Workload, cost: Any, sched: Sched, replicas: int = 1, *, num
     """
     router = Router(sched.router, replicas)  # first: it refuses a replica count beyond the limit
     nb = num_blocks or kv_blocks(cost, sched)
-    engines = [make_engine(cost, nb, sched, max_context=cost.model.max_context) for _ in range(replicas)]
+    engines = [make_engine(cost, nb, sched, max_context=cost.model.max_context, instance=i) for i in range(replicas)]
     gaps: list | None = [] if itl else None
     sent, first, last, code = run_pool(engines, router, work.arrival, work.input_tokens, work.output_tokens, closed,
                                        gaps)
@@ -286,7 +304,8 @@ def disaggregated(
     if prefill < 1 or decode < 1:
         raise UsageError(f"--prefill and --decode must be >= 1 instances, got {prefill} and {decode}")
     nb_p = kv_blocks(prefill_cost, sched)
-    p_eng = [make_engine(prefill_cost, nb_p, sched, max_context=prefill_cost.model.max_context) for _ in range(prefill)]
+    p_eng = [make_engine(prefill_cost, nb_p, sched, max_context=prefill_cost.model.max_context, instance=i)
+             for i in range(prefill)]
     _, first, _, code = run_pool(p_eng, Router(sched.router, prefill), work.arrival, work.input_tokens,
                               np.minimum(work.output_tokens, 1))
     last = first.copy()
@@ -300,8 +319,8 @@ def disaggregated(
         nb_d = kv_blocks(decode_cost, sched)
         # the whole migrated context is admitted in one step (its KV is already there)
         budget = sched.max_num_batched_tokens + int(work.input_tokens[idx].max()) + 1
-        d_eng = [make_engine(mc, nb_d, sched, max_tokens=budget, max_context=decode_cost.model.max_context)
-                 for _ in range(decode)]
+        d_eng = [make_engine(mc, nb_d, sched, max_tokens=budget, max_context=decode_cost.model.max_context,
+                             instance=prefill + i) for i in range(decode)]
         _, _, d_last, d_code = run_pool(d_eng, Router(sched.router, decode), ready,
                                      work.input_tokens[idx] + 1, work.output_tokens[idx] - 1)
         last[idx] = d_last
