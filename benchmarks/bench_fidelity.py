@@ -38,18 +38,21 @@ and p90 over the held-out runs, twins fitted on the runs / the probe / both:
   / 11 / 10%, TPOT 6 / 16 / 9%, ITL 14 / 22 / 17%, E2EL 5 / 20 / 12%; throughput within
   +2.6% and +4.0% (runs twin). The runs twin with jitter missed 3 of 16 bounds: hold-2
   TTFT p50 -17.7% (beside 55% noise) and hold-8 ITL p50 +16% / p90 -35%.
-- 4 layers, recorded in an earlier session, fitted again with this code: noise TTFT 33% /
-  63%, TPOT 18% / 3.7%, ITL 21% / 7.3%, E2EL 11% / 0%. Deterministic: TTFT 20 / 24 /
-  22%, TPOT 23 / 12 / 14%, ITL 46 / 33 / 36%, E2EL 21 / 14 / 15%; with ``--jitter``:
-  TTFT 30 / 28 / 27%, TPOT 19 / 17 / 17%, ITL 32 / 11 / 14%, E2EL 21 / 16 / 16%. The
-  long-answer mix is over-predicted by every twin (TPOT p50 +35..+40%).
-- A twin fitted on one session's recordings predicts a later session's server worse than
-  the errors above: the 8-layer twins of an earlier session put the max goodput rate (ttft 2 s,
-  tpot 100 ms, 90%) 23-28% under the server's; the same session's runs twin 7% under, its
-  both twin 2% under (real: 1.44 and 1.25 req/s in two searches, 14% apart).
+- 4 layers, recorded and fitted in one session, the length mixes held out too: noise
+  TTFT 61% / 86%, TPOT 14% / 11%, ITL 8.2% / 2.8%, E2EL 13% / 3.4%. Deterministic:
+  TTFT 45 / 28 / 22%, TPOT 25 / 27 / 13%, ITL 55 / 40 / 38%, E2EL 38 / 14 / 13%; with
+  ``--jitter``: TTFT 48 / 28 / 28%, TPOT 26 / 25 / 17%, ITL 48 / 23 / 22%, E2EL 40 / 17 /
+  15%. The long-answer mix is over-predicted (both twin TPOT p50 +28%).
+- The max goodput rate (ttft 2 s, tpot 100 ms, 90%; ``burstbench sweep --search goodput``
+  against the server, twice, against ``burstbench whatif``) in the same sessions: 4
+  layers real 3.25 and 2.375 req/s (27% apart), twins 2.19 / 3.375 / 2.875 (+2.3% of the
+  mean for the both twin); 8 layers real 1.44 and 1.25 (14% apart), twins 1.25 / 1.03 /
+  1.31 (-2%). Twins fitted on an earlier session's 8-layer recordings were 23-28% under
+  the server's rate: the server had become faster in between.
 
-Which calibration identifies the engine better is not settled by these runs: the probe
-twin was the better one on the 4-layer model and the runs twin on the 8-layer one.
+Which calibration: the twin fitted on the probe and the runs together is the one that held
+up on both shapes (goodput within 3%, E2EL MAPE 12-13%); the runs alone missed the other
+length mixes (4 layers), the probe alone the goodput (8 layers, -23%).
 """
 
 from __future__ import annotations

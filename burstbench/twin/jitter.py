@@ -18,14 +18,14 @@ What it cannot tell apart: a stall of the engine from a client that read two chu
 once (gap 0 after a long one). Both are in what a client measures, and both go in.
 
 Why it is not on by default (``calibrate --jitter``): against vLLM's CPU build
-(``benchmarks/bench_fidelity.py``, MAPE at p50 and p90 over the held-out runs, the same
-fits with and without it) it cut the ITL error by half or more: 4 layers 46/33/36% ->
-32/11/14% (twins fitted on the runs / the probe / both), 8 layers recorded in one session
-29/42/33% -> 14/22/17%. What it did to TTFT depended on the runs: 8 layers 16/5/9% ->
-10/11/10%, 4 layers (recorded in an earlier session) 20/24/22% -> 30/28/27%, most of it one
-closed loop of 8 users whose TTFT median sits where its distribution is steepest (+17%
--> +76%, two identical runs 33% apart there). A zero-mean jitter per step lengthens
-queues a little (the server's own variance does too); the real engine's did less.
+(``benchmarks/bench_fidelity.py``, MAPE at p50 and p90 over the held-out runs, each shape
+recorded and fitted in one session, the same fits with and without it) it cut the ITL
+error by 40-55%: 4 layers 55/40/38% -> 48/23/22% (twins fitted on the runs / the probe /
+both), 8 layers 29/42/33% -> 14/22/17%. What it did to TTFT depended on the shape: 8
+layers 16/5/9% -> 10/11/10%, 4 layers 45/28/22% -> 48/28/28%. A zero-mean jitter per step
+lengthens queues (variance does), and in a closed loop of 8 users, whose TTFT median sits
+where its distribution is steepest, that moved the median most (4 layers, an earlier
+session's runs: +17% -> +76%, where two identical runs were 33% apart).
 """
 
 from __future__ import annotations
