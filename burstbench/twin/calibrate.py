@@ -214,7 +214,8 @@ class _Fitter:
         targets = []
         for run in runs:
             target = _quantiles(run.measured, run.scored)
-            t = np.concatenate([np.log(target[m]) for m in METRICS])
+            with np.errstate(divide="ignore"):  # a quantile of 0 (a 2-token answer's TPOT) is left out below
+                t = np.concatenate([np.log(target[m]) for m in METRICS])
             if np.isfinite(t).sum() < len(PARAMS) + 1:
                 raise StoreError(f"run '{run.run_id}' has too few multi-token answers to fit TTFT, TPOT and E2EL")
             targets.append(t)
@@ -498,7 +499,8 @@ def calibrate(
     cov = s2 * jtj_inv + jtj_inv @ res.jac.T @ noise @ res.jac @ jtj_inv
     sd = np.sqrt(np.clip(np.diag(cov), 0, None))
     unc: dict[str, Any] = {}
-    val, lo95, hi95 = (values_of(theta + k * 1.96 * sd, base_hw) for k in (0, -1, 1))
+    with np.errstate(over="ignore"):  # a coefficient the runs do not pin down: an interval to infinity
+        val, lo95, hi95 = (values_of(theta + k * 1.96 * sd, base_hw) for k in (0, -1, 1))
     unit = dict(zip(ADDITIVE, units(base_hw), strict=True))
     for i, name in enumerate(PARAMS[:ENGINE]):
         unc[name] = {

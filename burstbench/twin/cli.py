@@ -16,6 +16,9 @@ from burstbench.outfile import check_output, force_option
 from burstbench.output import CONTEXT_SETTINGS, console, emit_json, results_console
 
 CTX = CONTEXT_SETTINGS
+# a scale's log standard deviation beyond which its 95% interval spans more than 10^6 x:
+# the runs did not pin it down (another term explains what it would), whatever its value
+UNPINNED_LOG_STD = 3.5
 
 
 def _console() -> Any:
@@ -178,7 +181,10 @@ def calibrate(results: str, run_ids: tuple[str, ...], probe_url: str | None, tok
               + ("; frontend latency measured from server spans)" if spec.provenance.get("frontend_from_spans") else ")"))
     result_con = _results(as_json)  # the fitted values and errors are the result: stdout
     for name, u in spec.uncertainty.items():
-        result_con.print(f"  {name:28s} {u['value']:.4g}  (95% CI {u['ci95'][0]:.4g} .. {u['ci95'][1]:.4g})"
+        lo, hi = u["ci95"]
+        loose = u.get("log_std", 0.0) > UNPINNED_LOG_STD
+        result_con.print(f"  {name:28s} {u['value']:.4g}  (95% CI {lo:.4g} .. {hi:.4g}"
+                         + ("; not pinned down by these runs)" if loose else ")")
                          + ("  [at bound]" if u.get("at_bound") else ""))
     jit = spec.provenance.get("step_jitter") or {}
     if spec.scheduler.get("step_jitter"):
