@@ -20,7 +20,7 @@ once (gap 0 after a long one). Both are in what a client measures, and both go i
 Why it is not on by default (``calibrate --jitter``): against vLLM's CPU build
 (``benchmarks/bench_fidelity.py``, MAPE at p50 and p90 over the held-out runs, each shape
 recorded and fitted in one session, the same fits with and without it) it cut the ITL
-error by 40-55%: 4 layers 55/40/38% -> 48/23/22% (twins fitted on the runs / the probe /
+error by 42-52% in five twins of six (14% in the sixth): 4 layers 55/40/38% -> 48/23/22% (twins fitted on the runs / the probe /
 both), 8 layers 29/42/33% -> 14/22/17%. What it did to TTFT depended on the shape: 8
 layers 16/5/9% -> 10/11/10%, 4 layers 45/28/22% -> 48/28/28%. A zero-mean jitter per step
 lengthens queues (variance does), and in a closed loop of 8 users, whose TTFT median sits
@@ -39,8 +39,8 @@ from burstbench.backends.reference.jitter import table_mean
 from burstbench.twin.measured import MeasuredRun
 from burstbench.twin.vsim import Latencies
 
-# probabilities of the table: fine at both tails, where the stalls are (the top 1% of a
-# lone CPU decode stream's gaps held a fifth of its time), coarse in the body
+# probabilities of the table: fine at both tails, where the stalls are (4% of a lone CPU
+# decode stream's gaps held half of its time), coarse in the body
 PROBS = (0.001, 0.005, 0.01, 0.02, 0.05, *np.round(np.arange(0.1, 0.91, 0.1), 2), 0.95, 0.98, 0.99, 0.995, 0.999)
 MIN_PAIRS = 200  # fewer clean pairs than this: no jitter (its tails would be a handful of gaps)
 
