@@ -100,7 +100,7 @@ def _sched_opts(max_num_seqs: int | None, max_num_batched_tokens: int | None) ->
 @click.option("--jitter", "step_jitter", is_flag=True,
               help="Also fit a random time per engine step from the runs' chunk gaps (a real engine's stalls): the "
                    "twin's gaps between tokens (ITL) then spread as the endpoint's did. Off by default: on vLLM's CPU "
-                   "build it halved the ITL error and made TTFT's worse (twin.jitter).")
+                   "build it cut the ITL error by about half and moved TTFT's either way (twin.jitter).")
 @click.option("-o", "--out", "out", required=True, type=click.Path(dir_okay=False), help="twin.yaml to write.")
 @click.option("--json", "as_json", is_flag=True, help="Print the twin (with errors) as one JSON object.")
 @force_option

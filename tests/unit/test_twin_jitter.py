@@ -53,13 +53,13 @@ def test_a_table_is_checked_before_it_is_used(table, why) -> None:
 
 def test_draws_follow_the_table_and_a_seed_repeats_them() -> None:
     j = StepJitter(TRUE, seed=4)
-    x = np.array([j() for _ in range(200_000)])
+    x = np.array([j.draw() for _ in range(200_000)])
     assert abs(x.mean() - j.mean()) < 5e-5 and abs(j.mean()) < 1e-12
     p, s = np.array([r[0] for r in TRUE]), np.array([r[1] for r in TRUE])
     for q in (0.25, 0.5, 0.95, 0.985, 0.995):  # the share of draws below each point of the inverse CDF
         assert np.mean(x <= np.interp(q, p, s)) == pytest.approx(q, abs=0.002), q
     again = StepJitter(TRUE, seed=4)
-    assert [again() for _ in range(10)] == x[:10].tolist()
+    assert [again.draw() for _ in range(10)] == x[:10].tolist()
     # a twin file gives lists; the scheduler keeps tuples (the calibration hashes it)
     assert hash(Sched(step_jitter=[list(r) for r in TRUE])) == hash(Sched(step_jitter=TRUE))
 

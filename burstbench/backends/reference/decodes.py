@@ -38,7 +38,6 @@ class DecodeLoop:
     last_chunks: dict
     num_waiting: int
     jitter: Any
-    jitter_debt: float
 
     def run_decodes(self, t: float, until: float, times: Any) -> float:
         """Run decode-only iterations from time ``t`` while nothing else needs scheduling.
@@ -72,8 +71,7 @@ class DecodeLoop:
         terms = self._decode_terms(B, S)
         a, b, line = self._decode_line(B, S, terms)
         never = it + (1 << 62)
-        jit = self.jitter  # as in step(): a draw added to each iteration, what an iteration cannot take owed
-        debt = self.jitter_debt
+        jit = self.jitter  # as in step(): each iteration's time through it
         next_fin = fin[0][0] if fin else never
         while t < until:
             if it >= next_fin:  # drop finish entries of requests preempted or finished since
@@ -100,11 +98,7 @@ class DecodeLoop:
                 # what step() does for a decode-only step in which requests finish: the
                 # exact cost, then the batch shrinks and the line is fitted anew
                 d = terms[0] + (S + B) * terms[1] if terms else sums(decode_seqs=B, decode_context_sum=S)
-                if jit is not None:
-                    d += jit() + debt
-                    debt = min(d, 0.0)
-                    d = max(d, 0.0)
-                t += d
+                t += d if jit is None else jit(d)
                 append(t)
                 gen += B * (it + 1 - mark)
                 self.last_batch_tokens = self.last_decodes = B
@@ -122,16 +116,11 @@ class DecodeLoop:
                 a, b, line = self._decode_line(B, S, terms)
                 continue
             d = a + b * S if line else sums(decode_seqs=B, decode_context_sum=S)
-            if jit is not None:
-                d += jit() + debt
-                debt = min(d, 0.0)
-                d = max(d, 0.0)
-            t += d
+            t += d if jit is None else jit(d)
             append(t)
             S += B
             it += 1
         gen += B * (it - mark)
-        self.jitter_debt = debt
         self.it = it
         self.S = S
         self.generation_tokens += gen

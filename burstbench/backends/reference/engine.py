@@ -83,7 +83,7 @@ class EngineCore(DecodeLoop):
         policy: str = "fcfs",
         max_context: int | None = None,
         reserve_full_isl: bool = True,
-        jitter: Callable[[], float] | None = None,
+        jitter: Callable[[float], float] | None = None,
     ) -> None:
         if max_num_seqs < 1 or max_num_batched_tokens < 1 or block_size < 1:
             raise UsageError("max_num_seqs, max_num_batched_tokens and block_size must be positive")
@@ -140,11 +140,9 @@ class EngineCore(DecodeLoop):
         self.last_decodes = 0
         self.last_chunks: dict[Seq, int] = {}
         self.max_running_seen = 0
-        # seconds added to every iteration that ran (``jitter.StepJitter``); a draw that would
-        # make an iteration end before it began ends it at once and the rest is owed by the
-        # next ones (``jitter_debt``), so the jitter keeps its mean of 0 on short steps too
+        # an iteration's time -> the same with its random draw (``jitter.StepJitter``, which
+        # carries what a short step could not take to the next ones)
         self.jitter = jitter
-        self.jitter_debt = 0.0
 
     # -- queue ---------------------------------------------------------------------
     @property
@@ -429,8 +427,7 @@ class EngineCore(DecodeLoop):
             # away in this step); the next step retries with the freed blocks.
             dt = 0.0
         if dt and self.jitter is not None:
-            x = dt + self.jitter() + self.jitter_debt
-            dt, self.jitter_debt = (x, 0.0) if x >= 0 else (0.0, x)
+            dt = self.jitter(dt)
         batch_tokens = B + sum(chunks.values())
         self.last_batch_tokens = batch_tokens
         self.last_decodes = B

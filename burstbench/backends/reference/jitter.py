@@ -51,7 +51,10 @@ def check_table(table: Sequence[Sequence[float]]) -> tuple[tuple[float, float], 
 
 
 class StepJitter:
-    """Seeded draws from a jitter table; calling it returns the next one (seconds)."""
+    """Seeded draws from a jitter table, and the debt a step could not take.
+
+    Calling it with a step's duration returns the duration with its draw (and any debt)
+    added, never below 0; what is left below 0 is owed by the next call."""
 
     def __init__(self, table: Sequence[Sequence[float]], seed: int = 0) -> None:
         rows = check_table(table)
@@ -59,11 +62,21 @@ class StepJitter:
         self._s = np.array([r[1] for r in rows])
         self._rng = np.random.default_rng(seed)
         self._buf: list[float] = []
+        self.debt = 0.0
 
-    def __call__(self) -> float:
+    def draw(self) -> float:
+        """The next draw (seconds)."""
         if not self._buf:
             self._buf = np.interp(self._rng.random(_BATCH), self._p, self._s).tolist()
         return self._buf.pop()
+
+    def __call__(self, duration: float) -> float:
+        x = duration + self.draw() + self.debt
+        if x >= 0:
+            self.debt = 0.0
+            return x
+        self.debt = x
+        return 0.0
 
     def mean(self) -> float:
         """The mean of a draw (the table's integral; 0 for a fitted one)."""
